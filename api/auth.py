@@ -1,0 +1,143 @@
+"""Authentication: a Bearer key resolves to a Principal scoped to one project or one organization.
+
+Keys are stored only as SHA-256 digests; the lookup is by digest and the final comparison is constant-time.
+Guards run before the body is read, so a bad key is a 401 whatever the body holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from litestar import Request  # noqa: TC002 - Litestar reads the dependency's signature at run time
+from litestar.di import NamedDependency
+from tunewright.api.errors import AuthenticationError, PermissionDeniedError
+
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+    from litestar.handlers.base import BaseRouteHandler
+    from tunewright.storage.base import Stores
+    from tunewright.storage.records import ApiKeyRecord
+
+OPERATOR = "operator"
+TOUCH_EVERY_S = 60
+
+
+class Principal(msgspec.Struct, kw_only=True, frozen=True):
+    """Who is calling: a project key (project_id set) or an admin key (organization or operator)."""
+
+    key_id: str
+    kind: str  # project | service_account | admin | operator
+    organization_id: str | None  # None: the operator key without an OpenAI-Organization header
+    project_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        """True for organization admin keys and the operator key."""
+        return self.kind in ("admin", OPERATOR)
+
+
+def hash_secret(secret: str) -> str:
+    """Return the stored form of a secret key."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def redact(secret: str) -> str:
+    """Return the display form of a secret key (`sk-proj-abc...wxyz`)."""
+    return f"{secret[:12]}...{secret[-4:]}"
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+    return token
+
+
+def _invalid(token: str) -> AuthenticationError:
+    shown = f"{token[:5]}***{token[-4:]}" if len(token) > 12 else "***"
+    return AuthenticationError(f"Incorrect API key provided: {shown}.")
+
+
+def authenticate(token: str, stores: Stores, *, operator_key: str | None, organization_header: str | None) -> Principal:
+    """Resolve a secret key to a Principal.
+
+    Raises:
+        AuthenticationError: unknown or revoked key, or an organization header that does not match.
+    """
+    if operator_key and hmac.compare_digest(token.encode(), operator_key.encode()):
+        return Principal(key_id=OPERATOR, kind=OPERATOR, organization_id=organization_header or None)
+    digest = hash_secret(token)
+    record = stores.metadata.find_api_key(digest)
+    if record is None or record.revoked_at is not None or not hmac.compare_digest(record.secret_hash, digest):
+        raise _invalid(token)
+    if organization_header and organization_header != record.organization_id:
+        raise AuthenticationError(
+            f"OpenAI-Organization header should match organization for API key: {organization_header}.",
+            code="mismatched_organization",
+        )
+    _touch(stores, record)
+    return Principal(
+        key_id=record.id,
+        kind=record.kind,
+        organization_id=record.organization_id,
+        project_id=record.project_id,
+    )
+
+
+def _touch(stores: Stores, record: ApiKeyRecord) -> None:
+    """Record use at most once a minute, so a hot key does not write on every request."""
+    now = int(time.time())
+    if record.last_used_at is None or now - record.last_used_at >= TOUCH_EVERY_S:
+        stores.metadata.touch_api_key(record.id, now)
+
+
+def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    app_state = connection.app.state
+    principal = authenticate(
+        _bearer(connection),
+        app_state.stores,
+        operator_key=app_state.settings.admin_key,
+        organization_header=connection.headers.get("openai-organization"),
+    )
+    connection.state.principal = principal
+    return principal
+
+
+def require_project(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for project routes: a project or service-account key."""
+    principal = _principal(connection)
+    if principal.project_id is None:
+        raise PermissionDeniedError(
+            "This route needs a project API key; admin keys act on /v1/organization routes only."
+        )
+    project_header = connection.headers.get("openai-project")
+    if project_header and project_header != principal.project_id:
+        raise AuthenticationError(
+            f"OpenAI-Project header should match project for API key: {project_header}.",
+            code="mismatched_project",
+        )
+
+
+def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for /v1/organization routes: an organization admin key or the operator key."""
+    principal = _principal(connection)
+    if not principal.is_admin:
+        raise PermissionDeniedError("You have insufficient permissions for this operation: it needs an admin key.")
+
+
+def current_principal(request: Request[Any, Any, Any]) -> Principal:
+    """Dependency: the Principal a guard stored on the request."""
+    return request.state.principal
+
+
+# Handlers declare `principal: Caller`; the app provides it from what the guard resolved.
+Caller = NamedDependency[Principal]

@@ -1,0 +1,239 @@
+"""Rules of /v1/files: streaming upload with line checks, listing, deletion, content."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
+from tunewright.api.files.schemas import CREATE_PURPOSES
+from tunewright.api.forms import read_form
+from tunewright.api.streaming import ThreadedSink
+from tunewright.storage.errors import NotFound
+from tunewright.storage.ids import new_id
+from tunewright.storage.records import FileRecord
+from tunewright.trainer.errors import DatasetError
+from tunewright.trainer.validate import JsonlChecker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from litestar import Request
+    from tunewright.api.auth import Principal
+    from tunewright.storage.base import BlobInfo, Stores
+    from tunewright.storage.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MIN_EXPIRY_S = 3600
+MAX_EXPIRY_S = 2_592_000
+BATCH_DEFAULT_EXPIRY_S = 30 * 24 * 3600
+FILE_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
+
+
+def file_not_found(file_id: str) -> NotFoundError:
+    """404 for a file id that is not in the caller's project."""
+    return NotFoundError(f"No such File object: {echo(file_id)}", param="file_id", code="file_not_found")
+
+
+def blob_key(project_id: str, file_id: str) -> str:
+    """Where a file's bytes live."""
+    return f"{project_id}/files/{file_id}"
+
+
+def dataset_error_to_api(error: DatasetError, *, param: str) -> InvalidRequestError:
+    """A line-located problem found while a file streams in, as a 400 naming the form field."""
+    return InvalidRequestError("; ".join(error.details), param=param, code="invalid_training_file")
+
+
+def parse_expiry(fields: dict[str, str], purpose: str, created_at: int) -> int | None:
+    """Resolve `expires_after[anchor]`/`[seconds]` (batch files default to 30 days)."""
+    anchor = fields.get("expires_after[anchor]")
+    seconds = fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return created_at + BATCH_DEFAULT_EXPIRY_S if purpose == "batch" else None
+    if anchor != "created_at":
+        raise InvalidRequestError(
+            "Invalid 'expires_after[anchor]': the only supported anchor is 'created_at'.",
+            param="expires_after.anchor",
+            code="invalid_value",
+        )
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        raise InvalidRequestError(
+            f"Invalid 'expires_after[seconds]': expected an integer, got '{echo(seconds)}'.",
+            param="expires_after.seconds",
+            code="invalid_type",
+        ) from None
+    if not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
+        raise InvalidRequestError(
+            f"Invalid 'expires_after[seconds]': must be between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}, got {value}.",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
+    return created_at + value
+
+
+def check_purpose(purpose: str | None) -> str:
+    """Return a valid create purpose or raise 400 naming `purpose`."""
+    if purpose is None:
+        raise InvalidRequestError(
+            "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+        )
+    if purpose not in CREATE_PURPOSES:
+        allowed = ", ".join(f"'{p}'" for p in CREATE_PURPOSES)
+        raise InvalidRequestError(
+            f"Invalid value for 'purpose': expected one of {allowed}, got '{echo(purpose)}'.",
+            param="purpose",
+            code="invalid_value",
+        )
+    return purpose
+
+
+class CheckedPut:
+    """A blob put that, for fine-tune files, checks every line on the way (a bad line stores nothing)."""
+
+    def __init__(self, stores: Stores, key: str, *, check: bool, max_bytes: int) -> None:
+        """`check` False defers the decision (purpose sent after the file): problems are kept, not raised."""
+        self.stores = stores
+        self.key = key
+        self.check = check
+        self.max_bytes = max_bytes
+        # Upload checks the JSON Lines framing only: the format rules depend on the job's method and run
+        # when a job names the file.
+        self.checker = JsonlChecker(param="training_file", check_format=False)
+        self.deferred: DatasetError | None = None
+        self.lines: int | None = None
+
+    def _checked(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._feed(chunk)
+            yield chunk
+        self._finish()
+
+    def _feed(self, chunk: bytes) -> None:
+        if self.deferred is not None:
+            return
+        try:
+            self.checker.feed(chunk)
+        except DatasetError as exc:
+            if self.check:
+                raise
+            self.deferred = exc
+
+    def _finish(self) -> None:
+        if self.deferred is not None:
+            return
+        try:
+            self.lines = self.checker.finish().lines
+        except DatasetError as exc:
+            if self.check:
+                raise
+            self.deferred = exc
+
+    def __call__(self, chunks: Iterator[bytes]) -> BlobInfo:
+        """Consume the chunks into the blob store."""
+        return self.stores.blobs.put(self.key, self._checked(chunks), max_bytes=self.max_bytes)
+
+
+async def create_file(
+    request: Request[Any, Any, Any], principal: Principal, settings: Settings, stores: Stores
+) -> FileRecord:
+    """Stream a multipart upload into the blob store, then commit its row."""
+    project_id = principal.project_id or ""
+    file_id = new_id("file")
+    key = blob_key(project_id, file_id)
+    puts: list[CheckedPut] = []
+
+    def open_sink(fields: dict[str, str], _filename: str) -> ThreadedSink[BlobInfo]:
+        purpose = fields.get("purpose")
+        if purpose is not None:
+            check_purpose(purpose)
+        put = CheckedPut(
+            stores,
+            key,
+            check=purpose == "fine-tune",
+            max_bytes=settings.max_file_bytes,
+        )
+        puts.append(put)
+        return ThreadedSink(put)
+
+    try:
+        form = await read_form(
+            request,
+            file_field="file",
+            text_fields=FILE_FIELDS,
+            max_file_bytes=settings.max_file_bytes,
+            open_sink=open_sink,
+        )
+    except DatasetError as exc:
+        raise dataset_error_to_api(exc, param="file") from exc
+    return await anyio.to_thread.run_sync(_commit_file, form, puts, key, file_id, project_id, stores)
+
+
+def _commit_file(
+    form: Any, puts: list[CheckedPut], key: str, file_id: str, project_id: str, stores: Stores
+) -> FileRecord:
+    if form.filename is None or not puts:
+        raise InvalidRequestError(
+            "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
+        )
+    put = puts[0]
+    try:
+        purpose = check_purpose(form.fields.get("purpose"))
+        created_at = int(time.time())
+        expires_at = parse_expiry(form.fields, purpose, created_at)
+        if purpose == "fine-tune" and put.deferred is not None:
+            raise dataset_error_to_api(put.deferred, param="file")
+        info: BlobInfo = form.file_result
+        record = FileRecord(
+            id=file_id,
+            project_id=project_id,
+            bytes=info.size,
+            created_at=created_at,
+            filename=form.filename,
+            purpose=purpose,
+            blob_key=key,
+            sha256=info.sha256,
+            status="processed",
+            expires_at=expires_at,
+            line_count=put.lines if purpose == "fine-tune" else None,
+        )
+        stores.metadata.insert_file(record)
+    except BaseException:
+        stores.blobs.delete(key)
+        raise
+    return record
+
+
+def get_file(stores: Stores, file_id: str, *, project_id: str) -> FileRecord:
+    """Return a file of the project or raise 404."""
+    try:
+        return stores.metadata.get_file(file_id, project_id=project_id)
+    except NotFound:
+        raise file_not_found(file_id) from None
+
+
+def delete_file(stores: Stores, file_id: str, *, project_id: str) -> FileRecord:
+    """Delete a file unless a job in progress uses it: row first, blob after."""
+    get_file(stores, file_id, project_id=project_id)
+    jobs = stores.metadata.active_jobs_using_file(file_id, project_id=project_id)
+    if jobs:
+        raise InvalidRequestError(
+            f"File {file_id} is used by fine-tuning job {jobs[0]}, which is still in progress; "
+            "cancel the job or wait for it to finish before deleting the file.",
+            param="file_id",
+            code="file_in_use",
+        )
+    try:
+        record = stores.metadata.delete_file(file_id, project_id=project_id)
+    except NotFound:
+        raise file_not_found(file_id) from None
+    try:
+        stores.blobs.delete(record.blob_key)
+    except Exception:  # the row is gone, so the file is deleted; a stray blob is logged for the operator
+        logger.exception("could not delete blob %s of deleted file %s", record.blob_key, file_id)
+    return record

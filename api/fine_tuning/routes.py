@@ -1,0 +1,202 @@
+"""HTTP routes of /v1/fine_tuning: jobs, events, checkpoints, checkpoint permissions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+from tunewright.api.auth import Caller, require_project
+from tunewright.api.fine_tuning import permissions, service
+from tunewright.api.fine_tuning.schemas import (
+    CreateFineTuningCheckpointPermissionRequest,
+    CreateFineTuningJobRequest,
+    FineTuningCheckpointPermission,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+)
+from tunewright.api.pagination import bracket_map, check_choice, check_limit, edge_ids
+from tunewright.api.schemas import CursorPage, CursorPageWithIds, DeletedObject
+
+
+class JobsController(Controller):
+    """`/v1/fine_tuning/jobs`."""
+
+    path = "/v1/fine_tuning/jobs"
+    guards = [require_project]
+    tags = ["Fine-tuning"]
+
+    @post("/", status_code=200, sync_to_thread=True)
+    def create_job(
+        self, request: Request[Any, Any, Any], principal: Caller, data: JSONBody[CreateFineTuningJobRequest]
+    ) -> FineTuningJob:
+        """Create a fine-tuning job; it starts in `validating_files`."""
+        state = request.app.state
+        return FineTuningJob.from_record(service.create_job(state.stores, state.settings, data, principal))
+
+    @get("/", sync_to_thread=True)
+    def list_jobs(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 20,
+    ) -> CursorPage[FineTuningJob]:
+        """List the project's jobs, newest first; `metadata[k]=v` filters."""
+        page = request.app.state.stores.metadata.list_jobs(
+            project_id=principal.project_id or "",
+            after=after,
+            limit=check_limit(limit, maximum=100),
+            metadata=bracket_map(request.query_params, "metadata"),
+        )
+        return CursorPage(data=[FineTuningJob.from_record(r) for r in page.items], has_more=page.has_more)
+
+    @get("/{fine_tuning_job_id:str}", sync_to_thread=True)
+    def retrieve_job(
+        self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
+    ) -> FineTuningJob:
+        """Return one job."""
+        record = service.get_job(request.app.state.stores, fine_tuning_job_id, project_id=principal.project_id or "")
+        return FineTuningJob.from_record(record)
+
+    @post("/{fine_tuning_job_id:str}/cancel", status_code=200, sync_to_thread=True)
+    def cancel_job(
+        self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
+    ) -> FineTuningJob:
+        """Cancel a job that has not ended."""
+        return self._change(request, principal, fine_tuning_job_id, "cancel")
+
+    @post("/{fine_tuning_job_id:str}/pause", status_code=200, sync_to_thread=True)
+    def pause_job(
+        self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
+    ) -> FineTuningJob:
+        """Pause a running job."""
+        return self._change(request, principal, fine_tuning_job_id, "pause")
+
+    @post("/{fine_tuning_job_id:str}/resume", status_code=200, sync_to_thread=True)
+    def resume_job(
+        self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
+    ) -> FineTuningJob:
+        """Resume a paused job (it goes back to `queued`)."""
+        return self._change(request, principal, fine_tuning_job_id, "resume")
+
+    @staticmethod
+    def _change(request: Request[Any, Any, Any], principal: Caller, job_id: str, action: str) -> FineTuningJob:
+        record = service.change_state(request.app.state.stores, job_id, action, project_id=principal.project_id or "")
+        return FineTuningJob.from_record(record)
+
+    @get("/{fine_tuning_job_id:str}/events", sync_to_thread=True)
+    def list_events(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        fine_tuning_job_id: FromPath[str],
+        after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 20,
+    ) -> CursorPage[FineTuningJobEvent]:
+        """A job's events, newest first."""
+        stores = request.app.state.stores
+        project_id = principal.project_id or ""
+        service.get_job(stores, fine_tuning_job_id, project_id=project_id)
+        page = stores.metadata.list_events(
+            fine_tuning_job_id, project_id=project_id, after=after, limit=check_limit(limit, maximum=100)
+        )
+        return CursorPage(data=[FineTuningJobEvent.from_record(r) for r in page.items], has_more=page.has_more)
+
+    @get("/{fine_tuning_job_id:str}/checkpoints", sync_to_thread=True)
+    def list_checkpoints(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        fine_tuning_job_id: FromPath[str],
+        after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 10,
+    ) -> CursorPageWithIds[FineTuningJobCheckpoint]:
+        """A job's published checkpoints, newest first."""
+        stores = request.app.state.stores
+        project_id = principal.project_id or ""
+        service.get_job(stores, fine_tuning_job_id, project_id=project_id)
+        page = stores.metadata.list_checkpoints(
+            fine_tuning_job_id, project_id=project_id, after=after, limit=check_limit(limit, maximum=100)
+        )
+        first_id, last_id = edge_ids(page.items)
+        return CursorPageWithIds(
+            data=[FineTuningJobCheckpoint.from_record(r) for r in page.items],
+            first_id=first_id,
+            last_id=last_id,
+            has_more=page.has_more,
+        )
+
+
+class CheckpointPermissionsController(Controller):
+    """`/v1/fine_tuning/checkpoints/{model}/permissions`."""
+
+    path = "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:str}/permissions"
+    guards = [require_project]
+    tags = ["Fine-tuning"]
+
+    @get("/", sync_to_thread=True)
+    def list_permissions(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        fine_tuned_model_checkpoint: FromPath[str],
+        project_id: FromQuery[str | None] = None,
+        after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 10,
+        order: FromQuery[str] = "descending",
+    ) -> CursorPageWithIds[FineTuningCheckpointPermission]:
+        """Projects a model is shared with."""
+        direction = check_choice(order, ("ascending", "descending"), param="order")
+        page = permissions.list_permissions(
+            request.app.state.stores,
+            fine_tuned_model_checkpoint,
+            principal,
+            project_id=project_id,
+            after=after,
+            limit=check_limit(limit, maximum=100),
+            order="asc" if direction == "ascending" else "desc",
+        )
+        first_id, last_id = edge_ids(page.items)
+        return CursorPageWithIds(
+            data=[FineTuningCheckpointPermission.from_record(r) for r in page.items],
+            first_id=first_id,
+            last_id=last_id,
+            has_more=page.has_more,
+        )
+
+    @post("/", status_code=200, sync_to_thread=True)
+    def create_permissions(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        fine_tuned_model_checkpoint: FromPath[str],
+        data: JSONBody[CreateFineTuningCheckpointPermissionRequest],
+    ) -> CursorPageWithIds[FineTuningCheckpointPermission]:
+        """Share a model with other projects of the organization."""
+        records = permissions.create_permissions(
+            request.app.state.stores, fine_tuned_model_checkpoint, data.project_ids, principal
+        )
+        first_id, last_id = edge_ids(records)
+        return CursorPageWithIds(
+            data=[FineTuningCheckpointPermission.from_record(r) for r in records],
+            first_id=first_id,
+            last_id=last_id,
+            has_more=False,
+        )
+
+    @delete("/{permission_id:str}", status_code=200, sync_to_thread=True)
+    def delete_permission(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        fine_tuned_model_checkpoint: FromPath[str],
+        permission_id: FromPath[str],
+    ) -> DeletedObject:
+        """Stop sharing a model with one project."""
+        permissions.delete_permission(request.app.state.stores, fine_tuned_model_checkpoint, permission_id, principal)
+        return DeletedObject(id=permission_id, object="checkpoint.permission")
+
+
+ROUTES = [JobsController, CheckpointPermissionsController]

@@ -1,0 +1,237 @@
+"""Wire objects of /v1/fine_tuning, mirroring OpenAI's schemas field for field."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from msgspec import UNSET, Meta, UnsetType
+from tunewright.api.schemas import Request, Response
+
+if TYPE_CHECKING:
+    from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, PermissionRecord
+
+Auto = Literal["auto"]
+BatchSize = Auto | Annotated[int, Meta(ge=1, le=256)]
+LearningRateMultiplier = Auto | Annotated[float, Meta(gt=0)]
+NEpochs = Auto | Annotated[int, Meta(ge=1, le=50)]
+Beta = Auto | Annotated[float, Meta(gt=0, le=2)]
+Suffix = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Seed = Annotated[int, Meta(ge=0, le=2_147_483_647)]
+
+
+class Hyperparameters(Request):
+    """The legacy top-level `hyperparameters` (deprecated by OpenAI in favour of `method`)."""
+
+    batch_size: BatchSize | UnsetType = UNSET
+    learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET
+    n_epochs: NEpochs | UnsetType = UNSET
+
+
+class LoraHyperparameters(Request):
+    """Tunewright's LoRA extensions, accepted inside `method.<type>.hyperparameters` and echoed back."""
+
+    lora_rank: Annotated[int, Meta(ge=1, le=256)] | UnsetType = UNSET
+    lora_alpha: Annotated[float, Meta(gt=0, le=4096)] | UnsetType = UNSET
+    lora_dropout: Annotated[float, Meta(ge=0, lt=1)] | UnsetType = UNSET
+    lora_target_modules: Literal["all-linear"] | list[Annotated[str, Meta(min_length=1)]] | UnsetType = UNSET
+
+
+class SupervisedHyperparameters(LoraHyperparameters):
+    """`FineTuneSupervisedHyperparameters` plus the LoRA extensions."""
+
+    batch_size: BatchSize | UnsetType = UNSET
+    learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET
+    n_epochs: NEpochs | UnsetType = UNSET
+
+
+class DPOHyperparameters(LoraHyperparameters):
+    """`FineTuneDPOHyperparameters` plus the LoRA extensions."""
+
+    beta: Beta | UnsetType = UNSET
+    batch_size: BatchSize | UnsetType = UNSET
+    learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET
+    n_epochs: NEpochs | UnsetType = UNSET
+
+
+class SupervisedMethod(Request):
+    """`FineTuneSupervisedMethod`."""
+
+    hyperparameters: SupervisedHyperparameters | UnsetType = UNSET
+
+
+class DPOMethod(Request):
+    """`FineTuneDPOMethod`."""
+
+    hyperparameters: DPOHyperparameters | UnsetType = UNSET
+
+
+class FineTuneMethod(Request):
+    """`FineTuneMethod`: the training method and its hyperparameters."""
+
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | UnsetType = UNSET
+    dpo: DPOMethod | UnsetType = UNSET
+    reinforcement: dict[str, Any] | UnsetType = UNSET
+
+
+class WandbSettings(Request):
+    """Settings of a Weights and Biases integration."""
+
+    project: str
+    name: str | None | UnsetType = UNSET
+    entity: str | None | UnsetType = UNSET
+    tags: list[str] | UnsetType = UNSET
+
+
+class FineTuningIntegration(Request):
+    """One entry of `integrations`."""
+
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
+class CreateFineTuningJobRequest(Request):
+    """Body of `POST /v1/fine_tuning/jobs`."""
+
+    model: Annotated[str, Meta(min_length=1)]
+    training_file: Annotated[str, Meta(min_length=1)]
+    hyperparameters: Hyperparameters | UnsetType = UNSET
+    suffix: Suffix | None | UnsetType = UNSET
+    validation_file: str | None | UnsetType = UNSET
+    integrations: list[FineTuningIntegration] | None | UnsetType = UNSET
+    seed: Seed | None | UnsetType = UNSET
+    method: FineTuneMethod | UnsetType = UNSET
+    metadata: dict[str, str] | None | UnsetType = UNSET
+
+
+class CreateFineTuningCheckpointPermissionRequest(Request):
+    """Body of `POST /v1/fine_tuning/checkpoints/{model}/permissions`."""
+
+    project_ids: Annotated[list[str], Meta(min_length=1, max_length=100)]
+
+
+class FineTuningJobError(Response):
+    """Why a job failed."""
+
+    code: str
+    message: str
+    param: str | None
+
+
+class FineTuningJob(Response):
+    """`FineTuningJob` (`object: "fine_tuning.job"`); every required field is always present."""
+
+    id: str
+    created_at: int
+    error: FineTuningJobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str]
+    status: str
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    seed: int
+    integrations: list[dict[str, Any]] | None = None
+    estimated_finish: int | None | UnsetType = UNSET
+    method: dict[str, Any] | UnsetType = UNSET
+    metadata: dict[str, str] | None = None
+    user_provided_suffix: str | None = None
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+
+    @classmethod
+    def from_record(cls, record: JobRecord) -> FineTuningJob:
+        """The only mapping from a JobRecord to the wire."""
+        error = record.error
+        return cls(
+            id=record.id,
+            created_at=record.created_at,
+            error=FineTuningJobError(
+                code=str(error.get("code") or "error"),
+                message=str(error.get("message") or ""),
+                param=error.get("param"),
+            )
+            if error
+            else None,
+            fine_tuned_model=record.fine_tuned_model,
+            finished_at=record.finished_at,
+            hyperparameters=record.hyperparameters,
+            model=record.model,
+            organization_id=record.organization_id,
+            result_files=list(record.result_files),
+            status=record.status,
+            trained_tokens=record.trained_tokens,
+            training_file=record.training_file,
+            validation_file=record.validation_file,
+            seed=record.seed,
+            integrations=record.integrations if record.integrations is not None else [],
+            estimated_finish=record.estimated_finish if record.status == "running" else UNSET,
+            method=record.method or UNSET,
+            metadata=record.metadata,
+            user_provided_suffix=record.suffix,
+        )
+
+
+class FineTuningJobEvent(Response):
+    """`FineTuningJobEvent` (`object: "fine_tuning.job.event"`)."""
+
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] | UnsetType = UNSET
+    data: dict[str, Any] | UnsetType = UNSET
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+
+    @classmethod
+    def from_record(cls, record: JobEventRecord) -> FineTuningJobEvent:
+        """The only mapping from a JobEventRecord to the wire."""
+        return cls(
+            id=record.id,
+            created_at=record.created_at,
+            level=record.level,  # type: ignore[arg-type]
+            message=record.message,
+            type=record.type,  # type: ignore[arg-type]
+            data=record.data if record.data is not None else {},
+        )
+
+
+class FineTuningJobCheckpoint(Response):
+    """`FineTuningJobCheckpoint` (`object: "fine_tuning.job.checkpoint"`)."""
+
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    step_number: int
+    metrics: dict[str, float]
+    fine_tuning_job_id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+
+    @classmethod
+    def from_record(cls, record: CheckpointRecord) -> FineTuningJobCheckpoint:
+        """The only mapping from a CheckpointRecord to the wire."""
+        return cls(
+            id=record.id,
+            created_at=record.created_at,
+            fine_tuned_model_checkpoint=record.fine_tuned_model_checkpoint,
+            step_number=record.step_number,
+            metrics=record.metrics,
+            fine_tuning_job_id=record.job_id,
+        )
+
+
+class FineTuningCheckpointPermission(Response):
+    """`FineTuningCheckpointPermission` (`object: "checkpoint.permission"`)."""
+
+    id: str
+    created_at: int
+    project_id: str
+    object: Literal["checkpoint.permission"] = "checkpoint.permission"
+
+    @classmethod
+    def from_record(cls, record: PermissionRecord) -> FineTuningCheckpointPermission:
+        """The only mapping from a PermissionRecord to the wire."""
+        return cls(id=record.id, created_at=record.created_at, project_id=record.project_id)

@@ -1,0 +1,255 @@
+"""Rules of /v1/fine_tuning/jobs: model and file checks, hyperparameters, state changes."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from msgspec import UNSET
+from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
+from tunewright.storage.errors import NotFound, StateConflict
+from tunewright.storage.ids import new_id, new_model_slot
+from tunewright.storage.records import JobEventRecord, JobRecord
+from tunewright.trainer.errors import DatasetError
+from tunewright.trainer.validate import JsonlChecker
+
+if TYPE_CHECKING:
+    from tunewright.api.auth import Principal
+    from tunewright.api.fine_tuning.schemas import CreateFineTuningJobRequest
+    from tunewright.storage.base import Stores
+    from tunewright.storage.records import FileRecord
+    from tunewright.storage.settings import Settings
+
+ACTIVE_STATES = ("validating_files", "queued", "running", "paused")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+CORE_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+
+def job_not_found(job_id: str) -> NotFoundError:
+    """404 for a job id that is not in the caller's project."""
+    return NotFoundError(
+        f"Could not find fine-tuning job: {echo(job_id)}", param="fine_tuning_job_id", code="job_not_found"
+    )
+
+
+def model_not_found(model: str, *, param: str | None = "model", status: int = 400) -> InvalidRequestError:
+    """The same answer for a model that does not exist and one the caller may not use."""
+    error_cls = InvalidRequestError if status == 400 else NotFoundError
+    return error_cls(
+        f"The model `{echo(model)}` does not exist or you do not have access to it.",
+        param=param,
+        code="model_not_found",
+    )
+
+
+def event(job_id: str, project_id: str, message: str, *, level: str = "info") -> JobEventRecord:
+    """A plain message event stamped now."""
+    return JobEventRecord(
+        id=new_id("event"),
+        job_id=job_id,
+        project_id=project_id,
+        created_at=int(time.time()),
+        level=level,
+        message=message,
+    )
+
+
+def resolve_base_model(stores: Stores, settings: Settings, model: str, *, project_id: str) -> str:
+    """Return the configured base model `model` resolves to (an `ft:` model continues its own base)."""
+    if model in settings.base_models:
+        return model
+    if model.startswith("ft:"):
+        try:
+            return stores.metadata.get_owned_model(model, project_id=project_id).base_model
+        except NotFound:
+            pass
+    raise model_not_found(model)
+
+
+def check_training_file(stores: Stores, file_id: str, *, param: str, project_id: str) -> FileRecord:
+    """Return the project's fine-tune file, or a 400 naming `param` (one message for missing or foreign)."""
+    try:
+        record = stores.metadata.get_file(file_id, project_id=project_id)
+    except NotFound:
+        raise InvalidRequestError(
+            f"Invalid file ID: {echo(file_id)}. The file does not exist or you do not have access to it.",
+            param=param,
+            code="invalid_file",
+        ) from None
+    if record.purpose != "fine-tune":
+        raise InvalidRequestError(
+            f"File {record.id} has purpose '{record.purpose}'; {param} needs a file uploaded with purpose 'fine-tune'.",
+            param=param,
+            code="invalid_file",
+        )
+    return record
+
+
+def check_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    """Enforce OpenAI's metadata limits: 16 pairs, keys ≤ 64 and values ≤ 512 characters."""
+    if metadata is None:
+        return None
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequestError(
+            f"Invalid 'metadata': at most {MAX_METADATA_PAIRS} pairs are allowed, got {len(metadata)}.",
+            param="metadata",
+            code="invalid_value",
+        )
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise InvalidRequestError(
+                f"Invalid 'metadata': key '{echo(key)}' is longer than {MAX_METADATA_KEY} characters.",
+                param="metadata",
+                code="invalid_value",
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequestError(
+                f"Invalid 'metadata[{echo(key)}]': values are at most {MAX_METADATA_VALUE} characters.",
+                param=f"metadata.{key}",
+                code="invalid_value",
+            )
+    return metadata
+
+
+def build_method(data: CreateFineTuningJobRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return `(method, hyperparameters)` as stored: "auto" where not given, both views in step."""
+    if data.hyperparameters is not UNSET and data.method is not UNSET:
+        raise InvalidRequestError(
+            "Specify hyperparameters either in 'method' or in the deprecated top-level 'hyperparameters', not both.",
+            param="hyperparameters",
+            code="invalid_value",
+        )
+    if data.method is UNSET:
+        given = msgspec.to_builtins(data.hyperparameters) if data.hyperparameters is not UNSET else {}
+        method_type = "supervised"
+    else:
+        method_type = data.method.type
+        _check_method_shape(data)
+        section = getattr(data.method, method_type)
+        given = msgspec.to_builtins(section.hyperparameters) if section and section.hyperparameters else {}
+    hyper = {key: given.get(key, "auto") for key in CORE_KEYS}
+    if method_type == "dpo":
+        hyper = {"beta": given.get("beta", "auto"), **hyper}
+    hyper.update({k: v for k, v in given.items() if k.startswith("lora_")})
+    top = {key: hyper[key] for key in CORE_KEYS}
+    top.update({k: v for k, v in hyper.items() if k.startswith("lora_")})
+    return {"type": method_type, method_type: {"hyperparameters": hyper}}, top
+
+
+def _check_method_shape(data: CreateFineTuningJobRequest) -> None:
+    method = data.method
+    assert method is not UNSET
+    if method.type == "reinforcement":
+        raise InvalidRequestError(
+            "Reinforcement fine-tuning is not supported by this server; use method type 'supervised' or 'dpo'.",
+            param="method.type",
+            code="unsupported_method",
+        )
+    for other in ("supervised", "dpo", "reinforcement"):
+        if other != method.type and getattr(method, other) is not UNSET:
+            raise InvalidRequestError(
+                f"Invalid 'method': type is '{method.type}' but a '{other}' section was given.",
+                param=f"method.{other}",
+                code="invalid_value",
+            )
+
+
+def precheck_dataset(stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str) -> None:
+    """Run the format rules synchronously on a small file; a problem is a 400 naming its lines."""
+    if file.bytes > settings.sync_validate_max_bytes:
+        return
+    checker = JsonlChecker(param=param, check_format=True, method=method_type)  # type: ignore[arg-type]
+    try:
+        for chunk in stores.blobs.open(file.blob_key):
+            checker.feed(chunk)
+        checker.finish()
+    except DatasetError as exc:
+        raise InvalidRequestError(exc.message, param=param, code=exc.code) from exc
+
+
+def create_job(stores: Stores, settings: Settings, data: CreateFineTuningJobRequest, principal: Principal) -> JobRecord:
+    """Check everything a job needs, then store it `validating_files` with its first event."""
+    project_id = principal.project_id or ""
+    base_model = resolve_base_model(stores, settings, data.model, project_id=project_id)
+    method, hyperparameters = build_method(data)
+    training = check_training_file(stores, data.training_file, param="training_file", project_id=project_id)
+    validation_id = data.validation_file if isinstance(data.validation_file, str) else None
+    validation = (
+        check_training_file(stores, validation_id, param="validation_file", project_id=project_id)
+        if validation_id
+        else None
+    )
+    metadata = check_metadata(data.metadata if isinstance(data.metadata, dict) else None)
+    if isinstance(data.integrations, list) and len(data.integrations) > 5:
+        raise InvalidRequestError(
+            "Invalid 'integrations': at most 5 are allowed.", param="integrations", code="invalid_value"
+        )
+    precheck_dataset(stores, settings, training, param="training_file", method_type=method["type"])
+    if validation is not None:
+        precheck_dataset(stores, settings, validation, param="validation_file", method_type=method["type"])
+    now = int(time.time())
+    job = JobRecord(
+        id=new_id("job"),
+        project_id=project_id,
+        organization_id=principal.organization_id or "",
+        created_at=now,
+        updated_at=now,
+        model=data.model,
+        base_model=base_model,
+        status="validating_files",
+        training_file=training.id,
+        validation_file=validation.id if validation else None,
+        hyperparameters=hyperparameters,
+        method=method,
+        seed=data.seed if isinstance(data.seed, int) else secrets.randbelow(2_147_483_648),
+        model_slot=new_model_slot(),
+        suffix=data.suffix if isinstance(data.suffix, str) else None,
+        metadata=metadata,
+        integrations=msgspec.to_builtins(data.integrations) if isinstance(data.integrations, list) else None,
+    )
+    stores.metadata.insert_job(job, event(job.id, project_id, f"Created fine-tuning job: {job.id}"))
+    return job
+
+
+def get_job(stores: Stores, job_id: str, *, project_id: str) -> JobRecord:
+    """Return a job of the project or raise 404."""
+    try:
+        return stores.metadata.get_job(job_id, project_id=project_id)
+    except NotFound:
+        raise job_not_found(job_id) from None
+
+
+_TRANSITIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "cancel": (ACTIVE_STATES, "cancelled", "Fine-tuning job cancelled"),
+    "pause": (("running",), "paused", "Fine-tuning job paused"),
+    "resume": (("paused",), "queued", "Fine-tuning job resumed; waiting for a worker"),
+}
+
+
+def change_state(stores: Stores, job_id: str, action: str, *, project_id: str) -> JobRecord:
+    """Apply `cancel`, `pause` or `resume` as a compare-and-set; anything else is 400 invalid_job_state."""
+    allowed, status, message = _TRANSITIONS[action]
+    changes: dict[str, Any] = {"finished_at": int(time.time())} if status in TERMINAL_STATES else {}
+    try:
+        return stores.metadata.transition_job(
+            job_id,
+            project_id=project_id,
+            allowed=allowed,
+            status=status,
+            event=event(job_id, project_id, message),
+            **changes,
+        )
+    except NotFound:
+        raise job_not_found(job_id) from None
+    except StateConflict as exc:
+        raise InvalidRequestError(
+            f"Cannot {action} fine-tuning job {job_id}: its status is '{exc.current}'"
+            f" ({action} needs {' or '.join(allowed)}).",
+            param="fine_tuning_job_id",
+            code="invalid_job_state",
+        ) from None

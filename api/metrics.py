@@ -1,0 +1,89 @@
+"""Prometheus metrics: requests by route template and status, latency, jobs by status, queue depth."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from tunewright.storage.ids import new_request_id
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from tunewright.storage.base import Stores
+
+
+class StoreCollector:
+    """Reads job counts and queue depth from the metadata database at scrape time."""
+
+    def __init__(self, stores: Stores) -> None:
+        """Remember the stores to read."""
+        self._stores = stores
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Yield `tunewright_jobs` by status and `tunewright_queue_depth_jobs`."""
+        jobs = GaugeMetricFamily("tunewright_jobs", "Fine-tuning jobs by status", labels=["status"])
+        for status, count in sorted(self._stores.metadata.count_jobs_by_status().items()):
+            jobs.add_metric([status], count)
+        yield jobs
+        depth = GaugeMetricFamily("tunewright_queue_depth_jobs", "Jobs waiting for a worker")
+        depth.add_metric([], self._stores.queue.depth())
+        yield depth
+
+
+class Metrics:
+    """One registry per app, so several apps in one process (tests) do not collide."""
+
+    def __init__(self, stores: Stores) -> None:
+        """Create the registry and the HTTP metrics."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tunewright_http_requests_total",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tunewright_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route", "method"],
+            registry=self.registry,
+        )
+        self.registry.register(StoreCollector(stores))  # type: ignore[arg-type]
+
+
+def request_context_middleware(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: a request id on every response, and the request's metrics."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        request_id = state.setdefault("request_id", new_request_id())
+        started = time.monotonic()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)  # type: ignore[union-attr]
+            route = scope.get("path_template") or "unmatched"
+            if metrics is not None:
+                metrics.requests.labels(route, scope["method"], str(status)).inc()
+                metrics.latency.labels(route, scope["method"]).observe(time.monotonic() - started)
+
+    return middleware

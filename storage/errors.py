@@ -1,0 +1,36 @@
+"""Errors raised by the storage layer; the API maps them to HTTP (404, 409, 503)."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every storage error."""
+
+
+class NotFound(StorageError):  # noqa: N818 - the name reads as the condition, as in the protocols' docs
+    """The object does not exist in this project (or at all)."""
+
+
+class Conflict(StorageError):  # noqa: N818
+    """The write would break a uniqueness or state rule."""
+
+
+class Unavailable(StorageError):  # noqa: N818
+    """The backing service (database, object store) did not answer."""
+
+
+class InvalidKey(StorageError):  # noqa: N818
+    """A blob key is malformed (empty, absolute, or contains `..`)."""
+
+
+class InvalidCursor(StorageError):  # noqa: N818
+    """A list's `after` names no object of that list; the API answers 400 `param: "after"`."""
+
+
+class StateConflict(StorageError):  # noqa: N818
+    """A compare-and-set on a job's status found another status; `current` holds it."""
+
+    def __init__(self, current: str) -> None:
+        """Remember the status that was found."""
+        super().__init__(f"current status is {current}")
+        self.current = current

@@ -1,0 +1,64 @@
+"""Identifiers: every id in Tunewright is made here.
+
+The random part is time-ordered (48 bits of milliseconds, then 80 random bits, Crockford base32, as ULID), so
+ordering by `(created_at, id)` is stable and follows creation order even inside one second.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_ALNUM = string.ascii_letters + string.digits
+
+PREFIXES: dict[str, str] = {
+    "file": "file-",
+    "upload": "upload_",
+    "part": "part_",
+    "job": "ftjob-",
+    "event": "ftevent-",
+    "checkpoint": "ftckpt_",
+    "permission": "cp_",
+    "chat": "chatcmpl-",
+    "completion": "cmpl-",
+    "org": "org-",
+    "project": "proj_",
+    "key": "key_",
+    "service_account": "svc_acct_",
+    "request": "req_",
+    "usage": "usage_",
+}
+
+
+def _ulid(now_ms: int | None = None) -> str:
+    """Return a 26-character time-ordered identifier (lower-case Crockford base32)."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_id(kind: str) -> str:
+    """Return a fresh id of `kind` (`"file"`, `"job"`, …) with OpenAI's prefix."""
+    return PREFIXES[kind] + _ulid()
+
+
+def new_model_slot() -> str:
+    """Return the 8 alphanumerics that end a fine-tuned model name (`ft:<base>:<org>:<suffix>:<slot>`)."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(8))
+
+
+def new_secret_key(admin: bool = False) -> str:
+    """Return a new secret API key: `sk-proj-…` or `sk-admin-…` with 256 bits of entropy."""
+    prefix = "sk-admin-" if admin else "sk-proj-"
+    return prefix + secrets.token_urlsafe(32)
+
+
+def new_request_id() -> str:
+    """Return a request id for `x-request-id`."""
+    return "req_" + secrets.token_hex(16)

@@ -1,0 +1,344 @@
+"""LocalBlobStore: blobs as files under a root directory, written temp file → fsync → `os.replace`.
+
+Also holds the stream helpers every BlobStore shares: `iter_chunks` (file object or iterable → chunks),
+`StreamDigest` (size + SHA-256 + byte limit) and `ChunkReader` (what `open` returns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from tunewright.storage.base import BlobInfo
+from tunewright.storage.errors import NotFound, Unavailable
+from tunewright.storage.keys import TEMP_NAME, validate_key, validate_prefix
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+    from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+"""How much `put` reads from a file object at a time."""
+
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+class Readable(Protocol):
+    """What `ChunkReader` reads from: an open binary file or an S3 response body."""
+
+    def read(self, size: int = ..., /) -> bytes:
+        """Return up to `size` bytes; empty at the end."""
+        ...
+
+    def close(self) -> None:
+        """Release the underlying file or connection."""
+        ...
+
+
+def iter_chunks(stream: BinaryIO | Iterable[bytes], chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield the non-empty chunks of a binary file object (read `chunk_size` at a time) or of an iterable.
+
+    A bare `bytes`/`bytearray`/`memoryview` counts as one chunk.
+
+    Raises:
+        TypeError: the iterable yields something that is not bytes-like.
+    """
+    if isinstance(stream, bytes | bytearray | memoryview):
+        if stream:
+            yield bytes(stream)
+        return
+    read = getattr(stream, "read", None)
+    if read is not None:
+        while chunk := read(chunk_size):
+            yield chunk
+        return
+    for chunk in stream:
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise TypeError(f"blob stream yielded {type(chunk).__name__}, expected bytes")
+        if chunk:
+            yield chunk
+
+
+class StreamDigest:
+    """Running size and SHA-256 of a stream being stored, enforcing an optional byte limit."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._max_bytes = max_bytes
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Account for `chunk`.
+
+        Raises:
+            ValueError: the stream is now longer than `max_bytes`.
+        """
+        self._size += len(chunk)
+        if self._max_bytes is not None and self._size > self._max_bytes:
+            raise ValueError(f"blob stream exceeds max_bytes={self._max_bytes}")
+        self._hash.update(chunk)
+
+    def info(self) -> BlobInfo:
+        """Return the size and hex digest of everything seen."""
+        return BlobInfo(size=self._size, sha256=self._hash.hexdigest())
+
+
+class ChunkReader:
+    """Iterator over a readable's chunks that closes it when exhausted, closed, or garbage-collected.
+
+    `open` returns one after opening the object, so a missing object fails at the call, and an iterator
+    that is dropped unread still releases its file or connection.
+    """
+
+    def __init__(self, source: Readable, chunk_size: int) -> None:
+        self._source: Readable | None = source
+        self._chunk_size = chunk_size
+        if chunk_size < 1:
+            self.close()
+            raise ValueError("chunk_size must be positive")
+
+    def __iter__(self) -> ChunkReader:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._source is None:
+            raise StopIteration
+        try:
+            chunk = self._read(self._source, self._chunk_size)
+        except BaseException:
+            self.close()
+            raise
+        if not chunk:
+            self.close()
+            raise StopIteration
+        return chunk
+
+    def _read(self, source: Readable, size: int) -> bytes:
+        """Read one chunk; subclasses translate backend errors here."""
+        return source.read(size)
+
+    def close(self) -> None:
+        """Release the source; further iteration ends at once."""
+        source, self._source = self._source, None
+        if source is not None:
+            source.close()
+
+    def __enter__(self) -> ChunkReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class LocalBlobStore:
+    """BlobStore on a local directory: key `a/b/c` is the file `<root>/a/b/c`.
+
+    Writes go to `<dir>/.<name>.tmp-<16 hex>` next to the target, are fsynced, then renamed over it, so
+    readers see the old file or the whole new one. A crash mid-write leaves only such temp files, which
+    `sweep_temp` removes.
+
+    Args:
+        root: the directory holding the blobs; created if missing.
+    """
+
+    def __init__(self, root: str) -> None:
+        self._root = Path(root).expanduser().resolve()
+        self._root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def root(self) -> Path:
+        """The absolute path of the blob directory."""
+        return self._root
+
+    def _path(self, key: str) -> Path:
+        return self._root.joinpath(*validate_key(key).split("/"))
+
+    def put(self, key: str, stream: BinaryIO | Iterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
+        """Stream `stream` into a temp file, fsync it and rename it over `key` (see `BlobStore.put`).
+
+        Raises:
+            InvalidKey: the key is malformed.
+            ValueError: the stream exceeds `max_bytes`; nothing is stored.
+            OSError: the file system failed; nothing is stored.
+        """
+        path = self._path(key)
+        temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+        fd = _create(temp)
+        digest = StreamDigest(max_bytes)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in iter_chunks(stream):
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            temp.replace(path)
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        _fsync_dir(path.parent)
+        return digest.info()
+
+    def open(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> ChunkReader:
+        """Open the file now and return an iterator over its chunks.
+
+        Raises:
+            NotFound: no object under `key` (raised here, before any chunk).
+        """
+        try:
+            fh = self._path(key).open("rb")
+        except _MISSING as exc:
+            raise NotFound(f"blob {key!r}") from exc
+        return ChunkReader(fh, chunk_size)
+
+    def size(self, key: str) -> int:
+        """Return the file's size. Raises `NotFound`."""
+        try:
+            info = self._path(key).stat()
+        except _MISSING as exc:
+            raise NotFound(f"blob {key!r}") from exc
+        if stat.S_ISDIR(info.st_mode):
+            raise NotFound(f"blob {key!r}")
+        return info.st_size
+
+    def delete(self, key: str) -> None:
+        """Remove the file; a missing one is not an error."""
+        path = self._path(key)
+        with contextlib.suppress(*_MISSING):
+            path.unlink()
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under the folder `prefix` (ending in `/`) and the folders it empties.
+
+        Temp files of puts in flight are left to `sweep_temp`.
+
+        Returns:
+            The number of objects removed.
+        """
+        top = self._root.joinpath(*validate_prefix(prefix)[:-1].split("/"))
+        removed = 0
+        for directory, _dirs, files in os.walk(top, topdown=False, onerror=_raise_unless_missing):
+            folder = Path(directory)
+            for name in files:
+                if TEMP_NAME.search(name):
+                    continue
+                try:
+                    (folder / name).unlink()
+                except FileNotFoundError:
+                    continue  # deleted concurrently
+                removed += 1
+            _rmdir_if_empty(folder)
+        return removed
+
+    def concat(self, key: str, parts: Sequence[str]) -> BlobInfo:
+        """Write the concatenation of `parts` under `key`, streaming, atomically (see `BlobStore.concat`).
+
+        Raises:
+            NotFound: a part is missing; nothing is stored.
+        """
+        for part in parts:
+            validate_key(part)
+        return self.put(key, self._chain(parts))
+
+    def _chain(self, parts: Sequence[str]) -> Iterator[bytes]:
+        for part in parts:
+            with self.open(part) as chunks:
+                yield from chunks
+
+    def presign(self, key: str, ttl_s: int) -> str | None:
+        """Return None: a local directory has no URLs."""
+        validate_key(key)
+        return None
+
+    def ping(self) -> None:
+        """Raise `Unavailable` unless the root is a writable directory."""
+        if not self._root.is_dir():
+            raise Unavailable(f"blob directory {self._root} does not exist")
+        if not os.access(self._root, os.W_OK | os.X_OK):
+            raise Unavailable(f"blob directory {self._root} is not writable")
+
+    def sweep_temp(self, older_than_s: float) -> int:
+        """Remove temp files of crashed puts not modified for `older_than_s` seconds; return the count.
+
+        A put in flight keeps writing to its temp file, so a generous age spares it.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for directory, _dirs, files in os.walk(self._root, onerror=_raise_unless_missing):
+            for name in files:
+                if not TEMP_NAME.search(name):
+                    continue
+                path = Path(directory, name)
+                try:
+                    if path.stat().st_mtime > cutoff:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue  # its put finished or failed meanwhile
+                removed += 1
+        if removed:
+            logger.info("removed %d stale temp files under %s", removed, self._root)
+        return removed
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _create(temp: Path) -> int:
+    """Create `temp` exclusively, making its folder; retry once if a concurrent prefix delete removed it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for attempt in (1, 2):
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(temp, flags, 0o666)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temp file on a failure path without hiding the error that got us there (it is logged)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        logger.warning("could not remove temp file %s", path, exc_info=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rmdir_if_empty(directory: Path) -> None:
+    """Remove `directory` if it is empty; one that is not (or is gone) is left as it is."""
+    try:
+        directory.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+
+
+def _raise_unless_missing(exc: OSError) -> None:
+    """`os.walk` error hook: a folder removed meanwhile is skipped, any other error raised."""
+    if not isinstance(exc, FileNotFoundError):
+        raise exc

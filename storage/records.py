@@ -1,0 +1,204 @@
+"""Rows of the metadata store. Records never reach the wire: the API maps them to OpenAI Structs.
+
+Timestamps are int unix seconds (the resolution OpenAI's objects carry); lease deadlines are float seconds.
+JSON-shaped columns (hyperparameters, method, metadata, …) hold plain Python values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+
+class Page(msgspec.Struct, Generic[T], kw_only=True):
+    """One page of a cursor list: the rows in list order and whether more follow."""
+
+    items: list[T]
+    has_more: bool
+
+
+class OrganizationRecord(msgspec.Struct, kw_only=True):
+    """An organization: the owner of projects; `slug` appears in fine-tuned model names."""
+
+    id: str
+    name: str
+    slug: str
+    created_at: int
+
+
+class ProjectRecord(msgspec.Struct, kw_only=True):
+    """A project: every tenant-owned object belongs to exactly one."""
+
+    id: str
+    organization_id: str
+    name: str
+    created_at: int
+    status: str = "active"  # active | archived
+    archived_at: int | None = None
+    external_key_id: str | None = None
+
+
+class ServiceAccountRecord(msgspec.Struct, kw_only=True):
+    """A project's service account; its keys act like any project key."""
+
+    id: str
+    project_id: str
+    name: str
+    role: str
+    created_at: int
+
+
+class ApiKeyRecord(msgspec.Struct, kw_only=True):
+    """An API key. Only the SHA-256 of the secret is stored; `redacted_value` is for display."""
+
+    id: str
+    organization_id: str
+    project_id: str | None  # None for organization admin keys
+    name: str
+    kind: str  # project | service_account | admin
+    secret_hash: str
+    redacted_value: str
+    created_at: int
+    last_used_at: int | None = None
+    revoked_at: int | None = None
+    service_account_id: str | None = None
+
+
+class FileRecord(msgspec.Struct, kw_only=True):
+    """A stored file; its bytes live in the blob store under `blob_key`."""
+
+    id: str
+    project_id: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    blob_key: str
+    sha256: str
+    status: str = "processed"  # uploaded | processed | error
+    status_details: str | None = None
+    expires_at: int | None = None
+    line_count: int | None = None
+
+
+class UploadRecord(msgspec.Struct, kw_only=True):
+    """A multipart upload in progress (or finished); completion yields a File."""
+
+    id: str
+    project_id: str
+    bytes: int
+    created_at: int
+    expires_at: int
+    filename: str
+    purpose: str
+    mime_type: str
+    status: str = "pending"  # pending | completed | cancelled | expired
+    file_id: str | None = None
+    file_expires_after: int | None = None  # seconds after the File's creation, from `expires_after`
+
+
+class UploadPartRecord(msgspec.Struct, kw_only=True):
+    """One part of an upload, stored as its own blob until completion assembles them."""
+
+    id: str
+    upload_id: str
+    project_id: str
+    created_at: int
+    bytes: int
+    blob_key: str
+    sha256: str
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    """A fine-tuning job, which is also the queue entry workers claim."""
+
+    id: str
+    project_id: str
+    organization_id: str
+    created_at: int
+    model: str  # as requested: a base model id or an ft: model
+    base_model: str  # the configured base model it resolves to
+    status: str  # validating_files | queued | running | paused | succeeded | failed | cancelled
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    seed: int
+    model_slot: str  # the 8 alphanumerics ending the fine-tuned model name
+    suffix: str | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    trained_tokens: int | None = None
+    result_files: list[str] = msgspec.field(default_factory=list)
+    error: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    estimated_finish: int | None = None
+    updated_at: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    attempts: int = 0
+
+
+class JobEventRecord(msgspec.Struct, kw_only=True):
+    """A `fine_tuning.job.event`."""
+
+    id: str
+    job_id: str
+    project_id: str
+    created_at: int
+    level: str  # info | warn | error
+    message: str
+    type: str = "message"  # message | metrics
+    data: dict[str, Any] | None = None
+
+
+class CheckpointRecord(msgspec.Struct, kw_only=True):
+    """A published checkpoint of a job, callable as `fine_tuned_model_checkpoint`."""
+
+    id: str
+    job_id: str
+    project_id: str
+    created_at: int
+    step_number: int
+    fine_tuned_model_checkpoint: str
+    metrics: dict[str, float]
+    blob_key: str
+
+
+class ModelRecord(msgspec.Struct, kw_only=True):
+    """A fine-tuned model or checkpoint model owned by a project."""
+
+    id: str  # ft:<base>:<org>:<suffix>:<slot>[:ckpt-step-N]
+    project_id: str
+    organization_id: str
+    created: int
+    owned_by: str
+    base_model: str
+    job_id: str
+    adapter_key: str
+    kind: str = "fine-tune"  # fine-tune | checkpoint
+
+
+class PermissionRecord(msgspec.Struct, kw_only=True):
+    """A `checkpoint.permission`: `project_id` may use the owner's model `model`."""
+
+    id: str
+    model: str
+    owner_project_id: str
+    project_id: str
+    created_at: int
+
+
+class Claim(msgspec.Struct, kw_only=True):
+    """A worker's hold on a job: valid while `lease_expires_at` is in the future and the owner matches."""
+
+    job_id: str
+    project_id: str
+    worker_id: str
+    lease_expires_at: float
+    attempt: int
+    status: str  # the job's status when claimed (validating_files, queued or running for a reclaim)

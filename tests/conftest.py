@@ -1,0 +1,16 @@
+"""Shared fixtures. Each area's fixtures live in tests/fixtures/<area>.py, loaded as plugins."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = [
+    "fixtures.s3",
+    "fixtures.postgres",
+    "fixtures.stores",
+    "fixtures.app",
+]
