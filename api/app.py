@@ -13,12 +13,13 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from tunewright.api.auth import current_principal
 from tunewright.api.errors import exception_handlers
-from tunewright.api.metrics import Metrics, request_context_middleware
+from tunewright.api.metrics import Metrics, serve_with_context
+from tunewright.api.sweeper import sweeper_lifespan
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from litestar.types import ControllerRouterHandler
+    from litestar.types import ControllerRouterHandler, Receive, Scope, Send
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
@@ -30,6 +31,14 @@ _FEATURE_MODULES = {
     "models": "tunewright.api.models.routes",
     "admin": "tunewright.api.admin.routes",
 }
+
+
+class TunewrightApp(Litestar):
+    """Litestar with the request id and metrics layer outermost, around Litestar's own error handling."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        """Serve one ASGI connection."""
+        await serve_with_context(super().__call__, self.state.metrics, scope, receive, send)
 
 
 def _routes(features: Sequence[str]) -> list[ControllerRouterHandler]:
@@ -47,9 +56,14 @@ def create_app(
     stores: Stores,
     engine: Any = None,
     features: Sequence[str] = DEFAULT_FEATURES,
+    *,
+    sweep: bool = True,
 ) -> Litestar:
-    """Build the API for `settings` over `stores`; `features` picks the route groups to mount."""
-    return Litestar(
+    """Build the API for `settings` over `stores`; `features` picks the route groups to mount.
+
+    `sweep` runs the housekeeping loop (expired uploads and files) while the app serves.
+    """
+    return TunewrightApp(
         route_handlers=_routes(features),
         state=State(
             {
@@ -62,7 +76,7 @@ def create_app(
         ),
         dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
-        middleware=[request_context_middleware],
+        lifespan=[sweeper_lifespan] if sweep else [],
         openapi_config=OpenAPIConfig(
             title="Tunewright",
             version="0.1.0",

@@ -140,13 +140,11 @@ class ServiceUnavailableError(APIError):
     default_code = "service_unavailable"
 
 
-def error_response(error: APIError, request_id: str | None = None) -> Response[Any]:
-    """Render an APIError as a Litestar response."""
+def error_response(error: APIError, request_id: str | None = None) -> Response[Any]:  # noqa: ARG001
+    """Render an APIError as a Litestar response (the app's outer layer adds `x-request-id`)."""
     headers = dict(error.headers)
     if not error.retryable:
         headers["x-should-retry"] = "false"
-    if request_id:
-        headers["x-request-id"] = request_id
     return Response(content=error.body(), status_code=error.status_code, media_type=MediaType.JSON, headers=headers)
 
 

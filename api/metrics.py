@@ -55,35 +55,30 @@ class Metrics:
         self.registry.register(StoreCollector(stores))  # type: ignore[arg-type]
 
 
-def request_context_middleware(app: ASGIApp) -> ASGIApp:
-    """ASGI middleware: a request id on every response, and the request's metrics."""
+async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve one request with a request id on the response and its metrics recorded.
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
-        request_id = state.setdefault("request_id", new_request_id())
-        started = time.monotonic()
-        status = 500
+    Runs outside Litestar's exception handling, so error responses (unknown routes included) get both.
+    """
+    if scope["type"] != "http":
+        await app(scope, receive, send)
+        return
+    state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    request_id = state.setdefault("request_id", new_request_id())
+    header = (b"x-request-id", request_id.encode())
+    started = time.monotonic()
+    status = 500
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-request-id" for k, _ in headers):
-                    headers.append((b"x-request-id", request_id.encode()))
-                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
-            await send(message)
+    async def send_wrapper(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            message["headers"] = [*message.get("headers", []), header]  # type: ignore[typeddict-unknown-key]
+        await send(message)
 
-        try:
-            await app(scope, receive, send_wrapper)
-        finally:
-            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)  # type: ignore[union-attr]
-            route = scope.get("path_template") or "unmatched"
-            if metrics is not None:
-                metrics.requests.labels(route, scope["method"], str(status)).inc()
-                metrics.latency.labels(route, scope["method"]).observe(time.monotonic() - started)
-
-    return middleware
+    try:
+        await app(scope, receive, send_wrapper)
+    finally:
+        route = scope.get("path_template") or "unmatched"
+        metrics.requests.labels(route, scope["method"], str(status)).inc()
+        metrics.latency.labels(route, scope["method"]).observe(time.monotonic() - started)

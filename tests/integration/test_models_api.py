@@ -1,0 +1,132 @@
+"""/v1/models and checkpoint permissions through the real openai SDK."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from fixtures.contract import validate_error, validate_operation
+
+from tunewright.storage.records import ModelRecord
+
+pytestmark = pytest.mark.integration
+
+BASE = "smollm2-135m-instruct"
+
+
+def make_model(stores, tenant, *, name=None, kind="fine-tune"):
+    name = name or f"ft:{BASE}:{tenant.organization_slug}:sfx:Ab3dEf7h"
+    stores.metadata.insert_model(
+        ModelRecord(
+            id=name,
+            project_id=tenant.project_id,
+            organization_id=tenant.organization_id,
+            created=1_700_000_000,
+            owned_by=tenant.organization_slug,
+            base_model=BASE,
+            job_id="ftjob-test",
+            adapter_key=f"{tenant.project_id}/adapters/ftjob-test",
+            kind=kind,
+        )
+    )
+    return name
+
+
+def auth(tenant):
+    return {"Authorization": f"Bearer {tenant.key}"}
+
+
+def test_list_has_base_models_and_own_fine_tunes_only(client_a, client_b, stores, tenants, http):
+    name = make_model(stores, tenants["a"])
+    ids_a = [m.id for m in client_a.models.list()]
+    assert ids_a[:2] == [BASE, "tiny-llama"]
+    assert name in ids_a
+    assert name not in [m.id for m in client_b.models.list()]
+    raw = http.get("/v1/models", headers=auth(tenants["a"])).json()
+    validate_operation(raw, "listModels")
+    assert set(raw) == {"object", "data"}
+
+
+def test_retrieve_model_with_colons_in_the_path(client_a, stores, tenants, http):
+    name = make_model(stores, tenants["a"])
+    model = client_a.models.retrieve(name)
+    assert (model.id, model.object, model.owned_by, model.created) == (name, "model", "acme", 1_700_000_000)
+    validate_operation(http.get(f"/v1/models/{name}", headers=auth(tenants["a"])).json(), "retrieveModel")
+    assert client_a.models.retrieve(BASE).owned_by == "tunewright"
+
+
+def test_unknown_and_foreign_models_are_404_model_not_found(client_a, client_b, stores, tenants):
+    name = make_model(stores, tenants["a"])
+    for client, model in ((client_a, "gpt-nope"), (client_b, name)):
+        with pytest.raises(openai.NotFoundError) as err:
+            client.models.retrieve(model)
+        assert err.value.code == "model_not_found"
+        validate_error(err.value.response.json())
+
+
+def test_delete_own_model_then_it_is_gone(client_a, client_b, stores, tenants, http):
+    name = make_model(stores, tenants["a"])
+    with pytest.raises(openai.NotFoundError):
+        client_b.models.delete(name)
+    raw = http.delete(f"/v1/models/{name}", headers=auth(tenants["a"]))
+    assert raw.status_code == 200
+    validate_operation(raw.json(), "deleteModel")
+    assert raw.json() == {"id": name, "object": "model", "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        client_a.models.retrieve(name)
+
+
+def test_base_models_cannot_be_deleted(client_a):
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        client_a.models.delete(BASE)
+    assert err.value.code == "insufficient_permissions"
+
+
+def test_sharing_a_checkpoint_with_a_project_of_the_same_organization(client_a, sdk, stores, tenants, http):
+    name = make_model(stores, tenants["a"], name=f"ft:{BASE}:acme:sfx:Ab3dEf7h:ckpt-step-10", kind="checkpoint")
+    client_a2 = sdk(tenants["a2"].key)
+    assert name not in [m.id for m in client_a2.models.list()]
+    created = client_a.fine_tuning.checkpoints.permissions.create(name, project_ids=[tenants["a2"].project_id])
+    assert [p.project_id for p in created.data] == [tenants["a2"].project_id]
+    assert created.data[0].object == "checkpoint.permission"
+    again = client_a.fine_tuning.checkpoints.permissions.create(name, project_ids=[tenants["a2"].project_id])
+    assert again.data[0].id == created.data[0].id
+    assert name in [m.id for m in client_a2.models.list()]
+    assert client_a2.models.retrieve(name).id == name
+    with pytest.raises(openai.PermissionDeniedError):
+        client_a2.models.delete(name)
+
+    listed = http.get(f"/v1/fine_tuning/checkpoints/{name}/permissions", headers=auth(tenants["a"])).json()
+    validate_operation(listed, "listFineTuningCheckpointPermissions")
+    assert listed["last_id"] == created.data[0].id
+    page = client_a.fine_tuning.checkpoints.permissions.list(name, project_id=tenants["a2"].project_id)
+    assert len(page.data) == 1
+    assert [p.id for p in client_a.fine_tuning.checkpoints.permissions.list(name)] == [created.data[0].id]
+
+    deleted = client_a.fine_tuning.checkpoints.permissions.delete(created.data[0].id, fine_tuned_model_checkpoint=name)
+    assert (deleted.object, deleted.deleted) == ("checkpoint.permission", True)
+    assert name not in [m.id for m in client_a2.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        client_a2.models.retrieve(name)
+
+
+def test_sharing_with_another_organizations_project_is_400(client_a, stores, tenants):
+    name = make_model(stores, tenants["a"])
+    with pytest.raises(openai.BadRequestError) as err:
+        client_a.fine_tuning.checkpoints.permissions.create(name, project_ids=[tenants["b"].project_id])
+    assert err.value.param == "project_ids[0]"
+
+
+def test_only_the_owner_manages_permissions(client_b, stores, tenants):
+    name = make_model(stores, tenants["a"])
+    with pytest.raises(openai.NotFoundError):
+        client_b.fine_tuning.checkpoints.permissions.create(name, project_ids=[tenants["b"].project_id])
+    with pytest.raises(openai.NotFoundError):
+        client_b.fine_tuning.checkpoints.permissions.list(name)
+
+
+@pytest.mark.parametrize("order", ["sideways", "asc"])
+def test_permission_order_words_are_openais(client_a, stores, tenants, order):
+    name = make_model(stores, tenants["a"])
+    with pytest.raises(openai.BadRequestError) as err:
+        client_a.fine_tuning.checkpoints.permissions.list(name, order=order)
+    assert err.value.param == "order"
