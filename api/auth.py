@@ -15,6 +15,7 @@ import msgspec
 from litestar import Request  # noqa: TC002 - Litestar reads the dependency's signature at run time
 from litestar.di import NamedDependency
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
+from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -79,6 +80,8 @@ def authenticate(token: str, stores: Stores, *, operator_key: str | None, organi
     record = stores.metadata.find_api_key(digest)
     if record is None or record.revoked_at is not None or not hmac.compare_digest(record.secret_hash, digest):
         raise _invalid(token)
+    if record.project_id is not None and not _project_active(stores, record):
+        raise _invalid(token)
     if organization_header and organization_header != record.organization_id:
         raise AuthenticationError(
             f"OpenAI-Organization header should match organization for API key: {organization_header}.",
@@ -91,6 +94,15 @@ def authenticate(token: str, stores: Stores, *, operator_key: str | None, organi
         organization_id=record.organization_id,
         project_id=record.project_id,
     )
+
+
+def _project_active(stores: Stores, record: ApiKeyRecord) -> bool:
+    """A project key works only while its project exists and is not archived."""
+    try:
+        project = stores.metadata.get_project(record.project_id or "", organization_id=record.organization_id)
+    except NotFound:
+        return False
+    return project.status != "archived"
 
 
 def _touch(stores: Stores, record: ApiKeyRecord) -> None:

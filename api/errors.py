@@ -219,7 +219,9 @@ def _handle_storage(request: Request[Any, Any, Any], exc: storage_errors.Storage
     if isinstance(exc, storage_errors.NotFound):
         error = NotFoundError(str(exc) or "Not found.", code="not_found")
     elif isinstance(exc, storage_errors.InvalidCursor):
-        error = InvalidRequestError(str(exc) or "Invalid `after` cursor.", param="after", code="invalid_value")
+        error = InvalidRequestError(
+            f"Invalid 'after': {echo(exc)} is not an object of this list.", param="after", code="invalid_value"
+        )
     elif isinstance(exc, storage_errors.Unavailable):
         error = ServiceUnavailableError("A backing store is unavailable; try again shortly.")
     elif isinstance(exc, storage_errors.Conflict | storage_errors.StateConflict):

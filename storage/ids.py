@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import threading
 import time
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -32,10 +33,24 @@ PREFIXES: dict[str, str] = {
 }
 
 
+_lock = threading.Lock()
+_last = [0, 0]  # last millisecond and random part handed out by this process
+
+
 def _ulid(now_ms: int | None = None) -> str:
-    """Return a 26-character time-ordered identifier (lower-case Crockford base32)."""
+    """Return a 26-character time-ordered identifier (lower-case Crockford base32).
+
+    Monotonic within a process: inside one millisecond the random part is incremented, so ids made in a row
+    sort in the order they were made.
+    """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | secrets.randbits(80)
+    with _lock:
+        if ms <= _last[0]:
+            ms, randomness = _last[0], _last[1] + 1
+        else:
+            randomness = secrets.randbits(79)  # headroom so increments never overflow 80 bits
+        _last[0], _last[1] = ms, randomness
+    value = (ms << 80) | randomness
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])

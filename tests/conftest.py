@@ -13,4 +13,5 @@ pytest_plugins = [
     "fixtures.postgres",
     "fixtures.stores",
     "fixtures.app",
+    "fixtures.server",
 ]

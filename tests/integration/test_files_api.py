@@ -150,7 +150,7 @@ def test_body_over_the_limit_is_413_and_stores_nothing(tmp_path, stores, sdk, te
     from tunewright.api.app import create_app
 
     small = make_settings(tmp_path, max_file_bytes=1000)
-    with TestClient(create_app(small, stores), base_url="http://testserver.local") as http:
+    with TestClient(create_app(small, stores, sweep=False), base_url="http://testserver.local") as http:
         client = openai.OpenAI(
             base_url="http://testserver.local/v1", api_key=tenants["a"].key, http_client=http, max_retries=0
         )
@@ -159,7 +159,7 @@ def test_body_over_the_limit_is_413_and_stores_nothing(tmp_path, stores, sdk, te
         assert err.value.status_code == 413
         validate_error(err.value.response.json())
         assert client.files.list().data == []
-    assert not any(p.is_file() for p in (Path(small.data_dir) / "blobs").rglob("*") if "files" in p.parts)
+    assert stores.blobs.delete_prefix(f"{tenants['a'].project_id}/files/") == 0  # nothing was stored
 
 
 def test_another_tenants_file_is_404_and_never_listed(client_a, client_b):

@@ -1,0 +1,208 @@
+"""HTTP routes of /v1/organization/projects: decode, one service call, wire Struct. Admin keys only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from tunewright.api.admin import service
+from tunewright.api.admin.schemas import (
+    Project,
+    ProjectApiKey,
+    ProjectApiKeyDeleteResponse,
+    ProjectCreateRequest,
+    ProjectServiceAccount,
+    ProjectServiceAccountCreateRequest,
+    ProjectServiceAccountCreateResponse,
+    ProjectServiceAccountDeleteResponse,
+    ProjectUpdateRequest,
+)
+from tunewright.api.auth import Caller, require_admin
+from tunewright.api.pagination import check_choice, check_limit, edge_ids
+from tunewright.api.schemas import CursorPageWithIds
+
+if TYPE_CHECKING:
+    from tunewright.storage.base import Stores
+
+MAX_LIMIT = 100
+
+
+def _stores(request: Request[Any, Any, Any]) -> Stores:
+    return request.app.state.stores
+
+
+class ProjectsController(Controller):
+    """`/v1/organization/projects`: projects of the caller's organization."""
+
+    path = "/v1/organization/projects"
+    guards = [require_admin]
+    tags = ["Projects"]
+
+    @get("/", sync_to_thread=True)
+    def list_projects(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        limit: FromQuery[int] = 20,
+        after: FromQuery[str | None] = None,
+        include_archived: FromQuery[bool] = False,
+    ) -> CursorPageWithIds[Project]:
+        """List the organization's projects, oldest first; archived ones only with `include_archived`."""
+        page = service.list_projects(
+            _stores(request),
+            principal,
+            after=after,
+            limit=check_limit(limit, maximum=MAX_LIMIT),
+            include_archived=include_archived,
+        )
+        first_id, last_id = edge_ids(page.items)
+        return CursorPageWithIds(
+            data=[Project.from_record(r) for r in page.items],
+            first_id=first_id,
+            last_id=last_id,
+            has_more=page.has_more,
+        )
+
+    @post("/", status_code=200, sync_to_thread=True)
+    def create_project(
+        self, request: Request[Any, Any, Any], principal: Caller, data: JSONBody[ProjectCreateRequest]
+    ) -> Project:
+        """Create a project."""
+        return Project.from_record(service.create_project(_stores(request), principal, data))
+
+    @get("/{project_id:str}", sync_to_thread=True)
+    def retrieve_project(
+        self, request: Request[Any, Any, Any], principal: Caller, project_id: FromPath[str]
+    ) -> Project:
+        """Return one project."""
+        return Project.from_record(service.get_project(_stores(request), principal, project_id))
+
+    @post("/{project_id:str}", status_code=200, sync_to_thread=True)
+    def modify_project(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        project_id: FromPath[str],
+        data: JSONBody[ProjectUpdateRequest],
+    ) -> Project:
+        """Change a project's `name` or `external_key_id`."""
+        return Project.from_record(service.update_project(_stores(request), principal, project_id, data))
+
+    @post("/{project_id:str}/archive", status_code=200, sync_to_thread=True)
+    def archive_project(self, request: Request[Any, Any, Any], principal: Caller, project_id: FromPath[str]) -> Project:
+        """Archive a project; its keys stop working."""
+        return Project.from_record(service.archive_project(_stores(request), principal, project_id))
+
+
+class ProjectApiKeysController(Controller):
+    """`/v1/organization/projects/{project_id}/api_keys`."""
+
+    path = "/v1/organization/projects/{project_id:str}/api_keys"
+    guards = [require_admin]
+    tags = ["Projects"]
+
+    @get("/", sync_to_thread=True)
+    def list_api_keys(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        project_id: FromPath[str],
+        limit: FromQuery[int] = 20,
+        after: FromQuery[str | None] = None,
+        owner_project_access: FromQuery[str | None] = None,
+    ) -> CursorPageWithIds[ProjectApiKey]:
+        """List the project's unrevoked keys, oldest first."""
+        if owner_project_access is not None:
+            check_choice(owner_project_access, service.ACCESS_FILTERS, param="owner_project_access")
+        return service.list_api_keys(
+            _stores(request),
+            principal,
+            project_id,
+            after=after,
+            limit=check_limit(limit, maximum=MAX_LIMIT),
+            owner_project_access=owner_project_access,
+        )
+
+    @get("/{api_key_id:str}", sync_to_thread=True)
+    def retrieve_api_key(
+        self, request: Request[Any, Any, Any], principal: Caller, project_id: FromPath[str], api_key_id: FromPath[str]
+    ) -> ProjectApiKey:
+        """Return one key (never its secret)."""
+        return service.get_api_key(_stores(request), principal, project_id, api_key_id)
+
+    @delete("/{api_key_id:str}", status_code=200, sync_to_thread=True)
+    def delete_api_key(
+        self, request: Request[Any, Any, Any], principal: Caller, project_id: FromPath[str], api_key_id: FromPath[str]
+    ) -> ProjectApiKeyDeleteResponse:
+        """Revoke a key; it stops working at once."""
+        service.delete_api_key(_stores(request), principal, project_id, api_key_id)
+        return ProjectApiKeyDeleteResponse(id=api_key_id)
+
+
+class ProjectServiceAccountsController(Controller):
+    """`/v1/organization/projects/{project_id}/service_accounts`."""
+
+    path = "/v1/organization/projects/{project_id:str}/service_accounts"
+    guards = [require_admin]
+    tags = ["Projects"]
+
+    @post("/", status_code=200, sync_to_thread=True)
+    def create_service_account(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        project_id: FromPath[str],
+        data: JSONBody[ProjectServiceAccountCreateRequest],
+    ) -> ProjectServiceAccountCreateResponse:
+        """Create a service account; the answer holds its key's secret, shown this once."""
+        return service.create_service_account(_stores(request), principal, project_id, data)
+
+    @get("/", sync_to_thread=True)
+    def list_service_accounts(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        project_id: FromPath[str],
+        limit: FromQuery[int] = 20,
+        after: FromQuery[str | None] = None,
+    ) -> CursorPageWithIds[ProjectServiceAccount]:
+        """List the project's service accounts, oldest first."""
+        page = service.list_service_accounts(
+            _stores(request), principal, project_id, after=after, limit=check_limit(limit, maximum=MAX_LIMIT)
+        )
+        first_id, last_id = edge_ids(page.items)
+        return CursorPageWithIds(
+            data=[ProjectServiceAccount.from_record(r) for r in page.items],
+            first_id=first_id,
+            last_id=last_id,
+            has_more=page.has_more,
+        )
+
+    @get("/{service_account_id:str}", sync_to_thread=True)
+    def retrieve_service_account(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        project_id: FromPath[str],
+        service_account_id: FromPath[str],
+    ) -> ProjectServiceAccount:
+        """Return one service account."""
+        record = service.get_service_account(_stores(request), principal, project_id, service_account_id)
+        return ProjectServiceAccount.from_record(record)
+
+    @delete("/{service_account_id:str}", status_code=200, sync_to_thread=True)
+    def delete_service_account(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        project_id: FromPath[str],
+        service_account_id: FromPath[str],
+    ) -> ProjectServiceAccountDeleteResponse:
+        """Delete a service account and revoke its keys."""
+        service.delete_service_account(_stores(request), principal, project_id, service_account_id)
+        return ProjectServiceAccountDeleteResponse(id=service_account_id)
+
+
+ROUTES = [ProjectsController, ProjectApiKeysController, ProjectServiceAccountsController]

@@ -1,0 +1,364 @@
+"""Rules of /v1/organization/projects: organization scoping, project lifecycle, keys and service accounts.
+
+Scoping. An organization admin key acts on its own organization only; a project of another organization is
+a 404 `project_not_found`, never a 403. The operator key (`settings.admin_key`) acts on the organization its
+`OpenAI-Organization` header names: without the header it is refused with 400 `param: "OpenAI-Organization"`
+(the store cannot enumerate organizations, and guessing one would let a typo act on the wrong tenant); an
+organization id that does not exist is 401 `invalid_organization` ("No such organization: …", as OpenAI's
+hosted API answers an unknown organization header).
+
+Archived projects (OpenAI: "archived projects cannot be used or updated"): reads still work; modify, creating
+or deleting service accounts answer 400 `project_archived`; archiving again returns the project unchanged.
+Their keys stop working in `api/auth.py`. Revoking a key of an archived project stays allowed.
+
+Key owners. A key made by the operator (CLI, kind `project`) is owned by a synthetic user standing for the
+operator: `id` `user-operator`, `name` `Tunewright operator`, `email` `operator@tunewright.invalid` (RFC 2606
+reserved domain, so it can never reach anyone), `role` `owner`, `created_at` the organization's creation time.
+A service account's key is owned by that account.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from msgspec import UNSET
+
+from tunewright.api.admin.schemas import (
+    OwnerProjectAccess,
+    ProjectApiKey,
+    ProjectApiKeyOwner,
+    ProjectApiKeyOwnerServiceAccount,
+    ProjectApiKeyOwnerUser,
+    ProjectServiceAccountCreateResponse,
+    ProjectStatus,
+)
+from tunewright.api.auth import hash_secret, redact
+from tunewright.api.errors import AuthenticationError, InvalidRequestError, NotFoundError, echo
+from tunewright.api.pagination import edge_ids
+from tunewright.api.schemas import CursorPageWithIds
+from tunewright.storage.errors import NotFound
+from tunewright.storage.ids import new_id, new_secret_key
+from tunewright.storage.records import ApiKeyRecord, ServiceAccountRecord
+
+if TYPE_CHECKING:
+    from tunewright.api.admin.schemas import (
+        ProjectCreateRequest,
+        ProjectServiceAccountCreateRequest,
+        ProjectUpdateRequest,
+    )
+    from tunewright.api.auth import Principal
+    from tunewright.storage.base import Stores
+    from tunewright.storage.records import OrganizationRecord, Page, ProjectRecord
+
+ORGANIZATION_HEADER = "OpenAI-Organization"
+OPERATOR_USER_ID = "user-operator"
+OPERATOR_USER_NAME = "Tunewright operator"
+OPERATOR_USER_EMAIL = "operator@tunewright.invalid"
+SERVICE_ACCOUNT_ROLE = "member"
+SERVICE_ACCOUNT_KEY_NAME = "Secret Key"
+ACCESS_FILTERS = ("active", "inactive", "any")
+
+
+# --- scoping --------------------------------------------------------------------------------------------
+
+
+def organization_of(stores: Stores, principal: Principal) -> OrganizationRecord:
+    """Return the organization an admin principal acts on.
+
+    Raises:
+        InvalidRequestError: the operator key was sent without an `OpenAI-Organization` header.
+        AuthenticationError: the header names no organization.
+    """
+    if principal.organization_id is None:
+        raise InvalidRequestError(
+            f"The operator key acts on one organization at a time: send the {ORGANIZATION_HEADER} header "
+            "(openai SDK: `organization=`) with the organization's id.",
+            param=ORGANIZATION_HEADER,
+            code="missing_required_parameter",
+        )
+    try:
+        return stores.metadata.get_organization(principal.organization_id)
+    except NotFound:
+        raise AuthenticationError(
+            f"No such organization: {echo(principal.organization_id)}.", code="invalid_organization"
+        ) from None
+
+
+def project_not_found(project_id: str) -> NotFoundError:
+    """404 for a project id that is not in the caller's organization."""
+    return NotFoundError(f"No such project: {echo(project_id)}", param="project_id", code="project_not_found")
+
+
+def scoped_project(stores: Stores, principal: Principal, project_id: str) -> tuple[OrganizationRecord, ProjectRecord]:
+    """Return the caller's organization and its project `project_id`, or raise 404."""
+    organization = organization_of(stores, principal)
+    try:
+        project = stores.metadata.get_project(project_id, organization_id=organization.id)
+    except NotFound:
+        raise project_not_found(project_id) from None
+    return organization, project
+
+
+def _refuse_archived(project: ProjectRecord, action: str) -> None:
+    if project.status == ProjectStatus.ARCHIVED:
+        raise InvalidRequestError(
+            f"Project {project.id} is archived: archived projects cannot {action}.",
+            param="project_id",
+            code="project_archived",
+        )
+
+
+def _check_name(name: str | None) -> str:
+    if name is None or not name.strip():
+        raise InvalidRequestError("Invalid 'name': must be a non-empty string.", param="name", code="invalid_value")
+    return name
+
+
+# --- projects -------------------------------------------------------------------------------------------
+
+
+def list_projects(
+    stores: Stores, principal: Principal, *, after: str | None, limit: int, include_archived: bool
+) -> Page[ProjectRecord]:
+    """Projects of the caller's organization, oldest first."""
+    organization = organization_of(stores, principal)
+    return stores.metadata.list_projects(
+        organization_id=organization.id, after=after, limit=limit, include_archived=include_archived
+    )
+
+
+def create_project(stores: Stores, principal: Principal, data: ProjectCreateRequest) -> ProjectRecord:
+    """Create an active project; only the `GLOBAL` residency (or none) is accepted."""
+    organization = organization_of(stores, principal)
+    if data.residency not in (UNSET, None, "GLOBAL"):
+        raise InvalidRequestError(
+            f"Invalid 'residency': '{data.residency}' is not available; this server keeps data where it runs "
+            "(only 'GLOBAL' is accepted).",
+            param="residency",
+            code="invalid_value",
+        )
+    external_key_id = None if data.external_key_id is UNSET else data.external_key_id
+    return stores.metadata.create_project(
+        organization_id=organization.id, name=_check_name(data.name), external_key_id=external_key_id
+    )
+
+
+def get_project(stores: Stores, principal: Principal, project_id: str) -> ProjectRecord:
+    """Return one project of the caller's organization."""
+    return scoped_project(stores, principal, project_id)[1]
+
+
+def update_project(stores: Stores, principal: Principal, project_id: str, data: ProjectUpdateRequest) -> ProjectRecord:
+    """Change the fields sent (`name` may not be null; `external_key_id: null` clears it)."""
+    organization, project = scoped_project(stores, principal, project_id)
+    _refuse_archived(project, "be modified")
+    changes: dict[str, Any] = {}
+    if data.name is not UNSET:
+        changes["name"] = _check_name(data.name)
+    if data.external_key_id is not UNSET:
+        changes["external_key_id"] = data.external_key_id
+    return _update(stores, project, organization, changes)
+
+
+def archive_project(stores: Stores, principal: Principal, project_id: str) -> ProjectRecord:
+    """Archive a project (one way); its keys stop working. Archiving again changes nothing."""
+    organization, project = scoped_project(stores, principal, project_id)
+    if project.status == ProjectStatus.ARCHIVED:
+        return project
+    changes = {"status": str(ProjectStatus.ARCHIVED), "archived_at": int(time.time())}
+    return _update(stores, project, organization, changes)
+
+
+def _update(
+    stores: Stores, project: ProjectRecord, organization: OrganizationRecord, changes: dict[str, Any]
+) -> ProjectRecord:
+    try:
+        return stores.metadata.update_project(project.id, organization_id=organization.id, **changes)
+    except NotFound:
+        raise project_not_found(project.id) from None
+
+
+# --- project API keys -----------------------------------------------------------------------------------
+
+
+def api_key_not_found(key_id: str) -> NotFoundError:
+    """404 for a key id that is not an unrevoked key of the project."""
+    return NotFoundError(f"No such API key: {echo(key_id)}", param="api_key_id", code="api_key_not_found")
+
+
+def _access(project: ProjectRecord) -> OwnerProjectAccess:
+    if project.status == ProjectStatus.ARCHIVED:
+        return OwnerProjectAccess.INACTIVE
+    return OwnerProjectAccess.ACTIVE
+
+
+class _Owners:
+    """Resolves key owners for one response, loading each service account once."""
+
+    def __init__(self, stores: Stores, organization: OrganizationRecord, project: ProjectRecord) -> None:
+        self.stores = stores
+        self.organization = organization
+        self.project = project
+        self.accounts: dict[str, ProjectApiKeyOwnerServiceAccount] = {}
+
+    def owner(self, key: ApiKeyRecord) -> ProjectApiKeyOwner:
+        """The owner object of `key`."""
+        account_id = key.service_account_id
+        if account_id is None:
+            user = ProjectApiKeyOwnerUser(
+                id=OPERATOR_USER_ID,
+                email=OPERATOR_USER_EMAIL,
+                name=OPERATOR_USER_NAME,
+                created_at=self.organization.created_at,
+                role="owner",
+            )
+            return ProjectApiKeyOwner(type="user", user=user)
+        if account_id not in self.accounts:
+            self.accounts[account_id] = self._account(account_id, key)
+        return ProjectApiKeyOwner(type="service_account", service_account=self.accounts[account_id])
+
+    def _account(self, account_id: str, key: ApiKeyRecord) -> ProjectApiKeyOwnerServiceAccount:
+        try:
+            record = self.stores.metadata.get_service_account(account_id, project_id=self.project.id)
+        except NotFound:  # deleted between the key read and now: its keys are revoked already
+            return ProjectApiKeyOwnerServiceAccount(
+                id=account_id, name=key.name, created_at=key.created_at, role=SERVICE_ACCOUNT_ROLE
+            )
+        return ProjectApiKeyOwnerServiceAccount.from_record(record)
+
+    def view(self, key: ApiKeyRecord) -> ProjectApiKey:
+        """The wire object of `key`."""
+        return ProjectApiKey.from_record(key, owner=self.owner(key), access=_access(self.project))
+
+
+def list_api_keys(
+    stores: Stores,
+    principal: Principal,
+    project_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    owner_project_access: str | None,
+) -> CursorPageWithIds[ProjectApiKey]:
+    """Unrevoked keys of a project, oldest first; `owner_project_access` filters on the project's state."""
+    organization, project = scoped_project(stores, principal, project_id)
+    page = stores.metadata.list_api_keys(
+        organization_id=organization.id, project_id=project.id, after=after, limit=limit
+    )
+    items = page.items
+    if owner_project_access not in (None, "any", _access(project)):
+        items = []  # every key of a project shares the project's access
+    owners = _Owners(stores, organization, project)
+    first_id, last_id = edge_ids(items)
+    return CursorPageWithIds(
+        data=[owners.view(k) for k in items],
+        first_id=first_id,
+        last_id=last_id,
+        has_more=page.has_more and bool(items),
+    )
+
+
+def _get_key(stores: Stores, organization: OrganizationRecord, project: ProjectRecord, key_id: str) -> ApiKeyRecord:
+    try:
+        return stores.metadata.get_api_key(key_id, organization_id=organization.id, project_id=project.id)
+    except NotFound:
+        raise api_key_not_found(key_id) from None
+
+
+def get_api_key(stores: Stores, principal: Principal, project_id: str, key_id: str) -> ProjectApiKey:
+    """Return one unrevoked key of the project."""
+    organization, project = scoped_project(stores, principal, project_id)
+    key = _get_key(stores, organization, project, key_id)
+    return _Owners(stores, organization, project).view(key)
+
+
+def delete_api_key(stores: Stores, principal: Principal, project_id: str, key_id: str) -> None:
+    """Revoke a key at once. A service account's key is refused (as OpenAI): delete the account instead."""
+    organization, project = scoped_project(stores, principal, project_id)
+    key = _get_key(stores, organization, project, key_id)
+    if key.service_account_id is not None:
+        raise InvalidRequestError(
+            f"API key {key_id} belongs to service account {key.service_account_id}; delete the service "
+            "account to revoke it.",
+            param="api_key_id",
+            code="invalid_value",
+        )
+    try:
+        stores.metadata.revoke_api_key(key_id, organization_id=organization.id, project_id=project.id)
+    except NotFound:
+        raise api_key_not_found(key_id) from None
+
+
+# --- service accounts -----------------------------------------------------------------------------------
+
+
+def service_account_not_found(account_id: str) -> NotFoundError:
+    """404 for a service account id that is not in the project."""
+    return NotFoundError(
+        f"No such service account: {echo(account_id)}", param="service_account_id", code="service_account_not_found"
+    )
+
+
+def create_service_account(
+    stores: Stores, principal: Principal, project_id: str, data: ProjectServiceAccountCreateRequest
+) -> ProjectServiceAccountCreateResponse:
+    """Create a service account and its first key; the secret is returned here only, stored hashed."""
+    organization, project = scoped_project(stores, principal, project_id)
+    _refuse_archived(project, "get new service accounts")
+    if data.create_service_account_only:
+        raise InvalidRequestError(
+            "Invalid 'create_service_account_only': service accounts are always created with an API key here "
+            "(there is no endpoint to add one later).",
+            param="create_service_account_only",
+            code="invalid_value",
+        )
+    now = int(time.time())
+    account = ServiceAccountRecord(
+        id=new_id("service_account"),
+        project_id=project.id,
+        name=_check_name(data.name),
+        role=SERVICE_ACCOUNT_ROLE,
+        created_at=now,
+    )
+    secret = new_secret_key()
+    key = ApiKeyRecord(
+        id=new_id("key"),
+        organization_id=organization.id,
+        project_id=project.id,
+        name=SERVICE_ACCOUNT_KEY_NAME,
+        kind="service_account",
+        secret_hash=hash_secret(secret),
+        redacted_value=redact(secret),
+        created_at=now,
+        service_account_id=account.id,
+    )
+    stores.metadata.create_service_account(account, key)
+    return ProjectServiceAccountCreateResponse.from_record(account, key=key, secret=secret)
+
+
+def list_service_accounts(
+    stores: Stores, principal: Principal, project_id: str, *, after: str | None, limit: int
+) -> Page[ServiceAccountRecord]:
+    """Service accounts of a project, oldest first."""
+    project = scoped_project(stores, principal, project_id)[1]
+    return stores.metadata.list_service_accounts(project_id=project.id, after=after, limit=limit)
+
+
+def get_service_account(stores: Stores, principal: Principal, project_id: str, account_id: str) -> ServiceAccountRecord:
+    """Return one service account of the project."""
+    project = scoped_project(stores, principal, project_id)[1]
+    try:
+        return stores.metadata.get_service_account(account_id, project_id=project.id)
+    except NotFound:
+        raise service_account_not_found(account_id) from None
+
+
+def delete_service_account(stores: Stores, principal: Principal, project_id: str, account_id: str) -> None:
+    """Delete a service account; its keys are revoked in the same transaction."""
+    project = scoped_project(stores, principal, project_id)[1]
+    _refuse_archived(project, "have their service accounts changed")
+    try:
+        stores.metadata.delete_service_account(account_id, project_id=project.id)
+    except NotFound:
+        raise service_account_not_found(account_id) from None

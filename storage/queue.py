@@ -1,0 +1,177 @@
+"""SQLJobQueue: the job queue, kept in the metadata database's `jobs` table.
+
+A job is claimable while its status is `validating_files`, `queued` or `running` and it holds no live lease:
+a `running` job whose lease expired belongs to a worker that died, and the expired lease is the only
+recovery path. A claim sets the lease and counts the attempt; every later write by that worker is guarded by
+`(lease_owner, attempts)` and a non-terminal, unpaused status, so a worker whose lease was taken over, or
+whose job the API cancelled or paused, finds its writes refused and stops.
+
+Fairness: the project served longest ago goes first (`queue_turns.last_claimed_at`; never served first),
+FIFO by `(created_at, id)` inside a project, and a project already holding `max_running_per_project` live
+leases is skipped. Both the order and the cap read rows that a concurrent claim is about to change, so
+claims take turns: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's transaction-scoped advisory lock
+(`queue_lock`). On PostgreSQL the picked job row is also locked `FOR NO KEY UPDATE SKIP LOCKED`, so a claim
+steps over a job that the API is cancelling instead of waiting for it.
+
+The SQL lives in `sql/queries.sql` and `sql/<dialect>/queries.sql` under `queue_*` names.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tunewright.storage.db import JOBS_CHANNEL
+from tunewright.storage.records import Claim, JobRecord
+from tunewright.storage.rows import encode_columns, to_params
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from tunewright.storage.db import Database
+    from tunewright.storage.records import JobEventRecord
+
+logger = logging.getLogger(__name__)
+
+RELEASE_STATUSES = frozenset({"queued", "paused"})
+COMPLETE_STATUSES = frozenset({"succeeded", "failed"})
+# `complete(**changes)` may set any job field but its identity and what the queue itself owns.
+_FIXED = frozenset({"id", "project_id", "organization_id", "created_at"})
+_QUEUE_OWNED = frozenset({"status", "lease_owner", "lease_expires_at", "attempts", "updated_at"})
+CHANGEABLE_FIELDS = frozenset(JobRecord.__struct_fields__) - _FIXED - _QUEUE_OWNED
+
+
+class SQLJobQueue:
+    """The `JobQueue` over a `Database` (SQLite or PostgreSQL), written once for both.
+
+    Args:
+        database: The connector the metadata store uses too: the queue is the `jobs` table.
+        clock: Wall-clock seconds. Leases are compared across workers and hosts, so every worker must use
+            the same (synchronized) clock; tests pass a fake one.
+    """
+
+    def __init__(self, database: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._database = database
+        self._clock = clock
+
+    def claim(self, worker_id: str, *, lease_s: float, max_running_per_project: int) -> Claim | None:
+        """Atomically take the next job for `worker_id`, or None; see `JobQueue.claim`."""
+        now = self._clock()
+        with self._database.transaction(immediate=True) as conn:
+            conn.run("queue_lock")
+            picked = conn.run("queue_pick", {"now": now, "cap": max_running_per_project}).fetchone()
+            if picked is None:
+                return None
+            params = {"id": picked["id"], "worker_id": worker_id, "expires_at": now + lease_s}
+            row = conn.run("queue_take", {**params, "updated_at": int(now)}).fetchone()
+            conn.run("queue_turn", {"project_id": row["project_id"], "now": now})
+        claim = Claim(
+            job_id=row["id"],
+            project_id=row["project_id"],
+            worker_id=worker_id,
+            lease_expires_at=float(row["lease_expires_at"]),
+            attempt=int(row["attempts"]),
+            status=row["status"],
+        )
+        logger.info(
+            "worker %s claimed job %s (%s, attempt %d)",
+            worker_id,
+            claim.job_id,
+            claim.status,
+            claim.attempt,
+            extra={"job_id": claim.job_id},
+        )
+        return claim
+
+    def heartbeat(self, claim: Claim, *, lease_s: float) -> bool:
+        """Extend the lease to now + `lease_s`; False if it was lost (taken over, cancelled or paused)."""
+        params = {**_guard(claim), "expires_at": self._clock() + lease_s}
+        with self._database.transaction(immediate=True) as conn:
+            held = conn.run("queue_heartbeat", params).fetchone() is not None
+        if not held:
+            logger.warning("worker %s lost its lease on job %s", claim.worker_id, claim.job_id, extra=_extra(claim))
+        return held
+
+    def release(self, claim: Claim, *, status: str = "queued", event: JobEventRecord | None = None) -> bool:
+        """Give the job back as `queued` or `paused`, clearing the lease; False if the lease was lost.
+
+        Raises:
+            ValueError: `status` is neither `queued` nor `paused`.
+        """
+        if status not in RELEASE_STATUSES:
+            raise ValueError(f"release status must be 'queued' or 'paused', not {status!r}")
+        return self._finish(claim, status=status, event=event, changes={})
+
+    def complete(self, claim: Claim, *, status: str, event: JobEventRecord | None = None, **changes: Any) -> bool:
+        """Finish the job as `succeeded` or `failed` with `changes`, clearing the lease; False if lost.
+
+        `finished_at` is set to now unless `changes` gives it.
+
+        Raises:
+            ValueError: `status` is neither `succeeded` nor `failed`, or `changes` names a field that no job
+                has or that may not change here (ids, created_at, status, lease, attempts, updated_at).
+        """
+        if status not in COMPLETE_STATUSES:
+            raise ValueError(f"complete status must be 'succeeded' or 'failed', not {status!r}")
+        unknown = set(changes) - CHANGEABLE_FIELDS
+        if unknown:
+            raise ValueError(f"complete cannot set {', '.join(sorted(unknown))}")
+        changes.setdefault("finished_at", int(self._clock()))
+        return self._finish(claim, status=status, event=event, changes=changes)
+
+    def _finish(self, claim: Claim, *, status: str, event: JobEventRecord | None, changes: Mapping[str, Any]) -> bool:
+        """If `claim` still holds its lease: set `status` and `changes`, clear the lease, add `event`."""
+        values = encode_columns(
+            JobRecord,
+            {
+                **changes,
+                "status": status,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "updated_at": int(self._clock()),
+            },
+        )
+        assignments = ", ".join(f"{column} = :set_{column}" for column in values)
+        sql = self._database.query("queue_finish").replace("{set}", assignments)
+        params = {**_guard(claim), **{f"set_{column}": value for column, value in values.items()}}
+        with self._database.transaction(immediate=True) as conn:
+            if conn.execute(sql, params).fetchone() is None:
+                logger.warning(
+                    "worker %s lost its lease on job %s before %s",
+                    claim.worker_id,
+                    claim.job_id,
+                    status,
+                    extra=_extra(claim),
+                )
+                return False
+            if event is not None:
+                conn.run("insert_event", to_params(event))
+            conn.notify(JOBS_CHANNEL)
+        logger.info("worker %s set job %s %s", claim.worker_id, claim.job_id, status, extra=_extra(claim))
+        return True
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until a job may have become claimable or `timeout_s` passes.
+
+        PostgreSQL listens on `JOBS_CHANNEL`, which the metadata store notifies on insert and the queue on
+        release and complete (a finished job frees a place under its project's cap). SQLite returns after
+        a short poll, or at once on a wake-up from this process. Either may return early: claim in a loop.
+        """
+        self._database.listen(JOBS_CHANNEL, timeout_s)
+
+    def depth(self) -> int:
+        """Number of jobs waiting for a worker: claimable now, whatever the project caps."""
+        with self._database.transaction() as conn:
+            row = conn.run("queue_depth", {"now": self._clock()}).fetchone()
+        return int(row["n"])
+
+
+def _guard(claim: Claim) -> dict[str, Any]:
+    """Parameters that match the job row only while `claim` still holds its lease."""
+    return {"id": claim.job_id, "worker_id": claim.worker_id, "attempt": claim.attempt}
+
+
+def _extra(claim: Claim) -> dict[str, Any]:
+    """Logging context of a claim."""
+    return {"job_id": claim.job_id, "worker_id": claim.worker_id}
