@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from fixtures.s3 import free_port
+
 from tunewright.storage.errors import InvalidKey, NotFound, Unavailable
 from tunewright.storage.local import LocalBlobStore
 from tunewright.storage.s3 import S3BlobStore

@@ -1,0 +1,20 @@
+"""SQLMetadataStore: the `MetadataStore` protocol over a `Database` (SQLite or PostgreSQL).
+
+Written once against `storage/db.py`; the dialects differ only there and in `storage/sql/`. Each feature
+lives in its own mixin module: tenants, files, jobs, models.
+"""
+
+from __future__ import annotations
+
+from tunewright.storage.metadata_files import FilesMixin
+from tunewright.storage.metadata_jobs import JobsMixin
+from tunewright.storage.metadata_models import ModelsMixin
+from tunewright.storage.metadata_tenants import TenantsMixin
+
+
+class SQLMetadataStore(TenantsMixin, FilesMixin, JobsMixin, ModelsMixin):
+    """Tenants, files, uploads, jobs, events, checkpoints, models and permissions in one SQL database.
+
+    Every tenant method is scoped by `project_id`: another project's object is `NotFound` and never listed.
+    Lists order by `(created_at, id)` and fetch `limit + 1` rows to tell `has_more`.
+    """

@@ -1,0 +1,148 @@
+"""Files and multipart uploads of the SQL metadata store."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tunewright.storage.errors import NotFound, StateConflict
+from tunewright.storage.metadata_base import SQLStoreBase
+from tunewright.storage.records import FileRecord, Page, UploadPartRecord, UploadRecord
+from tunewright.storage.rows import from_row, to_params
+
+if TYPE_CHECKING:
+    from tunewright.storage.db import Connection
+
+_FINISHED = ("completed", "cancelled")
+
+
+class FilesMixin(SQLStoreBase):
+    """`MetadataStore` methods for files and uploads."""
+
+    def insert_file(self, record: FileRecord) -> None:
+        """Insert a file row (its blob is already fully written)."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_file", to_params(record))
+
+    def get_file(self, file_id: str, *, project_id: str) -> FileRecord:
+        """Return a file of this project. `NotFound`."""
+        with self.database.transaction() as conn:
+            row = conn.run("get_file", {"id": file_id, "project_id": project_id}).fetchone()
+        if row is None:
+            raise NotFound(file_id)
+        return from_row(FileRecord, row)
+
+    def list_files(
+        self, *, project_id: str, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> Page[FileRecord]:
+        """Files of a project; `order` is `asc` or `desc` by `(created_at, id)`.
+
+        `after` may name any file of the project (of any purpose), else `InvalidCursor`.
+        """
+        with self.database.transaction() as conn:
+            return self._page(
+                conn,
+                FileRecord,
+                query="list_files",
+                cursor_query="file_cursor",
+                scope={"project_id": project_id},
+                filters={"purpose": purpose},
+                after=after,
+                limit=limit,
+                order=order,
+            )
+
+    def delete_file(self, file_id: str, *, project_id: str) -> FileRecord:
+        """Delete a file row and return it (the caller deletes the blob after). `NotFound`."""
+        with self.database.transaction(immediate=True) as conn:
+            row = conn.run("delete_file", {"id": file_id, "project_id": project_id}).fetchone()
+        if row is None:
+            raise NotFound(file_id)
+        return from_row(FileRecord, row)
+
+    def active_jobs_using_file(self, file_id: str, *, project_id: str) -> list[str]:
+        """Ids of this project's non-terminal jobs whose training or validation file is `file_id`."""
+        with self.database.transaction() as conn:
+            rows = conn.run("active_jobs_using_file", {"file_id": file_id, "project_id": project_id}).fetchall()
+        return [row["id"] for row in rows]
+
+    def expired_files(self, *, now: int, limit: int) -> list[FileRecord]:
+        """Files of any project whose `expires_at` has passed, soonest first (for the sweeper)."""
+        with self.database.transaction() as conn:
+            rows = conn.run("expired_files", {"now": now, "limit": limit}).fetchall()
+        return [from_row(FileRecord, row) for row in rows]
+
+    # --- uploads -------------------------------------------------------------------------------------
+
+    def insert_upload(self, record: UploadRecord) -> None:
+        """Insert a pending upload."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_upload", to_params(record))
+
+    def get_upload(self, upload_id: str, *, project_id: str) -> UploadRecord:
+        """Return an upload of this project. `NotFound`."""
+        with self.database.transaction() as conn:
+            row = conn.run("get_upload", {"id": upload_id, "project_id": project_id}).fetchone()
+        if row is None:
+            raise NotFound(upload_id)
+        return from_row(UploadRecord, row)
+
+    @staticmethod
+    def _lock_pending_upload(conn: Connection, upload_id: str, project_id: str) -> None:
+        """Lock the upload row (PostgreSQL `FOR UPDATE`); `NotFound`, or `StateConflict` unless pending."""
+        row = conn.run("lock_upload", {"id": upload_id, "project_id": project_id}).fetchone()
+        if row is None:
+            raise NotFound(upload_id)
+        if row["status"] != "pending":
+            raise StateConflict(row["status"])
+
+    def add_upload_part(self, record: UploadPartRecord) -> None:
+        """Insert a part of a pending upload. `NotFound`; `StateConflict` if it is no longer pending."""
+        with self.database.transaction(immediate=True) as conn:
+            self._lock_pending_upload(conn, record.upload_id, record.project_id)
+            conn.run("insert_upload_part", to_params(record))
+
+    def list_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
+        """All parts of an upload of this project, oldest first. `NotFound`."""
+        with self.database.transaction() as conn:
+            if conn.run("get_upload", {"id": upload_id, "project_id": project_id}).fetchone() is None:
+                raise NotFound(upload_id)
+            rows = conn.run("list_upload_parts", {"upload_id": upload_id, "project_id": project_id}).fetchall()
+        return [from_row(UploadPartRecord, row) for row in rows]
+
+    def finish_upload(
+        self, upload_id: str, *, project_id: str, status: str, file: FileRecord | None = None
+    ) -> UploadRecord:
+        """Move a pending upload to `completed` (inserting `file` in the same transaction) or `cancelled`.
+
+        Raises:
+            NotFound: no such upload in the project.
+            StateConflict: the upload is not pending (`current` says what it is).
+            ValueError: `status` is neither `completed` nor `cancelled`.
+        """
+        if status not in _FINISHED:
+            raise ValueError(f"an upload finishes as completed or cancelled, not {status!r}")
+        with self.database.transaction(immediate=True) as conn:
+            self._lock_pending_upload(conn, upload_id, project_id)
+            if file is not None:
+                conn.run("insert_file", to_params(file))
+            params = {"id": upload_id, "status": status, "file_id": None if file is None else file.id}
+            row = conn.run("finish_upload", params).fetchone()
+        return from_row(UploadRecord, row)
+
+    def expired_uploads(self, *, created_before: int, limit: int) -> list[UploadRecord]:
+        """Pending uploads of any project created before the given time, oldest first."""
+        with self.database.transaction() as conn:
+            rows = conn.run("expired_uploads", {"created_before": created_before, "limit": limit}).fetchall()
+        return [from_row(UploadRecord, row) for row in rows]
+
+    def delete_upload_parts(self, upload_id: str) -> list[UploadPartRecord]:
+        """Delete the part rows of an upload and return them, oldest first (the caller deletes the blobs)."""
+        with self.database.transaction(immediate=True) as conn:
+            rows = conn.run("delete_upload_parts", {"upload_id": upload_id}).fetchall()
+        parts = [from_row(UploadPartRecord, row) for row in rows]
+        return sorted(parts, key=lambda part: (part.created_at, part.id))
+
+    def mark_upload(self, upload_id: str, *, status: str) -> None:
+        """Set an upload's status without a state check (the sweeper's `expired`)."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("mark_upload", {"id": upload_id, "status": status})

@@ -1,0 +1,104 @@
+"""Fine-tuned models and their permissions (`checkpoint.permission`) of the SQL metadata store."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tunewright.storage.errors import NotFound
+from tunewright.storage.metadata_base import SQLStoreBase
+from tunewright.storage.records import ModelRecord, Page, PermissionRecord
+from tunewright.storage.rows import from_row, to_params
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class ModelsMixin(SQLStoreBase):
+    """`MetadataStore` methods for models and permissions."""
+
+    def insert_model(self, record: ModelRecord) -> None:
+        """Insert a fine-tuned model row. `Conflict` if the name exists."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_model", to_params(record))
+
+    def get_model(self, model_id: str, *, project_id: str) -> ModelRecord:
+        """Return a model this project owns or was granted. `NotFound`."""
+        with self.database.transaction() as conn:
+            row = conn.run("get_model", {"id": model_id, "project_id": project_id}).fetchone()
+        if row is None:
+            raise NotFound(model_id)
+        return from_row(ModelRecord, row)
+
+    def get_owned_model(self, model_id: str, *, project_id: str) -> ModelRecord:
+        """Return a model this project owns. `NotFound`."""
+        with self.database.transaction() as conn:
+            row = conn.run("get_owned_model", {"id": model_id, "project_id": project_id}).fetchone()
+        if row is None:
+            raise NotFound(model_id)
+        return from_row(ModelRecord, row)
+
+    def list_models(self, *, project_id: str) -> list[ModelRecord]:
+        """Owned final fine-tuned models plus every model granted to the project, oldest first."""
+        with self.database.transaction() as conn:
+            rows = conn.run("list_models", {"project_id": project_id}).fetchall()
+        return [from_row(ModelRecord, row) for row in rows]
+
+    def delete_model(self, model_id: str, *, project_id: str) -> ModelRecord:
+        """Delete an owned model and its permissions in one transaction; return it. `NotFound`."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("delete_model_permissions", {"model": model_id, "owner_project_id": project_id})
+            row = conn.run("delete_model", {"id": model_id, "project_id": project_id}).fetchone()
+            if row is None:
+                raise NotFound(model_id)
+        return from_row(ModelRecord, row)
+
+    def create_permissions(self, records: Sequence[PermissionRecord]) -> None:
+        """Insert permissions in one transaction, skipping a (model, project) pair that already exists."""
+        with self.database.transaction(immediate=True) as conn:
+            for record in records:
+                conn.run("insert_permission", to_params(record))
+
+    def list_permissions(
+        self,
+        model_id: str,
+        *,
+        owner_project_id: str,
+        project_id: str | None,
+        after: str | None,
+        limit: int,
+        order: str,
+    ) -> Page[PermissionRecord]:
+        """Permissions on an owned model (optionally only those of `project_id`). `NotFound`."""
+        with self.database.transaction() as conn:
+            owned = conn.run("get_owned_model", {"id": model_id, "project_id": owner_project_id}).fetchone()
+            if owned is None:
+                raise NotFound(model_id)
+            return self._page(
+                conn,
+                PermissionRecord,
+                query="list_permissions",
+                cursor_query="permission_cursor",
+                scope={"model": model_id, "owner_project_id": owner_project_id},
+                filters={"project_id": project_id},
+                after=after,
+                limit=limit,
+                order=order,
+            )
+
+    def get_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
+        """Return one permission. `NotFound`."""
+        params = {"id": permission_id, "model": model_id, "owner_project_id": owner_project_id}
+        with self.database.transaction() as conn:
+            row = conn.run("get_permission", params).fetchone()
+        if row is None:
+            raise NotFound(permission_id)
+        return from_row(PermissionRecord, row)
+
+    def delete_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
+        """Delete one permission and return it. `NotFound`."""
+        params = {"id": permission_id, "model": model_id, "owner_project_id": owner_project_id}
+        with self.database.transaction(immediate=True) as conn:
+            row = conn.run("delete_permission", params).fetchone()
+        if row is None:
+            raise NotFound(permission_id)
+        return from_row(PermissionRecord, row)

@@ -1,0 +1,202 @@
+"""Organizations, projects, API keys and service accounts of the SQL metadata store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunewright.storage.errors import NotFound
+from tunewright.storage.ids import new_id
+from tunewright.storage.metadata_base import SQLStoreBase, now
+from tunewright.storage.records import (
+    ApiKeyRecord,
+    OrganizationRecord,
+    Page,
+    ProjectRecord,
+    ServiceAccountRecord,
+)
+from tunewright.storage.rows import from_row, to_params
+
+_PROJECT_CHANGES = ("name", "external_key_id", "status", "archived_at")
+
+
+class TenantsMixin(SQLStoreBase):
+    """`MetadataStore` methods for tenants and keys."""
+
+    def create_organization(self, *, name: str, slug: str) -> OrganizationRecord:
+        """Insert an organization. `Conflict` if the slug exists."""
+        record = OrganizationRecord(id=new_id("org"), name=name, slug=slug, created_at=now())
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_organization", to_params(record))
+        return record
+
+    def get_organization(self, organization_id: str) -> OrganizationRecord:
+        """Return one organization. `NotFound`."""
+        with self.database.transaction() as conn:
+            row = conn.run("get_organization", {"id": organization_id}).fetchone()
+        if row is None:
+            raise NotFound(organization_id)
+        return from_row(OrganizationRecord, row)
+
+    def find_organization(self, *, slug: str) -> OrganizationRecord | None:
+        """Return the organization with this slug, if any."""
+        with self.database.transaction() as conn:
+            row = conn.run("find_organization", {"slug": slug}).fetchone()
+        return None if row is None else from_row(OrganizationRecord, row)
+
+    def create_project(self, *, organization_id: str, name: str, external_key_id: str | None = None) -> ProjectRecord:
+        """Insert an active project."""
+        record = ProjectRecord(
+            id=new_id("project"),
+            organization_id=organization_id,
+            name=name,
+            created_at=now(),
+            external_key_id=external_key_id,
+        )
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_project", to_params(record))
+        return record
+
+    def get_project(self, project_id: str, *, organization_id: str | None) -> ProjectRecord:
+        """Return a project; with `organization_id`, only if it belongs to it. `NotFound`."""
+        with self.database.transaction() as conn:
+            row = conn.run("get_project", {"id": project_id, "organization_id": organization_id}).fetchone()
+        if row is None:
+            raise NotFound(project_id)
+        return from_row(ProjectRecord, row)
+
+    def find_project(self, *, organization_id: str, name: str) -> ProjectRecord | None:
+        """Return the oldest project of this organization with this name, if any."""
+        with self.database.transaction() as conn:
+            row = conn.run("find_project", {"organization_id": organization_id, "name": name}).fetchone()
+        return None if row is None else from_row(ProjectRecord, row)
+
+    def list_projects(
+        self, *, organization_id: str, after: str | None, limit: int, include_archived: bool
+    ) -> Page[ProjectRecord]:
+        """Projects of an organization, oldest first."""
+        with self.database.transaction() as conn:
+            return self._page(
+                conn,
+                ProjectRecord,
+                query="list_projects",
+                cursor_query="project_cursor",
+                scope={"organization_id": organization_id},
+                filters={"include_archived": int(include_archived)},
+                after=after,
+                limit=limit,
+                order="asc",
+            )
+
+    def update_project(self, project_id: str, *, organization_id: str, **changes: Any) -> ProjectRecord:
+        """Set `name`, `external_key_id`, `status`, `archived_at`; return the new row. `NotFound`."""
+        if not changes:
+            return self.get_project(project_id, organization_id=organization_id)
+        with self.database.transaction(immediate=True) as conn:
+            record = self._update(
+                conn,
+                ProjectRecord,
+                sql=self.database.query("update_project"),
+                where={"id": project_id, "organization_id": organization_id},
+                changes=changes,
+                columns=_PROJECT_CHANGES,
+            )
+        if record is None:
+            raise NotFound(project_id)
+        return record
+
+    # --- API keys ------------------------------------------------------------------------------------
+
+    def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        """Insert a key row (the caller hashed the secret). `Conflict` on a duplicate hash."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_api_key", to_params(record))
+        return record
+
+    def find_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
+        """Return the key with this hash (revoked ones too: the caller checks `revoked_at`)."""
+        with self.database.transaction() as conn:
+            row = conn.run("find_api_key", {"secret_hash": secret_hash}).fetchone()
+        return None if row is None else from_row(ApiKeyRecord, row)
+
+    def touch_api_key(self, key_id: str, at: int) -> None:
+        """Set `last_used_at`."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("touch_api_key", {"id": key_id, "at": at})
+
+    def list_api_keys(
+        self, *, organization_id: str, project_id: str | None, after: str | None, limit: int
+    ) -> Page[ApiKeyRecord]:
+        """Unrevoked keys of a project (or, with `project_id=None`, the organization's admin keys), oldest first."""
+        with self.database.transaction() as conn:
+            return self._page(
+                conn,
+                ApiKeyRecord,
+                query="list_api_keys",
+                cursor_query="api_key_cursor",
+                scope={"organization_id": organization_id, "project_id": project_id},
+                after=after,
+                limit=limit,
+                order="asc",
+            )
+
+    def get_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:
+        """Return one unrevoked key of the project (or admin key of the organization). `NotFound`."""
+        params = {"id": key_id, "organization_id": organization_id, "project_id": project_id}
+        with self.database.transaction() as conn:
+            row = conn.run("get_api_key", params).fetchone()
+        if row is None:
+            raise NotFound(key_id)
+        return from_row(ApiKeyRecord, row)
+
+    def revoke_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:
+        """Mark a key revoked now. `NotFound` if absent or already revoked."""
+        params = {"id": key_id, "organization_id": organization_id, "project_id": project_id, "now": now()}
+        with self.database.transaction(immediate=True) as conn:
+            row = conn.run("revoke_api_key", params).fetchone()
+        if row is None:
+            raise NotFound(key_id)
+        return from_row(ApiKeyRecord, row)
+
+    def list_all_api_keys(self) -> list[ApiKeyRecord]:
+        """Every unrevoked key of every organization, oldest first."""
+        with self.database.transaction() as conn:
+            rows = conn.run("list_all_api_keys", {}).fetchall()
+        return [from_row(ApiKeyRecord, row) for row in rows]
+
+    # --- service accounts ----------------------------------------------------------------------------
+
+    def create_service_account(self, record: ServiceAccountRecord, key: ApiKeyRecord) -> None:
+        """Insert a service account and its first key in one transaction."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_service_account", to_params(record))
+            conn.run("insert_api_key", to_params(key))
+
+    def list_service_accounts(self, *, project_id: str, after: str | None, limit: int) -> Page[ServiceAccountRecord]:
+        """Service accounts of a project, oldest first."""
+        with self.database.transaction() as conn:
+            return self._page(
+                conn,
+                ServiceAccountRecord,
+                query="list_service_accounts",
+                cursor_query="service_account_cursor",
+                scope={"project_id": project_id},
+                after=after,
+                limit=limit,
+                order="asc",
+            )
+
+    def get_service_account(self, account_id: str, *, project_id: str) -> ServiceAccountRecord:
+        """Return one service account. `NotFound`."""
+        with self.database.transaction() as conn:
+            row = conn.run("get_service_account", {"id": account_id, "project_id": project_id}).fetchone()
+        if row is None:
+            raise NotFound(account_id)
+        return from_row(ServiceAccountRecord, row)
+
+    def delete_service_account(self, account_id: str, *, project_id: str) -> None:
+        """Delete a service account and revoke its keys, in one transaction. `NotFound`."""
+        with self.database.transaction(immediate=True) as conn:
+            row = conn.run("delete_service_account", {"id": account_id, "project_id": project_id}).fetchone()
+            if row is None:
+                raise NotFound(account_id)
+            conn.run("revoke_service_account_keys", {"service_account_id": account_id, "now": now()})

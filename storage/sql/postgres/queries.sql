@@ -1,0 +1,44 @@
+-- PostgreSQL overrides of storage/sql/queries.sql.
+
+-- name: lock_migrations
+SELECT pg_advisory_xact_lock(7470337311)
+
+-- name: notify
+SELECT pg_notify(:channel, '')
+
+-- name: lock_upload
+SELECT * FROM uploads WHERE id = :id AND project_id = :project_id FOR UPDATE
+
+-- name: list_jobs
+SELECT * FROM jobs
+WHERE project_id = :project_id
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+  AND (CAST(:metadata AS JSONB) IS NULL OR jobs.metadata @> CAST(:metadata AS JSONB))
+  AND (:metadata_empty = 0 OR jobs.metadata IS NULL OR jobs.metadata = '{}'::jsonb)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- ------------------------------------------------------------------------------------------- queue
+-- storage/queue.py, PostgreSQL versions.
+
+-- name: queue_lock
+-- Claims take turns, as BEGIN IMMEDIATE makes them on SQLite: the round-robin order and the per-project cap
+-- read rows that a concurrent claim is about to change. Held until the claim transaction ends.
+SELECT pg_advisory_xact_lock(7470337312)
+
+-- name: queue_pick
+-- The project served longest ago (never served first), then FIFO; projects at their cap are skipped.
+-- SKIP LOCKED steps over a job another transaction (a cancel, a heartbeat) holds; NO KEY UPDATE leaves
+-- job_events inserts (FOR KEY SHARE on the job) unblocked.
+SELECT j.id, j.project_id
+FROM jobs AS j
+LEFT JOIN queue_turns AS t ON t.project_id = j.project_id
+WHERE j.status IN ('validating_files', 'queued', 'running')
+  AND (j.lease_expires_at IS NULL OR j.lease_expires_at <= :now)
+  AND (SELECT COUNT(*) FROM jobs AS held
+       WHERE held.project_id = j.project_id
+         AND held.status IN ('validating_files', 'queued', 'running')
+         AND held.lease_expires_at > :now) < :cap
+ORDER BY t.last_claimed_at NULLS FIRST, j.created_at, j.id
+LIMIT 1
+FOR NO KEY UPDATE OF j SKIP LOCKED

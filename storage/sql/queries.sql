@@ -1,0 +1,337 @@
+-- Named queries shared by both dialects; sqlite/queries.sql and postgres/queries.sql override by name.
+-- Parameters are written `:name` (storage/db.py rewrites them for psycopg). A NULL-able parameter that
+-- is tested with IS NULL is wrapped in CAST(... AS TEXT) so PostgreSQL knows its type.
+-- List queries contain the tokens {cmp} and {dir}, filled from the list order by storage/metadata_base.py
+-- ("<"/"DESC" or ">"/"ASC"); the cursor is (:after_created_at, :after_id), a sentinel on the first page.
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)
+
+-- name: lock_migrations
+SELECT 1
+
+-- name: applied_migrations
+SELECT name FROM schema_migrations ORDER BY name
+
+-- name: record_migration
+INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :applied_at)
+
+-- ---------------------------------------------------------------------------------------- tenants
+
+-- name: insert_organization
+INSERT INTO organizations (id, name, slug, created_at) VALUES (:id, :name, :slug, :created_at)
+
+-- name: get_organization
+SELECT * FROM organizations WHERE id = :id
+
+-- name: find_organization
+SELECT * FROM organizations WHERE slug = :slug
+
+-- name: insert_project
+INSERT INTO projects (id, organization_id, name, created_at, status, archived_at, external_key_id)
+VALUES (:id, :organization_id, :name, :created_at, :status, :archived_at, :external_key_id)
+
+-- name: get_project
+SELECT * FROM projects
+WHERE id = :id AND (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization_id)
+
+-- name: find_project
+SELECT * FROM projects WHERE organization_id = :organization_id AND name = :name
+ORDER BY created_at, id LIMIT 1
+
+-- name: project_cursor
+SELECT created_at, id FROM projects WHERE id = :id AND organization_id = :organization_id
+
+-- name: list_projects
+SELECT * FROM projects
+WHERE organization_id = :organization_id
+  AND (:include_archived = 1 OR status <> 'archived')
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, organization_id, project_id, name, kind, secret_hash, redacted_value, created_at,
+                      last_used_at, revoked_at, service_account_id)
+VALUES (:id, :organization_id, :project_id, :name, :kind, :secret_hash, :redacted_value, :created_at,
+        :last_used_at, :revoked_at, :service_account_id)
+
+-- name: find_api_key
+SELECT * FROM api_keys WHERE secret_hash = :secret_hash
+
+-- name: touch_api_key
+UPDATE api_keys SET last_used_at = :at WHERE id = :id
+
+-- name: api_key_cursor
+SELECT created_at, id FROM api_keys
+WHERE id = :id AND organization_id = :organization_id
+  AND project_id IS NOT DISTINCT FROM CAST(:project_id AS TEXT)
+
+-- name: list_api_keys
+SELECT * FROM api_keys
+WHERE organization_id = :organization_id
+  AND project_id IS NOT DISTINCT FROM CAST(:project_id AS TEXT)
+  AND revoked_at IS NULL
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: get_api_key
+SELECT * FROM api_keys
+WHERE id = :id AND organization_id = :organization_id
+  AND project_id IS NOT DISTINCT FROM CAST(:project_id AS TEXT)
+  AND revoked_at IS NULL
+
+-- name: revoke_api_key
+UPDATE api_keys SET revoked_at = :now
+WHERE id = :id AND organization_id = :organization_id
+  AND project_id IS NOT DISTINCT FROM CAST(:project_id AS TEXT)
+  AND revoked_at IS NULL
+RETURNING *
+
+-- name: list_all_api_keys
+SELECT * FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id
+
+-- name: revoke_service_account_keys
+UPDATE api_keys SET revoked_at = :now WHERE service_account_id = :service_account_id AND revoked_at IS NULL
+
+-- name: insert_service_account
+INSERT INTO service_accounts (id, project_id, name, role, created_at)
+VALUES (:id, :project_id, :name, :role, :created_at)
+
+-- name: service_account_cursor
+SELECT created_at, id FROM service_accounts WHERE id = :id AND project_id = :project_id
+
+-- name: list_service_accounts
+SELECT * FROM service_accounts
+WHERE project_id = :project_id AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: get_service_account
+SELECT * FROM service_accounts WHERE id = :id AND project_id = :project_id
+
+-- name: delete_service_account
+DELETE FROM service_accounts WHERE id = :id AND project_id = :project_id RETURNING *
+
+-- ------------------------------------------------------------------------------ files and uploads
+
+-- name: insert_file
+INSERT INTO files (id, project_id, bytes, created_at, filename, purpose, blob_key, sha256, status,
+                   status_details, expires_at, line_count)
+VALUES (:id, :project_id, :bytes, :created_at, :filename, :purpose, :blob_key, :sha256, :status,
+        :status_details, :expires_at, :line_count)
+
+-- name: get_file
+SELECT * FROM files WHERE id = :id AND project_id = :project_id
+
+-- name: file_cursor
+SELECT created_at, id FROM files WHERE id = :id AND project_id = :project_id
+
+-- name: list_files
+SELECT * FROM files
+WHERE project_id = :project_id
+  AND (CAST(:purpose AS TEXT) IS NULL OR purpose = :purpose)
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: delete_file
+DELETE FROM files WHERE id = :id AND project_id = :project_id RETURNING *
+
+-- name: active_jobs_using_file
+SELECT id FROM jobs
+WHERE project_id = :project_id
+  AND (training_file = :file_id OR validation_file = :file_id)
+  AND status IN ('validating_files', 'queued', 'running', 'paused')
+ORDER BY created_at, id
+
+-- name: expired_files
+SELECT * FROM files WHERE expires_at IS NOT NULL AND expires_at <= :now ORDER BY expires_at, id LIMIT :limit
+
+-- name: insert_upload
+INSERT INTO uploads (id, project_id, bytes, created_at, expires_at, filename, purpose, mime_type, status,
+                     file_id, file_expires_after)
+VALUES (:id, :project_id, :bytes, :created_at, :expires_at, :filename, :purpose, :mime_type, :status,
+        :file_id, :file_expires_after)
+
+-- name: get_upload
+SELECT * FROM uploads WHERE id = :id AND project_id = :project_id
+
+-- name: lock_upload
+SELECT * FROM uploads WHERE id = :id AND project_id = :project_id
+
+-- name: insert_upload_part
+INSERT INTO upload_parts (id, upload_id, project_id, created_at, bytes, blob_key, sha256)
+VALUES (:id, :upload_id, :project_id, :created_at, :bytes, :blob_key, :sha256)
+
+-- name: list_upload_parts
+SELECT * FROM upload_parts WHERE upload_id = :upload_id AND project_id = :project_id
+ORDER BY created_at, id
+
+-- name: finish_upload
+UPDATE uploads SET status = :status, file_id = CAST(:file_id AS TEXT) WHERE id = :id RETURNING *
+
+-- name: expired_uploads
+SELECT * FROM uploads WHERE status = 'pending' AND created_at < :created_before
+ORDER BY created_at, id LIMIT :limit
+
+-- name: delete_upload_parts
+DELETE FROM upload_parts WHERE upload_id = :upload_id RETURNING *
+
+-- name: mark_upload
+UPDATE uploads SET status = :status WHERE id = :id
+
+-- ----------------------------------------------------------------------- jobs, events, checkpoints
+
+-- name: insert_job
+INSERT INTO jobs (id, project_id, organization_id, created_at, model, base_model, status, training_file,
+                  validation_file, hyperparameters, method, seed, model_slot, suffix, fine_tuned_model,
+                  finished_at, trained_tokens, result_files, error, metadata, integrations, estimated_finish,
+                  updated_at, lease_owner, lease_expires_at, attempts)
+VALUES (:id, :project_id, :organization_id, :created_at, :model, :base_model, :status, :training_file,
+        :validation_file, :hyperparameters, :method, :seed, :model_slot, :suffix, :fine_tuned_model,
+        :finished_at, :trained_tokens, :result_files, :error, :metadata, :integrations, :estimated_finish,
+        :updated_at, :lease_owner, :lease_expires_at, :attempts)
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = :id AND project_id = :project_id
+
+-- name: job_status
+SELECT status FROM jobs WHERE id = :id AND project_id = :project_id
+
+-- name: job_cursor
+SELECT created_at, id FROM jobs WHERE id = :id AND project_id = :project_id
+
+-- name: count_jobs_by_status
+SELECT status, COUNT(*) AS n FROM jobs GROUP BY status
+
+-- name: insert_event
+INSERT INTO job_events (id, job_id, project_id, created_at, level, message, type, data)
+VALUES (:id, :job_id, :project_id, :created_at, :level, :message, :type, :data)
+
+-- name: event_cursor
+SELECT created_at, id FROM job_events WHERE id = :id AND job_id = :job_id AND project_id = :project_id
+
+-- name: list_events
+SELECT * FROM job_events
+WHERE job_id = :job_id AND project_id = :project_id
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: insert_checkpoint
+INSERT INTO checkpoints (id, job_id, project_id, created_at, step_number, fine_tuned_model_checkpoint, metrics,
+                         blob_key)
+VALUES (:id, :job_id, :project_id, :created_at, :step_number, :fine_tuned_model_checkpoint, :metrics, :blob_key)
+
+-- name: checkpoint_cursor
+SELECT created_at, id FROM checkpoints WHERE id = :id AND job_id = :job_id AND project_id = :project_id
+
+-- name: list_checkpoints
+SELECT * FROM checkpoints
+WHERE job_id = :job_id AND project_id = :project_id
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: delete_checkpoint
+DELETE FROM checkpoints WHERE id = :id AND project_id = :project_id RETURNING *
+
+-- -------------------------------------------------------------------------- models and permissions
+
+-- name: insert_model
+INSERT INTO models (id, project_id, organization_id, created, owned_by, base_model, job_id, adapter_key, kind)
+VALUES (:id, :project_id, :organization_id, :created, :owned_by, :base_model, :job_id, :adapter_key, :kind)
+
+-- name: get_model
+SELECT * FROM models
+WHERE id = :id
+  AND (project_id = :project_id
+       OR EXISTS (SELECT 1 FROM permissions WHERE permissions.model = models.id
+                  AND permissions.project_id = :project_id))
+
+-- name: get_owned_model
+SELECT * FROM models WHERE id = :id AND project_id = :project_id
+
+-- name: list_models
+SELECT * FROM models
+WHERE (project_id = :project_id AND kind = 'fine-tune')
+   OR EXISTS (SELECT 1 FROM permissions WHERE permissions.model = models.id
+              AND permissions.project_id = :project_id)
+ORDER BY created, id
+
+-- name: delete_model_permissions
+DELETE FROM permissions WHERE model = :model AND owner_project_id = :owner_project_id
+
+-- name: delete_model
+DELETE FROM models WHERE id = :id AND project_id = :project_id RETURNING *
+
+-- name: insert_permission
+INSERT INTO permissions (id, model, owner_project_id, project_id, created_at)
+VALUES (:id, :model, :owner_project_id, :project_id, :created_at)
+ON CONFLICT (model, project_id) DO NOTHING
+
+-- name: permission_cursor
+SELECT created_at, id FROM permissions
+WHERE id = :id AND model = :model AND owner_project_id = :owner_project_id
+
+-- name: list_permissions
+SELECT * FROM permissions
+WHERE model = :model AND owner_project_id = :owner_project_id
+  AND (CAST(:project_id AS TEXT) IS NULL OR project_id = :project_id)
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: get_permission
+SELECT * FROM permissions WHERE id = :id AND model = :model AND owner_project_id = :owner_project_id
+
+-- name: delete_permission
+DELETE FROM permissions WHERE id = :id AND model = :model AND owner_project_id = :owner_project_id RETURNING *
+
+-- ------------------------------------------------------------------------------- partial updates
+-- {set} is filled with `column = :set_column, …` from a whitelist of columns (storage/metadata_base.py).
+
+-- name: update_project
+UPDATE projects SET {set} WHERE id = :id AND organization_id = :organization_id RETURNING *
+
+-- name: update_job
+UPDATE jobs SET {set} WHERE id = :id AND project_id = :project_id RETURNING *
+
+-- name: transition_job
+UPDATE jobs SET {set} WHERE id = :id AND project_id = :project_id AND status IN ({allowed}) RETURNING *
+
+-- ------------------------------------------------------------------------------------------- queue
+-- storage/queue.py. Claimable: status validating_files/queued/running without a live lease. Every write
+-- after a claim is guarded by (lease_owner, attempts) and a claimable status. queue_lock and queue_pick
+-- differ per dialect (sqlite/queries.sql, postgres/queries.sql).
+
+-- name: queue_take
+UPDATE jobs
+SET lease_owner = :worker_id, lease_expires_at = :expires_at, attempts = attempts + 1, updated_at = :updated_at
+WHERE id = :id
+RETURNING id, project_id, status, attempts, lease_expires_at
+
+-- name: queue_turn
+INSERT INTO queue_turns (project_id, last_claimed_at) VALUES (:project_id, :now)
+ON CONFLICT (project_id) DO UPDATE SET last_claimed_at = excluded.last_claimed_at
+
+-- name: queue_heartbeat
+UPDATE jobs SET lease_expires_at = :expires_at
+WHERE id = :id AND lease_owner = :worker_id AND attempts = :attempt
+  AND status IN ('validating_files', 'queued', 'running')
+RETURNING id
+
+-- name: queue_finish
+-- {set} holds the new status, the cleared lease, updated_at and the caller's changes (as in update_job).
+UPDATE jobs
+SET {set}
+WHERE id = :id AND lease_owner = :worker_id AND attempts = :attempt
+  AND status IN ('validating_files', 'queued', 'running')
+RETURNING id
+
+-- name: queue_depth
+SELECT COUNT(*) AS n FROM jobs
+WHERE status IN ('validating_files', 'queued', 'running')
+  AND (lease_expires_at IS NULL OR lease_expires_at <= :now)

@@ -1,0 +1,34 @@
+-- SQLite overrides of storage/sql/queries.sql. BEGIN IMMEDIATE already serializes writers, so the
+-- row locks of the PostgreSQL versions are not needed here.
+
+-- name: list_jobs
+SELECT * FROM jobs
+WHERE project_id = :project_id
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+  AND (:metadata IS NULL OR NOT EXISTS (
+        SELECT 1 FROM json_each(:metadata) AS wanted
+        WHERE NOT EXISTS (SELECT 1 FROM json_each(jobs.metadata) AS have
+                          WHERE have.key = wanted.key AND have.value = wanted.value)))
+  AND (:metadata_empty = 0 OR jobs.metadata IS NULL OR jobs.metadata = '{}')
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- ------------------------------------------------------------------------------------------- queue
+-- storage/queue.py, SQLite versions: the claim runs in BEGIN IMMEDIATE, which already serializes it.
+
+-- name: queue_lock
+SELECT 1
+
+-- name: queue_pick
+-- The project served longest ago (never served first), then FIFO; projects at their cap are skipped.
+SELECT j.id, j.project_id
+FROM jobs AS j
+LEFT JOIN queue_turns AS t ON t.project_id = j.project_id
+WHERE j.status IN ('validating_files', 'queued', 'running')
+  AND (j.lease_expires_at IS NULL OR j.lease_expires_at <= :now)
+  AND (SELECT COUNT(*) FROM jobs AS held
+       WHERE held.project_id = j.project_id
+         AND held.status IN ('validating_files', 'queued', 'running')
+         AND held.lease_expires_at > :now) < :cap
+ORDER BY t.last_claimed_at NULLS FIRST, j.created_at, j.id
+LIMIT 1
