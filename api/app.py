@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+
 from tunewright.api.auth import current_principal
 from tunewright.api.errors import exception_handlers
 from tunewright.api.metrics import Metrics, serve_with_context
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from litestar.types import ControllerRouterHandler, Receive, Scope, Send
+
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from litestar import Request  # noqa: TC002 - Litestar reads the dependency's signature at run time
 from litestar.di import NamedDependency
+
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
 from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
+
     from tunewright.storage.base import Stores
     from tunewright.storage.records import ApiKeyRecord
 
@@ -137,6 +139,11 @@ def require_project(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
             f"OpenAI-Project header should match project for API key: {project_header}.",
             code="mismatched_project",
         )
+
+
+def require_project_or_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for routes both a project key and an admin key may use (checkpoint permissions)."""
+    _principal(connection)
 
 
 def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

@@ -16,6 +16,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+
 from tunewright.storage import errors as storage_errors
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ class ServiceUnavailableError(APIError):
     default_code = "service_unavailable"
 
 
-def error_response(error: APIError, request_id: str | None = None) -> Response[Any]:  # noqa: ARG001
+def error_response(error: APIError, request_id: str | None = None) -> Response[Any]:
     """Render an APIError as a Litestar response (the app's outer layer adds `x-request-id`)."""
     headers = dict(error.headers)
     if not error.retryable:
@@ -206,7 +207,7 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
         error = UnsupportedMediaTypeError(str(exc.detail))
     elif exc.status_code >= 500:
         return _handle_unexpected(request, exc)
-    elif exc.status_code == 400:  # noqa: PLR2004 - Litestar raises a bare 400 when the JSON body does not parse
+    elif exc.status_code == 400:
         error = InvalidRequestError(f"{INVALID_JSON_MESSAGE} ({echo(exc.detail)})", code="invalid_json")
     else:
         error = InvalidRequestError(str(exc.detail))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from multipart import MultipartSegment, ParserError, PushMultipartParser, parse_options_header
+
 from tunewright.api.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection
 
     from litestar import Request
+
     from tunewright.api.streaming import ThreadedSink
 
 MAX_TEXT_FIELD = 64 * 1024

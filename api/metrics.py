@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+
 from tunewright.storage.ids import new_request_id
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
     from tunewright.storage.base import Stores
 
 

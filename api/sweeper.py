@@ -1,4 +1,4 @@
-"""Background housekeeping in the API process: expired uploads and expired files.
+"""Background housekeeping in the API process: expired uploads, expired files, orphan blobs.
 
 Each pass selects by age alone, so several API replicas can sweep at once without touching each other's
 work in flight.
@@ -42,11 +42,23 @@ def sweep_expired_files(stores: Stores, *, now: int | None = None) -> int:
     return count
 
 
+def sweep_orphan_blobs(stores: Stores, *, older_than_s: int, now: int | None = None) -> int:
+    """Delete blobs whose writer recorded an intent and never published them (it crashed mid-write)."""
+    now = int(time.time()) if now is None else now
+    count = 0
+    for key in stores.metadata.stale_blobs(created_before=now - older_than_s, limit=500):
+        stores.blobs.delete(key)
+        stores.metadata.end_blob(key)
+        count += 1
+    return count
+
+
 def sweep_once(stores: Stores, settings: Settings) -> None:
     """One pass of every sweep; failures are logged, never raised."""
     for name, sweep in (
         ("uploads", lambda: sweep_expired_uploads(stores, ttl_s=settings.upload_ttl_s)),
         ("files", lambda: sweep_expired_files(stores)),
+        ("orphan blobs", lambda: sweep_orphan_blobs(stores, older_than_s=settings.orphan_blob_age_s)),
     ):
         try:
             removed = sweep()

@@ -116,9 +116,7 @@ class MetadataStore(Protocol):
         """Return the organization with this slug, if any."""
         ...
 
-    def create_project(
-        self, *, organization_id: str, name: str, external_key_id: str | None = None
-    ) -> ProjectRecord:
+    def create_project(self, *, organization_id: str, name: str, external_key_id: str | None = None) -> ProjectRecord:
         """Insert an active project."""
         ...
 
@@ -174,9 +172,7 @@ class MetadataStore(Protocol):
         """Insert a service account and its first key in one transaction."""
         ...
 
-    def list_service_accounts(
-        self, *, project_id: str, after: str | None, limit: int
-    ) -> Page[ServiceAccountRecord]:
+    def list_service_accounts(self, *, project_id: str, after: str | None, limit: int) -> Page[ServiceAccountRecord]:
         """Service accounts of a project, oldest first."""
         ...
 
@@ -213,6 +209,22 @@ class MetadataStore(Protocol):
 
     def expired_files(self, *, now: int, limit: int) -> list[FileRecord]:
         """Files of any project whose `expires_at` has passed (for the sweeper)."""
+        ...
+
+    def begin_blob(self, key: str, *, now: int) -> None:
+        """Record that `key` is about to be written, before the write starts.
+
+        `insert_file`, `add_upload_part` and `finish_upload` clear the record of their blob in their own
+        transaction, so a record that stays marks an orphan whose writer crashed.
+        """
+        ...
+
+    def end_blob(self, key: str) -> None:
+        """Clear the record of `key` (the failed write was cleaned up, or the sweeper deleted the blob)."""
+        ...
+
+    def stale_blobs(self, *, created_before: int, limit: int) -> list[str]:
+        """Keys recorded by `begin_blob` before `created_before` and never published, oldest first."""
         ...
 
     def insert_upload(self, record: UploadRecord) -> None:
@@ -336,6 +348,10 @@ class MetadataStore(Protocol):
         """Return a model this project owns. `NotFound`."""
         ...
 
+    def get_organization_model(self, model_id: str, *, organization_id: str) -> ModelRecord:
+        """Return a model owned by any project of the organization (admin keys). `NotFound`."""
+        ...
+
     def list_models(self, *, project_id: str) -> list[ModelRecord]:
         """Final fine-tuned models this project owns or was granted, plus granted checkpoints, oldest first."""
         ...
@@ -365,9 +381,7 @@ class MetadataStore(Protocol):
         """Return one permission. `NotFound`."""
         ...
 
-    def delete_permission(
-        self, permission_id: str, *, model_id: str, owner_project_id: str
-    ) -> PermissionRecord:
+    def delete_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
         """Delete one permission and return it. `NotFound`."""
         ...
 
@@ -401,9 +415,7 @@ class JobQueue(Protocol):
         """Give the job back (status `queued` or `paused`), clearing the lease. False if the lease was lost."""
         ...
 
-    def complete(
-        self, claim: Claim, *, status: str, event: JobEventRecord | None = None, **changes: Any
-    ) -> bool:
+    def complete(self, claim: Claim, *, status: str, event: JobEventRecord | None = None, **changes: Any) -> bool:
         """Finish the job (`succeeded` or `failed`) with `changes`, clearing the lease. False if lost."""
         ...
 

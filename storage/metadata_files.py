@@ -22,6 +22,7 @@ class FilesMixin(SQLStoreBase):
         """Insert a file row (its blob is already fully written)."""
         with self.database.transaction(immediate=True) as conn:
             conn.run("insert_file", to_params(record))
+            conn.run("delete_blob_intent", {"key": record.blob_key})
 
     def get_file(self, file_id: str, *, project_id: str) -> FileRecord:
         """Return a file of this project. `NotFound`."""
@@ -71,6 +72,24 @@ class FilesMixin(SQLStoreBase):
             rows = conn.run("expired_files", {"now": now, "limit": limit}).fetchall()
         return [from_row(FileRecord, row) for row in rows]
 
+    # --- blob intents: a blob written before the row that makes it visible ---------------------------
+
+    def begin_blob(self, key: str, *, now: int) -> None:
+        """Record that `key` is about to be written; the row that publishes it clears the record."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_blob_intent", {"key": key, "created_at": now})
+
+    def end_blob(self, key: str) -> None:
+        """Clear the record of `key` (its write failed and was cleaned up, or the sweeper removed it)."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("delete_blob_intent", {"key": key})
+
+    def stale_blobs(self, *, created_before: int, limit: int) -> list[str]:
+        """Keys whose writer never published them, recorded before `created_before`, oldest first."""
+        with self.database.transaction() as conn:
+            rows = conn.run("stale_blob_intents", {"created_before": created_before, "limit": limit}).fetchall()
+        return [row["key"] for row in rows]
+
     # --- uploads -------------------------------------------------------------------------------------
 
     def insert_upload(self, record: UploadRecord) -> None:
@@ -100,6 +119,7 @@ class FilesMixin(SQLStoreBase):
         with self.database.transaction(immediate=True) as conn:
             self._lock_pending_upload(conn, record.upload_id, record.project_id)
             conn.run("insert_upload_part", to_params(record))
+            conn.run("delete_blob_intent", {"key": record.blob_key})
 
     def list_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
         """All parts of an upload of this project, oldest first. `NotFound`."""
@@ -125,6 +145,7 @@ class FilesMixin(SQLStoreBase):
             self._lock_pending_upload(conn, upload_id, project_id)
             if file is not None:
                 conn.run("insert_file", to_params(file))
+                conn.run("delete_blob_intent", {"key": file.blob_key})
             params = {"id": upload_id, "status": status, "file_id": None if file is None else file.id}
             row = conn.run("finish_upload", params).fetchone()
         return from_row(UploadRecord, row)

@@ -37,6 +37,14 @@ class ModelsMixin(SQLStoreBase):
             raise NotFound(model_id)
         return from_row(ModelRecord, row)
 
+    def get_organization_model(self, model_id: str, *, organization_id: str) -> ModelRecord:
+        """Return a model owned by any project of the organization (for admin keys). `NotFound`."""
+        with self.database.transaction() as conn:
+            row = conn.run("get_organization_model", {"id": model_id, "organization_id": organization_id}).fetchone()
+        if row is None:
+            raise NotFound(model_id)
+        return from_row(ModelRecord, row)
+
     def list_models(self, *, project_id: str) -> list[ModelRecord]:
         """Owned final fine-tuned models plus every model granted to the project, oldest first."""
         with self.database.transaction() as conn:

@@ -20,6 +20,7 @@ from botocore.exceptions import (
     IncompleteReadError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+
 from tunewright.storage.errors import NotFound, Unavailable
 from tunewright.storage.keys import validate_key, validate_prefix
 from tunewright.storage.local import CHUNK_SIZE, ChunkReader, Readable, StreamDigest, iter_chunks

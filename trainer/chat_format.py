@@ -26,6 +26,7 @@ import re
 from typing import Any
 
 import msgspec
+
 from tunewright.trainer.errors import Problems, echo, json_type
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+
 from tunewright.trainer.chat_format import decode_reason
 from tunewright.trainer.errors import DatasetError, DatasetParam, Problem, json_type
 from tunewright.trainer.formats import DataFormat, detect_format, validate_example

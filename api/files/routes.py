@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
+
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.files import service
 from tunewright.api.files.schemas import LIST_PURPOSES, OpenAIFile
@@ -16,6 +18,12 @@ from tunewright.api.streaming import iterate_in_thread
 
 if TYPE_CHECKING:
     from tunewright.storage.base import Stores
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header that cannot be broken by quotes or line breaks in a user's filename."""
+    ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _stores(request: Request[Any, Any, Any]) -> Stores:
@@ -91,7 +99,7 @@ class FilesController(Controller):
             media_type="application/octet-stream",
             headers={
                 "content-length": str(record.bytes),
-                "content-disposition": f'attachment; filename="{record.filename}"',
+                "content-disposition": content_disposition(record.filename),
             },
         )
 

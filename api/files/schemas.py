@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from msgspec import UNSET, UnsetType
+
 from tunewright.api.schemas import Response
 
 if TYPE_CHECKING:

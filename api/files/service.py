@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
+
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.files.schemas import CREATE_PURPOSES
 from tunewright.api.forms import read_form
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from litestar import Request
+
     from tunewright.api.auth import Principal
     from tunewright.storage.base import BlobInfo, Stores
     from tunewright.storage.settings import Settings
@@ -135,8 +137,28 @@ class CheckedPut:
             self.deferred = exc
 
     def __call__(self, chunks: Iterator[bytes]) -> BlobInfo:
-        """Consume the chunks into the blob store."""
-        return self.stores.blobs.put(self.key, self._checked(chunks), max_bytes=self.max_bytes)
+        """Consume the chunks into the blob store (recorded as an intent until the row commits)."""
+        return guarded_put(self.stores, self.key, self._checked(chunks), max_bytes=self.max_bytes)
+
+
+def guarded_put(stores: Stores, key: str, chunks: Iterator[bytes], *, max_bytes: int | None = None) -> BlobInfo:
+    """Put a blob that a row will publish: its intent is recorded first, so a crash leaves no orphan."""
+    stores.metadata.begin_blob(key, now=int(time.time()))
+    try:
+        return stores.blobs.put(key, chunks, max_bytes=max_bytes)
+    except BaseException:
+        stores.metadata.end_blob(key)
+        raise
+
+
+def discard_blob(stores: Stores, key: str) -> None:
+    """Undo a put whose row will not be committed: delete the blob, then its intent."""
+    try:
+        stores.blobs.delete(key)
+    except Exception:  # the intent stays, so the sweeper retries the delete later
+        logger.exception("could not delete unpublished blob %s", key)
+        return
+    stores.metadata.end_blob(key)
 
 
 async def create_file(
@@ -171,6 +193,10 @@ async def create_file(
         )
     except DatasetError as exc:
         raise dataset_error_to_api(exc, param="file") from exc
+    except BaseException:
+        if puts:  # the file part may have been stored before a later part of the form failed
+            await anyio.to_thread.run_sync(discard_blob, stores, key)
+        raise
     return await anyio.to_thread.run_sync(_commit_file, form, puts, key, file_id, project_id, stores)
 
 
@@ -204,7 +230,7 @@ def _commit_file(
         )
         stores.metadata.insert_file(record)
     except BaseException:
-        stores.blobs.delete(key)
+        discard_blob(stores, key)
         raise
     return record
 

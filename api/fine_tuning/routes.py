@@ -6,7 +6,8 @@ from typing import Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
-from tunewright.api.auth import Caller, require_project
+
+from tunewright.api.auth import Caller, require_project, require_project_or_admin
 from tunewright.api.fine_tuning import permissions, service
 from tunewright.api.fine_tuning.schemas import (
     CreateFineTuningCheckpointPermissionRequest,
@@ -133,7 +134,7 @@ class CheckpointPermissionsController(Controller):
     """`/v1/fine_tuning/checkpoints/{model}/permissions`."""
 
     path = "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:str}/permissions"
-    guards = [require_project]
+    guards = [require_project_or_admin]
     tags = ["Fine-tuning"]
 
     @get("/", sync_to_thread=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, UnsetType
+
 from tunewright.api.schemas import Request, Response
 
 if TYPE_CHECKING:

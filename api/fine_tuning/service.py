@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec import UNSET
+
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.ids import new_id, new_model_slot

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Controller, Request, delete, get
 from litestar.params import FromPath
+
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.models import service
 from tunewright.api.models.schemas import ListModelsResponse, Model

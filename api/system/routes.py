@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import MediaType, Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from tunewright.storage.errors import StorageError
 
 if TYPE_CHECKING:

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Controller, Request, post
 from litestar.params import FromPath, JSONBody
+
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.uploads import service
 from tunewright.api.uploads.schemas import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart

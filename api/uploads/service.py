@@ -8,8 +8,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET
+
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
-from tunewright.api.files.service import blob_key, dataset_error_to_api
+from tunewright.api.files.service import blob_key, dataset_error_to_api, discard_blob, guarded_put
 from tunewright.api.forms import read_form
 from tunewright.api.streaming import ThreadedSink
 from tunewright.api.uploads.schemas import UPLOAD_PURPOSES
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from litestar import Request
+
     from tunewright.api.auth import Principal
     from tunewright.api.uploads.schemas import CompleteUploadRequest, CreateUploadRequest
     from tunewright.storage.base import BlobInfo, Stores
@@ -124,7 +126,7 @@ async def add_part(
         try:
             stores.metadata.add_upload_part(record)
         except StateConflict as exc:
-            stores.blobs.delete(key)
+            discard_blob(stores, key)
             raise InvalidRequestError(
                 f"Upload {upload.id} is {exc.current}; parts need a pending upload.",
                 param="upload_id",
@@ -191,7 +193,7 @@ def complete_upload(
     key = blob_key(project_id, file_id)
     assembler = _Assembler(stores, parts, check=upload.purpose == "fine-tune")
     try:
-        info = stores.blobs.put(key, assembler.chunks())
+        info = guarded_put(stores, key, assembler.chunks())
     except DatasetError as exc:
         raise dataset_error_to_api(exc, param="part_ids") from exc
     try:
@@ -216,14 +218,14 @@ def complete_upload(
         )
         finished = stores.metadata.finish_upload(upload.id, project_id=project_id, status="completed", file=file)
     except StateConflict as exc:
-        stores.blobs.delete(key)
+        discard_blob(stores, key)
         raise InvalidRequestError(
             f"Upload {upload.id} is {exc.current}; only a pending upload can be completed.",
             param="upload_id",
             code="invalid_upload_state",
         ) from None
     except BaseException:
-        stores.blobs.delete(key)
+        discard_blob(stores, key)
         raise
     _drop_parts(stores, upload.id)
     return finished, file

@@ -335,3 +335,17 @@ RETURNING id
 SELECT COUNT(*) AS n FROM jobs
 WHERE status IN ('validating_files', 'queued', 'running')
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+
+-- blob intents ---------------------------------------------------------------------------------------
+
+-- name: insert_blob_intent
+INSERT INTO blob_intents (key, created_at) VALUES (:key, :created_at)
+
+-- name: delete_blob_intent
+DELETE FROM blob_intents WHERE key = :key
+
+-- name: stale_blob_intents
+SELECT key FROM blob_intents WHERE created_at < :created_before ORDER BY created_at, key LIMIT :limit
+
+-- name: get_organization_model
+SELECT * FROM models WHERE id = :id AND organization_id = :organization_id

@@ -35,7 +35,9 @@ def test_two_tenants_run_the_whole_control_plane_flow(live_server, tmp_path):
     # uploads, chunked exactly as the SDK's helper does it
     path = tmp_path / "big.jsonl"
     path.write_bytes(data * 40)
-    upload = a.uploads.upload_file_chunked(file=path, mime_type="application/jsonl", purpose="fine-tune", part_size=4096)
+    upload = a.uploads.upload_file_chunked(
+        file=path, mime_type="application/jsonl", purpose="fine-tune", part_size=4096
+    )
     assert upload.status == "completed"
     assert a.files.content(upload.file.id).read() == data * 40
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import openai
 import pytest
 from fixtures.contract import DEVIATION_NULL_EDGE_IDS, validate_error, validate_operation
+
+from tunewright.storage.errors import NotFound
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +18,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 def chat_lines(n: int = 12) -> bytes:
     rows = [
-        '{"messages": [{"role": "user", "content": "Q%d"}, {"role": "assistant", "content": "A%d"}]}' % (i, i)
+        f'{{"messages": [{{"role": "user", "content": "Q{i}"}}, {{"role": "assistant", "content": "A{i}"}}]}}'
         for i in range(n)
     ]
     return ("\n".join(rows) + "\n").encode()
@@ -206,3 +209,44 @@ def test_path_traversal_in_ids_finds_nothing(http, tenants, file_id):
     response = http.get(f"/v1/files/{file_id}/content", headers={"Authorization": f"Bearer {tenants['a'].key}"})
     assert response.status_code == 404
     validate_error(response.json())
+
+
+def test_download_header_survives_odd_filenames(client_a, http, tenants):
+    created = client_a.files.create(file=('we"ird ü.jsonl', chat_lines()), purpose="fine-tune")
+    response = http.get(f"/v1/files/{created.id}/content", headers={"Authorization": f"Bearer {tenants['a'].key}"})
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="we_ird _.jsonl"')
+    assert "filename*=UTF-8''we%22ird%20%C3%BC.jsonl" in disposition
+    assert response.headers["content-length"] == str(created.bytes)
+
+
+def test_a_crash_between_blob_and_row_leaves_an_orphan_the_sweeper_removes(stores, tenants):
+    from tunewright.api.files.service import guarded_put
+    from tunewright.api.sweeper import sweep_orphan_blobs
+
+    key = f"{tenants['a'].project_id}/files/file-crashed"
+    guarded_put(stores, key, iter([b"half of a file"]))  # the writer "dies" before committing its row
+    assert sweep_orphan_blobs(stores, older_than_s=3600) == 0  # young: may be another replica's write
+    assert sweep_orphan_blobs(stores, older_than_s=0, now=int(time.time()) + 1) == 1
+    with pytest.raises(NotFound):
+        stores.blobs.size(key)
+    assert stores.metadata.stale_blobs(created_before=int(time.time()) + 10, limit=10) == []
+
+
+def test_a_published_file_is_never_swept(client_a, stores):
+    from tunewright.api.sweeper import sweep_orphan_blobs
+
+    created = client_a.files.create(file=("t.jsonl", chat_lines()), purpose="fine-tune")
+    assert sweep_orphan_blobs(stores, older_than_s=0, now=int(time.time()) + 1) == 0
+    assert client_a.files.content(created.id).read() == chat_lines()
+
+
+def test_a_form_that_fails_after_its_file_part_leaves_nothing(http, tenants, stores):
+    response = http.post(
+        "/v1/files",
+        headers={"Authorization": f"Bearer {tenants['a'].key}"},
+        files={"file": ("t.jsonl", chat_lines()), "colour": (None, "red")},
+    )
+    assert response.status_code == 400
+    assert stores.blobs.delete_prefix(f"{tenants['a'].project_id}/files/") == 0
+    assert stores.metadata.stale_blobs(created_before=int(time.time()) + 10, limit=10) == []

@@ -41,7 +41,9 @@ def test_create_answers_validating_files_with_every_field(client_a, http, tenant
         assert raw[key] is None
     assert raw["method"] == {
         "type": "supervised",
-        "supervised": {"hyperparameters": {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto"}},
+        "supervised": {
+            "hyperparameters": {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto"}
+        },
     }
     events = client_a.fine_tuning.jobs.list_events(job.id)
     assert events.data[0].message == f"Created fine-tuning job: {job.id}"

@@ -130,3 +130,31 @@ def test_permission_order_words_are_openais(client_a, stores, tenants, order):
     with pytest.raises(openai.BadRequestError) as err:
         client_a.fine_tuning.checkpoints.permissions.list(name, order=order)
     assert err.value.param == "order"
+
+
+def test_an_admin_key_manages_permissions_on_its_organizations_models(sdk, stores, tenants, http):
+    from fixtures.app import OPERATOR_KEY, make_key
+
+    name = make_model(stores, tenants["a"])
+    admin = make_key(stores, organization_id=tenants["a"].organization_id, project_id=None, kind="admin")
+    admin_client = sdk(admin.secret_hash)
+    created = admin_client.fine_tuning.checkpoints.permissions.create(name, project_ids=[tenants["a2"].project_id])
+    assert [p.project_id for p in created.data] == [tenants["a2"].project_id]
+    assert name in [m.id for m in sdk(tenants["a2"].key).models.list()]
+
+    other = make_key(stores, organization_id=tenants["b"].organization_id, project_id=None, kind="admin")
+    with pytest.raises(openai.NotFoundError):
+        sdk(other.secret_hash).fine_tuning.checkpoints.permissions.list(name)
+    response = http.get(f"/v1/fine_tuning/checkpoints/{name}/permissions", headers=auth_key(OPERATOR_KEY))
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "OpenAI-Organization"
+    scoped = http.get(
+        f"/v1/fine_tuning/checkpoints/{name}/permissions",
+        headers={**auth_key(OPERATOR_KEY), "OpenAI-Organization": tenants["a"].organization_id},
+    )
+    assert scoped.status_code == 200
+    assert [p["project_id"] for p in scoped.json()["data"]] == [tenants["a2"].project_id]
+
+
+def auth_key(key):
+    return {"Authorization": f"Bearer {key}"}

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def chat_lines(n: int) -> bytes:
     rows = [
-        '{"messages": [{"role": "user", "content": "Q%d"}, {"role": "assistant", "content": "A%d"}]}' % (i, i)
+        f'{{"messages": [{{"role": "user", "content": "Q{i}"}}, {{"role": "assistant", "content": "A{i}"}}]}}'
         for i in range(n)
     ]
     return ("\n".join(rows) + "\n").encode()
@@ -120,9 +120,7 @@ def test_another_tenants_upload_is_404(client_a, client_b):
 
 def test_create_upload_rejects_unknown_fields_and_bad_purpose(client_a):
     with pytest.raises(openai.BadRequestError) as err:
-        client_a.uploads.create(
-            bytes=5, filename="t", mime_type="x", purpose="fine-tune", extra_body={"colour": "red"}
-        )
+        client_a.uploads.create(bytes=5, filename="t", mime_type="x", purpose="fine-tune", extra_body={"colour": "red"})
     assert err.value.code == "unknown_parameter"
     assert err.value.param == "colour"
     with pytest.raises(openai.BadRequestError) as err:

@@ -699,3 +699,27 @@ def test_service_account_with_duplicate_key_is_not_created(metadata_store: SQLMe
 
 def test_ping_answers(metadata_store: SQLMetadataStore) -> None:
     metadata_store.ping()
+
+
+def test_blob_intents_are_cleared_by_the_row_that_publishes_the_blob(metadata_store: SQLMetadataStore) -> None:
+    published, part_file, orphan = make_file(), make_file(), "p/files/orphan"
+    upload = make_upload()
+    part = make_part(upload)
+    metadata_store.insert_upload(upload)
+    for key in (published.blob_key, part.blob_key, part_file.blob_key, orphan):
+        metadata_store.begin_blob(key, now=100)
+    metadata_store.insert_file(published)
+    metadata_store.add_upload_part(part)
+    metadata_store.finish_upload(upload.id, project_id=A, status="completed", file=part_file)
+    assert metadata_store.stale_blobs(created_before=101, limit=10) == [orphan]
+    assert metadata_store.stale_blobs(created_before=100, limit=10) == []
+    metadata_store.end_blob(orphan)
+    assert metadata_store.stale_blobs(created_before=101, limit=10) == []
+
+
+def test_an_organizations_model_is_found_by_its_organization_only(metadata_store: SQLMetadataStore) -> None:
+    model = make_model()
+    metadata_store.insert_model(model)
+    assert metadata_store.get_organization_model(model.id, organization_id=model.organization_id) == model
+    with pytest.raises(NotFound):
+        metadata_store.get_organization_model(model.id, organization_id="org-other")

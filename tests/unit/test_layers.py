@@ -56,7 +56,9 @@ def test_imports_point_one_way(layer, path):
             target = parts[1]
             assert target in ALLOWED[layer], f"{path}: {layer} may not import {name}"
             if layer == "api" and target == "trainer":
-                assert len(parts) > 2 and parts[2] in TRAINER_FOR_API, f"{path}: api may only import pure trainer modules"
+                assert len(parts) > 2 and parts[2] in TRAINER_FOR_API, (
+                    f"{path}: api may only import pure trainer modules"
+                )
         if parts[0] in HEAVY:
             assert layer in ("trainer", "inference"), f"{path}: {name} imported outside trainer/ and inference/"
             assert in_function, f"{path}: {name} must be imported inside a function"

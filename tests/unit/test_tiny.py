@@ -6,6 +6,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
 from tunewright.trainer.tiny import make_tiny
 
 if TYPE_CHECKING:

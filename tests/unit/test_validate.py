@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tunewright.trainer.errors import DatasetError
 from tunewright.trainer.validate import (
     DataFormat,

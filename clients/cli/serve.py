@@ -1,0 +1,202 @@
+"""`tunewright serve`: prepare the data, then run the API on granian until Ctrl-C or SIGTERM.
+
+Before the server starts, `serve` creates and migrates the data dir, sweeps what a crash may have left
+(blob temp files, expired uploads) and, on the first start with an empty database, creates the `default`
+organization and project and prints one key for it. granian then loads `tunewright.api.asgi:create_app_from_env`
+in each worker process; the settings reach the workers through `TUNEWRIGHT_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from tunewright.clients.cli.datadir import open_data
+from tunewright.clients.cli.keys import KeyCreated, ensure_organization, ensure_project, issue_key
+from tunewright.storage.settings import ENV_PREFIX, SettingsError
+
+if TYPE_CHECKING:
+    import argparse
+    import subprocess
+
+    from tunewright.storage.base import MetadataStore, Stores
+    from tunewright.storage.settings import Settings
+
+ASGI_TARGET = "tunewright.api.asgi:create_app_from_env"
+DEFAULT_ORGANIZATION = "default"
+DEFAULT_PROJECT = "default"
+TEMP_SWEEP_AGE_S = 3600
+"""Blob temp files older than this belong to a crashed put (a live put keeps touching its file)."""
+
+
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `serve` command."""
+    parser = subcommands.add_parser(
+        "serve",
+        help="run the API (embedded mode: SQLite + local files by default)",
+        description="Create and migrate the data dir, then serve the OpenAI-compatible API.",
+    )
+    parser.add_argument("--host", default=None, help="address to listen on (default: $TUNEWRIGHT_HOST)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: $TUNEWRIGHT_PORT)")
+    parser.add_argument("--workers", type=int, default=1, help="API worker processes (default: 1)")
+    parser.add_argument(
+        "--trainers",
+        type=int,
+        default=None,
+        help="embedded training worker processes (default: $TUNEWRIGHT_TRAINERS); see start_trainers",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Prepare the data, start the API server and block until it stops; return the exit status."""
+    if args.workers < 1:
+        print("tunewright: serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    log_level = granian_log_level(settings.log_level)
+    first = prepare(settings)
+    if first is not None:
+        print_first_start(first)
+    export_worker_env(args.config, args.settings_overrides)
+    trainers = start_trainers(settings)
+    try:
+        return serve_api(settings, workers=args.workers, log_level=log_level)
+    finally:
+        stop_trainers(trainers)
+
+
+def prepare(settings: Settings) -> KeyCreated | None:
+    """Create and migrate the data, sweep leftovers, and make the default tenant on a first start.
+
+    Returns:
+        The key created for the default project on a first start, else None.
+    """
+    with open_data(settings) as data:
+        sweep_leftovers(data.stores, settings)
+        return bootstrap_default_tenant(data.stores.metadata)
+
+
+def sweep_leftovers(stores: Stores, settings: Settings) -> None:
+    """Remove what a crash left: temp files and unpublished blobs of writes, uploads past their lifetime.
+
+    In the embedded mode (SQLite + a local directory) this process is the only writer, so everything a
+    previous run left unpublished is an orphan now; with shared production stores other replicas may be
+    writing, so only leftovers older than the configured age go.
+    """
+    from tunewright.api.sweeper import sweep_orphan_blobs  # lazy: imports Litestar
+    from tunewright.api.uploads.service import sweep_expired_uploads
+
+    exclusive = settings.database_url.startswith("sqlite:") and settings.blob_url.startswith("file:")
+    sweep_temp = getattr(stores.blobs, "sweep_temp", None)
+    if sweep_temp is not None:
+        sweep_temp(0 if exclusive else TEMP_SWEEP_AGE_S)
+    if exclusive:
+        sweep_orphan_blobs(stores, older_than_s=0, now=int(time.time()) + 1)
+    else:
+        sweep_orphan_blobs(stores, older_than_s=settings.orphan_blob_age_s)
+    sweep_expired_uploads(stores, ttl_s=settings.upload_ttl_s)
+
+
+def bootstrap_default_tenant(metadata: MetadataStore) -> KeyCreated | None:
+    """On an empty database (no key, no `default` organization), create `default`/`default` and one key."""
+    if metadata.list_all_api_keys() or metadata.find_organization(slug=DEFAULT_ORGANIZATION) is not None:
+        return None
+    organization = ensure_organization(metadata, DEFAULT_ORGANIZATION)
+    project = ensure_project(metadata, organization, DEFAULT_PROJECT)
+    return issue_key(metadata, organization, project, name="default")
+
+
+def print_first_start(created: KeyCreated) -> None:
+    """Print the first-start block; the secret is its last line."""
+    print(
+        f"First start: created organization '{DEFAULT_ORGANIZATION}', project '{DEFAULT_PROJECT}'. "
+        "API key (shown once):"
+    )
+    print(created.secret, flush=True)
+
+
+def export_worker_env(config_path: str | None, overrides: dict[str, Any]) -> None:
+    """Pass `--config` and the command-line overrides to granian's worker processes via the environment."""
+    if config_path:
+        os.environ[ENV_PREFIX + "CONFIG"] = config_path
+    for name, value in overrides.items():
+        os.environ[ENV_PREFIX + name.upper()] = str(value)
+
+
+def start_trainers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """Start the embedded training workers (`--trainers` / `TUNEWRIGHT_TRAINERS` of them).
+
+    This is where `serve` will start its `tunewright worker` subprocesses; the training worker comes with
+    the trainer issue. Until then no trainer runs and jobs wait in the queue for one.
+    """
+    if settings.trainers:
+        print("note: this build has no training worker yet; fine-tuning jobs wait in the queue", flush=True)
+    return []
+
+
+def stop_trainers(trainers: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the embedded training workers (SIGTERM: each finishes its step and releases its job)."""
+    for process in trainers:
+        process.terminate()
+    for process in trainers:
+        process.wait()
+
+
+def granian_log_level(level: str) -> Any:
+    """Return granian's log level for `TUNEWRIGHT_LOG_LEVEL`.
+
+    Raises:
+        SettingsError: not a level granian knows.
+    """
+    from granian.log import LogLevels  # lazy: only serve needs granian
+
+    try:
+        return LogLevels(level.lower())
+    except ValueError as exc:
+        allowed = ", ".join(member.value.upper() for member in LogLevels)
+        raise SettingsError(f"TUNEWRIGHT_LOG_LEVEL: expected one of {allowed}, got {level!r}") from exc
+
+
+def base_url(settings: Settings) -> str:
+    """Return the URL the server listens on (IPv6 hosts in brackets)."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def serve_api(settings: Settings, *, workers: int, log_level: Any) -> int:
+    """Run granian with the ASGI app factory until SIGINT/SIGTERM; return the exit status."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    level = settings.log_level.upper()
+    server = Granian(
+        ASGI_TARGET,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        factory=True,
+        log_level=log_level,
+        # Our own loggers print through granian's console handler at TUNEWRIGHT_LOG_LEVEL.
+        log_dictconfig={"root": {"handlers": ["console"], "level": level}},
+    )
+    url = base_url(settings)
+
+    def announce() -> None:
+        print(f"Tunewright API listening on {url} (OpenAI base_url: {url}/v1); Ctrl-C to stop", flush=True)
+
+    server.on_startup(announce)
+    try:
+        server.serve()
+    except (OSError, RuntimeError) as exc:
+        # granian reports a failed bind as RuntimeError("Address already in use (os error 98)").
+        if isinstance(exc, RuntimeError) and "os error" not in str(exc):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"tunewright: serve: cannot listen on {url}: {reason}", file=sys.stderr)
+        return 1
+    except SystemExit as exc:  # granian exits non-zero when a worker died
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0

@@ -1,0 +1,260 @@
+"""The `tunewright` command line, run in-process over a tmp data dir named by the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pytest
+
+from tunewright.api.auth import authenticate, hash_secret
+from tunewright.api.errors import AuthenticationError
+from tunewright.clients.cli import serve
+from tunewright.clients.cli.main import main
+from tunewright.storage.base import Stores, open_stores
+from tunewright.storage.settings import load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class Result(msgspec.Struct):
+    code: int
+    out: str
+    err: str
+
+    @property
+    def last_line(self) -> str:
+        return self.out.rstrip("\n").splitlines()[-1]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh data dir as the only Tunewright setting in the environment."""
+    for name in list(os.environ):
+        if name.startswith("TUNEWRIGHT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TUNEWRIGHT_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def cli(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    def run(*argv: str) -> Result:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def stores(data_dir: Path) -> Iterator[Stores]:
+    """The stores the CLI writes to (connections open lazily; the CLI itself migrates)."""
+    opened = open_stores(load_settings(os.environ))
+    yield opened
+    opened.close()
+
+
+def test_keys_create_prints_the_secret_last_and_stores_only_its_hash(cli: Any, data_dir: Path, stores: Stores) -> None:
+    result = cli("keys", "create", "--org", "Acme Corp", "--project", "research", "--name", "ci")
+    assert result.code == 0, result.err
+    secret = result.last_line
+    assert secret.startswith("sk-proj-")
+    record = stores.metadata.find_api_key(hash_secret(secret))
+    assert record is not None
+    assert (record.kind, record.name, record.secret_hash) == ("project", "ci", hash_secret(secret))
+    organization = stores.metadata.get_organization(record.organization_id)
+    assert (organization.name, organization.slug) == ("Acme Corp", "acme-corp")
+    assert stores.metadata.get_project(record.project_id, organization_id=organization.id).name == "research"
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_keys_create_reuses_the_organization_and_project(cli: Any, stores: Stores) -> None:
+    first = cli("keys", "create", "--org", "acme", "--project", "p")
+    second = cli("keys", "create", "--org", "ACME", "--project", "p")
+    one = stores.metadata.find_api_key(hash_secret(first.last_line))
+    two = stores.metadata.find_api_key(hash_secret(second.last_line))
+    assert one is not None and two is not None
+    assert (one.organization_id, one.project_id) == (two.organization_id, two.project_id)
+    assert one.id != two.id
+
+
+def test_keys_create_admin_makes_an_organization_admin_key(cli: Any, stores: Stores) -> None:
+    result = cli("keys", "create", "--org", "acme", "--admin")
+    assert result.code == 0, result.err
+    secret = result.last_line
+    assert secret.startswith("sk-admin-")
+    record = stores.metadata.find_api_key(hash_secret(secret))
+    assert record is not None
+    assert (record.kind, record.project_id) == ("admin", None)
+    principal = authenticate(secret, stores, operator_key=None, organization_header=None)
+    assert principal.is_admin
+    assert principal.organization_id == record.organization_id
+
+
+def test_keys_create_without_project_or_admin_is_a_usage_error(cli: Any) -> None:
+    result = cli("keys", "create", "--org", "acme")
+    assert result.code == 2
+    assert "--project" in result.err
+
+
+def test_keys_create_refuses_an_organization_without_slug_characters(cli: Any) -> None:
+    result = cli("keys", "create", "--org", "!!!", "--project", "p")
+    assert result.code == 2
+    assert result.err.startswith("tunewright: ")
+
+
+def test_keys_list_shows_keys_but_never_their_secrets(cli: Any, stores: Stores) -> None:
+    project = cli("keys", "create", "--org", "acme", "--project", "p", "--name", "alpha").last_line
+    admin = cli("keys", "create", "--org", "globex", "--admin", "--name", "boss").last_line
+    result = cli("keys", "list")
+    assert result.code == 0, result.err
+    assert project not in result.out
+    assert admin not in result.out
+    header = result.out.splitlines()[0].split()
+    assert header[:6] == ["ID", "KIND", "ORG", "PROJECT", "NAME", "KEY"]
+    for secret in (project, admin):
+        record = stores.metadata.find_api_key(hash_secret(secret))
+        assert record is not None
+        row = next(line for line in result.out.splitlines() if line.startswith(record.id))
+        assert record.redacted_value in row
+        assert record.name in row
+
+
+def test_keys_list_on_an_empty_database_says_so(cli: Any) -> None:
+    result = cli("keys", "list")
+    assert result.code == 0
+    assert "no API keys" in result.out
+
+
+def test_keys_revoke_stops_the_key_at_once(cli: Any, stores: Stores) -> None:
+    secret = cli("keys", "create", "--org", "acme", "--project", "p").last_line
+    record = stores.metadata.find_api_key(hash_secret(secret))
+    assert record is not None
+    authenticate(secret, stores, operator_key=None, organization_header=None)
+    result = cli("keys", "revoke", record.id)
+    assert result.code == 0, result.err
+    assert record.id in result.out
+    with pytest.raises(AuthenticationError):
+        authenticate(secret, stores, operator_key=None, organization_header=None)
+    assert record.id not in cli("keys", "list").out
+
+
+def test_keys_revoke_of_an_unknown_id_fails(cli: Any) -> None:
+    result = cli("keys", "revoke", "key_doesnotexist")
+    assert result.code == 1
+    assert "key_doesnotexist" in result.err
+    assert result.out == ""
+
+
+def test_keys_revoke_twice_fails_the_second_time(cli: Any, stores: Stores) -> None:
+    secret = cli("keys", "create", "--org", "acme", "--project", "p").last_line
+    record = stores.metadata.find_api_key(hash_secret(secret))
+    assert record is not None
+    assert cli("keys", "revoke", record.id).code == 0
+    assert cli("keys", "revoke", record.id).code == 1
+
+
+def test_migrate_is_idempotent(cli: Any, data_dir: Path) -> None:
+    first = cli("migrate")
+    assert first.code == 0, first.err
+    assert first.out.startswith("applied ")
+    assert data_dir.is_dir()
+    second = cli("migrate")
+    assert second.code == 0
+    assert second.out.strip() == "database is up to date"
+
+
+def test_bad_setting_exits_2_with_one_line(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNEWRIGHT_PORT", "eighty")
+    result = cli("migrate")
+    assert result.code == 2
+    assert result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("tunewright: TUNEWRIGHT_PORT:")
+
+
+def test_config_flag_is_read_and_its_errors_exit_2(cli: Any, tmp_path: Path) -> None:
+    config = tmp_path / "tw.toml"
+    config.write_text("unknown_thing = 1\n", encoding="utf-8")
+    result = cli("--config", str(config), "migrate")
+    assert result.code == 2
+    assert result.err.strip() == "tunewright: unknown setting 'unknown_thing' in the config file"
+    config.write_text(f"data_dir = '{tmp_path / 'from-toml'}'\n", encoding="utf-8")
+    assert cli("--config", str(config), "migrate").code == 0  # the env's data dir still wins
+    assert not (tmp_path / "from-toml").exists()
+
+
+def test_serve_first_start_creates_the_default_tenant_once(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = load_settings(os.environ)
+    created = serve.prepare(settings)
+    assert created is not None
+    assert (created.organization.slug, created.project and created.project.name) == ("default", "default")
+    serve.print_first_start(created)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == created.secret
+    assert "First start: created organization 'default', project 'default'." in out[-2]
+    assert serve.prepare(settings) is None
+    opened = open_stores(settings)
+    try:
+        principal = authenticate(created.secret, opened, operator_key=None, organization_header=None)
+        assert principal.project_id == created.project.id
+    finally:
+        opened.close()
+
+
+def test_serve_makes_no_default_tenant_when_keys_exist(cli: Any) -> None:
+    assert cli("keys", "create", "--org", "acme", "--project", "p").code == 0
+    assert serve.prepare(load_settings(os.environ)) is None
+
+
+def test_serve_sweeps_stale_blob_temp_files(data_dir: Path) -> None:
+    settings = load_settings(os.environ)
+    serve.prepare(settings)
+    stale = settings.data_path / "blobs" / "p" / ".x.tmp-0123456789abcdef"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    os.utime(stale, (1, 1))
+    serve.prepare(settings)
+    assert not stale.exists()
+
+
+def test_serve_refuses_a_bad_log_level_before_starting(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNEWRIGHT_LOG_LEVEL", "loud")
+    result = cli("serve")
+    assert result.code == 2
+    assert result.err.startswith("tunewright: TUNEWRIGHT_LOG_LEVEL:")
+
+
+def test_serve_refuses_zero_workers(cli: Any) -> None:
+    result = cli("serve", "--workers", "0")
+    assert result.code == 2
+
+
+def test_models_make_tiny_calls_the_builder(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Path, int]] = []
+
+    def fake_make_tiny(directory: Path, *, seed: int = 0) -> Path:
+        calls.append((directory, seed))
+        return directory
+
+    monkeypatch.setattr("tunewright.trainer.tiny.make_tiny", fake_make_tiny)
+    result = cli("models", "make-tiny", str(tmp_path / "tiny"), "--seed", "7")
+    assert result.code == 0, result.err
+    assert calls == [(tmp_path / "tiny", 7)]
+    assert str(tmp_path / "tiny") in result.out
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("serve", "migrate", "keys", "models"):
+        assert command in out
