@@ -99,10 +99,19 @@ class ThreadedSink(Generic[T]):
 
 
 async def iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield a sync chunk iterator's items from async code, each `next` in a worker thread."""
+    """Yield a sync chunk iterator's items from async code, each `next` in a worker thread.
+
+    The iterator is closed however the loop ends (a client that disconnects mid-download included), so
+    the file or the S3 connection behind it is released at once.
+    """
     sentinel = object()
-    while True:
-        item = await anyio.to_thread.run_sync(next, chunks, sentinel)
-        if item is sentinel:
-            return
-        yield item  # type: ignore[misc]
+    try:
+        while True:
+            item = await anyio.to_thread.run_sync(next, chunks, sentinel)
+            if item is sentinel:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await anyio.to_thread.run_sync(close)
