@@ -12,6 +12,7 @@ from litestar.response import Stream
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.files import service
 from tunewright.api.files.schemas import LIST_PURPOSES, OpenAIFile
+from tunewright.api.openapi import CreateFileOperation
 from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPageWithIds, DeletedObject
 from tunewright.api.streaming import iterate_in_thread
@@ -37,7 +38,7 @@ class FilesController(Controller):
     guards = [require_project]
     tags = ["Files"]
 
-    @post("/", status_code=200, request_max_body_size=None)
+    @post("/", status_code=200, request_max_body_size=None, operation_class=CreateFileOperation)
     async def create_file(self, request: Request[Any, Any, Any], principal: Caller) -> OpenAIFile:
         """Upload a file (multipart: `file`, `purpose`, optional `expires_after[anchor|seconds]`)."""
         record = await service.create_file(request, principal, request.app.state.settings, _stores(request))

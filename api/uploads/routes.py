@@ -8,6 +8,7 @@ from litestar import Controller, Request, post
 from litestar.params import FromPath, JSONBody
 
 from tunewright.api.auth import Caller, require_project
+from tunewright.api.openapi import AddUploadPartOperation
 from tunewright.api.uploads import service
 from tunewright.api.uploads.schemas import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
 
@@ -29,7 +30,12 @@ class UploadsController(Controller):
         )
         return Upload.from_record(record)
 
-    @post("/{upload_id:str}/parts", status_code=200, request_max_body_size=None)
+    @post(
+        "/{upload_id:str}/parts",
+        status_code=200,
+        request_max_body_size=None,
+        operation_class=AddUploadPartOperation,
+    )
     async def add_upload_part(
         self, request: Request[Any, Any, Any], principal: Caller, upload_id: FromPath[str]
     ) -> UploadPart:

@@ -1,0 +1,45 @@
+"""OpenAPI details Litestar cannot infer: the multipart bodies that routes read by hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+
+_STRING = Schema(type=OpenAPIType.STRING)
+_BINARY = Schema(type=OpenAPIType.STRING, format="binary")  # type: ignore[arg-type]
+
+
+def _multipart(properties: dict[str, Schema], required: list[str]) -> RequestBody:
+    schema = Schema(type=OpenAPIType.OBJECT, properties=properties, required=required)  # type: ignore[arg-type]
+    return RequestBody(content={"multipart/form-data": OpenAPIMediaType(schema=schema)}, required=True)
+
+
+@dataclass
+class CreateFileOperation(Operation):
+    """`POST /v1/files`: the multipart form of OpenAI's `CreateFileRequest`."""
+
+    def __post_init__(self) -> None:
+        """Describe the form the route streams."""
+        self.request_body = _multipart(
+            {
+                "file": _BINARY,
+                "purpose": Schema(
+                    type=OpenAPIType.STRING,
+                    enum=["assistants", "batch", "fine-tune", "vision", "user_data", "evals"],
+                ),
+                "expires_after[anchor]": Schema(type=OpenAPIType.STRING, enum=["created_at"]),
+                "expires_after[seconds]": Schema(type=OpenAPIType.INTEGER, minimum=3600, maximum=2_592_000),
+            },
+            ["file", "purpose"],
+        )
+
+
+@dataclass
+class AddUploadPartOperation(Operation):
+    """`POST /v1/uploads/{upload_id}/parts`: the multipart form of OpenAI's `AddUploadPartRequest`."""
+
+    def __post_init__(self) -> None:
+        """Describe the form the route streams."""
+        self.request_body = _multipart({"data": _BINARY}, ["data"])
