@@ -35,6 +35,11 @@ _FEATURE_MODULES = {
 }
 
 
+# Read handlers run inline on the event loop (`sync_to_thread=False`): a read is one indexed query that
+# never waits on a lock (SQLite WAL, PostgreSQL MVCC) and costs less than a hop to a worker thread.
+# Handlers that write, touch blobs or validate files run on worker threads.
+
+
 class TunewrightApp(Litestar):
     """Litestar with the request id and metrics layer outermost, around Litestar's own error handling."""
 

@@ -1,7 +1,9 @@
 """Authentication: a Bearer key resolves to a Principal scoped to one project or one organization.
 
 Keys are stored only as SHA-256 digests; the lookup is by digest and the final comparison is constant-time.
-Guards run before the body is read, so a bad key is a 401 whatever the body holds.
+Guards run before the body is read, so a bad key is a 401 whatever the body holds. They are `async` and make
+their one indexed lookup inline: Litestar would run a sync guard through a worker thread, and that hop costs
+more than the query (bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -11,19 +13,18 @@ import hmac
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import msgspec
 from litestar import Request  # noqa: TC002 - Litestar reads the dependency's signature at run time
 from litestar.di import NamedDependency
 
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
-from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
 
     from tunewright.storage.base import Stores
-    from tunewright.storage.records import ApiKeyRecord
 
 OPERATOR = "operator"
 TOUCH_EVERY_S = 60
@@ -36,6 +37,7 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     kind: str  # project | service_account | admin | operator
     organization_id: str | None  # None: the operator key without an OpenAI-Organization header
     project_id: str | None = None
+    last_used_at: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -79,42 +81,33 @@ def authenticate(token: str, stores: Stores, *, operator_key: str | None, organi
     if operator_key and hmac.compare_digest(token.encode(), operator_key.encode()):
         return Principal(key_id=OPERATOR, kind=OPERATOR, organization_id=organization_header or None)
     digest = hash_secret(token)
-    record = stores.metadata.find_api_key(digest)
-    if record is None or record.revoked_at is not None or not hmac.compare_digest(record.secret_hash, digest):
-        raise _invalid(token)
-    if record.project_id is not None and not _project_active(stores, record):
+    record = stores.metadata.find_usable_api_key(digest)
+    if record is None or not hmac.compare_digest(record.secret_hash, digest):
         raise _invalid(token)
     if organization_header and organization_header != record.organization_id:
         raise AuthenticationError(
             f"OpenAI-Organization header should match organization for API key: {organization_header}.",
             code="mismatched_organization",
         )
-    _touch(stores, record)
     return Principal(
         key_id=record.id,
         kind=record.kind,
         organization_id=record.organization_id,
         project_id=record.project_id,
+        last_used_at=record.last_used_at,
     )
 
 
-def _project_active(stores: Stores, record: ApiKeyRecord) -> bool:
-    """A project key works only while its project exists and is not archived."""
-    try:
-        project = stores.metadata.get_project(record.project_id or "", organization_id=record.organization_id)
-    except NotFound:
-        return False
-    return project.status != "archived"
-
-
-def _touch(stores: Stores, record: ApiKeyRecord) -> None:
-    """Record use at most once a minute, so a hot key does not write on every request."""
+async def _touch(stores: Stores, principal: Principal) -> None:
+    """Record use at most once a minute (a write: on a worker thread, never on the event loop)."""
     now = int(time.time())
-    if record.last_used_at is None or now - record.last_used_at >= TOUCH_EVERY_S:
-        stores.metadata.touch_api_key(record.id, now)
+    if principal.kind == OPERATOR:
+        return
+    if principal.last_used_at is None or now - principal.last_used_at >= TOUCH_EVERY_S:
+        await anyio.to_thread.run_sync(stores.metadata.touch_api_key, principal.key_id, now)
 
 
-def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+async def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     app_state = connection.app.state
     principal = authenticate(
         _bearer(connection),
@@ -122,13 +115,14 @@ def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
         operator_key=app_state.settings.admin_key,
         organization_header=connection.headers.get("openai-organization"),
     )
+    await _touch(app_state.stores, principal)
     connection.state.principal = principal
     return principal
 
 
-def require_project(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_project(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard for project routes: a project or service-account key."""
-    principal = _principal(connection)
+    principal = await _principal(connection)
     if principal.project_id is None:
         raise PermissionDeniedError(
             "This route needs a project API key; admin keys act on /v1/organization routes only."
@@ -141,14 +135,14 @@ def require_project(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
         )
 
 
-def require_project_or_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_project_or_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard for routes both a project key and an admin key may use (checkpoint permissions)."""
-    _principal(connection)
+    await _principal(connection)
 
 
-def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard for /v1/organization routes: an organization admin key or the operator key."""
-    principal = _principal(connection)
+    principal = await _principal(connection)
     if not principal.is_admin:
         raise PermissionDeniedError("You have insufficient permissions for this operation: it needs an admin key.")
 

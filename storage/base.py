@@ -146,6 +146,13 @@ class MetadataStore(Protocol):
         """Return the key with this hash (revoked ones too: the caller checks `revoked_at`)."""
         ...
 
+    def find_usable_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
+        """Return the key with this hash only if it is unrevoked and its project (if any) is active.
+
+        One query: this is the lookup every authenticated request makes.
+        """
+        ...
+
     def touch_api_key(self, key_id: str, at: int) -> None:
         """Set `last_used_at`."""
         ...

@@ -118,6 +118,12 @@ class TenantsMixin(SQLStoreBase):
             row = conn.run("find_api_key", {"secret_hash": secret_hash}).fetchone()
         return None if row is None else from_row(ApiKeyRecord, row)
 
+    def find_usable_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
+        """Return the key with this hash if it is unrevoked and its project (if any) is active; one query."""
+        with self.database.transaction() as conn:
+            row = conn.run("find_usable_api_key", {"secret_hash": secret_hash}).fetchone()
+        return None if row is None else from_row(ApiKeyRecord, row)
+
     def touch_api_key(self, key_id: str, at: int) -> None:
         """Set `last_used_at`."""
         with self.database.transaction(immediate=True) as conn:

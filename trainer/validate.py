@@ -43,6 +43,8 @@ ACCEPTED_FORMATS: dict[str, tuple[DataFormat, ...]] = {
     "dpo": (DataFormat.PREFERENCE,),
 }
 _BOM = b"\xef\xbb\xbf"
+# Framing-only fast path: a run of complete lines checked by one C call (see JsonlChecker._fast_lines).
+_OBJECT_LINES = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,8 @@ class JsonlChecker:
             DatasetError: At the first framing error, or when ``max_problems`` problems are collected.
         """
         self._raise_if_failed()
+        if not self._scan.check_format and self._fast_feed(chunk):
+            return
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:
             line = bytes(chunk[start:end])
@@ -250,6 +254,40 @@ class JsonlChecker:
             start = end + 1
         self._buffer += chunk[start:]
         self._check_length(len(self._buffer))
+
+    def _fast_feed(self, chunk: bytes | bytearray) -> bool:
+        """Check the chunk's complete lines at once; False leaves all state as it was for the per-line path."""
+        end = chunk.rfind(b"\n")
+        if end == -1:
+            return False
+        region = bytes(self._buffer) + bytes(chunk[: end + 1])
+        if not self._fast_lines(region):
+            return False
+        self._buffer = bytearray(chunk[end + 1 :])
+        self._check_length(len(self._buffer))
+        return True
+
+    def _fast_lines(self, region: bytes) -> bool:
+        """Validate complete lines (each a JSON object) in one decode; any doubt goes to the per-line path.
+
+        A JSON string cannot hold a raw newline, so no value spans two lines: joining the lines with commas
+        into one array decodes exactly when every line is one object. Blank lines, two objects on a line or
+        any error make it return False, and the per-line path then finds the line and words the message.
+        """
+        if self._scan.lines == 0 and region.startswith(_BOM):
+            region = region[len(_BOM) :]
+        if len(region) > self._max_line_bytes:
+            return False
+        try:
+            region.decode("utf-8")  # msgspec.Raw keeps string contents undecoded, so check UTF-8 here
+            objects = _OBJECT_LINES.decode(b"[" + region[:-1].replace(b"\n", b",\n") + b"]")
+        except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        if len(objects) != region.count(b"\n"):
+            return False
+        self._scan.lines += len(objects)
+        self._scan.examples += len(objects)
+        return True
 
     def finish(self) -> JsonlSummary:
         """Check the last line (when the file does not end with a newline) and the file as a whole.

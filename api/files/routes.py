@@ -44,7 +44,7 @@ class FilesController(Controller):
         record = await service.create_file(request, principal, request.app.state.settings, _stores(request))
         return OpenAIFile.from_record(record)
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=False)
     def list_files(
         self,
         request: Request[Any, Any, Any],
@@ -72,7 +72,7 @@ class FilesController(Controller):
             has_more=page.has_more,
         )
 
-    @get("/{file_id:str}", sync_to_thread=True)
+    @get("/{file_id:str}", sync_to_thread=False)
     def retrieve_file(self, request: Request[Any, Any, Any], principal: Caller, file_id: FromPath[str]) -> OpenAIFile:
         """Return one file."""
         record = service.get_file(_stores(request), file_id, project_id=principal.project_id or "")

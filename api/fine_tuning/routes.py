@@ -36,7 +36,7 @@ class JobsController(Controller):
         state = request.app.state
         return FineTuningJob.from_record(service.create_job(state.stores, state.settings, data, principal))
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=False)
     def list_jobs(
         self,
         request: Request[Any, Any, Any],
@@ -53,7 +53,7 @@ class JobsController(Controller):
         )
         return CursorPage(data=[FineTuningJob.from_record(r) for r in page.items], has_more=page.has_more)
 
-    @get("/{fine_tuning_job_id:str}", sync_to_thread=True)
+    @get("/{fine_tuning_job_id:str}", sync_to_thread=False)
     def retrieve_job(
         self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
     ) -> FineTuningJob:
@@ -87,7 +87,7 @@ class JobsController(Controller):
         record = service.change_state(request.app.state.stores, job_id, action, project_id=principal.project_id or "")
         return FineTuningJob.from_record(record)
 
-    @get("/{fine_tuning_job_id:str}/events", sync_to_thread=True)
+    @get("/{fine_tuning_job_id:str}/events", sync_to_thread=False)
     def list_events(
         self,
         request: Request[Any, Any, Any],
@@ -105,7 +105,7 @@ class JobsController(Controller):
         )
         return CursorPage(data=[FineTuningJobEvent.from_record(r) for r in page.items], has_more=page.has_more)
 
-    @get("/{fine_tuning_job_id:str}/checkpoints", sync_to_thread=True)
+    @get("/{fine_tuning_job_id:str}/checkpoints", sync_to_thread=False)
     def list_checkpoints(
         self,
         request: Request[Any, Any, Any],
@@ -137,7 +137,7 @@ class CheckpointPermissionsController(Controller):
     guards = [require_project_or_admin]
     tags = ["Fine-tuning"]
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=False)
     def list_permissions(
         self,
         request: Request[Any, Any, Any],

@@ -20,7 +20,7 @@ class ModelsController(Controller):
     guards = [require_project]
     tags = ["Models"]
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=False)
     def list_models(self, request: Request[Any, Any, Any], principal: Caller) -> ListModelsResponse:
         """Base models and the project's fine-tuned models."""
         state = request.app.state
@@ -29,7 +29,7 @@ class ModelsController(Controller):
         )
         return ListModelsResponse(data=models)
 
-    @get("/{model:str}", sync_to_thread=True)
+    @get("/{model:str}", sync_to_thread=False)
     def retrieve_model(self, request: Request[Any, Any, Any], principal: Caller, model: FromPath[str]) -> Model:
         """Return one model."""
         state = request.app.state

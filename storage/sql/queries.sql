@@ -59,6 +59,12 @@ VALUES (:id, :organization_id, :project_id, :name, :kind, :secret_hash, :redacte
 -- name: find_api_key
 SELECT * FROM api_keys WHERE secret_hash = :secret_hash
 
+-- name: find_usable_api_key
+SELECT k.* FROM api_keys k LEFT JOIN projects p ON p.id = k.project_id
+WHERE k.secret_hash = :secret_hash
+  AND k.revoked_at IS NULL
+  AND (k.project_id IS NULL OR p.status = 'active')
+
 -- name: touch_api_key
 UPDATE api_keys SET last_used_at = :at WHERE id = :id
 

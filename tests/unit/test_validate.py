@@ -279,3 +279,41 @@ def test_validate_is_importable_without_torch() -> None:
         "bad = {'torch', 'transformers', 'tokenizers'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _outcome(data: bytes, cuts: list[int], *, fast: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+    from tunewright.trainer import validate
+
+    with monkeypatch.context() as patch:
+        if not fast:
+            patch.setattr(validate.JsonlChecker, "_fast_feed", lambda self, chunk: False)
+        checker = validate.JsonlChecker()
+        try:
+            start = 0
+            for cut in [*cuts, len(data)]:
+                checker.feed(data[start:cut])
+                start = cut
+            return checker.finish()
+        except DatasetError as exc:
+            return exc.message
+
+
+def test_the_framing_fast_path_agrees_with_the_per_line_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    rng = random.Random(7)
+    seeds = [p.read_bytes() for p in sorted(ASSETS.glob("*.jsonl"))]
+    noise = [b"\n", b"\r\n", b" ", b"}", b"{", b'"', b"\xef\xbb\xbf", b"\xff", b"\\u", b"[1]", b"}{", b"\n\n"]
+    for _ in range(400):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(0, 3)):
+            at = rng.randint(0, len(data))
+            if rng.random() < 0.5 and data:
+                del data[at : at + rng.randint(1, 3)]
+            else:
+                data[at:at] = rng.choice(noise)
+        raw = bytes(data)
+        cuts = sorted(rng.sample(range(len(raw) + 1), k=min(len(raw) + 1, rng.randint(0, 6))))
+        assert _outcome(raw, cuts, fast=True, monkeypatch=monkeypatch) == _outcome(
+            raw, cuts, fast=False, monkeypatch=monkeypatch
+        ), raw[:200]
