@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import sqlite3
 import threading
 import time
@@ -131,6 +132,14 @@ class Database(ABC):
             Unavailable: no connection could be had, or the commit failed for want of one.
         """
 
+    @abstractmethod
+    def reading(self) -> AbstractContextManager[Connection]:
+        """A connection for reads that need no transaction: each statement runs on its own (autocommit).
+
+        Saves the BEGIN/COMMIT round trips on the hot read paths (authentication, list and get). Inside an
+        open transaction of this thread it joins that transaction.
+        """
+
     def notify(self, channel: str) -> None:
         """Wake listeners of `channel` now."""
         with self.transaction() as conn:
@@ -189,8 +198,37 @@ def _sqlite_error(exc: sqlite3.Error) -> StorageError | None:
     return None
 
 
-def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
-    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+class _DictCursor:
+    """A sqlite3 cursor whose rows come back as dicts, column names read once per result set.
+
+    (A `row_factory` would rebuild `cursor.description` for every row, which cost more than the query.)
+    """
+
+    __slots__ = ("_cursor", "_names")
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+        self._names: tuple[str, ...] | None = None
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def _columns(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(map(_first, self._cursor.description or ()))
+        return self._names
+
+    def fetchone(self) -> dict[str, Any] | None:
+        row = self._cursor.fetchone()
+        return None if row is None else dict(zip(self._columns(), row, strict=True))
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        names = self._columns()
+        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
+
+
+_first = operator.itemgetter(0)
 
 
 def _enable_wal(raw: sqlite3.Connection, deadline: float) -> None:
@@ -216,7 +254,7 @@ class _SQLiteConnection(Connection):
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Cursor:
         try:
-            return self.raw.execute(sql, params or {})
+            return _DictCursor(self.raw.execute(sql, params or {}))
         except sqlite3.Error as exc:
             raise (_sqlite_error(exc) or exc) from exc
 
@@ -254,7 +292,6 @@ class SQLiteDatabase(Database):
         try:
             # check_same_thread=False only so that close() can close every thread's connection.
             raw = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
-            raw.row_factory = _dict_row
             raw.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             _enable_wal(raw, time.monotonic() + self.busy_timeout_s)
             raw.execute("PRAGMA foreign_keys=ON")
@@ -293,6 +330,11 @@ class SQLiteDatabase(Database):
         finally:
             conn.depth = 0
             conn.after_commit.clear()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """See `Database.reading`: sqlite3 in autocommit mode runs each statement as its own transaction."""
+        yield self._connection()
 
     def _condition(self, channel: str) -> threading.Condition:
         with self._lock:
@@ -399,6 +441,19 @@ class PostgresDatabase(Database):
                     yield conn
                 finally:
                     self._local.conn = None
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise (_postgres_error(exc) or exc) from exc
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """See `Database.reading`: a pooled autocommit connection, no BEGIN/COMMIT."""
+        current: _PostgresConnection | None = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
+        try:
+            with self._pool.connection() as raw:
+                yield _PostgresConnection(self, raw)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise (_postgres_error(exc) or exc) from exc
 

@@ -26,7 +26,7 @@ class FilesMixin(SQLStoreBase):
 
     def get_file(self, file_id: str, *, project_id: str) -> FileRecord:
         """Return a file of this project. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_file", {"id": file_id, "project_id": project_id}).fetchone()
         if row is None:
             raise NotFound(file_id)
@@ -39,7 +39,7 @@ class FilesMixin(SQLStoreBase):
 
         `after` may name any file of the project (of any purpose), else `InvalidCursor`.
         """
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             return self._page(
                 conn,
                 FileRecord,
@@ -62,13 +62,13 @@ class FilesMixin(SQLStoreBase):
 
     def active_jobs_using_file(self, file_id: str, *, project_id: str) -> list[str]:
         """Ids of this project's non-terminal jobs whose training or validation file is `file_id`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             rows = conn.run("active_jobs_using_file", {"file_id": file_id, "project_id": project_id}).fetchall()
         return [row["id"] for row in rows]
 
     def expired_files(self, *, now: int, limit: int) -> list[FileRecord]:
         """Files of any project whose `expires_at` has passed, soonest first (for the sweeper)."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             rows = conn.run("expired_files", {"now": now, "limit": limit}).fetchall()
         return [from_row(FileRecord, row) for row in rows]
 
@@ -86,7 +86,7 @@ class FilesMixin(SQLStoreBase):
 
     def stale_blobs(self, *, created_before: int, limit: int) -> list[str]:
         """Keys whose writer never published them, recorded before `created_before`, oldest first."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             rows = conn.run("stale_blob_intents", {"created_before": created_before, "limit": limit}).fetchall()
         return [row["key"] for row in rows]
 
@@ -99,7 +99,7 @@ class FilesMixin(SQLStoreBase):
 
     def get_upload(self, upload_id: str, *, project_id: str) -> UploadRecord:
         """Return an upload of this project. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_upload", {"id": upload_id, "project_id": project_id}).fetchone()
         if row is None:
             raise NotFound(upload_id)
@@ -123,7 +123,7 @@ class FilesMixin(SQLStoreBase):
 
     def list_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
         """All parts of an upload of this project, oldest first. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             if conn.run("get_upload", {"id": upload_id, "project_id": project_id}).fetchone() is None:
                 raise NotFound(upload_id)
             rows = conn.run("list_upload_parts", {"upload_id": upload_id, "project_id": project_id}).fetchall()
@@ -152,7 +152,7 @@ class FilesMixin(SQLStoreBase):
 
     def expired_uploads(self, *, created_before: int, limit: int) -> list[UploadRecord]:
         """Pending uploads of any project created before the given time, oldest first."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             rows = conn.run("expired_uploads", {"created_before": created_before, "limit": limit}).fetchall()
         return [from_row(UploadRecord, row) for row in rows]
 

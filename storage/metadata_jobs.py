@@ -33,7 +33,7 @@ class JobsMixin(SQLStoreBase):
 
     def get_job(self, job_id: str, *, project_id: str) -> JobRecord:
         """Return a job of this project. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_job", {"id": job_id, "project_id": project_id}).fetchone()
         if row is None:
             raise NotFound(job_id)
@@ -51,7 +51,7 @@ class JobsMixin(SQLStoreBase):
             "metadata": msgspec.json.encode(metadata).decode() if metadata else None,
             "metadata_empty": int(metadata is not None and not metadata),
         }
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             return self._page(
                 conn,
                 JobRecord,
@@ -119,7 +119,7 @@ class JobsMixin(SQLStoreBase):
 
     def count_jobs_by_status(self) -> dict[str, int]:
         """Jobs of all projects counted by status."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             rows = conn.run("count_jobs_by_status", {}).fetchall()
         return {row["status"]: int(row["n"]) for row in rows}
 
@@ -138,7 +138,7 @@ class JobsMixin(SQLStoreBase):
         self, job_id: str, *, project_id: str, after: str | None, limit: int, order: str = "desc"
     ) -> Page[JobEventRecord]:
         """Events of a job of this project, newest first (`order="asc"`: oldest first). `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             self._require_job(conn, job_id, project_id)
             return self._page(
                 conn,
@@ -161,7 +161,7 @@ class JobsMixin(SQLStoreBase):
         self, job_id: str, *, project_id: str, after: str | None, limit: int
     ) -> Page[CheckpointRecord]:
         """Checkpoints of a job of this project, newest first. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             self._require_job(conn, job_id, project_id)
             return self._page(
                 conn,

@@ -23,7 +23,7 @@ class ModelsMixin(SQLStoreBase):
 
     def get_model(self, model_id: str, *, project_id: str) -> ModelRecord:
         """Return a model this project owns or was granted. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_model", {"id": model_id, "project_id": project_id}).fetchone()
         if row is None:
             raise NotFound(model_id)
@@ -31,7 +31,7 @@ class ModelsMixin(SQLStoreBase):
 
     def get_owned_model(self, model_id: str, *, project_id: str) -> ModelRecord:
         """Return a model this project owns. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_owned_model", {"id": model_id, "project_id": project_id}).fetchone()
         if row is None:
             raise NotFound(model_id)
@@ -39,7 +39,7 @@ class ModelsMixin(SQLStoreBase):
 
     def get_organization_model(self, model_id: str, *, organization_id: str) -> ModelRecord:
         """Return a model owned by any project of the organization (for admin keys). `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_organization_model", {"id": model_id, "organization_id": organization_id}).fetchone()
         if row is None:
             raise NotFound(model_id)
@@ -47,7 +47,7 @@ class ModelsMixin(SQLStoreBase):
 
     def list_models(self, *, project_id: str) -> list[ModelRecord]:
         """Owned final fine-tuned models plus every model granted to the project, oldest first."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             rows = conn.run("list_models", {"project_id": project_id}).fetchall()
         return [from_row(ModelRecord, row) for row in rows]
 
@@ -77,7 +77,7 @@ class ModelsMixin(SQLStoreBase):
         order: str,
     ) -> Page[PermissionRecord]:
         """Permissions on an owned model (optionally only those of `project_id`). `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             owned = conn.run("get_owned_model", {"id": model_id, "project_id": owner_project_id}).fetchone()
             if owned is None:
                 raise NotFound(model_id)
@@ -96,7 +96,7 @@ class ModelsMixin(SQLStoreBase):
     def get_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
         """Return one permission. `NotFound`."""
         params = {"id": permission_id, "model": model_id, "owner_project_id": owner_project_id}
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_permission", params).fetchone()
         if row is None:
             raise NotFound(permission_id)

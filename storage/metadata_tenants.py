@@ -31,7 +31,7 @@ class TenantsMixin(SQLStoreBase):
 
     def get_organization(self, organization_id: str) -> OrganizationRecord:
         """Return one organization. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_organization", {"id": organization_id}).fetchone()
         if row is None:
             raise NotFound(organization_id)
@@ -39,7 +39,7 @@ class TenantsMixin(SQLStoreBase):
 
     def find_organization(self, *, slug: str) -> OrganizationRecord | None:
         """Return the organization with this slug, if any."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("find_organization", {"slug": slug}).fetchone()
         return None if row is None else from_row(OrganizationRecord, row)
 
@@ -58,7 +58,7 @@ class TenantsMixin(SQLStoreBase):
 
     def get_project(self, project_id: str, *, organization_id: str | None) -> ProjectRecord:
         """Return a project; with `organization_id`, only if it belongs to it. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_project", {"id": project_id, "organization_id": organization_id}).fetchone()
         if row is None:
             raise NotFound(project_id)
@@ -66,7 +66,7 @@ class TenantsMixin(SQLStoreBase):
 
     def find_project(self, *, organization_id: str, name: str) -> ProjectRecord | None:
         """Return the oldest project of this organization with this name, if any."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("find_project", {"organization_id": organization_id, "name": name}).fetchone()
         return None if row is None else from_row(ProjectRecord, row)
 
@@ -74,7 +74,7 @@ class TenantsMixin(SQLStoreBase):
         self, *, organization_id: str, after: str | None, limit: int, include_archived: bool
     ) -> Page[ProjectRecord]:
         """Projects of an organization, oldest first."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             return self._page(
                 conn,
                 ProjectRecord,
@@ -114,13 +114,13 @@ class TenantsMixin(SQLStoreBase):
 
     def find_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
         """Return the key with this hash (revoked ones too: the caller checks `revoked_at`)."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("find_api_key", {"secret_hash": secret_hash}).fetchone()
         return None if row is None else from_row(ApiKeyRecord, row)
 
     def find_usable_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
         """Return the key with this hash if it is unrevoked and its project (if any) is active; one query."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("find_usable_api_key", {"secret_hash": secret_hash}).fetchone()
         return None if row is None else from_row(ApiKeyRecord, row)
 
@@ -133,7 +133,7 @@ class TenantsMixin(SQLStoreBase):
         self, *, organization_id: str, project_id: str | None, after: str | None, limit: int
     ) -> Page[ApiKeyRecord]:
         """Unrevoked keys of a project (or, with `project_id=None`, the organization's admin keys), oldest first."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             return self._page(
                 conn,
                 ApiKeyRecord,
@@ -148,7 +148,7 @@ class TenantsMixin(SQLStoreBase):
     def get_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:
         """Return one unrevoked key of the project (or admin key of the organization). `NotFound`."""
         params = {"id": key_id, "organization_id": organization_id, "project_id": project_id}
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_api_key", params).fetchone()
         if row is None:
             raise NotFound(key_id)
@@ -165,7 +165,7 @@ class TenantsMixin(SQLStoreBase):
 
     def list_all_api_keys(self) -> list[ApiKeyRecord]:
         """Every unrevoked key of every organization, oldest first."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             rows = conn.run("list_all_api_keys", {}).fetchall()
         return [from_row(ApiKeyRecord, row) for row in rows]
 
@@ -179,7 +179,7 @@ class TenantsMixin(SQLStoreBase):
 
     def list_service_accounts(self, *, project_id: str, after: str | None, limit: int) -> Page[ServiceAccountRecord]:
         """Service accounts of a project, oldest first."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             return self._page(
                 conn,
                 ServiceAccountRecord,
@@ -193,7 +193,7 @@ class TenantsMixin(SQLStoreBase):
 
     def get_service_account(self, account_id: str, *, project_id: str) -> ServiceAccountRecord:
         """Return one service account. `NotFound`."""
-        with self.database.transaction() as conn:
+        with self.database.reading() as conn:
             row = conn.run("get_service_account", {"id": account_id, "project_id": project_id}).fetchone()
         if row is None:
             raise NotFound(account_id)
