@@ -15,7 +15,7 @@ import secrets
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from tunewright.storage.base import BlobInfo
 from tunewright.storage.errors import NotFound, Unavailable
@@ -251,14 +251,7 @@ class LocalBlobStore:
         Raises:
             NotFound: a part is missing; nothing is stored.
         """
-        for part in parts:
-            validate_key(part)
-        return self.put(key, self._chain(parts))
-
-    def _chain(self, parts: Sequence[str]) -> Iterator[bytes]:
-        for part in parts:
-            with self.open(part) as chunks:
-                yield from chunks
+        return concat_parts(self, key, parts)
 
     def presign(self, key: str, ttl_s: int) -> str | None:
         """Return None: a local directory has no URLs."""
@@ -342,3 +335,16 @@ def _raise_unless_missing(exc: OSError) -> None:
     """`os.walk` error hook: a folder removed meanwhile is skipped, any other error raised."""
     if not isinstance(exc, FileNotFoundError):
         raise exc
+
+
+def concat_parts(store: Any, key: str, parts: Sequence[str]) -> BlobInfo:
+    """`BlobStore.concat` for any store: stream the parts, in order, through the store's own `put`."""
+    for part in parts:
+        validate_key(part)
+
+    def chained() -> Iterator[bytes]:
+        for part in parts:
+            with store.open(part) as chunks:
+                yield from chunks
+
+    return store.put(key, chained())

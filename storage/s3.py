@@ -23,7 +23,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from tunewright.storage.errors import NotFound, Unavailable
 from tunewright.storage.keys import validate_key, validate_prefix
-from tunewright.storage.local import CHUNK_SIZE, ChunkReader, Readable, StreamDigest, iter_chunks
+from tunewright.storage.local import CHUNK_SIZE, ChunkReader, Readable, StreamDigest, concat_parts, iter_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -275,14 +275,7 @@ class S3BlobStore:
         Raises:
             NotFound: a part is missing; nothing is stored.
         """
-        for part in parts:
-            validate_key(part)
-        return self.put(key, self._chain(parts))
-
-    def _chain(self, parts: Sequence[str]) -> Iterator[bytes]:
-        for part in parts:
-            with self.open(part) as chunks:
-                yield from chunks
+        return concat_parts(self, key, parts)
 
     def presign(self, key: str, ttl_s: int) -> str | None:
         """Return a presigned GetObject URL valid for `ttl_s` seconds."""

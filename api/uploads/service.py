@@ -69,6 +69,13 @@ def create_upload(stores: Stores, settings: Settings, data: CreateUploadRequest,
     return record
 
 
+def not_pending(upload_id: str, status: str, *, needs: str) -> InvalidRequestError:
+    """400 for an action that needs a pending upload."""
+    return InvalidRequestError(
+        f"Upload {upload_id} is {status}; {needs} a pending upload.", param="upload_id", code="invalid_upload_state"
+    )
+
+
 def get_pending(stores: Stores, upload_id: str, *, project_id: str) -> UploadRecord:
     """Return a pending, unexpired upload, or raise 404/400."""
     try:
@@ -78,11 +85,7 @@ def get_pending(stores: Stores, upload_id: str, *, project_id: str) -> UploadRec
     if upload.status == "pending" and upload.expires_at <= int(time.time()):
         upload.status = "expired"
     if upload.status != "pending":
-        raise InvalidRequestError(
-            f"Upload {upload_id} is {upload.status}; parts and completion need a pending upload.",
-            param="upload_id",
-            code="invalid_upload_state",
-        )
+        raise not_pending(upload_id, upload.status, needs="parts and completion need")
     return upload
 
 
@@ -127,11 +130,7 @@ async def add_part(
             stores.metadata.add_upload_part(record)
         except StateConflict as exc:
             discard_blob(stores, key)
-            raise InvalidRequestError(
-                f"Upload {upload.id} is {exc.current}; parts need a pending upload.",
-                param="upload_id",
-                code="invalid_upload_state",
-            ) from None
+            raise not_pending(upload.id, exc.current, needs="parts need") from None
 
     await anyio.to_thread.run_sync(commit)
     return record
@@ -219,11 +218,7 @@ def complete_upload(
         finished = stores.metadata.finish_upload(upload.id, project_id=project_id, status="completed", file=file)
     except StateConflict as exc:
         discard_blob(stores, key)
-        raise InvalidRequestError(
-            f"Upload {upload.id} is {exc.current}; only a pending upload can be completed.",
-            param="upload_id",
-            code="invalid_upload_state",
-        ) from None
+        raise not_pending(upload.id, exc.current, needs="completion needs") from None
     except BaseException:
         discard_blob(stores, key)
         raise
@@ -237,11 +232,7 @@ def cancel_upload(stores: Stores, upload_id: str, *, project_id: str) -> UploadR
     try:
         upload = stores.metadata.finish_upload(upload_id, project_id=project_id, status="cancelled")
     except StateConflict as exc:
-        raise InvalidRequestError(
-            f"Upload {upload_id} is {exc.current}; only a pending upload can be cancelled.",
-            param="upload_id",
-            code="invalid_upload_state",
-        ) from None
+        raise not_pending(upload_id, exc.current, needs="cancelling needs") from None
     _drop_parts(stores, upload_id)
     return upload
 
