@@ -14,4 +14,5 @@ pytest_plugins = [
     "fixtures.stores",
     "fixtures.app",
     "fixtures.server",
+    "fixtures.models",
 ]

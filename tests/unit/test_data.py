@@ -9,19 +9,13 @@ import pytest
 
 from tunewright.trainer.data import PreferenceExample, TokenizedExample, tokenize_dataset
 from tunewright.trainer.errors import DatasetError
-from tunewright.trainer.modeling import load_tokenizer, render_chat
-from tunewright.trainer.tiny import make_tiny
+from tunewright.trainer.modeling import render_chat
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 ANSWER = {"role": "assistant", "content": "The capital of France is Paris."}
 LONG_USER = {"role": "user", "content": "alpha beta gamma delta epsilon zeta eta theta " * 4}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return load_tokenizer(make_tiny(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 def jsonl(*objs: object) -> list[bytes]:

@@ -16,8 +16,7 @@ from tunewright.trainer.backends import select_backend
 from tunewright.trainer.backends.peft import PeftTrainingBackend
 from tunewright.trainer.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.loop import Batch, StepMetrics, lr_factor, token_loss, train
-from tunewright.trainer.modeling import load_model, load_tokenizer, render_chat
-from tunewright.trainer.tiny import make_tiny
+from tunewright.trainer.modeling import load_model, render_chat
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,16 +26,6 @@ torch = pytest.importorskip("torch")
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 # A fixed mapping the model can learn: each word answers with the next one.
 PAIRS = [(word, WORDS[(i + 1) % len(WORDS)]) for i, word in enumerate(WORDS)]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dir: Path) -> Any:
-    return load_tokenizer(tiny_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,6 @@ from tunewright.trainer.modeling import (
     render_chat,
     resolve_model_dir,
 )
-from tunewright.trainer.tiny import make_tiny
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,16 +27,6 @@ USER = {"role": "user", "content": "Hi there?"}
 ANSWER = {"role": "assistant", "content": "Hello! 🙂"}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dir: Path) -> Any:
-    return load_tokenizer(tiny_dir)
 
 
 def masked_runs(tokenizer: Any, ids: list[int], mask: list[int]) -> list[str]:
