@@ -151,12 +151,14 @@ def _children(pid: int) -> list[int]:
 
 
 def _status_kib(pid: int, field: str) -> int:
+    """A `/proc/<pid>/status` field in KiB; 0 once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except (FileNotFoundError, ProcessLookupError):
-        pass
+        return 0
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
     return 0
 
 

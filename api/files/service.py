@@ -98,26 +98,33 @@ def check_purpose(purpose: str | None) -> str:
 class CheckedPut:
     """A blob put that, for fine-tune files, checks every line on the way (a bad line stores nothing)."""
 
-    def __init__(self, stores: Stores, key: str, *, check: bool, max_bytes: int) -> None:
-        """`check` False defers the decision (purpose sent after the file): problems are kept, not raised."""
+    def __init__(self, stores: Stores, key: str, *, purpose: str | None, max_bytes: int) -> None:
+        """Prepare the put for a file of `purpose` (None: the purpose part comes after the file part).
+
+        Fine-tune files are checked and a bad line stops the put; with the purpose not known yet the check runs
+        and a problem is kept for later; any other purpose is stored unchecked.
+        """
         self.stores = stores
         self.key = key
-        self.check = check
+        self.check = purpose == "fine-tune"
         self.max_bytes = max_bytes
         # Upload checks the JSON Lines framing only: the format rules depend on the job's method and run
         # when a job names the file.
-        self.checker = JsonlChecker(param="training_file", check_format=False)
+        self.checker = JsonlChecker(param="training_file") if purpose in ("fine-tune", None) else None
         self.deferred: DatasetError | None = None
         self.lines: int | None = None
 
     def _checked(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        if self.checker is None:
+            yield from chunks
+            return
         for chunk in chunks:
             self._feed(chunk)
             yield chunk
         self._finish()
 
     def _feed(self, chunk: bytes) -> None:
-        if self.deferred is not None:
+        if self.deferred is not None or self.checker is None:
             return
         try:
             self.checker.feed(chunk)
@@ -127,7 +134,7 @@ class CheckedPut:
             self.deferred = exc
 
     def _finish(self) -> None:
-        if self.deferred is not None:
+        if self.deferred is not None or self.checker is None:
             return
         try:
             self.lines = self.checker.finish().lines
@@ -174,12 +181,7 @@ async def create_file(
         purpose = fields.get("purpose")
         if purpose is not None:
             check_purpose(purpose)
-        put = CheckedPut(
-            stores,
-            key,
-            check=purpose == "fine-tune",
-            max_bytes=settings.max_file_bytes,
-        )
+        put = CheckedPut(stores, key, purpose=purpose, max_bytes=settings.max_file_bytes)
         puts.append(put)
         return ThreadedSink(put)
 

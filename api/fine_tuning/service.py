@@ -64,12 +64,12 @@ def resolve_base_model(stores: Stores, settings: Settings, model: str, *, projec
     """Return the configured base model `model` resolves to (an `ft:` model continues its own base)."""
     if model in settings.base_models:
         return model
-    if model.startswith("ft:"):
-        try:
-            return stores.metadata.get_owned_model(model, project_id=project_id).base_model
-        except NotFound:
-            pass
-    raise model_not_found(model)
+    if not model.startswith("ft:"):
+        raise model_not_found(model)
+    try:
+        return stores.metadata.get_owned_model(model, project_id=project_id).base_model
+    except NotFound:
+        raise model_not_found(model) from None
 
 
 def check_training_file(stores: Stores, file_id: str, *, param: str, project_id: str) -> FileRecord:

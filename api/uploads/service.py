@@ -76,6 +76,12 @@ def not_pending(upload_id: str, status: str, *, needs: str) -> InvalidRequestErr
     )
 
 
+def _pending_with_size(stores: Stores, upload_id: str, project_id: str) -> tuple[UploadRecord, int]:
+    """A pending upload and the bytes its parts already hold."""
+    upload = get_pending(stores, upload_id, project_id=project_id)
+    return upload, sum(p.bytes for p in stores.metadata.list_upload_parts(upload.id, project_id=project_id))
+
+
 def get_pending(stores: Stores, upload_id: str, *, project_id: str) -> UploadRecord:
     """Return a pending, unexpired upload, or raise 404/400."""
     try:
@@ -96,20 +102,20 @@ async def add_part(
     import anyio.to_thread
 
     project_id = principal.project_id or ""
-    upload = await anyio.to_thread.run_sync(lambda: get_pending(stores, upload_id, project_id=project_id))
+    upload, stored = await anyio.to_thread.run_sync(lambda: _pending_with_size(stores, upload_id, project_id))
     part_id = new_id("part")
     key = f"{project_id}/uploads/{upload.id}/{part_id}"
+    # A part may not carry the upload past its declared size: storage stays bounded by what was announced.
+    limit = max(0, min(settings.max_part_bytes, upload.bytes - stored))
 
     def open_sink(_fields: dict[str, str], _filename: str) -> ThreadedSink[BlobInfo]:
-        return ThreadedSink(lambda chunks: stores.blobs.put(key, chunks, max_bytes=settings.max_part_bytes))
+        return ThreadedSink(lambda chunks: guarded_put(stores, key, chunks, max_bytes=limit))
 
-    form = await read_form(
-        request,
-        file_field="data",
-        text_fields=(),
-        max_file_bytes=settings.max_part_bytes,
-        open_sink=open_sink,
-    )
+    try:
+        form = await read_form(request, file_field="data", text_fields=(), max_file_bytes=limit, open_sink=open_sink)
+    except BaseException:
+        await anyio.to_thread.run_sync(discard_blob, stores, key)
+        raise
     if form.filename is None:
         raise InvalidRequestError(
             "Missing required parameter: 'data'.", param="data", code="missing_required_parameter"

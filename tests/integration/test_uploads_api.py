@@ -71,11 +71,41 @@ def test_wrong_md5_is_400_and_leaves_the_upload_pending(client_a):
 
 
 def test_byte_count_mismatch_is_400(client_a):
-    upload = client_a.uploads.create(bytes=10, filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune")
-    part = client_a.uploads.parts.create(upload.id, data=chat_lines(12))
+    data = chat_lines(12)
+    upload = client_a.uploads.create(
+        bytes=len(data) + 10, filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    part = client_a.uploads.parts.create(upload.id, data=data)
     with pytest.raises(openai.BadRequestError) as err:
         client_a.uploads.complete(upload.id, part_ids=[part.id])
     assert err.value.param == "part_ids"
+
+
+def test_a_part_beyond_the_declared_size_is_413_and_stores_nothing(client_a, stores, tenants):
+    data = chat_lines(12)
+    upload = client_a.uploads.create(bytes=len(data), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    client_a.uploads.parts.create(upload.id, data=data[:-5])
+    with pytest.raises(openai.APIStatusError) as err:
+        client_a.uploads.parts.create(upload.id, data=data[-5:] + b"extra")
+    assert err.value.status_code == 413
+    assert len(stores.metadata.list_upload_parts(upload.id, project_id=tenants["a"].project_id)) == 1
+    last = client_a.uploads.parts.create(upload.id, data=data[-5:])
+    parts = stores.metadata.list_upload_parts(upload.id, project_id=tenants["a"].project_id)
+    done = client_a.uploads.complete(upload.id, part_ids=[p.id for p in parts])
+    assert last.id in [p.id for p in parts]
+    assert client_a.files.content(done.file.id).read() == data
+
+
+def test_parts_are_recorded_as_blob_intents_until_their_row_commits(client_a, stores, monkeypatch):
+    import time
+
+    recorded = []
+    begin = stores.metadata.begin_blob
+    monkeypatch.setattr(stores.metadata, "begin_blob", lambda key, *, now: (recorded.append(key), begin(key, now=now)))
+    upload = client_a.uploads.create(bytes=5, filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    part = client_a.uploads.parts.create(upload.id, data=b"12345")
+    assert [key.rsplit("/", 1)[-1] for key in recorded] == [part.id]
+    assert stores.metadata.stale_blobs(created_before=int(time.time()) + 10, limit=10) == []
 
 
 def test_bad_jsonl_is_refused_at_completion_naming_the_line(client_a):
