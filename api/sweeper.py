@@ -76,9 +76,10 @@ async def sweeper_lifespan(app: Litestar) -> AsyncIterator[None]:
     stores: Stores = app.state.stores
 
     async def loop() -> None:
+        # The first pass waits one period: `tunewright serve` has just swept, before starting its workers.
         while True:
-            await anyio.to_thread.run_sync(sweep_once, stores, settings)
             await anyio.sleep(settings.sweep_every_s)
+            await anyio.to_thread.run_sync(sweep_once, stores, settings)
 
     async with anyio.create_task_group() as group:
         group.start_soon(loop)

@@ -263,12 +263,12 @@ class MetadataStore(Protocol):
         """Pending uploads of any project created before the given time (for the sweeper)."""
         ...
 
-    def delete_upload_parts(self, upload_id: str) -> list[UploadPartRecord]:
+    def delete_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
         """Delete the part rows of an upload and return them (the caller deletes their blobs)."""
         ...
 
-    def mark_upload(self, upload_id: str, *, status: str) -> None:
-        """Set an upload's status without a state check (the sweeper's `expired`)."""
+    def expire_upload(self, upload_id: str, *, project_id: str) -> bool:
+        """Move a still pending upload to `expired` (the sweeper); False if it finished meanwhile."""
         ...
 
     # --- jobs, events, checkpoints ------------------------------------------------------------------
@@ -459,12 +459,9 @@ def open_stores(settings: Settings) -> Stores:
     from tunewright.storage.metadata import SQLMetadataStore
     from tunewright.storage.queue import SQLJobQueue
 
+    blobs = open_blob_store(settings)  # first: if it fails, no database pool is left open
     database = open_database(settings.database_url, pool_size=settings.db_pool_size)
-    return Stores(
-        blobs=open_blob_store(settings),
-        metadata=SQLMetadataStore(database),
-        queue=SQLJobQueue(database),
-    )
+    return Stores(blobs=blobs, metadata=SQLMetadataStore(database), queue=SQLJobQueue(database))
 
 
 def open_blob_store(settings: Settings) -> BlobStore:

@@ -324,7 +324,14 @@ class SQLiteDatabase(Database):
                 conn.raw.execute("ROLLBACK")
             raise
         else:
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (disk full, a deferred constraint) leaves the transaction open: end it, or
+                # every later BEGIN on this thread's connection would fail.
+                if conn.raw.in_transaction:
+                    conn.raw.execute("ROLLBACK")
+                raise
             for callback in conn.after_commit:
                 callback()
         finally:
@@ -419,7 +426,9 @@ class PostgresDatabase(Database):
             max_size=max(1, pool_size),
             kwargs={"autocommit": True, "row_factory": dict_row},
             configure=_configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            # No `check` on checkout: it costs a round trip on every request. A connection that broke while
+            # idle fails its statement as `Unavailable` (503, which clients retry) and the pool replaces it.
+            max_idle=300,
             timeout=timeout_s,
             name="tunewright",
             open=True,

@@ -156,14 +156,15 @@ class FilesMixin(SQLStoreBase):
             rows = conn.run("expired_uploads", {"created_before": created_before, "limit": limit}).fetchall()
         return [from_row(UploadRecord, row) for row in rows]
 
-    def delete_upload_parts(self, upload_id: str) -> list[UploadPartRecord]:
+    def delete_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
         """Delete the part rows of an upload and return them, oldest first (the caller deletes the blobs)."""
         with self.database.transaction(immediate=True) as conn:
-            rows = conn.run("delete_upload_parts", {"upload_id": upload_id}).fetchall()
+            rows = conn.run("delete_upload_parts", {"upload_id": upload_id, "project_id": project_id}).fetchall()
         parts = [from_row(UploadPartRecord, row) for row in rows]
         return sorted(parts, key=lambda part: (part.created_at, part.id))
 
-    def mark_upload(self, upload_id: str, *, status: str) -> None:
-        """Set an upload's status without a state check (the sweeper's `expired`)."""
+    def expire_upload(self, upload_id: str, *, project_id: str) -> bool:
+        """Move a still pending upload to `expired`; False if it was completed or cancelled meanwhile."""
         with self.database.transaction(immediate=True) as conn:
-            conn.run("mark_upload", {"id": upload_id, "status": status})
+            row = conn.run("expire_upload", {"id": upload_id, "project_id": project_id}).fetchone()
+        return row is not None

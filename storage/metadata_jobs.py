@@ -182,6 +182,5 @@ class JobsMixin(SQLStoreBase):
                 raise NotFound(checkpoint_id)
             checkpoint = from_row(CheckpointRecord, row)
             model = checkpoint.fine_tuned_model_checkpoint
-            conn.run("delete_model_permissions", {"model": model, "owner_project_id": project_id})
             conn.run("delete_model", {"id": model, "project_id": project_id})
         return checkpoint

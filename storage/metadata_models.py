@@ -54,7 +54,6 @@ class ModelsMixin(SQLStoreBase):
     def delete_model(self, model_id: str, *, project_id: str) -> ModelRecord:
         """Delete an owned model and its permissions in one transaction; return it. `NotFound`."""
         with self.database.transaction(immediate=True) as conn:
-            conn.run("delete_model_permissions", {"model": model_id, "owner_project_id": project_id})
             row = conn.run("delete_model", {"id": model_id, "project_id": project_id}).fetchone()
             if row is None:
                 raise NotFound(model_id)

@@ -162,7 +162,7 @@ class SQLJobQueue:
 
     def depth(self) -> int:
         """Number of jobs waiting for a worker: claimable now, whatever the project caps."""
-        with self._database.transaction() as conn:
+        with self._database.reading() as conn:
             row = conn.run("queue_depth", {"now": self._clock()}).fetchone()
         return int(row["n"])
 

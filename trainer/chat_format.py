@@ -237,6 +237,9 @@ def check_function_call(call: Any, path: str, out: Problems) -> None:
     except msgspec.DecodeError as exc:
         out.add(f"{path}.arguments", f"is not valid JSON: {decode_reason(exc)}")
         return
+    except RecursionError:
+        out.add(f"{path}.arguments", "is not valid JSON: nested too deeply")
+        return
     if not isinstance(parsed, dict):
         out.add(f"{path}.arguments", f"must hold a JSON object, got {json_type(parsed)}")
 

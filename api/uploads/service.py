@@ -228,7 +228,7 @@ def complete_upload(
     except BaseException:
         discard_blob(stores, key)
         raise
-    _drop_parts(stores, upload.id)
+    _drop_parts(stores, upload.id, project_id)
     return finished, file
 
 
@@ -239,12 +239,12 @@ def cancel_upload(stores: Stores, upload_id: str, *, project_id: str) -> UploadR
         upload = stores.metadata.finish_upload(upload_id, project_id=project_id, status="cancelled")
     except StateConflict as exc:
         raise not_pending(upload_id, exc.current, needs="cancelling needs") from None
-    _drop_parts(stores, upload_id)
+    _drop_parts(stores, upload_id, project_id)
     return upload
 
 
-def _drop_parts(stores: Stores, upload_id: str) -> None:
-    for part in stores.metadata.delete_upload_parts(upload_id):
+def _drop_parts(stores: Stores, upload_id: str, project_id: str) -> None:
+    for part in stores.metadata.delete_upload_parts(upload_id, project_id=project_id):
         try:
             stores.blobs.delete(part.blob_key)
         except Exception:  # a stray part blob is harmless; the row is gone
@@ -259,7 +259,7 @@ def sweep_expired_uploads(stores: Stores, *, ttl_s: int, now: int | None = None)
     now = int(time.time()) if now is None else now
     count = 0
     for upload in stores.metadata.expired_uploads(created_before=now - ttl_s, limit=500):
-        stores.metadata.mark_upload(upload.id, status="expired")
-        _drop_parts(stores, upload.id)
-        count += 1
+        if stores.metadata.expire_upload(upload.id, project_id=upload.project_id):
+            _drop_parts(stores, upload.id, upload.project_id)
+            count += 1
     return count

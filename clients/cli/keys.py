@@ -133,21 +133,36 @@ def issue_key(
     return KeyCreated(metadata.create_api_key(record), secret, organization, project)
 
 
-def run_create(args: argparse.Namespace, settings: Settings) -> int:
-    """`keys create`: print what was made, then the secret as the last line."""
-    if not args.admin and not args.project:
-        print("tunewright: keys create: --project is required (or --admin for an admin key)", file=sys.stderr)
-        return 2
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the `keys create` flags, if anything (checked before anything is stored)."""
+    if args.admin and args.project:
+        return "--admin makes an organization key: leave out --project"
+    if not args.admin and not (args.project or "").strip():
+        return "--project is required (or --admin for an admin key)"
+    if not args.name.strip():
+        return "--name must not be blank"
     try:
         slugify(args.org)
     except ValueError as exc:
-        print(f"tunewright: keys create: {exc}", file=sys.stderr)
+        return str(exc)
+    return None
+
+
+def run_create(args: argparse.Namespace, settings: Settings) -> int:
+    """`keys create`: print what was made, then the secret as the last line."""
+    problem = _usage_error(args)
+    if problem is not None:
+        print(f"tunewright: keys create: {problem}", file=sys.stderr)
         return 2
     with open_data(settings) as data:
         metadata = data.stores.metadata
         organization = ensure_organization(metadata, args.org)
-        project = ensure_project(metadata, organization, args.project) if args.project else None
-        created = issue_key(metadata, organization, None if args.admin else project, name=args.name)
+        project = None if args.admin else ensure_project(metadata, organization, args.project.strip())
+        if project is not None and project.status != "active":
+            # Its keys would be refused on every request; say so instead of printing a dead key.
+            print(f"tunewright: keys create: project {project.name!r} is archived", file=sys.stderr)
+            return 1
+        created = issue_key(metadata, organization, project, name=args.name)
     where = f"organization {organization.slug!r} ({organization.id})"
     if created.project is not None:
         where += f", project {created.project.name!r} ({created.project.id})"

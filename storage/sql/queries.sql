@@ -183,10 +183,11 @@ SELECT * FROM uploads WHERE status = 'pending' AND created_at < :created_before
 ORDER BY created_at, id LIMIT :limit
 
 -- name: delete_upload_parts
-DELETE FROM upload_parts WHERE upload_id = :upload_id RETURNING *
+DELETE FROM upload_parts WHERE upload_id = :upload_id AND project_id = :project_id RETURNING *
 
--- name: mark_upload
-UPDATE uploads SET status = :status WHERE id = :id
+-- name: expire_upload
+UPDATE uploads SET status = 'expired' WHERE id = :id AND project_id = :project_id AND status = 'pending'
+RETURNING id
 
 -- ----------------------------------------------------------------------- jobs, events, checkpoints
 
@@ -266,9 +267,6 @@ WHERE (project_id = :project_id AND kind = 'fine-tune')
    OR EXISTS (SELECT 1 FROM permissions WHERE permissions.model = models.id
               AND permissions.project_id = :project_id)
 ORDER BY created, id
-
--- name: delete_model_permissions
-DELETE FROM permissions WHERE model = :model AND owner_project_id = :owner_project_id
 
 -- name: delete_model
 DELETE FROM models WHERE id = :id AND project_id = :project_id RETURNING *

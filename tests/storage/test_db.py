@@ -133,3 +133,20 @@ def test_placeholders_are_rewritten_for_psycopg() -> None:
 def test_split_script_keeps_statements_whole() -> None:
     script = "-- comment; not a statement\nCREATE TABLE a (x TEXT DEFAULT 'a;b');\nCREATE INDEX i ON a (x);\n"
     assert split_script(script) == ["CREATE TABLE a (x TEXT DEFAULT 'a;b');", "CREATE INDEX i ON a (x);"]
+
+
+def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:
+    from tunewright.storage.metadata import SQLMetadataStore
+
+    database = SQLiteDatabase(str(tmp_path / "t.db"))
+    SQLMetadataStore(database).migrate()
+    with pytest.raises(Exception, match="FOREIGN KEY"), database.transaction(immediate=True) as conn:
+        # A deferred foreign-key violation is only found by COMMIT, which then fails.
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        conn.execute(
+            "INSERT INTO upload_parts (id, upload_id, project_id, created_at, bytes, blob_key, sha256) "
+            "VALUES ('part_1', 'upload_missing', 'p', 0, 0, 'k', 'h')"
+        )
+    _insert_org(database, "org-after", "after")
+    assert "org-after" in _org_ids(database)
+    database.close()

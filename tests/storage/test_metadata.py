@@ -257,7 +257,7 @@ def test_upload_parts_and_completion_insert_the_file(metadata_store: SQLMetadata
     assert err.value.current == "completed"
     with pytest.raises(StateConflict):
         metadata_store.add_upload_part(make_part(upload))
-    assert metadata_store.delete_upload_parts(upload.id) == parts
+    assert metadata_store.delete_upload_parts(upload.id, project_id=A) == parts
     assert metadata_store.list_upload_parts(upload.id, project_id=A) == []
 
 
@@ -292,7 +292,9 @@ def test_cancel_upload_and_expiry_sweep(metadata_store: SQLMetadataStore) -> Non
         metadata_store.insert_upload(upload)
     metadata_store.finish_upload(cancelled.id, project_id=A, status="cancelled")
     assert metadata_store.expired_uploads(created_before=1000, limit=10) == [old]
-    metadata_store.mark_upload(old.id, status="expired")
+    assert metadata_store.expire_upload(old.id, project_id=A)
+    assert not metadata_store.expire_upload(cancelled.id, project_id=A)  # finished uploads keep their status
+    assert metadata_store.get_upload(cancelled.id, project_id=A).status == "cancelled"
     assert metadata_store.get_upload(old.id, project_id=A).status == "expired"
     assert metadata_store.expired_uploads(created_before=1000, limit=10) == []
 

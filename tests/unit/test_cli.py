@@ -258,3 +258,19 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("serve", "migrate", "keys", "models"):
         assert command in out
+
+
+def test_keys_create_refuses_an_archived_project_and_bad_flags(cli: Any, stores: Stores) -> None:
+    assert cli("keys", "create", "--org", "acme", "--project", "p").code == 0
+    organization = stores.metadata.find_organization(slug="acme")
+    assert organization is not None
+    project = stores.metadata.find_project(organization_id=organization.id, name="p")
+    assert project is not None
+    stores.metadata.update_project(project.id, organization_id=organization.id, status="archived", archived_at=1)
+    archived = cli("keys", "create", "--org", "acme", "--project", "p")
+    assert archived.code == 1
+    assert archived.err.strip() == "tunewright: keys create: project 'p' is archived"
+    assert "sk-" not in archived.out
+    for flags in (("--project", "q", "--admin"), ("--project", "   "), ("--project", "q", "--name", " ")):
+        assert cli("keys", "create", "--org", "acme", *flags).code == 2
+    assert stores.metadata.find_project(organization_id=organization.id, name="q") is None  # nothing created
