@@ -324,8 +324,10 @@ class MetadataStore(Protocol):
         """Events of a job, newest first (`order="asc"`: oldest first, for streaming)."""
         ...
 
-    def add_checkpoint(self, checkpoint: CheckpointRecord, model: ModelRecord) -> None:
-        """Insert a checkpoint and its callable model in one transaction."""
+    def add_checkpoint(
+        self, checkpoint: CheckpointRecord, model: ModelRecord, *, published_blobs: Sequence[str] = ()
+    ) -> None:
+        """Insert a checkpoint and its callable model in one transaction, ending the intents of its blobs."""
         ...
 
     def list_checkpoints(
@@ -422,8 +424,27 @@ class JobQueue(Protocol):
         """Give the job back (status `queued` or `paused`), clearing the lease. False if the lease was lost."""
         ...
 
-    def complete(self, claim: Claim, *, status: str, event: JobEventRecord | None = None, **changes: Any) -> bool:
-        """Finish the job (`succeeded` or `failed`) with `changes`, clearing the lease. False if lost."""
+    def update(
+        self, claim: Claim, *, status: str | None = None, events: Sequence[JobEventRecord] = (), **changes: Any
+    ) -> bool:
+        """While the lease is held: set `changes` (and `status`) and add `events`, keeping the lease. False if lost."""
+        ...
+
+    def complete(
+        self,
+        claim: Claim,
+        *,
+        status: str,
+        event: JobEventRecord | None = None,
+        files: Sequence[FileRecord] = (),
+        models: Sequence[ModelRecord] = (),
+        published_blobs: Sequence[str] = (),
+        **changes: Any,
+    ) -> bool:
+        """Finish the job (`succeeded` or `failed`) with `changes`, clearing the lease. False if lost.
+
+        `files` and `models` are published in the same transaction (and their blobs' intents ended).
+        """
         ...
 
     def wait(self, timeout_s: float) -> None:

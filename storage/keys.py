@@ -50,3 +50,18 @@ def validate_prefix(prefix: str) -> str:
         raise InvalidKey("blob prefix must be a folder ending in '/'")
     validate_key(prefix[:-1])
     return prefix
+
+
+def file_blob_key(project_id: str, file_id: str) -> str:
+    """Where a File's bytes live."""
+    return f"{project_id}/files/{file_id}"
+
+
+def adapter_blob_prefix(project_id: str, job_id: str, name: str) -> str:
+    """Where a job's adapter `name` (`final`, `ckpt-step-N`) lives: a prefix holding the PEFT files."""
+    return f"{project_id}/adapters/{job_id}/{name}"
+
+
+def resume_blob_key(project_id: str, job_id: str) -> str:
+    """Where a job's latest private resume point lives."""
+    return f"{project_id}/jobs/{job_id}/resume.pt"

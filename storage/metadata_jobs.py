@@ -151,11 +151,15 @@ class JobsMixin(SQLStoreBase):
                 order=order,
             )
 
-    def add_checkpoint(self, checkpoint: CheckpointRecord, model: ModelRecord) -> None:
-        """Insert a checkpoint and its callable model in one transaction."""
+    def add_checkpoint(
+        self, checkpoint: CheckpointRecord, model: ModelRecord, *, published_blobs: Sequence[str] = ()
+    ) -> None:
+        """Insert a checkpoint and its callable model in one transaction, ending the intents of its blobs."""
         with self.database.transaction(immediate=True) as conn:
             conn.run("insert_checkpoint", to_params(checkpoint))
             conn.run("insert_model", to_params(model))
+            for key in published_blobs:
+                conn.run("delete_blob_intent", {"key": key})
 
     def list_checkpoints(
         self, job_id: str, *, project_id: str, after: str | None, limit: int

@@ -22,19 +22,22 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from tunewright.storage.db import JOBS_CHANNEL
-from tunewright.storage.records import Claim, JobRecord
+from tunewright.storage.records import Claim, FileRecord, JobRecord, ModelRecord
 from tunewright.storage.rows import encode_columns, to_params
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
-    from tunewright.storage.db import Database
+    from tunewright.storage.db import Connection, Database
     from tunewright.storage.records import JobEventRecord
 
 logger = logging.getLogger(__name__)
 
 RELEASE_STATUSES = frozenset({"queued", "paused"})
+HELD_STATUSES = frozenset({"validating_files", "queued", "running"})
 COMPLETE_STATUSES = frozenset({"succeeded", "failed"})
 # `complete(**changes)` may set any job field but its identity and what the queue itself owns.
 _FIXED = frozenset({"id", "project_id", "organization_id", "created_at"})
@@ -103,9 +106,46 @@ class SQLJobQueue:
             raise ValueError(f"release status must be 'queued' or 'paused', not {status!r}")
         return self._finish(claim, status=status, event=event, changes={})
 
-    def complete(self, claim: Claim, *, status: str, event: JobEventRecord | None = None, **changes: Any) -> bool:
+    def update(
+        self,
+        claim: Claim,
+        *,
+        status: str | None = None,
+        events: Sequence[JobEventRecord] = (),
+        **changes: Any,
+    ) -> bool:
+        """While `claim` holds its lease: set `changes` (and `status`, e.g. `running`) and add `events`.
+
+        The lease is kept. False, and nothing written, if the lease was lost (taken over, cancelled or paused).
+
+        Raises:
+            ValueError: `status` is not one a held job may have, or `changes` names a field that may not
+                change here.
+        """
+        if status is not None and status not in HELD_STATUSES:
+            raise ValueError(f"a held job's status must be one of {sorted(HELD_STATUSES)}, not {status!r}")
+        _check_changes(changes)
+        values = dict(changes)
+        if status is not None:
+            values["status"] = status
+        return self._guarded(claim, values=values, events=events, clear_lease=False, what=status or "update")
+
+    def complete(
+        self,
+        claim: Claim,
+        *,
+        status: str,
+        event: JobEventRecord | None = None,
+        files: Sequence[FileRecord] = (),
+        models: Sequence[ModelRecord] = (),
+        published_blobs: Sequence[str] = (),
+        **changes: Any,
+    ) -> bool:
         """Finish the job as `succeeded` or `failed` with `changes`, clearing the lease; False if lost.
 
+        `files` and `models` (the results file, the fine-tuned model) are inserted in the same transaction,
+        and the intents of their blobs (`files`' own, plus `published_blobs`) are ended there too: a job that
+        lost its lease publishes nothing, and its blobs stay recorded as intents for the sweeper.
         `finished_at` is set to now unless `changes` gives it.
 
         Raises:
@@ -114,41 +154,61 @@ class SQLJobQueue:
         """
         if status not in COMPLETE_STATUSES:
             raise ValueError(f"complete status must be 'succeeded' or 'failed', not {status!r}")
-        unknown = set(changes) - CHANGEABLE_FIELDS
-        if unknown:
-            raise ValueError(f"complete cannot set {', '.join(sorted(unknown))}")
+        _check_changes(changes)
         changes.setdefault("finished_at", int(self._clock()))
-        return self._finish(claim, status=status, event=event, changes=changes)
+        publication = _Publication(files=tuple(files), models=tuple(models), blobs=tuple(published_blobs))
+        return self._finish(claim, status=status, event=event, changes=changes, publication=publication)
 
-    def _finish(self, claim: Claim, *, status: str, event: JobEventRecord | None, changes: Mapping[str, Any]) -> bool:
+    def _finish(
+        self,
+        claim: Claim,
+        *,
+        status: str,
+        event: JobEventRecord | None,
+        changes: Mapping[str, Any],
+        publication: _Publication | None = None,
+    ) -> bool:
         """If `claim` still holds its lease: set `status` and `changes`, clear the lease, add `event`."""
-        values = encode_columns(
-            JobRecord,
-            {
-                **changes,
-                "status": status,
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "updated_at": int(self._clock()),
-            },
+        events = (event,) if event is not None else ()
+        values = {**changes, "status": status}
+        return self._guarded(
+            claim, values=values, events=events, clear_lease=True, what=status, publication=publication
         )
-        assignments = ", ".join(f"{column} = :set_{column}" for column in values)
+
+    def _guarded(
+        self,
+        claim: Claim,
+        *,
+        values: Mapping[str, Any],
+        events: Sequence[JobEventRecord],
+        clear_lease: bool,
+        what: str,
+        publication: _Publication | None = None,
+    ) -> bool:
+        """One transaction: the guarded job update, then the events and the publication if it matched."""
+        lease = {"lease_owner": None, "lease_expires_at": None} if clear_lease else {}
+        columns = encode_columns(JobRecord, {**values, **lease, "updated_at": int(self._clock())})
+        assignments = ", ".join(f"{column} = :set_{column}" for column in columns)
         sql = self._database.query("queue_finish").replace("{set}", assignments)
-        params = {**_guard(claim), **{f"set_{column}": value for column, value in values.items()}}
+        params = {**_guard(claim), **{f"set_{column}": value for column, value in columns.items()}}
         with self._database.transaction(immediate=True) as conn:
             if conn.execute(sql, params).fetchone() is None:
                 logger.warning(
                     "worker %s lost its lease on job %s before %s",
                     claim.worker_id,
                     claim.job_id,
-                    status,
+                    what,
                     extra=_extra(claim),
                 )
                 return False
-            if event is not None:
+            for event in events:
                 conn.run("insert_event", to_params(event))
-            conn.notify(JOBS_CHANNEL)
-        logger.info("worker %s set job %s %s", claim.worker_id, claim.job_id, status, extra=_extra(claim))
+            if publication is not None:
+                _publish(conn, publication)
+            if clear_lease:
+                conn.notify(JOBS_CHANNEL)
+        if clear_lease:
+            logger.info("worker %s set job %s %s", claim.worker_id, claim.job_id, what, extra=_extra(claim))
         return True
 
     def wait(self, timeout_s: float) -> None:
@@ -165,6 +225,31 @@ class SQLJobQueue:
         with self._database.reading() as conn:
             row = conn.run("queue_depth", {"now": self._clock()}).fetchone()
         return int(row["n"])
+
+
+class _Publication(msgspec.Struct, frozen=True):
+    """Rows a successful job publishes with its final status, and the blobs they make reachable."""
+
+    files: tuple[FileRecord, ...]
+    models: tuple[ModelRecord, ...]
+    blobs: tuple[str, ...]
+
+
+def _publish(conn: Connection, publication: _Publication) -> None:
+    """Insert the publication's rows and end its blobs' intents, inside the caller's transaction."""
+    for file in publication.files:
+        conn.run("insert_file", to_params(file))
+    for model in publication.models:
+        conn.run("insert_model", to_params(model))
+    for key in {*publication.blobs, *(file.blob_key for file in publication.files)}:
+        conn.run("delete_blob_intent", {"key": key})
+
+
+def _check_changes(changes: Mapping[str, Any]) -> None:
+    """Refuse job fields a worker may not set (ids, created_at, status, the lease, attempts, updated_at)."""
+    unknown = set(changes) - CHANGEABLE_FIELDS
+    if unknown:
+        raise ValueError(f"cannot set {', '.join(sorted(unknown))} on a held job")
 
 
 def _guard(claim: Claim) -> dict[str, Any]:

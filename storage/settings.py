@@ -58,9 +58,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resume_every_steps: PositiveInt = 50
     resume_every_s: PositiveInt = 300
     max_context_tokens: PositiveInt = 4096
+    micro_batch_tokens: PositiveInt = 8192
+    eval_every_steps: NonNegativeInt = 50
+    eval_sample_examples: PositiveInt = 64
+    max_job_attempts: PositiveInt = 10
+    worker_poll_s: Annotated[float, Meta(gt=0)] = 2.0
 
     def __post_init__(self) -> None:
-        """Fill the URLs that default to places under `data_dir`."""
+        """Fill the URLs that default to places under `data_dir`; configured base models add to the built-ins."""
+        self.base_models = {**DEFAULT_BASE_MODELS, **self.base_models}
         data = Path(self.data_dir).expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{data / 'tunewright.db'}"

@@ -14,6 +14,7 @@ from tunewright.api.forms import read_form
 from tunewright.api.streaming import ThreadedSink
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
+from tunewright.storage.keys import file_blob_key
 from tunewright.storage.records import FileRecord
 from tunewright.trainer.errors import DatasetError
 from tunewright.trainer.validate import JsonlChecker
@@ -42,7 +43,7 @@ def file_not_found(file_id: str) -> NotFoundError:
 
 def blob_key(project_id: str, file_id: str) -> str:
     """Where a file's bytes live."""
-    return f"{project_id}/files/{file_id}"
+    return file_blob_key(project_id, file_id)
 
 
 def dataset_error_to_api(error: DatasetError, *, param: str) -> InvalidRequestError:

@@ -11,6 +11,7 @@ from msgspec import UNSET
 
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.storage.errors import NotFound, StateConflict
+from tunewright.storage.events import make_event
 from tunewright.storage.ids import new_id, new_model_slot
 from tunewright.storage.records import JobEventRecord, JobRecord
 from tunewright.trainer.errors import DatasetError
@@ -50,14 +51,7 @@ def model_not_found(model: str, *, param: str | None = "model", status: int = 40
 
 def event(job_id: str, project_id: str, message: str, *, level: str = "info") -> JobEventRecord:
     """A plain message event stamped now."""
-    return JobEventRecord(
-        id=new_id("event"),
-        job_id=job_id,
-        project_id=project_id,
-        created_at=int(time.time()),
-        level=level,
-        message=message,
-    )
+    return make_event(job_id, project_id, message, level=level)
 
 
 def resolve_base_model(stores: Stores, settings: Settings, model: str, *, project_id: str) -> str:

@@ -343,7 +343,9 @@ WHERE status IN ('validating_files', 'queued', 'running')
 -- blob intents ---------------------------------------------------------------------------------------
 
 -- name: insert_blob_intent
+-- A key written again (a job replaying a step after a crash) keeps one intent, dated by the newest write.
 INSERT INTO blob_intents (key, created_at) VALUES (:key, :created_at)
+ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at
 
 -- name: delete_blob_intent
 DELETE FROM blob_intents WHERE key = :key

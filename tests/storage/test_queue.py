@@ -16,7 +16,7 @@ from tunewright.storage.db import PostgresDatabase, SQLiteDatabase
 from tunewright.storage.ids import new_id, new_model_slot
 from tunewright.storage.metadata import SQLMetadataStore
 from tunewright.storage.queue import SQLJobQueue
-from tunewright.storage.records import JobEventRecord, JobRecord
+from tunewright.storage.records import FileRecord, JobEventRecord, JobRecord, ModelRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -305,6 +305,92 @@ def test_complete_as_failed_keeps_the_given_finished_at_and_error(queue: SQLJobQ
     assert queue.complete(taken, status="failed", error=error, finished_at=123)
     row = store.get_job(job.id, project_id=job.project_id)
     assert (row.status, row.error, row.finished_at) == ("failed", error, 123)
+
+
+def test_update_moves_a_held_job_keeping_the_lease(queue: SQLJobQueue, store: SQLMetadataStore) -> None:
+    job = make_job(store)
+    taken = claim(queue)
+    assert taken is not None
+    event = make_event(job, "Step 1/2: training loss=1.0")
+    assert queue.update(taken, status="running", events=[event], estimated_finish=99, hyperparameters={"n_epochs": 2})
+    row = store.get_job(job.id, project_id=job.project_id)
+    assert (row.status, row.estimated_finish, row.hyperparameters) == ("running", 99, {"n_epochs": 2})
+    assert row.lease_owner == taken.worker_id
+    assert event.id in {e.id for e in store.list_events(job.id, project_id=job.project_id, after=None, limit=10).items}
+    assert queue.heartbeat(taken, lease_s=LEASE_S)
+    with pytest.raises(ValueError, match="held job"):
+        queue.update(taken, status="succeeded")
+    with pytest.raises(ValueError, match="attempts"):
+        queue.update(taken, attempts=7)
+
+
+def test_update_after_a_pause_writes_nothing(queue: SQLJobQueue, store: SQLMetadataStore) -> None:
+    job = make_job(store)
+    taken = claim(queue)
+    assert taken is not None
+    assert queue.update(taken, status="running")
+    store.transition_job(job.id, project_id=job.project_id, allowed=["running"], status="paused")
+    event = make_event(job, "Step 2/2")
+    assert not queue.update(taken, events=[event], estimated_finish=5)
+    row = store.get_job(job.id, project_id=job.project_id)
+    assert (row.status, row.estimated_finish) == ("paused", None)
+    assert event.id not in {
+        e.id for e in store.list_events(job.id, project_id=job.project_id, after=None, limit=10).items
+    }
+
+
+def _results_file(job: JobRecord) -> FileRecord:
+    return FileRecord(
+        id=new_id("file"),
+        project_id=job.project_id,
+        bytes=10,
+        created_at=int(time.time()),
+        filename="step_metrics.csv",
+        purpose="fine-tune-results",
+        blob_key=f"{job.project_id}/files/results",
+        sha256="0" * 64,
+    )
+
+
+def _model(job: JobRecord) -> ModelRecord:
+    return ModelRecord(
+        id=f"ft:tiny:org::{job.model_slot}",
+        project_id=job.project_id,
+        organization_id=job.organization_id,
+        created=int(time.time()),
+        owned_by="org",
+        base_model="tiny",
+        job_id=job.id,
+        adapter_key=f"{job.project_id}/adapters/{job.id}/final",
+    )
+
+
+def test_complete_publishes_files_and_models_and_ends_their_intents(
+    queue: SQLJobQueue, store: SQLMetadataStore
+) -> None:
+    job = make_job(store)
+    taken = claim(queue)
+    assert taken is not None
+    results, model = _results_file(job), _model(job)
+    adapter = f"{model.adapter_key}/adapter_model.safetensors"
+    for key in (results.blob_key, adapter):
+        store.begin_blob(key, now=1)
+    assert queue.complete(taken, status="succeeded", files=[results], models=[model], published_blobs=[adapter])
+    assert store.get_file(results.id, project_id=job.project_id).purpose == "fine-tune-results"
+    assert store.get_model(model.id, project_id=job.project_id).adapter_key == model.adapter_key
+    assert store.stale_blobs(created_before=10, limit=10) == []
+
+
+def test_a_lost_lease_publishes_nothing_and_keeps_the_intents(queue: SQLJobQueue, store: SQLMetadataStore) -> None:
+    job = make_job(store)
+    taken = claim(queue)
+    assert taken is not None
+    store.transition_job(job.id, project_id=job.project_id, allowed=["validating_files"], status="cancelled")
+    results, model = _results_file(job), _model(job)
+    store.begin_blob(results.blob_key, now=1)
+    assert not queue.complete(taken, status="succeeded", files=[results], models=[model])
+    assert store.list_models(project_id=job.project_id) == []
+    assert store.stale_blobs(created_before=10, limit=10) == [results.blob_key]
 
 
 def test_release_and_complete_refuse_other_statuses(queue: SQLJobQueue, store: SQLMetadataStore) -> None:
