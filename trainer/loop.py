@@ -1,20 +1,29 @@
 """Our own training loop, shared by every backend (DESIGN.md "Our own loop shared by both backends").
 
 AdamW on the trainable parameters, linear warmup then cosine (or linear) decay, gradient clipping, and gradient
-accumulation. The loss covers target tokens only (``mask`` from ``render_chat``) and is normalized by the number
-of target tokens across the whole accumulation group: the sum of token losses over every micro-batch of an
-optimizer step, divided by their target count, not a mean of per-batch means. So ``grad_accum=2`` with batches
-of 1 takes the same step as one batch of 2, whatever each example's length.
+accumulation. The loss is pluggable (an ``Objective``): supervised fine-tuning by default (``SupervisedObjective``:
+cross-entropy over target tokens only, ``mask`` from ``render_chat``), DPO in ``trainer.dpo``. An objective sums
+its loss over its normalizer units (target tokens, or preference pairs), and the loop divides by the units of the
+whole accumulation group: the sum of losses over every micro-batch of an optimizer step, divided by their unit
+count, not a mean of per-batch means. So ``grad_accum=2`` with batches of 1 takes the same step as one batch of 2,
+whatever each example's length.
 
 A fixed ``seed`` gives an identical loss curve. ``on_step`` sees each step's metrics after the optimizer step and
-returns False to stop (cancel, pause, lost lease); that is checked only between optimizer steps.
+returns False to stop (cancel, pause, lost lease); that is checked only between optimizer steps. A resume passes
+the restored ``TrainingState``, restores the RNG states (``restore_rng_state``) and hands over only the
+micro-batches not trained yet.
+
+The supervised loss applies the output head only to the positions whose next token is a target
+(``target_logits``): on a small model the head over the whole vocabulary at every position is a large share of
+the step.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +35,11 @@ if TYPE_CHECKING:
 DEFAULT_WARMUP_RATIO = 0.1
 DEFAULT_MAX_GRAD_NORM = 1.0
 DEFAULT_WEIGHT_DECAY = 0.0
+CORRECT = "correct"  # the metric numerator that becomes ``train_mean_token_accuracy``
+
+# Model types whose causal-LM forward is exactly ``lm_head(model(...).last_hidden_state)``: no logit scaling or
+# soft-capping after the head, so the head may be applied to the target rows alone. Others get full logits.
+_PLAIN_HEAD_MODEL_TYPES = frozenset({"gemma", "llama", "mistral", "olmo2", "phi", "phi3", "qwen2", "qwen3", "smollm3"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +57,52 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class StepMetrics:
-    """What one optimizer step measured; losses are per target token, before the step's update."""
+    """What one optimizer step measured, before the step's update; losses are per normalizer unit.
+
+    The unit is the objective's (``Objective.targets``): a target token for supervised fine-tuning, a preference
+    pair for DPO. So for DPO ``train_loss`` is the mean loss per pair, ``train_mean_token_accuracy`` is the
+    pairwise reward accuracy (the fraction of pairs whose chosen reward beats the rejected one), and
+    ``target_tokens`` counts pairs. ``extra`` holds the objective's other per-unit means (DPO: ``reward_margin``,
+    ``chosen_reward``, ``rejected_reward``); it is empty for supervised fine-tuning.
+    """
 
     step: int  # 1-based optimizer step
     total_steps: int
     train_loss: float
     train_mean_token_accuracy: float
-    target_tokens: int
+    target_tokens: int  # normalizer units: target tokens (supervised) or pairs (DPO)
     learning_rate: float
     grad_norm: float  # before clipping
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """A training loss over micro-batches, normalized by the loop across each accumulation group."""
+
+    def targets(self, batch: Any) -> int:
+        """Return the micro-batch's normalizer units (supervised: target tokens; DPO: pairs)."""
+        ...
+
+    def loss(self, model: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the loss summed over the batch's units (with grad) and summed metric numerators.
+
+        The numerator ``CORRECT`` (``"correct"``) becomes the accuracy; the others are divided by the units too
+        and reported in ``StepMetrics.extra``.
+        """
+        ...
+
+
+class SupervisedObjective:
+    """Token cross-entropy over the target tokens (``token_loss``); ``correct`` counts argmax hits."""
+
+    def targets(self, batch: Batch) -> int:
+        """Return the batch's target tokens (the mask shifted by one: the first token is never predicted)."""
+        return int(batch.mask[:, 1:].sum())
+
+    def loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the summed cross-entropy over the target tokens and ``{"correct": hits}``."""
+        loss_sum, hits = token_loss(model, batch)
+        return loss_sum, {CORRECT: float(hits)}
 
 
 @dataclass(slots=True)
@@ -135,7 +186,7 @@ def make_training_state(
 
 def train(
     model: Any,
-    batches: Iterable[Batch | tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[Any],
     *,
     hyper: ResolvedHyperparameters,
     total_steps: int,
@@ -144,20 +195,25 @@ def train(
     on_step: Callable[[StepMetrics], bool] | None = None,
     state: TrainingState | None = None,
     max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` until ``total_steps`` optimizer steps, the end of ``batches``, or ``on_step`` says stop.
 
     Args:
         model: A PEFT-wrapped causal LM from a backend's ``load``.
-        batches: Micro-batches in training order (``Batch`` or ``(input_ids, mask)``); every ``grad_accum`` of
-            them make one optimizer step. For a resumed run, start them after the ones already trained.
+        batches: Micro-batches in training order (any iterable, a generator over several epochs included); every
+            ``grad_accum`` of them make one optimizer step. Supervised: ``Batch`` or ``(input_ids, mask)``; DPO:
+            ``collate.PreferenceBatch``. For a resumed run, start them after the ones already trained
+            (``state.step * grad_accum`` micro-batches); none is drawn once ``total_steps`` is reached.
         hyper: Supplies the learning rate.
         total_steps: Optimizer steps in the whole run, including any taken before a resume.
         grad_accum: Micro-batches per optimizer step.
-        seed: Seeds torch's RNG (LoRA dropout) on a fresh run.
+        seed: Seeds torch's RNG (LoRA dropout) on a fresh run (``state.step == 0``); a resume restores the RNG
+            states itself (``restore_rng_state``) instead.
         on_step: Called after each optimizer step; returning False stops training there.
         state: Optimizer, schedule and step count to resume from; a fresh one when None.
         max_grad_norm: Gradients are clipped to this total norm.
+        objective: The loss; ``SupervisedObjective()`` when None.
 
     Returns:
         The steps taken, whether ``on_step`` stopped the run, and every step's metrics.
@@ -173,23 +229,73 @@ def train(
         state = make_training_state(model, learning_rate=hyper.learning_rate, total_steps=total_steps)
     if state.step == 0:
         torch.manual_seed(seed)
+    objective = SupervisedObjective() if objective is None else objective
     model.train()
     stopped = False
-    for group in _groups(batches, grad_accum):
-        if state.step >= total_steps:
-            break
-        metrics = _optimizer_step(model, group, state, total_steps=total_steps, max_grad_norm=max_grad_norm)
-        state.history.append(metrics)
-        if on_step is not None and on_step(metrics) is False:
-            stopped = True
-            break
+    if state.step < total_steps:
+        for group in _groups(batches, grad_accum):
+            metrics = _optimizer_step(model, group, state, objective, total_steps, max_grad_norm)
+            state.history.append(metrics)
+            if on_step is not None and on_step(metrics) is False:
+                stopped = True
+                break
+            if state.step >= total_steps:  # checked before drawing more: a generator may do work per batch
+                break
     return TrainResult(steps=state.step, stopped=stopped, history=list(state.history))
 
 
-def _groups(batches: Iterable[Batch | tuple[Any, Any]], size: int) -> Iterator[list[Batch]]:
-    group: list[Batch] = []
+def rng_state() -> dict[str, Any]:
+    """Return the RNG states a resume point saves: torch's CPU RNG, every CUDA device's (when present), ``random``.
+
+    The values are tensors, lists and tuples of ints: ``torch.save`` / ``torch.load(weights_only=True)`` keep them.
+    """
+    import torch
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states ``rng_state`` returned (CUDA's only when saved and CUDA is present)."""
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))  # a round trip may turn the tuple into a list
+
+
+def unit_means(sums: dict[str, float], units: int) -> tuple[float, dict[str, float]]:
+    """Divide summed metric numerators by the units: ``(accuracy from CORRECT, the other means)``; 0 for no units."""
+    if not units:
+        return 0.0, {name: 0.0 for name in sums if name != CORRECT}
+    return sums.get(CORRECT, 0.0) / units, {name: value / units for name, value in sums.items() if name != CORRECT}
+
+
+@dataclass(frozen=True, slots=True)
+class StepGroup:
+    """One optimizer step's micro-batches, given whole: ``train`` accumulates exactly these, whatever ``grad_accum``.
+
+    The worker cuts each step's examples into micro-batches under a token budget, so steps differ in how many
+    micro-batches they have; a group says where each step ends.
+    """
+
+    batches: list[Any]
+
+
+def _groups(batches: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    group: list[Any] = []
     for item in batches:
-        group.append(item if isinstance(item, Batch) else Batch(input_ids=item[0], mask=item[1]))
+        if isinstance(item, StepGroup):
+            if group:
+                yield group
+                group = []
+            yield item.batches
+            continue
+        group.append(Batch(input_ids=item[0], mask=item[1]) if isinstance(item, tuple | list) else item)
         if len(group) == size:
             yield group
             group = []
@@ -198,20 +304,21 @@ def _groups(batches: Iterable[Batch | tuple[Any, Any]], size: int) -> Iterator[l
 
 
 def _optimizer_step(
-    model: Any, group: list[Batch], state: TrainingState, *, total_steps: int, max_grad_norm: float
+    model: Any, group: list[Any], state: TrainingState, objective: Objective, total_steps: int, max_grad_norm: float
 ) -> StepMetrics:
-    """Accumulate the group's gradients, normalized by its target tokens, clip, and step."""
+    """Accumulate the group's gradients, normalized by its units (target tokens or pairs), clip, and step."""
     import torch
 
-    targets = sum(int(batch.mask[:, 1:].sum()) for batch in group)
+    units = sum(objective.targets(batch) for batch in group)
     loss_total = 0.0
-    correct = 0
+    sums: dict[str, float] = {}
     for batch in group:
-        loss_sum, hits = token_loss(model, batch)
-        if targets:
-            (loss_sum / targets).backward()
+        loss_sum, numerators = objective.loss(model, batch)
+        if units:
+            (loss_sum / units).backward()
         loss_total += float(loss_sum.detach())
-        correct += hits
+        for name, value in numerators.items():
+            sums[name] = sums.get(name, 0.0) + value
     params = [p for g in state.optimizer.param_groups for p in g["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     learning_rate = float(state.optimizer.param_groups[0]["lr"])
@@ -219,32 +326,72 @@ def _optimizer_step(
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
+    accuracy, extra = unit_means(sums, units)
     return StepMetrics(
         step=state.step,
         total_steps=total_steps,
-        train_loss=loss_total / targets if targets else 0.0,
-        train_mean_token_accuracy=correct / targets if targets else 0.0,
-        target_tokens=targets,
+        train_loss=loss_total / units if units else 0.0,
+        train_mean_token_accuracy=accuracy,
+        target_tokens=units,
         learning_rate=learning_rate,
         grad_norm=float(grad_norm),
+        extra=extra,
     )
 
 
-def token_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
+def token_loss(model: Any, batch: Batch, *, full_logits: bool = False) -> tuple[torch.Tensor, int]:
     """Return the summed cross-entropy over the batch's target tokens, and how many of them were predicted right.
 
     Position ``i``'s logits predict token ``i + 1``, so the target mask is shifted by one; only masked positions
-    reach the cross-entropy (in fp32), so padding and prompt tokens cost nothing.
+    reach the cross-entropy (in fp32), so padding and prompt tokens cost nothing. ``full_logits`` forces the
+    plain forward over every position (the reference the target-only head is tested against).
     """
     import torch
 
+    logits, labels, _ = target_logits(model, batch, full_logits=full_logits)
+    loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    hits = int((logits.detach().argmax(dim=-1) == labels).sum())
+    return loss_sum, hits
+
+
+def target_logits(
+    model: Any, batch: Batch, *, full_logits: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the fp32 logits predicting each target token, the target ids, and the batch row of each.
+
+    Rows are in the mask's row-major order. When the model splits into a decoder body and a plain output head
+    (``_body_and_head``), the body runs over every position but the head only over the positions whose next token
+    is a target, which skips most of the ``positions x vocabulary`` product; otherwise, or with ``full_logits``,
+    the model's own forward computes every logit.
+    """
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
     attention = batch.attention_mask.to(device) if batch.attention_mask is not None else None
-    logits = model(input_ids=input_ids, attention_mask=attention).logits
     selected = batch.mask[:, 1:].to(device).bool()
-    predicted = logits[:, :-1][selected].float()
     labels = input_ids[:, 1:][selected]
-    loss_sum = torch.nn.functional.cross_entropy(predicted, labels, reduction="sum")
-    hits = int((predicted.argmax(dim=-1) == labels).sum())
-    return loss_sum, hits
+    rows = selected.nonzero()[:, 0]
+    parts = None if full_logits else _body_and_head(model)
+    if parts is None:
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1][selected]
+    else:
+        body, head = parts
+        hidden = body(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+        logits = head(hidden[:, :-1][selected])
+    return logits.float(), labels, rows
+
+
+def _body_and_head(model: Any) -> tuple[Any, Any] | None:
+    """Return the decoder body and output head of a (PEFT-wrapped) transformers causal LM, or None.
+
+    PEFT injects the LoRA layers in place, so the base model's modules carry the adapter (and ``disable_adapter``
+    still applies); only model types known to use the head's output as is qualify.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
+        return None
+    body = getattr(base, "model", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if body is None or head is None:
+        return None
+    return body, head

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +16,22 @@ import pytest
 from tunewright.trainer.backends import select_backend
 from tunewright.trainer.backends.peft import PeftTrainingBackend
 from tunewright.trainer.hyperparams import ResolvedHyperparameters
-from tunewright.trainer.loop import Batch, StepMetrics, lr_factor, token_loss, train
+from tunewright.trainer.loop import (
+    Batch,
+    StepMetrics,
+    SupervisedObjective,
+    _body_and_head,
+    lr_factor,
+    make_training_state,
+    restore_rng_state,
+    rng_state,
+    token_loss,
+    train,
+)
 from tunewright.trainer.modeling import load_model, render_chat
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 torch = pytest.importorskip("torch")
@@ -188,3 +201,139 @@ def test_select_backend_is_peft_without_cuda_and_never_imports_unsloth() -> None
     assert isinstance(backend, PeftTrainingBackend)
     assert backend.name == "peft"
     assert "unsloth" not in sys.modules
+
+
+def perturb_adapter(model: Any, seed: int) -> None:
+    """Give every LoRA matrix small random values, so that A's gradients are not zero (B starts at 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+def lora_grads(model: Any) -> dict[str, Any]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_target_only_head_matches_full_logits_in_loss_and_gradients(tiny_dir: Path, tokenizer: Any) -> None:
+    hyper = make_hyper()
+    model, _ = PeftTrainingBackend().load(tiny_dir, hyper, seed=0, device="cpu")
+    perturb_adapter(model, seed=1)
+    model.eval()  # no dropout: both passes must see the same function
+    assert _body_and_head(model) is not None  # the tiny Llama takes the target-only path
+    batch = mapping_batches(tokenizer, 1)[0]
+    results = []
+    for full in (False, True):
+        loss, hits = token_loss(model, batch, full_logits=full)
+        loss.backward()
+        results.append((loss.detach(), hits, lora_grads(model)))
+        model.zero_grad(set_to_none=True)
+    (fast, fast_hits, fast_grads), (full, full_hits, full_grads) = results
+    assert torch.allclose(fast, full, rtol=1e-5, atol=1e-5)
+    assert fast_hits == full_hits
+    assert fast_grads.keys() == full_grads.keys()
+    assert any(name for name in fast_grads if "lora_A" in name)
+    for name, grad in fast_grads.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(grad, full_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_a_model_without_a_known_plain_head_gets_full_logits(tiny_dir: Path, tokenizer: Any) -> None:
+    base = load_model(tiny_dir)
+    assert _body_and_head(base) is not None  # an unwrapped CausalLM splits too
+    base.config.model_type = "gemma2"  # soft-caps its logits after the head: must not be split
+    assert _body_and_head(base) is None
+    batch = mapping_batches(tokenizer, 1)[0]
+    with torch.no_grad():
+        assert torch.allclose(token_loss(base, batch)[0], token_loss(base, batch, full_logits=True)[0])
+
+
+def test_rng_state_round_trips_torch_and_python_random() -> None:
+    saved = rng_state()
+    first = (torch.rand(3), random.random())
+    # A round trip through a serializer may turn the python state's tuples into lists.
+    version, internal, gauss = saved["python"]
+    restore_rng_state({**saved, "python": [version, list(internal), gauss]})
+    again = (torch.rand(3), random.random())
+    assert torch.equal(first[0], again[0])
+    assert first[1] == again[1]
+
+
+def epochs_of(batches: list[Batch], epochs: int, drawn: list[int]) -> Iterator[Batch]:
+    """A generator over several epochs, as the worker feeds ``train``; counts the batches drawn."""
+    for _ in range(epochs):
+        for batch in batches:
+            drawn.append(1)
+            yield batch
+
+
+def test_a_resumed_run_continues_the_same_curve(tiny_dir: Path, tokenizer: Any) -> None:
+    hyper = make_hyper(lora_dropout=0.1)  # the restored RNG states must drive the dropout masks
+    batches = list(epochs_of(mapping_batches(tokenizer, 3), 2, []))  # 6 micro-batches, 3 steps of 2
+    backend = PeftTrainingBackend()
+    whole, _ = backend.load(tiny_dir, hyper, seed=5, device="cpu")
+    uninterrupted = train(whole, batches, hyper=hyper, total_steps=3, grad_accum=2, seed=5).history
+
+    first, _ = backend.load(tiny_dir, hyper, seed=5, device="cpu")
+    state = make_training_state(first, learning_rate=hyper.learning_rate, total_steps=3)
+    stopped = train(
+        first, batches, hyper=hyper, total_steps=3, grad_accum=2, seed=5, state=state, on_step=lambda m: m.step < 1
+    )
+    assert stopped.stopped and stopped.steps == 1
+    saved = (
+        {n: p.detach().clone() for n, p in first.named_parameters() if p.requires_grad},
+        state.optimizer.state_dict(),
+        state.scheduler.state_dict(),
+        rng_state(),
+    )
+    torch.manual_seed(1234)  # a new process: nothing of the first run's RNG is left
+
+    second, _ = backend.load(tiny_dir, hyper, seed=99, device="cpu")
+    with torch.no_grad():
+        for name, param in second.named_parameters():
+            if param.requires_grad:
+                param.copy_(saved[0][name])
+    resumed = make_training_state(second, learning_rate=hyper.learning_rate, total_steps=3)
+    resumed.optimizer.load_state_dict(saved[1])
+    resumed.scheduler.load_state_dict(saved[2])
+    resumed.step = 1
+    restore_rng_state(saved[3])
+    rest = train(second, iter(batches[2:]), hyper=hyper, total_steps=3, grad_accum=2, seed=5, state=resumed).history
+    assert [m.step for m in rest] == [2, 3]
+    assert [m.train_loss for m in stopped.history + rest] == [m.train_loss for m in uninterrupted]
+    assert [m.learning_rate for m in rest] == [m.learning_rate for m in uninterrupted[1:]]
+
+
+def test_no_batch_is_drawn_past_the_last_step(tiny_dir: Path, tokenizer: Any) -> None:
+    hyper = make_hyper()
+    model, _ = PeftTrainingBackend().load(tiny_dir, hyper, seed=0, device="cpu")
+    drawn: list[int] = []
+    result = train(model, epochs_of(mapping_batches(tokenizer, 2), 3, drawn), hyper=hyper, total_steps=3, seed=0)
+    assert result.steps == 3
+    assert len(drawn) == 3
+    finished = make_training_state(model, learning_rate=hyper.learning_rate, total_steps=3)
+    finished.step = 3  # a resume point written after the last step
+    again = train(
+        model, epochs_of(mapping_batches(tokenizer, 2), 3, drawn), hyper=hyper, total_steps=3, seed=0, state=finished
+    )
+    assert again.steps == 3
+    assert len(drawn) == 3
+
+
+class CountingObjective(SupervisedObjective):
+    """The supervised loss, plus a numerator that sums to the units: its per-unit mean is 1."""
+
+    def loss(self, model: Any, batch: Batch) -> tuple[Any, dict[str, float]]:
+        loss_sum, numerators = super().loss(model, batch)
+        return loss_sum, {**numerators, "units": float(self.targets(batch))}
+
+
+def test_an_objective_drives_the_loss_and_its_extra_metrics_are_per_unit_means(tiny_dir: Path, tokenizer: Any) -> None:
+    batches = mapping_batches(tokenizer, 2)
+    plain = run(tiny_dir, batches, seed=2, steps=1, grad_accum=2)[1]
+    counted = run(tiny_dir, batches, seed=2, steps=1, grad_accum=2, objective=CountingObjective())[1]
+    assert plain[0].extra == {}
+    assert counted[0].extra == {"units": pytest.approx(1.0)}
+    assert counted[0].train_loss == plain[0].train_loss
+    assert counted[0].train_mean_token_accuracy == plain[0].train_mean_token_accuracy
