@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import Stream
 
 from tunewright.api.auth import Caller, require_project, require_project_or_admin
-from tunewright.api.fine_tuning import permissions, service
+from tunewright.api.fine_tuning import events_stream, permissions, service
 from tunewright.api.fine_tuning.schemas import (
     CreateFineTuningCheckpointPermissionRequest,
     CreateFineTuningJobRequest,
@@ -19,6 +20,12 @@ from tunewright.api.fine_tuning.schemas import (
 )
 from tunewright.api.pagination import bracket_map, check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPage, CursorPageWithIds, DeletedObject
+
+STREAM_DESCRIPTION = (
+    "Tunewright extension. `true`: answer `text/event-stream`, one `data: <fine_tuning.job.event>` frame per "
+    "event, oldest first, after `after` (exclusive) or from the first event, until the job has ended; then "
+    "`data: [DONE]`. `limit` is ignored."
+)
 
 
 class JobsController(Controller):
@@ -87,7 +94,7 @@ class JobsController(Controller):
         record = service.change_state(request.app.state.stores, job_id, action, project_id=principal.project_id or "")
         return FineTuningJob.from_record(record)
 
-    @get("/{fine_tuning_job_id:str}/events", sync_to_thread=False)
+    @get("/{fine_tuning_job_id:str}/events", sync_to_thread=True, operation_class=events_stream.ListEventsOperation)
     def list_events(
         self,
         request: Request[Any, Any, Any],
@@ -95,10 +102,13 @@ class JobsController(Controller):
         fine_tuning_job_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[int] = 20,
-    ) -> CursorPage[FineTuningJobEvent]:
-        """A job's events, newest first."""
+        stream: Annotated[bool, QueryParameter(description=STREAM_DESCRIPTION)] = False,
+    ) -> CursorPage[FineTuningJobEvent] | Stream:
+        """A job's events, newest first; `stream=true`: server-sent events, oldest first, until the job ends."""
         stores = request.app.state.stores
         project_id = principal.project_id or ""
+        if stream:
+            return events_stream.event_stream(stores, fine_tuning_job_id, project_id=project_id, after=after)
         service.get_job(stores, fine_tuning_job_id, project_id=project_id)
         page = stores.metadata.list_events(
             fine_tuning_job_id, project_id=project_id, after=after, limit=check_limit(limit, maximum=100)

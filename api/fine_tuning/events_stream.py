@@ -1,0 +1,160 @@
+"""`GET /v1/fine_tuning/jobs/{id}/events?stream=true`: a job's events as server-sent events (our extension).
+
+Each frame carries the same `fine_tuning.job.event` object as the list, oldest first, starting after `after`
+(or at the job's first event). The store is polled until the job has ended and every event is sent, then
+`data: [DONE]` closes the stream. Every read runs in a worker thread (the stores are synchronous) and is one
+bounded call, so a client that disconnects leaves no thread behind: cancelling the stream's task stops the
+loop at its next `await`.
+
+Each poll reads the job's status before the page of events after the last one sent: an event written before
+the job reached its terminal status is then always in that page, so `[DONE]` never overtakes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+from litestar.response import Stream
+from litestar.serialization import encode_json
+
+from tunewright.api.errors import APIError, ServerError
+from tunewright.api.fine_tuning import service
+from tunewright.api.fine_tuning.schemas import FineTuningJobEvent
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from litestar.response.base import ASGIResponse
+
+    from tunewright.storage.base import Stores
+    from tunewright.storage.records import JobEventRecord, Page
+
+logger = logging.getLogger(__name__)
+
+# Module constants rather than settings: tests shorten them with monkeypatch.
+POLL_INTERVAL_S = 0.25
+KEEPALIVE_S = 15.0
+PAGE_SIZE = 100
+
+MEDIA_TYPE = "text/event-stream"
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE_FRAME = b"data: [DONE]\n\n"
+KEEPALIVE_FRAME = b": keep-alive\n\n"
+
+
+class EventStream(Stream):
+    """A `Stream` whose own media type wins over the handler's.
+
+    Litestar 2.x's `Stream.to_asgi_response` prefers the media type of the route (here the list's
+    `application/json`) to the response's, contrary to its docstring.
+    """
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        """Build the ASGI response with `text/event-stream`."""
+        kwargs["media_type"] = self.media_type
+        return super().to_asgi_response(*args, **kwargs)
+
+
+@dataclass
+class ListEventsOperation(Operation):
+    """`GET …/events`: the JSON list, or with `stream=true` an event stream (Litestar renders the union as `oneOf`)."""
+
+    def __post_init__(self) -> None:
+        """Give the 200 response one media type per answer instead of a `oneOf` with an empty member."""
+        success = (self.responses or {}).get("200")
+        if not isinstance(success, OpenAPIResponse) or not success.content:
+            return
+        json_media = success.content.get("application/json")
+        if json_media is not None and isinstance(json_media.schema, Schema) and json_media.schema.one_of:
+            members = [m for m in json_media.schema.one_of if m != Schema()]
+            if len(members) == 1:
+                json_media.schema = members[0]
+        success.content[MEDIA_TYPE] = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.STRING,
+                description="`data: <fine_tuning.job.event JSON>` frames, oldest first, then `data: [DONE]`.",
+            )
+        )
+
+
+def event_stream(stores: Stores, job_id: str, *, project_id: str, after: str | None) -> Stream:
+    """Check the job and the cursor, then return the SSE response; call it from a worker thread.
+
+    Args:
+        stores: the stores of the app.
+        job_id: the job whose events to stream.
+        project_id: the caller's project (another project's job is a 404).
+        after: the id of the last event the client already has, or None to start at the first.
+
+    Returns:
+        The streaming response; its frames are produced by `event_frames`.
+
+    Raises:
+        NotFoundError: the job is not in the project (raised before the first byte: a JSON error response).
+        InvalidCursor: `after` is not an event of this job (the app answers 400 naming `after`).
+    """
+    service.get_job(stores, job_id, project_id=project_id)
+    if after is not None:
+        stores.metadata.list_events(job_id, project_id=project_id, after=after, limit=1, order="asc")
+    return EventStream(
+        event_frames(stores, job_id, project_id=project_id, after=after),
+        media_type=MEDIA_TYPE,
+        headers=HEADERS,
+    )
+
+
+async def event_frames(stores: Stores, job_id: str, *, project_id: str, after: str | None) -> AsyncIterator[bytes]:
+    """Yield `data: <event>` frames oldest first, keep-alive comments in silences, then `data: [DONE]`.
+
+    A failure after the first byte cannot change the status any more: it becomes one `data: {"error": …}`
+    frame, and the stream closes.
+    """
+    cursor = after
+    quiet_since = time.monotonic()
+    try:
+        while True:
+            status, page = await anyio.to_thread.run_sync(partial(poll, stores, job_id, project_id, cursor))
+            for record in page.items:
+                yield event_frame(record)
+            if page.items:
+                cursor = page.items[-1].id
+                quiet_since = time.monotonic()
+            if page.has_more:
+                continue
+            if status in service.TERMINAL_STATES:
+                yield DONE_FRAME
+                return
+            if time.monotonic() - quiet_since >= KEEPALIVE_S:
+                yield KEEPALIVE_FRAME
+                quiet_since = time.monotonic()
+            await anyio.sleep(POLL_INTERVAL_S)
+    except APIError as exc:
+        yield error_frame(exc)
+    except Exception as exc:  # logged; the status line is sent, so the client learns of it from one frame
+        logger.error("event stream of %s failed", job_id, exc_info=exc, extra={"job_id": job_id})
+        yield error_frame(ServerError("The server had an error while streaming the job's events; reconnect."))
+
+
+def poll(stores: Stores, job_id: str, project_id: str, after: str | None) -> tuple[str, Page[JobEventRecord]]:
+    """Return the job's status, then the page of its events after `after`, oldest first (status read first)."""
+    status = service.get_job(stores, job_id, project_id=project_id).status
+    page = stores.metadata.list_events(job_id, project_id=project_id, after=after, limit=PAGE_SIZE, order="asc")
+    return status, page
+
+
+def event_frame(record: JobEventRecord) -> bytes:
+    """One `data: <fine_tuning.job.event JSON>` frame, encoded as the list encodes its items."""
+    return b"data: " + encode_json(FineTuningJobEvent.from_record(record)) + b"\n\n"
+
+
+def error_frame(error: APIError) -> bytes:
+    """One `data: {"error": …}` frame in OpenAI's envelope."""
+    return b"data: " + encode_json(error.body()) + b"\n\n"
