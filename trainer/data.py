@@ -180,8 +180,8 @@ def tokenize_dataset(
         The examples with their token counts and the lines that were truncated.
 
     Raises:
-        DatasetError: Examples with no target token left within ``max_tokens`` (up to ``MAX_PROBLEMS`` lines).
-        ChatTemplateError: The tokenizer cannot render these examples (no usable template, no eos token).
+        DatasetError: Examples with no target token left within ``max_tokens``, or that the base model's chat
+            template cannot render (up to ``MAX_PROBLEMS`` lines).
         ValueError: ``method`` is unknown, ``max_tokens`` below 1, or a line is not in the method's format.
     """
     if method not in ("supervised", "dpo"):
@@ -192,7 +192,13 @@ def tokenize_dataset(
     truncated: list[int] = []
     problems: list[Problem] = []
     for line, obj in _decoded(lines):
-        encoded = _encoder(obj, method, line)(tokenizer, obj, line)
+        try:
+            encoded = _encoder(obj, method, line)(tokenizer, obj, line)
+        except ChatTemplateError as exc:
+            problems.append(Problem(line, "", str(exc)))
+            if len(problems) >= MAX_PROBLEMS:
+                break
+            continue
         example = _truncate(encoded, max_tokens)
         if example is not encoded:
             truncated.append(line)

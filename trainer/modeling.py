@@ -285,9 +285,18 @@ def _render(
     *,
     add_generation_prompt: bool,
 ) -> str:
-    text = tokenizer.apply_chat_template(
-        list(chat), tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(
+            list(chat),
+            tools=list(tools) if tools else None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except (TemplateError, TypeError, KeyError) as exc:
+        # Templates differ in what they render: SmolLM2's, for one, has no tool calls and needs text content.
+        raise ChatTemplateError(f"the base model's chat template cannot render this conversation ({exc})") from exc
     if not isinstance(text, str):
         raise ChatTemplateError(f"the chat template rendered {type(text).__name__}, not text")
     return text

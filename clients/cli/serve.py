@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 ASGI_TARGET = "tunewright.api.asgi:create_app_from_env"
 DEFAULT_ORGANIZATION = "default"
 DEFAULT_PROJECT = "default"
+TRAINER_STOP_S = 120
+"""How long `serve` waits for a training worker to finish its step and save its resume point."""
 TEMP_SWEEP_AGE_S = 3600
 """Blob temp files older than this belong to a crashed put (a live put keeps touching its file)."""
 
@@ -126,22 +128,39 @@ def export_worker_env(config_path: str | None, overrides: dict[str, Any]) -> Non
 
 
 def start_trainers(settings: Settings) -> list[subprocess.Popen[bytes]]:
-    """Start the embedded training workers (`--trainers` / `TUNEWRIGHT_TRAINERS` of them).
+    """Start the embedded training workers (`--trainers` / `TUNEWRIGHT_TRAINERS` of them) as subprocesses.
 
-    This is where `serve` will start its `tunewright worker` subprocesses; the training worker comes with
-    the trainer issue. Until then no trainer runs and jobs wait in the queue for one.
+    Each is `tunewright worker` with the same settings (they reach it through the environment, as they reach
+    granian's workers), so the embedded mode trains with no other command. They run at a lower CPU priority
+    than the API, with `TUNEWRIGHT_TORCH_THREADS` threads each, so the API stays responsive while they train.
     """
-    if settings.trainers:
-        print("note: this build has no training worker yet; fine-tuning jobs wait in the queue", flush=True)
-    return []
+    import subprocess
+
+    command = [sys.executable, "-m", "tunewright.clients.cli.main", "worker"]
+    return [
+        subprocess.Popen(command, preexec_fn=_lower_priority)  # noqa: S603 - our own interpreter and module
+        for _ in range(settings.trainers)
+    ]
+
+
+def _lower_priority() -> None:
+    """Run in the child before exec: training yields the CPU to the API."""
+    os.nice(5)
 
 
 def stop_trainers(trainers: list[subprocess.Popen[bytes]]) -> None:
     """Stop the embedded training workers (SIGTERM: each finishes its step and releases its job)."""
+    import subprocess
+
     for process in trainers:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
     for process in trainers:
-        process.wait()
+        try:
+            process.wait(timeout=TRAINER_STOP_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def granian_log_level(level: str) -> Any:

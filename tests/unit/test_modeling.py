@@ -128,7 +128,7 @@ def test_unknown_model_id_is_a_key_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(KeyError) as caught:
         resolve_model_dir("gpt-17", settings_for(tmp_path, tiny="/nowhere"))
     assert isinstance(caught.value, UnknownModelError)
-    assert str(caught.value) == "unknown base model 'gpt-17' (configured: tiny)"
+    assert str(caught.value) == "unknown base model 'gpt-17' (configured: smollm2-135m-instruct, tiny)"
 
 
 @pytest.mark.parametrize(

@@ -107,16 +107,22 @@ def test_malformed_toml_names_tunewright_config(tmp_path: Path) -> None:
 def test_base_models_env_is_parsed_as_id_equals_source() -> None:
     env = {"TUNEWRIGHT_BASE_MODELS": " tiny = /models/tiny , qwen=Qwen/Qwen2.5-0.5B-Instruct,, "}
     assert load_settings(env).base_models == {
+        **DEFAULT_BASE_MODELS,
         "tiny": "/models/tiny",
         "qwen": "Qwen/Qwen2.5-0.5B-Instruct",
     }
 
 
+def test_base_models_add_to_the_built_ins_and_may_redefine_them() -> None:
+    env = {"TUNEWRIGHT_BASE_MODELS": "smollm2-135m-instruct=/models/smol"}
+    assert load_settings(env).base_models == {"smollm2-135m-instruct": "/models/smol"}
+
+
 def test_base_models_in_toml_as_string_or_table(tmp_path: Path) -> None:
     as_string = write_toml(tmp_path, 'base_models = "a=/m/a,b=org/b"\n')
-    assert load_settings({}, as_string).base_models == {"a": "/m/a", "b": "org/b"}
+    assert load_settings({}, as_string).base_models == {**DEFAULT_BASE_MODELS, "a": "/m/a", "b": "org/b"}
     as_table = write_toml(tmp_path, '[base_models]\na = "/m/a"\n')
-    assert load_settings({}, as_table).base_models == {"a": "/m/a"}
+    assert load_settings({}, as_table).base_models == {**DEFAULT_BASE_MODELS, "a": "/m/a"}
 
 
 @pytest.mark.parametrize("entry", ["=/path", "tiny=", "tiny"])

@@ -1,0 +1,268 @@
+"""``run_job``: one claimed job from its files to its fine-tuned model (DESIGN.md "One job, start to finish").
+
+The recipe, one named function per step: check and tokenize the data, move the job to ``running``, load the
+model (continuing an ``ft:`` model's adapter, or a resume point), train, then finish according to how training
+stopped: publish the model, keep a resume point for a pause or a worker stop, or leave quietly when the job was
+cancelled or the lease lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from tunewright.storage.keys import adapter_blob_prefix
+from tunewright.trainer.collate import pad_id_of
+from tunewright.trainer.errors import DatasetError
+from tunewright.trainer.modeling import ChatTemplateError, ModelUnavailableError, UnknownModelError
+from tunewright.trainer.prepare import prepare, summary_message, truncation_messages
+from tunewright.trainer.publish import (
+    download_adapter,
+    fine_tuned_model_record,
+    model_name,
+    store_results_file,
+    upload_adapter,
+)
+from tunewright.trainer.resume import TrainingProgress, delete_resume_point, load_resume_point, restore
+from tunewright.trainer.session import Session
+
+if TYPE_CHECKING:
+    from tunewright.trainer.backends.base import TrainingBackend
+    from tunewright.trainer.prepare import PreparedJob
+    from tunewright.trainer.session import JobHandle
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class LeaseLostError(Exception):
+    """The job is no longer this worker's: cancelled, paused, or taken over after an expired lease."""
+
+
+def run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str:
+    """Run a claimed job until it ends or stops; return the outcome.
+
+    Returns:
+        ``succeeded``, ``failed``, ``paused``, ``cancelled``, ``released`` (the worker is stopping) or ``lost``.
+    """
+    try:
+        if too_many_attempts(handle):
+            return fail(handle, "too_many_attempts", "The job's worker stopped unexpectedly too many times.")
+        prepared = prepare_data(handle)
+        session = start_session(handle, prepared, backend, device=device)
+        train_session(session)
+        return finish(session)
+    except LeaseLostError:
+        return stopped_outcome(handle)
+    except DatasetError as exc:
+        return fail(handle, exc.code, exc.message, param=exc.param)
+    except (UnknownModelError, ModelUnavailableError) as exc:
+        return fail(handle, "model_not_available", f"The base model '{handle.job.base_model}' is not available: {exc}")
+    except ChatTemplateError as exc:
+        return fail(
+            handle,
+            "invalid_training_file",
+            f"training_file cannot be rendered with the model's chat template: {exc}",
+            param="training_file",
+        )
+    except Exception:
+        logger.exception("job %s failed", handle.job.id, extra={"job_id": handle.job.id})
+        return fail(
+            handle, "internal_error", "The fine-tuning job failed because of an internal error; see the server log."
+        )
+
+
+def too_many_attempts(handle: JobHandle) -> bool:
+    """A running job reclaimed after its worker died more times than allowed: it is failing the workers."""
+    return handle.claim.status == "running" and handle.claim.attempt > handle.settings.max_job_attempts
+
+
+def prepare_data(handle: JobHandle) -> PreparedJob:
+    """Validate and tokenize the files, then write the resolved hyperparameters and the `running` status."""
+    job = handle.job
+    fresh = job.status == "validating_files"
+    if fresh:
+        files = ", ".join(f for f in (job.training_file, job.validation_file) if f)
+        _event(handle, f"Validating training file: {files}")
+    prepared = prepare(handle.stores, handle.settings, job)
+    events = []
+    if fresh:
+        events.append(handle.event(summary_message(prepared, job.seed)))
+        events.extend(handle.event(message, level="warn") for message in truncation_messages(prepared))
+    if not handle.stores.queue.update(
+        handle.claim,
+        status="running",
+        events=events,
+        method=prepared.method,
+        hyperparameters=prepared.hyperparameters,
+    ):
+        raise LeaseLostError
+    return prepared
+
+
+def start_session(handle: JobHandle, prepared: PreparedJob, backend: TrainingBackend, *, device: str) -> Session:
+    """Load the model with its adapter (continued, fresh or resumed) and build the optimizer state."""
+    from tunewright.trainer.dpo import objective_for
+    from tunewright.trainer.loop import make_training_state, restore_rng_state
+
+    hyper = prepared.hyper
+    with tempfile.TemporaryDirectory(prefix="tunewright-parent-") as tmp:
+        parent = parent_adapter(handle, Path(tmp))
+        if parent is not None:
+            hyper = msgspec.structs.replace(hyper, **parent_lora_settings(parent))
+        model, _ = backend.load(prepared.model_dir, hyper, seed=handle.job.seed, device=device)
+        if parent is not None:
+            load_adapter_weights(model, parent)
+    state = make_training_state(model, learning_rate=hyper.learning_rate, total_steps=prepared.total_steps)
+    session = Session(
+        handle=handle,
+        prepared=prepared,
+        backend=backend,
+        model=model,
+        state=state,
+        objective=objective_for(hyper),
+        progress=TrainingProgress(),
+        pad_id=pad_id_of(prepared.tokenizer),
+    )
+    point = load_resume_point(handle.stores.blobs, handle.resume_key)
+    if point is not None and point.progress.step <= prepared.total_steps:
+        restore(model, state, point)
+        restore_rng_state(point.rng)
+        session.progress = point.progress
+        session.progress.resumes += 1
+        _event(handle, f"Resumed from step {point.progress.step}/{prepared.total_steps}")
+    elif handle.job.status == "validating_files":
+        _event(handle, "Fine-tuning job started")
+    else:
+        _event(handle, f"Fine-tuning job started again from step 0 (attempt {handle.claim.attempt})")
+    session.start_step = session.progress.step
+    session.last_resume_step = session.progress.step
+    session.prepare_validation()
+    return session
+
+
+def train_session(session: Session) -> None:
+    """Run the shared loop over the remaining steps; ``session.stop_reason`` says why it stopped early."""
+    from tunewright.trainer.loop import train
+
+    if session.progress.step >= session.prepared.total_steps:
+        return
+    train(
+        session.model,
+        session.groups(),
+        hyper=session.prepared.hyper,
+        total_steps=session.prepared.total_steps,
+        seed=session.handle.job.seed,
+        on_step=session.on_step,
+        state=session.state,
+        objective=session.objective,
+    )
+
+
+def finish(session: Session) -> str:
+    """End the session according to why training stopped; return the outcome."""
+    handle = session.handle
+    if session.stop_reason == "stop":
+        session.save_resume_point()
+        message = (
+            f"The worker is stopping: the job goes back to the queue and resumes from step {session.progress.step}"
+        )
+        released = handle.stores.queue.release(handle.claim, status="queued", event=handle.event(message))
+        return "released" if released else stopped_outcome(handle, session)
+    if session.stop_reason is not None:
+        return stopped_outcome(handle, session)
+    return publish(session)
+
+
+def stopped_outcome(handle: JobHandle, session: Session | None = None) -> str:
+    """After the lease was refused: keep a resume point for a pause, nothing for a cancel; return the outcome."""
+    status = handle.stores.metadata.get_job(handle.job.id, project_id=handle.job.project_id).status
+    if status == "paused":
+        if session is not None:
+            session.save_resume_point()
+            if session.unwritten_event is not None:
+                handle.stores.metadata.add_event(session.unwritten_event)
+            handle.stores.metadata.add_event(handle.event(f"Saved the job's progress at step {session.progress.step}"))
+        return "paused"
+    if status == "cancelled":
+        delete_resume_point(handle.stores.blobs, handle.resume_key)
+        return "cancelled"
+    return "lost"
+
+
+def publish(session: Session) -> str:
+    """Store the final adapter and the results file, then complete the job with its model, in one transaction."""
+    handle = session.handle
+    job = handle.job
+    prefix = adapter_blob_prefix(job.project_id, job.id, "final")
+    keys = upload_adapter(handle.stores, session.backend, session.model, prefix)
+    results = store_results_file(handle.stores, job, session.progress.steps)
+    name = model_name(job, handle.organization_slug)
+    model = fine_tuned_model_record(job, handle.organization_slug, name=name, prefix=prefix, kind="fine-tune")
+    done = handle.stores.queue.complete(
+        handle.claim,
+        status="succeeded",
+        event=handle.event("The job has successfully completed"),
+        files=[results],
+        models=[model],
+        published_blobs=keys,
+        fine_tuned_model=name,
+        trained_tokens=session.progress.trained_tokens,
+        result_files=[results.id],
+        estimated_finish=None,
+        error=None,
+    )
+    if not done:
+        return stopped_outcome(handle)
+    delete_resume_point(handle.stores.blobs, handle.resume_key)
+    return "succeeded"
+
+
+def fail(handle: JobHandle, code: str, message: str, *, param: str | None = None) -> str:
+    """Complete the job as failed with ``error = {code, message, param}``; nothing is billed."""
+    error = {"code": code, "message": message, "param": param}
+    done = handle.stores.queue.complete(
+        handle.claim, status="failed", event=handle.event(message, level="error"), error=error, estimated_finish=None
+    )
+    if not done:
+        return stopped_outcome(handle)
+    delete_resume_point(handle.stores.blobs, handle.resume_key)
+    return "failed"
+
+
+def parent_adapter(handle: JobHandle, directory: Path) -> Path | None:
+    """For a job continuing an ``ft:`` model of its project, fetch that model's adapter into ``directory``."""
+    job = handle.job
+    if not job.model.startswith("ft:"):
+        return None
+    record = handle.stores.metadata.get_model(job.model, project_id=job.project_id)
+    return download_adapter(handle.stores, record.adapter_key, directory)
+
+
+def parent_lora_settings(adapter_dir: Path) -> dict[str, Any]:
+    """The LoRA shape of a parent adapter: a continued job trains the same rank on the same modules."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    targets = config.get("target_modules")
+    return {
+        "lora_rank": int(config["r"]),
+        "lora_alpha": float(config["lora_alpha"]),
+        "lora_target_modules": sorted(targets) if isinstance(targets, list) else targets,
+    }
+
+
+def load_adapter_weights(model: Any, adapter_dir: Path) -> None:
+    """Load a saved adapter's weights into the freshly wrapped model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
+
+
+def _event(handle: JobHandle, message: str) -> None:
+    handle.stores.metadata.add_event(handle.event(message))

@@ -1,0 +1,189 @@
+"""What a job leaves for its users: adapters in the blob store, checkpoints, the results CSV, the model names.
+
+Adapters are stored in the standard PEFT layout under a prefix (``adapter_config.json`` +
+``adapter_model.safetensors``), so PEFT and vLLM load them unchanged. Every blob a row will point to is
+recorded as an intent before it is written; the row's own transaction ends the intent, so a crash in between
+leaves a blob the sweeper removes rather than one nothing points to.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunewright.storage.errors import Conflict
+from tunewright.storage.ids import new_id
+from tunewright.storage.keys import adapter_blob_prefix, file_blob_key
+from tunewright.storage.records import CheckpointRecord, FileRecord, ModelRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tunewright.storage.base import Stores
+    from tunewright.storage.records import JobRecord
+    from tunewright.trainer.backends.base import TrainingBackend
+    from tunewright.trainer.resume import StepRecord
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+RESULTS_FILENAME = "step_metrics.csv"
+RESULTS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+KEEP_LAST_CHECKPOINTS = 3
+
+
+def model_name(job: JobRecord, organization_slug: str) -> str:
+    """Return the fine-tuned model's name: ``ft:<base>:<org>:<suffix>:<slot>`` (empty suffix when none)."""
+    return f"ft:{job.base_model}:{organization_slug}:{job.suffix or ''}:{job.model_slot}"
+
+
+def checkpoint_name(job: JobRecord, organization_slug: str, step: int) -> str:
+    """Return a checkpoint's model name: the fine-tuned model's name and ``:ckpt-step-<step>``."""
+    return f"{model_name(job, organization_slug)}:ckpt-step-{step}"
+
+
+def upload_adapter(stores: Stores, backend: TrainingBackend, model: Any, prefix: str) -> list[str]:
+    """Save the model's adapter and put its files under ``prefix``; return their keys (intents still open)."""
+    keys: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="tunewright-adapter-") as tmp:
+        directory = Path(tmp)
+        backend.save_adapter(model, directory)
+        for name in ADAPTER_FILES:
+            key = f"{prefix}/{name}"
+            stores.metadata.begin_blob(key, now=int(time.time()))
+            keys.append(key)
+            with (directory / name).open("rb") as fh:
+                stores.blobs.put(key, fh)
+    return keys
+
+
+def download_adapter(stores: Stores, prefix: str, directory: Path) -> Path:
+    """Copy an adapter's PEFT files from the blob store into ``directory``; return it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        with (directory / name).open("wb") as fh:
+            for chunk in stores.blobs.open(f"{prefix}/{name}"):
+                fh.write(chunk)
+    return directory
+
+
+def publish_checkpoint(
+    stores: Stores,
+    backend: TrainingBackend,
+    model: Any,
+    *,
+    job: JobRecord,
+    organization_slug: str,
+    step: int,
+    metrics: dict[str, float],
+) -> CheckpointRecord:
+    """Store the adapter as it is at ``step`` and publish it as a checkpoint with its callable model."""
+    prefix = adapter_blob_prefix(job.project_id, job.id, f"ckpt-step-{step}")
+    keys = upload_adapter(stores, backend, model, prefix)
+    now = int(time.time())
+    name = checkpoint_name(job, organization_slug, step)
+    checkpoint = CheckpointRecord(
+        id=new_id("checkpoint"),
+        job_id=job.id,
+        project_id=job.project_id,
+        created_at=now,
+        step_number=step,
+        fine_tuned_model_checkpoint=name,
+        metrics=metrics,
+        blob_key=prefix,
+    )
+    model_record = fine_tuned_model_record(job, organization_slug, name=name, prefix=prefix, kind="checkpoint")
+    try:
+        stores.metadata.add_checkpoint(checkpoint, model_record, published_blobs=keys)
+    except Conflict:
+        # Published before a crash: the existing row owns these (rewritten, identical) blobs.
+        for key in keys:
+            stores.metadata.end_blob(key)
+        raise
+    return checkpoint
+
+
+def fine_tuned_model_record(
+    job: JobRecord, organization_slug: str, *, name: str, prefix: str, kind: str
+) -> ModelRecord:
+    """Return the model row of a job's adapter stored under ``prefix``."""
+    return ModelRecord(
+        id=name,
+        project_id=job.project_id,
+        organization_id=job.organization_id,
+        created=int(time.time()),
+        owned_by=organization_slug,
+        base_model=job.base_model,
+        job_id=job.id,
+        adapter_key=prefix,
+        kind=kind,
+    )
+
+
+def checkpoints_to_drop(kept: Sequence[tuple[int, float | None]], keep_last: int = KEEP_LAST_CHECKPOINTS) -> set[int]:
+    """Return the steps of checkpoints to delete: all but the last ``keep_last`` and the best validation loss.
+
+    Args:
+        kept: ``(step, full validation loss or None)`` of every published checkpoint, oldest first.
+        keep_last: How many of the newest to keep.
+    """
+    steps = [step for step, _ in kept]
+    keep = set(steps[-keep_last:])
+    scored = [(loss, step) for step, loss in kept if loss is not None]
+    if scored:
+        keep.add(min(scored)[1])
+    return set(steps) - keep
+
+
+def drop_checkpoint(stores: Stores, *, project_id: str, checkpoint_id: str, prefix: str) -> None:
+    """Delete a checkpoint row (its model and permissions go with it), then its adapter blobs."""
+    stores.metadata.delete_checkpoint(checkpoint_id, project_id=project_id)
+    stores.blobs.delete_prefix(prefix + "/")
+
+
+def results_csv(steps: Sequence[StepRecord]) -> bytes:
+    """Return the results file: one row per optimizer step, empty cells where a step had no validation."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULTS_COLUMNS)
+    for row in steps:
+        writer.writerow(
+            [
+                row.step,
+                _number(row.train_loss),
+                _number(row.train_accuracy),
+                _number(row.valid_loss),
+                _number(row.valid_mean_token_accuracy),
+            ]
+        )
+    return out.getvalue().encode()
+
+
+def store_results_file(stores: Stores, job: JobRecord, steps: Sequence[StepRecord]) -> FileRecord:
+    """Put the results CSV in the blob store (intent open) and return its File row, not yet inserted."""
+    data = results_csv(steps)
+    file_id = new_id("file")
+    key = file_blob_key(job.project_id, file_id)
+    stores.metadata.begin_blob(key, now=int(time.time()))
+    stores.blobs.put(key, io.BytesIO(data))
+    return FileRecord(
+        id=file_id,
+        project_id=job.project_id,
+        bytes=len(data),
+        created_at=int(time.time()),
+        filename=RESULTS_FILENAME,
+        purpose="fine-tune-results",
+        blob_key=key,
+        sha256=hashlib.sha256(data).hexdigest(),
+        line_count=len(steps) + 1,
+    )
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"

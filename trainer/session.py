@@ -1,0 +1,297 @@
+"""One training session of a claimed job: the model, the data order, and what happens after every step.
+
+A session starts from step 0 or from the job's resume point, feeds the shared loop one group of micro-batches
+per optimizer step (the epoch's length-grouped plan, cut into micro-batches under a token budget), and after each
+step records the metrics, writes the metrics event under the job's lease, publishes a checkpoint at each epoch
+end, saves a resume point every N steps or T seconds, and stops when the job was paused or cancelled, the lease
+was lost, or the worker was asked to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tunewright.storage.errors import Conflict
+from tunewright.storage.events import make_event
+from tunewright.storage.keys import adapter_blob_prefix
+from tunewright.trainer.batching import plan_batches
+from tunewright.trainer.collate import collate_examples, collate_preferences
+from tunewright.trainer.loop import StepGroup
+from tunewright.trainer.publish import checkpoints_to_drop, drop_checkpoint, publish_checkpoint
+from tunewright.trainer.resume import PublishedCheckpoint, StepRecord, save_resume_point
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from tunewright.storage.base import Stores
+    from tunewright.storage.records import Claim, JobRecord
+    from tunewright.storage.settings import Settings
+    from tunewright.trainer.backends.base import TrainingBackend
+    from tunewright.trainer.loop import Batch, StepMetrics, TrainingState
+    from tunewright.trainer.prepare import PreparedJob
+    from tunewright.trainer.resume import TrainingProgress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class JobHandle:
+    """A job as a worker holds it: the stores, its claim, its record and its owner's slug."""
+
+    settings: Settings
+    stores: Stores
+    claim: Claim
+    job: JobRecord
+    organization_slug: str
+    stop_requested: Any  # threading.Event: the worker was asked to stop (SIGTERM)
+    lease_lost: Any  # threading.Event: the heartbeat found the lease gone
+
+    def event(self, message: str, *, level: str = "info", kind: str = "message", data: Any = None) -> Any:
+        """Return a new event of this job."""
+        return make_event(self.job.id, self.job.project_id, message, level=level, kind=kind, data=data)
+
+    @property
+    def resume_key(self) -> str:
+        """Where this job's resume point lives."""
+        from tunewright.storage.keys import resume_blob_key
+
+        return resume_blob_key(self.job.project_id, self.job.id)
+
+
+@dataclass(slots=True)
+class Session:
+    """A model being trained for a job, and the bookkeeping around each step."""
+
+    handle: JobHandle
+    prepared: PreparedJob
+    backend: TrainingBackend
+    model: Any
+    state: TrainingState
+    objective: Any
+    progress: TrainingProgress
+    pad_id: int
+    validation_full: list[Any] = field(default_factory=list)
+    validation_sample: list[Any] = field(default_factory=list)
+    stop_reason: str | None = None
+    unwritten_event: Any = None
+    started: float = field(default_factory=time.monotonic)
+    start_step: int = 0
+    last_resume_save: float = field(default_factory=time.monotonic)
+    last_resume_step: int = 0
+    _plans: dict[int, list[list[int]]] = field(default_factory=dict)
+
+    # --- data order ---------------------------------------------------------------------------------
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The epoch's batches of example indices (seeded by the job seed and the epoch)."""
+        if epoch not in self._plans:
+            lengths = self.prepared.training.lengths
+            self._plans = {
+                epoch: plan_batches(
+                    lengths, batch_size=self.prepared.hyper.batch_size, seed=self.handle.job.seed, epoch=epoch
+                )
+            }
+        return self._plans[epoch]
+
+    def groups(self) -> Iterator[StepGroup]:
+        """Yield each remaining optimizer step's micro-batches, from the step after ``progress.step``."""
+        per_epoch = self.prepared.steps_per_epoch
+        first = self.progress.step
+        for epoch in range(first // per_epoch, self.prepared.hyper.n_epochs):
+            skip = first - epoch * per_epoch if epoch == first // per_epoch else 0
+            for indices in self.plan(epoch)[skip:]:
+                yield StepGroup(self.micro_batches([self.prepared.training.examples[i] for i in indices]))
+
+    def micro_batches(self, examples: Sequence[Any]) -> list[Batch]:
+        """Cut one step's examples (longest first) into padded micro-batches under the token budget."""
+        budget = self.handle.settings.micro_batch_tokens
+        rows = 2 if self.prepared.hyper.method_type == "dpo" else 1
+        ordered = sorted(examples, key=lambda example: -example.length)
+        batches: list[Batch] = []
+        current: list[Any] = []
+        for example in ordered:
+            width = max([example.length] + [other.length for other in current])
+            if current and (len(current) + 1) * width * rows > budget:
+                batches.append(self.collate(current))
+                current = []
+            current.append(example)
+        if current:
+            batches.append(self.collate(current))
+        return batches
+
+    def collate(self, examples: Sequence[Any]) -> Any:
+        """Pad examples into the objective's batch type."""
+        if self.prepared.hyper.method_type == "dpo":
+            return collate_preferences(examples, self.pad_id)
+        return collate_examples(examples, self.pad_id)
+
+    def tokens_of_step(self, step: int) -> int:
+        """Billable tokens of the examples trained at 1-based optimizer ``step``."""
+        per_epoch = self.prepared.steps_per_epoch
+        indices = self.plan((step - 1) // per_epoch)[(step - 1) % per_epoch]
+        return sum(self.prepared.training.examples[i].total_tokens for i in indices)
+
+    def prepare_validation(self) -> None:
+        """Batch the validation file once: all of it for epoch ends, a seeded sample for every N steps."""
+        if self.prepared.validation is None:
+            return
+        examples = list(self.prepared.validation.examples)
+        self.validation_full = self._eval_batches(examples)
+        count = min(len(examples), self.handle.settings.eval_sample_examples)
+        rng = random.Random(f"tunewright.validation:{self.handle.job.seed}")  # noqa: S311 - a sample, not a secret
+        self.validation_sample = self._eval_batches(rng.sample(examples, count))
+
+    def _eval_batches(self, examples: list[Any]) -> list[Any]:
+        batches: list[Any] = []
+        ordered = sorted(examples, key=lambda example: -example.length)
+        step = max(1, self.prepared.hyper.batch_size)
+        for start in range(0, len(ordered), step):
+            batches.extend(self.micro_batches(ordered[start : start + step]))
+        return batches
+
+    # --- after each step ----------------------------------------------------------------------------
+
+    def on_step(self, metrics: StepMetrics) -> bool:
+        """Record a finished optimizer step; return False to stop training (see the module docstring)."""
+        handle = self.handle
+        self.progress.step = metrics.step
+        self.progress.trained_tokens += self.tokens_of_step(metrics.step)
+        epoch_end = metrics.step % self.prepared.steps_per_epoch == 0 or metrics.step == self.prepared.total_steps
+        valid = self.validate(metrics.step, epoch_end=epoch_end)
+        record = StepRecord(
+            step=metrics.step,
+            train_loss=metrics.train_loss,
+            train_accuracy=metrics.train_mean_token_accuracy,
+            valid_loss=valid.get("valid_loss"),
+            valid_mean_token_accuracy=valid.get("valid_mean_token_accuracy"),
+        )
+        self.progress.steps.append(record)
+        event = self.metrics_event(metrics, valid)
+        held = handle.stores.queue.update(handle.claim, events=[event], estimated_finish=self.estimated_finish())
+        if not held:
+            self.unwritten_event = event  # a pause keeps this step: its event is written with the resume point
+            self.stop_reason = "lost"
+            return False
+        if epoch_end:
+            self.checkpoint(metrics, valid)
+        if handle.stop_requested.is_set():
+            self.stop_reason = "stop"
+            return False
+        if handle.lease_lost.is_set():
+            self.stop_reason = "lost"
+            return False
+        if (epoch_end or self.resume_due(metrics.step)) and metrics.step < self.prepared.total_steps:
+            self.save_resume_point()
+        return True
+
+    def validate(self, step: int, *, epoch_end: bool) -> dict[str, float]:
+        """Validation metrics for this step: the whole file at an epoch end, a sample every N steps."""
+        from tunewright.trainer.evaluate import evaluate
+
+        every = self.handle.settings.eval_every_steps
+        values: dict[str, float] = {}
+        if self.validation_full and epoch_end:
+            full = evaluate(self.model, self.validation_full, self.objective)
+            values.update(full_valid_loss=full.loss, full_valid_mean_token_accuracy=full.mean_token_accuracy)
+            values.update(valid_loss=full.loss, valid_mean_token_accuracy=full.mean_token_accuracy)
+        elif self.validation_sample and every and step % every == 0:
+            sample = evaluate(self.model, self.validation_sample, self.objective)
+            values.update(valid_loss=sample.loss, valid_mean_token_accuracy=sample.mean_token_accuracy)
+        return values
+
+    def metrics_event(self, metrics: StepMetrics, valid: dict[str, float]) -> Any:
+        """The step's `metrics` event, in OpenAI's shape."""
+        data: dict[str, Any] = {
+            "step": metrics.step,
+            "train_loss": metrics.train_loss,
+            "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
+            "total_steps": metrics.total_steps,
+            **valid,
+            **getattr(metrics, "extra", {}),
+        }
+        message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
+        if "valid_loss" in valid:
+            message += f", validation loss={valid['valid_loss']:.4f}"
+        if "reward_margin" in data:
+            message += f", reward margin={data['reward_margin']:.4f}"
+        return self.handle.event(message, kind="metrics", data=data)
+
+    def estimated_finish(self) -> int:
+        """When the job should finish, from this session's pace so far."""
+        done = self.progress.step - self.start_step
+        elapsed = time.monotonic() - self.started
+        remaining = self.prepared.total_steps - self.progress.step
+        return int(time.time() + (elapsed / done) * remaining) if done > 0 else int(time.time())
+
+    def resume_due(self, step: int) -> bool:
+        """Whether a resume point is due: N steps or T seconds since the last one."""
+        settings = self.handle.settings
+        return (
+            step - self.last_resume_step >= settings.resume_every_steps
+            or time.monotonic() - self.last_resume_save >= settings.resume_every_s
+        )
+
+    def save_resume_point(self) -> None:
+        """Write the job's resume point as of now."""
+        from tunewright.trainer.loop import rng_state
+
+        save_resume_point(
+            self.handle.stores.blobs,
+            self.handle.resume_key,
+            model=self.model,
+            state=self.state,
+            progress=self.progress,
+            rng=rng_state(),
+        )
+        self.last_resume_step = self.progress.step
+        self.last_resume_save = time.monotonic()
+
+    def checkpoint(self, metrics: StepMetrics, valid: dict[str, float]) -> None:
+        """Publish the adapter as a checkpoint at an epoch end and drop the ones no longer kept."""
+        handle = self.handle
+        step = metrics.step
+        if any(kept.step == step for kept in self.progress.checkpoints):
+            return  # published before a crash that this run replayed
+        values = {
+            "step": float(step),
+            "train_loss": metrics.train_loss,
+            "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
+            **valid,
+        }
+        try:
+            record = publish_checkpoint(
+                handle.stores,
+                self.backend,
+                self.model,
+                job=handle.job,
+                organization_slug=handle.organization_slug,
+                step=step,
+                metrics=values,
+            )
+        except Conflict:
+            logger.info("checkpoint at step %d of %s exists already", step, handle.job.id)
+            return
+        self.progress.checkpoints.append(
+            PublishedCheckpoint(step=step, checkpoint_id=record.id, valid_loss=valid.get("full_valid_loss"))
+        )
+        handle.stores.metadata.add_event(handle.event(f"Checkpoint created at step {step}"))
+        self.drop_old_checkpoints()
+
+    def drop_old_checkpoints(self) -> None:
+        """Keep the last three checkpoints and the one with the best full validation loss."""
+        handle = self.handle
+        drop = checkpoints_to_drop([(kept.step, kept.valid_loss) for kept in self.progress.checkpoints])
+        for kept in [kept for kept in self.progress.checkpoints if kept.step in drop]:
+            prefix = adapter_blob_prefix(handle.job.project_id, handle.job.id, f"ckpt-step-{kept.step}")
+            try:
+                drop_checkpoint(
+                    handle.stores, project_id=handle.job.project_id, checkpoint_id=kept.checkpoint_id, prefix=prefix
+                )
+            except Exception:  # a checkpoint that outlives its turn costs space, not correctness
+                logger.exception("could not drop checkpoint %s of %s", kept.checkpoint_id, handle.job.id)
+                continue
+            self.progress.checkpoints.remove(kept)

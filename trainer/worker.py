@@ -1,0 +1,149 @@
+"""The training worker: claim a job, hold its lease while it trains, run it, and loop.
+
+A heartbeat thread renews the lease every ``TUNEWRIGHT_HEARTBEAT_S`` for as long as the job is held (loading a
+model or tokenizing a large file takes longer than a step); when a renewal is refused it flags the lease as lost,
+and training stops at the next step. ``request_stop`` (SIGTERM) lets the current step finish, saves a resume
+point and gives the job back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from tunewright.storage.ids import new_id
+from tunewright.trainer.job import TERMINAL, run_job
+from tunewright.trainer.session import JobHandle
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from tunewright.storage.base import JobQueue, Stores
+    from tunewright.storage.records import Claim
+    from tunewright.storage.settings import Settings
+    from tunewright.trainer.backends.base import TrainingBackend
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    """Renews a claim's lease on a background thread until closed; ``lost`` is set once a renewal is refused."""
+
+    def __init__(self, queue: JobQueue, claim: Claim, *, lease_s: float, every_s: float) -> None:
+        """Start renewing ``claim`` every ``every_s`` seconds for ``lease_s`` more seconds each time."""
+        self.lost = threading.Event()
+        self._queue = queue
+        self._claim = claim
+        self._lease_s = lease_s
+        self._every_s = every_s
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{claim.job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        """Start the heartbeat thread."""
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        """Stop the heartbeat thread."""
+        self._closed.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._closed.wait(self._every_s):
+            try:
+                held = self._queue.heartbeat(self._claim, lease_s=self._lease_s)
+            except Exception:  # a database hiccup: the lease still runs; the next beat tries again
+                logger.exception("heartbeat of job %s failed", self._claim.job_id)
+                continue
+            if not held:
+                self.lost.set()
+                return
+
+
+class Worker:
+    """Claims jobs from the queue and runs them one at a time."""
+
+    def __init__(self, settings: Settings, stores: Stores, backend: TrainingBackend, *, device: str) -> None:
+        """Prepare a worker with a fresh id (host, pid and a unique suffix)."""
+        self.settings = settings
+        self.stores = stores
+        self.backend = backend
+        self.device = device
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('request')[4:]}"
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        """Finish the current step, keep a resume point, give the job back and exit (SIGTERM)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested."""
+        return self._stop.is_set()
+
+    def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
+        """Claim and run jobs until stopped; return how many were run.
+
+        Args:
+            max_jobs: Stop after this many jobs.
+            exit_when_idle: Return as soon as no job is claimable.
+        """
+        done = 0
+        logger.info("worker %s ready (backend %s on %s)", self.worker_id, self.backend.name, self.device)
+        while not self._stop.is_set() and (max_jobs is None or done < max_jobs):
+            if self.run_once() is None:
+                if exit_when_idle:
+                    break
+                self.stores.queue.wait(self.settings.worker_poll_s)
+                continue
+            done += 1
+        return done
+
+    def run_once(self) -> str | None:
+        """Claim one job and run it; return its outcome, or None when no job was claimable."""
+        settings = self.settings
+        claim = self.stores.queue.claim(
+            self.worker_id, lease_s=settings.lease_s, max_running_per_project=settings.max_running_jobs_per_project
+        )
+        if claim is None:
+            return None
+        job = self.stores.metadata.get_job(claim.job_id, project_id=claim.project_id)
+        if job.status in TERMINAL or job.status == "paused":
+            return "lost"
+        organization = self.stores.metadata.get_organization(job.organization_id)
+        with LeaseKeeper(self.stores.queue, claim, lease_s=settings.lease_s, every_s=settings.heartbeat_s) as lease:
+            handle = JobHandle(
+                settings=settings,
+                stores=self.stores,
+                claim=claim,
+                job=job,
+                organization_slug=organization.slug,
+                stop_requested=self._stop,
+                lease_lost=lease.lost,
+            )
+            outcome = run_job(handle, self.backend, device=self.device)
+        logger.info("job %s: %s", job.id, outcome, extra={"job_id": job.id})
+        return outcome
+
+
+def build_worker(settings: Settings, stores: Stores) -> Worker:
+    """A worker for this machine: torch threads from the settings, the best backend, CUDA when present."""
+    import torch
+
+    from tunewright.trainer.backends import select_backend
+
+    torch.set_num_threads(settings.torch_threads)
+    return Worker(settings, stores, select_backend(), device=training_device())
+
+
+def training_device() -> str:
+    """``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
