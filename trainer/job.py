@@ -22,6 +22,7 @@ from tunewright.trainer.errors import DatasetError
 from tunewright.trainer.modeling import ChatTemplateError, ModelUnavailableError, UnknownModelError
 from tunewright.trainer.prepare import prepare, summary_message, truncation_messages
 from tunewright.trainer.publish import (
+    discard_checkpoints,
     download_adapter,
     fine_tuned_model_record,
     model_name,
@@ -192,6 +193,7 @@ def stopped_outcome(handle: JobHandle, session: Session | None = None) -> str:
         return "paused"
     if status == "cancelled":
         delete_resume_point(handle.stores.blobs, handle.resume_key)
+        discard_checkpoints(handle.stores, project_id=handle.job.project_id, job_id=handle.job.id)
         return "cancelled"
     return "lost"
 

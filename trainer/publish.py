@@ -147,6 +147,18 @@ def drop_checkpoint(stores: Stores, *, project_id: str, checkpoint_id: str, pref
     stores.blobs.delete_prefix(prefix + "/")
 
 
+def discard_checkpoints(stores: Stores, *, project_id: str, job_id: str) -> int:
+    """Delete every checkpoint of a cancelled job (a cancelled job keeps nothing as a model); return how many."""
+    dropped = 0
+    while True:
+        page = stores.metadata.list_checkpoints(job_id, project_id=project_id, after=None, limit=100)
+        for checkpoint in page.items:
+            drop_checkpoint(stores, project_id=project_id, checkpoint_id=checkpoint.id, prefix=checkpoint.blob_key)
+            dropped += 1
+        if not page.has_more:
+            return dropped
+
+
 def results_csv(steps: Sequence[StepRecord]) -> bytes:
     """Return the results file: one row per optimizer step, empty cells where a step had no validation."""
     out = io.StringIO()

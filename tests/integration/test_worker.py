@@ -206,17 +206,18 @@ def test_long_examples_are_truncated_with_a_warning_naming_the_lines(client_a, s
 def test_cancel_mid_training_stops_and_keeps_no_model(client_a, stores, settings, tenants):
     job = create(client_a, upload(client_a, "valid_chat.jsonl"), epochs=25, batch_size=2)
     worker = BackgroundWorker(settings, stores)
-    wait_for_metrics(stores, job.id, tenants["a"].project_id, 3)
+    wait_for_metrics(stores, job.id, tenants["a"].project_id, 7)  # epochs are 6 steps: a checkpoint exists
     client_a.fine_tuning.jobs.cancel(job.id)
     assert worker.join() == "cancelled"
     cancelled = client_a.fine_tuning.jobs.retrieve(job.id)
     assert cancelled.status == "cancelled"
     assert cancelled.fine_tuned_model is None
-    steps = len(metrics_events(stores, job.id, tenants["a"].project_id))
-    assert steps < 150
-    assert not any(
-        model.id.startswith(f"ft:{TINY}:acme::") and ":ckpt" not in model.id for model in client_a.models.list().data
-    )
+    assert len(metrics_events(stores, job.id, tenants["a"].project_id)) < 150
+    assert any(e.message.startswith("Checkpoint created at step 6") for e in all_events(client_a, job.id))
+    assert client_a.fine_tuning.jobs.checkpoints.list(job.id).data == []
+    assert [model.id for model in client_a.models.list().data if model.id.startswith("ft:")] == []
+    with pytest.raises(NotFound):
+        read_blob(stores, resume_blob_key(tenants["a"].project_id, job.id))
 
 
 def test_pause_then_resume_reaches_the_same_adapter_as_an_uninterrupted_run(client_a, stores, settings, tenants):
