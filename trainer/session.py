@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunewright.storage.errors import Conflict
 from tunewright.storage.events import make_event
-from tunewright.storage.keys import adapter_blob_prefix
+from tunewright.storage.keys import adapter_blob_prefix, resume_blob_key
 from tunewright.trainer.batching import plan_batches
 from tunewright.trainer.collate import collate_examples, collate_preferences
 from tunewright.trainer.loop import StepGroup
@@ -57,8 +57,6 @@ class JobHandle:
     @property
     def resume_key(self) -> str:
         """Where this job's resume point lives."""
-        from tunewright.storage.keys import resume_blob_key
-
         return resume_blob_key(self.job.project_id, self.job.id)
 
 

@@ -207,6 +207,9 @@ def test_cancel_mid_training_stops_and_keeps_no_model(client_a, stores, settings
     job = create(client_a, upload(client_a, "valid_chat.jsonl"), epochs=25, batch_size=2)
     worker = BackgroundWorker(settings, stores)
     wait_for_metrics(stores, job.id, tenants["a"].project_id, 7)  # epochs are 6 steps: a checkpoint exists
+    running = client_a.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running"
+    assert running.estimated_finish is not None
     client_a.fine_tuning.jobs.cancel(job.id)
     assert worker.join() == "cancelled"
     cancelled = client_a.fine_tuning.jobs.retrieve(job.id)
