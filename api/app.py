@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
-DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "admin")
+DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin")
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
     "uploads": "tunewright.api.uploads.routes",
     "fine_tuning": "tunewright.api.fine_tuning.routes",
     "models": "tunewright.api.models.routes",
+    "chat": "tunewright.api.chat.routes",
+    "completions": "tunewright.api.completions.routes",
     "admin": "tunewright.api.admin.routes",
 }
 
@@ -58,6 +61,21 @@ def _routes(features: Sequence[str]) -> list[ControllerRouterHandler]:
     return routes
 
 
+def build_engine(settings: Settings, stores: Stores) -> Any:
+    """The inference engine `settings` name; cheap to build (models load on their first request)."""
+    if settings.inference_engine == "local":
+        from tunewright.inference.local import LocalEngine
+
+        return LocalEngine(settings, stores)
+    raise ValueError(f"TUNEWRIGHT_INFERENCE_ENGINE: unknown engine {settings.inference_engine!r}")
+
+
+def _close_engine(app: Litestar) -> None:
+    """Close the engine the app built itself (one handed in belongs to the caller)."""
+    if app.state.get("engine_built"):
+        app.state.engine.close()
+
+
 def create_app(
     settings: Settings,
     stores: Stores,
@@ -68,7 +86,8 @@ def create_app(
 ) -> Litestar:
     """Build the API for `settings` over `stores`; `features` picks the route groups to mount.
 
-    `sweep` runs the housekeeping loop (expired uploads and files) while the app serves.
+    `sweep` runs the housekeeping loop (expired uploads and files) while the app serves. Without an `engine`,
+    the one `settings` names is built on the first completion request and closed when the app shuts down.
     """
     return TunewrightApp(
         route_handlers=_routes(features),
@@ -77,6 +96,8 @@ def create_app(
                 "settings": settings,
                 "stores": stores,
                 "engine": engine,
+                "engine_factory": partial(build_engine, settings, stores),
+                "engine_built": False,
                 "metrics": Metrics(stores),
                 "started_at": int(time.time()),
             }
@@ -84,6 +105,7 @@ def create_app(
         dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         lifespan=[sweeper_lifespan] if sweep else [],
+        on_shutdown=[_close_engine],
         openapi_config=OpenAPIConfig(
             title="Tunewright",
             version="0.1.0",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         ServiceAccountRecord,
         UploadPartRecord,
         UploadRecord,
+        UsageRecord,
     )
     from tunewright.storage.settings import Settings
 
@@ -392,6 +393,16 @@ class MetadataStore(Protocol):
 
     def delete_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
         """Delete one permission and return it. `NotFound`."""
+        ...
+
+    # --- usage ------------------------------------------------------------------------------------
+
+    def insert_usage(self, record: UsageRecord) -> None:
+        """Record one completion request's usage. Not idempotent: each call is one more metered request."""
+        ...
+
+    def list_usage(self, *, project_id: str, created_after: int = 0, limit: int = 1000) -> list[UsageRecord]:
+        """A project's usage rows created at or after `created_after`, oldest first by `(created_at, id)`."""
         ...
 
 

@@ -193,6 +193,26 @@ class PermissionRecord(msgspec.Struct, kw_only=True):
     created_at: int
 
 
+class UsageRecord(msgspec.Struct, kw_only=True):
+    """One chat or legacy completion request, metered: who asked, for which model, how many tokens, how fast.
+
+    `model` is the id as requested (`ft:…` included); `endpoint` is `chat.completions` or `completions`;
+    `latency_ms` runs from the request's arrival to its last token (or to the cancel of a dropped stream).
+    """
+
+    id: str
+    project_id: str
+    api_key_id: str
+    model: str
+    base_model: str
+    endpoint: str
+    streamed: bool
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+    created_at: int
+
+
 class Claim(msgspec.Struct, kw_only=True):
     """A worker's hold on a job: valid while `lease_expires_at` is in the future and the owner matches."""
 

@@ -63,6 +63,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     eval_sample_examples: PositiveInt = 64
     max_job_attempts: PositiveInt = 10
     worker_poll_s: Annotated[float, Meta(gt=0)] = 2.0
+    inference_engine: str = "local"
+    inference_max_batch: PositiveInt = 8
+    default_max_tokens: PositiveInt = 256
+    adapter_cache_count: PositiveInt = 16
+    adapter_cache_bytes: PositiveInt = 2 * 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         """Fill the URLs that default to places under `data_dir`; configured base models add to the built-ins."""

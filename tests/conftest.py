@@ -15,4 +15,5 @@ pytest_plugins = [
     "fixtures.app",
     "fixtures.server",
     "fixtures.models",
+    "fixtures.training",
 ]

@@ -45,7 +45,9 @@ class ModelsController(Controller):
     def delete_model(self, request: Request[Any, Any, Any], principal: Caller, model: FromPath[str]) -> DeletedObject:
         """Delete a fine-tuned model the project owns."""
         state = request.app.state
-        service.delete_model(state.stores, state.settings, model, project_id=principal.project_id or "")
+        service.delete_model(
+            state.stores, state.settings, model, project_id=principal.project_id or "", engine=state.engine
+        )
         return DeletedObject(id=model, object="model")
 
 

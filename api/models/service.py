@@ -11,6 +11,7 @@ from tunewright.api.models.schemas import Model
 from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
+    from tunewright.inference.engine import InferenceEngine
     from tunewright.storage.base import Stores
     from tunewright.storage.records import ModelRecord
     from tunewright.storage.settings import Settings
@@ -45,8 +46,10 @@ def get_model(stores: Stores, settings: Settings, model: str, *, project_id: str
         raise model_not_found(model, param=None, status=404) from None
 
 
-def delete_model(stores: Stores, settings: Settings, model: str, *, project_id: str) -> None:
-    """Delete a fine-tuned model the project owns (row first, adapter blob after)."""
+def delete_model(
+    stores: Stores, settings: Settings, model: str, *, project_id: str, engine: InferenceEngine | None = None
+) -> None:
+    """Delete a fine-tuned model the project owns (row first, then the engine's copy, adapter blob after)."""
     if model in settings.base_models:
         raise PermissionDeniedError(f"Base model `{model}` cannot be deleted.")
     try:
@@ -59,6 +62,8 @@ def delete_model(stores: Stores, settings: Settings, model: str, *, project_id: 
         raise PermissionDeniedError(
             f"Model `{model}` is shared with this project but owned by another; only its owner can delete it."
         ) from None
+    if engine is not None:
+        engine.forget(model)
     if record.kind == "fine-tune":
         try:
             stores.blobs.delete_prefix(record.adapter_key.rstrip("/") + "/")

@@ -355,3 +355,17 @@ SELECT key FROM blob_intents WHERE created_at < :created_before ORDER BY created
 
 -- name: get_organization_model
 SELECT * FROM models WHERE id = :id AND organization_id = :organization_id
+
+-- ------------------------------------------------------------------------------------------- usage
+
+-- name: insert_usage
+INSERT INTO usage (id, project_id, api_key_id, model, base_model, endpoint, streamed, prompt_tokens,
+                   completion_tokens, latency_ms, created_at)
+VALUES (:id, :project_id, :api_key_id, :model, :base_model, :endpoint, :streamed, :prompt_tokens,
+        :completion_tokens, :latency_ms, :created_at)
+
+-- name: list_usage
+SELECT * FROM usage
+WHERE project_id = :project_id AND created_at >= :created_after
+ORDER BY created_at, id
+LIMIT :limit

@@ -32,7 +32,7 @@ from tunewright.storage.keys import adapter_blob_prefix, resume_blob_key
 from tunewright.trainer.data import tokenize_dataset
 from tunewright.trainer.modeling import load_tokenizer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -40,16 +40,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, tiny_dir: Path) -> Any:
     return training_settings(request, tmp_path, backend, tiny_dir)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Any:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def upload(client: Any, name: str, data: bytes | None = None) -> Any:

@@ -1,0 +1,255 @@
+"""Rules of /v1/chat/completions: refuse what cannot be honoured, render the chat, answer or stream it."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import msgspec
+from msgspec import UNSET
+
+from tunewright.api.chat.schemas import (
+    ChatCompletionChoice,
+    ChatCompletionLogprobs,
+    ChatCompletionMessageCustomToolCall,
+    ChatCompletionRequestAssistantMessage,
+    ChatCompletionRequestMessageContentPartRefusal,
+    ChatCompletionRequestMessageContentPartText,
+    ChatCompletionResponseMessage,
+    ChatCompletionStreamChoice,
+    ChatCompletionStreamResponseDelta,
+    ChatCompletionTool,
+    CreateChatCompletionRequest,
+    CreateChatCompletionResponse,
+    CreateChatCompletionStreamResponse,
+    ResponseFormatText,
+)
+from tunewright.api.errors import echo
+from tunewright.api.inference_common import (
+    EventRelay,
+    Meter,
+    call_engine,
+    collect,
+    completion_budget,
+    engine_of,
+    invalid,
+    logit_bias_ids,
+    open_stream,
+    resolve_target,
+    sse,
+    stop_tuple,
+    unsupported,
+)
+from tunewright.inference.engine import GenerationRequest, SamplingParams
+from tunewright.storage.ids import new_id
+
+if TYPE_CHECKING:
+    from litestar.datastructures import State
+    from litestar.response import Stream
+
+    from tunewright.api.auth import Principal
+    from tunewright.api.inference_common import CompletionUsage
+    from tunewright.inference.engine import GenerationEvent, InferenceEngine, TokenLogprob
+    from tunewright.storage.settings import Settings
+
+
+TEXT_PARTS = (ChatCompletionRequestMessageContentPartText, ChatCompletionRequestMessageContentPartRefusal)
+
+
+async def create_chat_completion(
+    state: State, data: CreateChatCompletionRequest, principal: Principal
+) -> CreateChatCompletionResponse | Stream:
+    """Answer one chat completion request, as one JSON object or (`stream: true`) as server-sent events."""
+    streamed = bool(data.stream)
+    meter = Meter(state.stores, principal, data.model, "chat.completions", streamed)
+    check_request(data)
+    engine = await anyio.to_thread.run_sync(engine_of, state)
+    prepare_request = partial(prepare, state, engine, data, project_id=principal.project_id or "")
+    request = await anyio.to_thread.run_sync(prepare_request)
+    meter.base_model, meter.prompt_tokens = request.target.base_model, len(request.prompt_ids)
+    relay = EventRelay(engine, [request])
+    answer = ChatAnswer(data, n=request.n)
+    if streamed:
+        return await open_stream(relay, meter, answer)
+    return answer.response(await collect(relay, meter), meter.usage())
+
+
+def check_request(data: CreateChatCompletionRequest) -> None:
+    """Refuse the fields we cannot honour where ignoring them would change the result.
+
+    Raises:
+        InvalidRequestError: naming the field.
+    """
+    for name in ("audio", "prediction", "web_search_options", "reasoning_effort", "verbosity", "moderation"):
+        if getattr(data, name) not in (None, UNSET):
+            raise unsupported(name)
+    if data.prompt_cache_options not in (None, UNSET):
+        raise unsupported("prompt_cache_options")
+    if data.store:
+        raise unsupported("store", "is not supported: completions are not stored (use `store: false`)")
+    if data.response_format is not UNSET and not isinstance(data.response_format, ResponseFormatText):
+        raise invalid("response_format", 'only `{"type": "text"}` is supported by this server.')
+    if data.modalities not in (None, UNSET) and data.modalities != ["text"]:
+        raise invalid("modalities", 'only `["text"]` is supported by this server.')
+    if data.tool_choice is not UNSET and data.tool_choice not in ("none", "auto"):
+        raise invalid("tool_choice", "only `none` and `auto` are supported by this server.")
+    if data.function_call is not UNSET and data.function_call not in ("none", "auto"):
+        raise invalid("function_call", "only `none` and `auto` are supported by this server.")
+    if data.tools is not UNSET and any(not isinstance(tool, ChatCompletionTool) for tool in data.tools):
+        raise invalid("tools", "only function tools are supported by this server.")
+    if data.stream_options not in (None, UNSET) and not data.stream:
+        raise invalid("stream_options", "`stream_options` is only allowed when `stream` is true.")
+    if data.top_logprobs not in (None, UNSET) and not data.logprobs:
+        raise invalid("logprobs", "`logprobs` must be true when `top_logprobs` is set.")
+
+
+def prepare(state: State, engine: InferenceEngine, data: CreateChatCompletionRequest, *, project_id: str) -> Any:
+    """Resolve the model, render the chat into token ids and size the completion (on a worker thread).
+
+    Returns:
+        The engine's `GenerationRequest`.
+    """
+    settings: Settings = state.settings
+    target = resolve_target(state.stores, settings, data.model, project_id=project_id)
+    tokenizer = call_engine(engine.tokenizer, target.base_model)
+    prompt_ids = render(tokenizer, data)
+    requested = data.max_completion_tokens or data.max_tokens or None
+    budget = completion_budget(
+        len(prompt_ids),
+        requested,
+        default=settings.default_max_tokens,
+        context=call_engine(engine.context_length, target.base_model),
+        param="messages",
+    )
+    params = SamplingParams(
+        max_new_tokens=budget,
+        temperature=1.0 if data.temperature in (None, UNSET) else data.temperature,
+        top_p=1.0 if data.top_p in (None, UNSET) else data.top_p,
+        seed=None if data.seed in (None, UNSET) else data.seed,
+        stop=stop_tuple(data.stop),
+        presence_penalty=data.presence_penalty or 0.0,
+        frequency_penalty=data.frequency_penalty or 0.0,
+        logit_bias=logit_bias_ids(data.logit_bias, len(tokenizer)),
+        logprobs=bool(data.logprobs),
+        top_logprobs=data.top_logprobs or 0,
+    )
+    return GenerationRequest(target=target, prompt_ids=prompt_ids, params=params, n=data.n or 1)
+
+
+def render(tokenizer: Any, data: CreateChatCompletionRequest) -> list[int]:
+    """Render the messages (and tools) with the base model's chat template, as training renders them.
+
+    Raises:
+        InvalidRequestError: a part the models cannot read, or a chat the template cannot render.
+    """
+    from jinja2 import TemplateError
+
+    messages = [_template_message(message, index) for index, message in enumerate(data.messages)]
+    tools = _template_tools(data)
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    except (TemplateError, TypeError, KeyError, ValueError) as exc:
+        raise invalid("messages", f"the model's chat template cannot render these messages ({echo(exc)}).") from exc
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _template_message(message: Any, index: int) -> dict[str, Any]:
+    """A message as the template takes it: text parts joined into one string."""
+    if isinstance(message, ChatCompletionRequestAssistantMessage) and message.tool_calls is not UNSET:
+        for position, call in enumerate(message.tool_calls):
+            if isinstance(call, ChatCompletionMessageCustomToolCall):
+                raise invalid(f"messages[{index}].tool_calls[{position}]", "custom tool calls are not supported.")
+    out = msgspec.to_builtins(message)
+    content = getattr(message, "content", None)
+    if isinstance(content, list):
+        for position, part in enumerate(content):
+            if not isinstance(part, TEXT_PARTS):
+                param = f"messages[{index}].content[{position}].type"
+                raise invalid(param, "the models of this server read text parts only.")
+        out["content"] = "".join(p.text for p in content if isinstance(p, ChatCompletionRequestMessageContentPartText))
+    return out
+
+
+def _template_tools(data: CreateChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """Function tools (and deprecated `functions`) for the template; none when `tool_choice` is `none`."""
+    if data.tool_choice == "none":
+        return None
+    tools = [msgspec.to_builtins(tool) for tool in data.tools or []]
+    tools += [{"type": "function", "function": msgspec.to_builtins(f)} for f in data.functions or []]
+    return tools or None
+
+
+class ChatAnswer:
+    """Assembles `chat.completion` objects and `chat.completion.chunk` frames from engine events."""
+
+    def __init__(self, data: CreateChatCompletionRequest, *, n: int) -> None:
+        """Fix the id, timestamp and echoed model shared by every object of the answer."""
+        self.id = new_id("chat")
+        self.created = int(time.time())
+        self.model = data.model
+        self.n = n
+        self.logprobs = bool(data.logprobs)
+        self.include_usage = bool(data.stream_options and data.stream_options.include_usage)
+
+    def response(self, events: list[GenerationEvent], usage: CompletionUsage) -> CreateChatCompletionResponse:
+        """The non-streamed answer."""
+        texts = [""] * self.n
+        finishes: list[Any] = ["stop"] * self.n
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.n)]
+        for event in events:
+            texts[event.index] += event.text
+            logprobs[event.index].extend(event.logprobs or [])
+            if event.finish_reason is not None:
+                finishes[event.index] = event.finish_reason
+        choices = [
+            ChatCompletionChoice(
+                finish_reason=finishes[i],
+                index=i,
+                message=ChatCompletionResponseMessage(content=texts[i]),
+                logprobs=ChatCompletionLogprobs(content=logprobs[i]) if self.logprobs else None,
+            )
+            for i in range(self.n)
+        ]
+        return CreateChatCompletionResponse(
+            id=self.id, choices=choices, created=self.created, model=self.model, usage=usage
+        )
+
+    def _chunk(self, choices: list[ChatCompletionStreamChoice], usage: Any = None) -> bytes:
+        chunk = CreateChatCompletionStreamResponse(
+            id=self.id,
+            choices=choices,
+            created=self.created,
+            model=self.model,
+            usage=usage if self.include_usage else UNSET,
+        )
+        return sse(chunk)
+
+    def opening(self) -> list[bytes]:
+        """One chunk per choice: `delta: {"role": "assistant", "content": ""}`."""
+        delta = ChatCompletionStreamResponseDelta(role="assistant", content="")
+        return [
+            self._chunk([ChatCompletionStreamChoice(delta=delta, logprobs=None, finish_reason=None, index=i)])
+            for i in range(self.n)
+        ]
+
+    def on_event(self, event: GenerationEvent) -> list[bytes]:
+        """A content chunk for new text, then a `delta: {}` chunk with the finish reason when the choice ends."""
+        frames = []
+        if event.text or event.logprobs:
+            logprobs = ChatCompletionLogprobs(content=list(event.logprobs or [])) if self.logprobs else None
+            delta = ChatCompletionStreamResponseDelta(content=event.text)
+            choice = ChatCompletionStreamChoice(delta=delta, logprobs=logprobs, finish_reason=None, index=event.index)
+            frames.append(self._chunk([choice]))
+        if event.finish_reason is not None:
+            delta = ChatCompletionStreamResponseDelta()
+            choice = ChatCompletionStreamChoice(
+                delta=delta, logprobs=None, finish_reason=event.finish_reason, index=event.index
+            )
+            frames.append(self._chunk([choice]))
+        return frames
+
+    def closing(self, usage: CompletionUsage) -> list[bytes]:
+        """The usage chunk (`choices: []`) when `stream_options.include_usage` asked for it."""
+        return [self._chunk([], usage)] if self.include_usage else []
