@@ -56,6 +56,8 @@ def run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str:
         if too_many_attempts(handle):
             return fail(handle, "too_many_attempts", "The job's worker stopped unexpectedly too many times.")
         prepared = prepare_data(handle)
+        if handle.stop_requested.is_set():
+            return release_before_training(handle)
         session = start_session(handle, prepared, backend, device=device)
         train_session(session)
         return finish(session)
@@ -179,6 +181,13 @@ def finish(session: Session) -> str:
     if session.stop_reason is not None:
         return stopped_outcome(handle, session)
     return publish(session)
+
+
+def release_before_training(handle: JobHandle) -> str:
+    """The worker is stopping before training began: give the job back as it is (its resume point, if any, stays)."""
+    message = "The worker is stopping: the job goes back to the queue before training"
+    released = handle.stores.queue.release(handle.claim, status="queued", event=handle.event(message))
+    return "released" if released else stopped_outcome(handle)
 
 
 def stopped_outcome(handle: JobHandle, session: Session | None = None) -> str:

@@ -2,7 +2,9 @@
 
 One per GPU in production (any number of nodes, all on the same PostgreSQL and S3); `tunewright serve` starts
 one as a subprocess in the embedded mode. SIGTERM or Ctrl-C lets the current optimizer step finish, saves a
-resume point and gives the job back to the queue, then exits 0.
+resume point and gives the job back to the queue, then exits 0; a job still being prepared (files checked,
+model imported) goes back without training. A second signal stops at once: the job's lease expires and another
+worker resumes it from its last resume point.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         worker = build_worker(settings, data.stores)
 
         def stop(signum: int, _frame: FrameType | None) -> None:
+            if worker.stopping:  # a second signal: stop now; the lease expires and another worker resumes
+                raise KeyboardInterrupt
             logging.getLogger(__name__).info("signal %d: finishing the current step, then stopping", signum)
             worker.request_stop()
 
