@@ -67,6 +67,10 @@ def build_engine(settings: Settings, stores: Stores) -> Any:
         from tunewright.inference.local import LocalEngine
 
         return LocalEngine(settings, stores)
+    if settings.inference_engine == "remote":
+        from tunewright.inference.remote import RemoteEngine
+
+        return RemoteEngine(settings)  # SettingsError naming TUNEWRIGHT_INFERENCE_URLS when it has none
     raise ValueError(f"TUNEWRIGHT_INFERENCE_ENGINE: unknown engine {settings.inference_engine!r}")
 
 

@@ -4,8 +4,9 @@ The API authenticates, resolves the model name to a ``ModelTarget`` (a base mode
 tenant's adapter), renders the prompt with the base model's chat template into token ids, and hands the engine
 one ``GenerationRequest``. The engine yields ``GenerationEvent``s from a blocking iterator that the API drives on
 a worker thread: one event per new piece of text of one choice, then that choice's finish. Two implementations:
-``inference/local.py`` (transformers + PEFT in this process, or in a ``tunewright inference`` node) and
-``inference/remote.py`` (any OpenAI-protocol server: our nodes or vLLM with ``--enable-lora``).
+``inference/local.py`` (transformers in this process, or in a ``tunewright inference`` node, with per-row LoRA)
+and ``inference/remote.py`` (``tunewright inference`` nodes over an internal protocol that carries these same
+Structs; a vLLM client, through its OpenAI protocol and dynamic LoRA loading, is not written yet).
 """
 
 from __future__ import annotations

@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_job_attempts: PositiveInt = 10
     worker_poll_s: Annotated[float, Meta(gt=0)] = 2.0
     inference_engine: str = "local"
+    inference_urls: list[str] = msgspec.field(default_factory=list)
+    inference_token: str | None = None
     inference_max_batch: PositiveInt = 8
     default_max_tokens: PositiveInt = 256
     adapter_cache_count: PositiveInt = 16
@@ -84,6 +86,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise SettingsError(f"TUNEWRIGHT_{name.upper()}: expected {allowed}, got {value!r}")
         if self.heartbeat_s >= self.lease_s:
             raise SettingsError("TUNEWRIGHT_HEARTBEAT_S: must be shorter than TUNEWRIGHT_LEASE_S")
+        self._check_inference()
+
+    def _check_inference(self) -> None:
+        """Node URLs are http(s) URLs; the remote engine needs at least one; an empty token is no token."""
+        if not self.inference_token:
+            self.inference_token = None
+        for url in self.inference_urls:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(f"TUNEWRIGHT_INFERENCE_URLS: expected http://… or https://…, got {url!r}")
+        if self.inference_engine == "remote" and not self.inference_urls:
+            raise SettingsError("TUNEWRIGHT_INFERENCE_URLS: the remote engine needs at least one node URL")
 
     @property
     def data_path(self) -> Path:
@@ -115,6 +128,11 @@ def parse_base_models(value: str) -> dict[str, str]:
     return models
 
 
+def parse_url_list(value: str) -> list[str]:
+    """Parse `url,url2,…` into a list (blanks dropped)."""
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     """Collect `TUNEWRIGHT_*` variables (except the config path) as raw strings."""
     fields = set(Settings.__struct_fields__)
@@ -125,7 +143,12 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:
             continue  # other tools share the prefix (TUNEWRIGHT_TEST_DATABASE_URL, TUNEWRIGHT_API_KEY)
-        raw[name] = parse_base_models(value) if name == "base_models" else value
+        if name == "base_models":
+            raw[name] = parse_base_models(value)
+        elif name == "inference_urls":
+            raw[name] = parse_url_list(value)
+        else:
+            raw[name] = value
     return raw
 
 
@@ -140,6 +163,8 @@ def _from_toml(path: str) -> dict[str, Any]:
         raise SettingsError(f"TUNEWRIGHT_CONFIG: {path}: {exc}") from exc
     if isinstance(data.get("base_models"), str):
         data["base_models"] = parse_base_models(data["base_models"])
+    if isinstance(data.get("inference_urls"), str):
+        data["inference_urls"] = parse_url_list(data["inference_urls"])
     return data
 
 

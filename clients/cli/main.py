@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tunewright.clients.cli import jobs, keys, migrate, models, serve, worker
+from tunewright.clients.cli import inference, jobs, keys, migrate, models, serve, worker
 from tunewright.storage.errors import StorageError
 from tunewright.storage.settings import Settings, SettingsError, load_settings
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML settings file (default: $TUNEWRIGHT_CONFIG); environment variables win over it",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (serve, migrate, keys, models, jobs, worker):
+    for group in (serve, migrate, keys, models, jobs, worker, inference):
         group.register(subcommands)
     return parser
 

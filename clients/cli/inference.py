@@ -1,0 +1,109 @@
+"""`tunewright inference`: an inference node that the API's remote engine sends generation requests to.
+
+The node is one granian process holding one `LocalEngine` (one copy of each base model, tenants' adapters
+fetched from the same blob store as the API). The API reaches it when `TUNEWRIGHT_INFERENCE_ENGINE=remote` and
+`TUNEWRIGHT_INFERENCE_URLS` lists it; both sides share `TUNEWRIGHT_INFERENCE_TOKEN`. The protocol is described in
+`tunewright.inference.node`. Without a token the node only starts on a loopback address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from tunewright.clients.cli.serve import base_url, export_worker_env, granian_log_level
+from tunewright.storage.settings import SettingsError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from tunewright.storage.settings import Settings
+
+NODE_TARGET = "tunewright.inference.node:create_node_from_env"
+"""The node's ASGI factory, loaded by granian in its worker process."""
+
+
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `inference` command."""
+    parser = subcommands.add_parser(
+        "inference",
+        help="run an inference node for the API's remote engine",
+        description=(
+            "Serve base models and tenants' adapters to the API (TUNEWRIGHT_INFERENCE_ENGINE=remote) "
+            "on one process; requests must carry TUNEWRIGHT_INFERENCE_TOKEN."
+        ),
+    )
+    parser.add_argument("--host", default=None, help="address to listen on (default: $TUNEWRIGHT_HOST)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: $TUNEWRIGHT_PORT)")
+    parser.set_defaults(handler=run)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (or `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(settings: Settings) -> None:
+    """Refuse an open node on a non-loopback address.
+
+    Raises:
+        SettingsError: no `TUNEWRIGHT_INFERENCE_TOKEN` while listening beyond loopback.
+    """
+    if settings.inference_token is None and not is_loopback(settings.host):
+        raise SettingsError(
+            f"TUNEWRIGHT_INFERENCE_TOKEN: required when the inference node listens on {settings.host} "
+            "(without a token it only listens on loopback)"
+        )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the node until SIGINT/SIGTERM; return the exit status."""
+    check_token(settings)
+    log_level = granian_log_level(settings.log_level)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    # Nothing may reach a model hub: every base model is a local directory or an installed package.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    export_worker_env(args.config, args.settings_overrides)
+    return serve_node(settings, log_level=log_level)
+
+
+def serve_node(settings: Settings, *, log_level: Any) -> int:
+    """Run granian with the node's app factory (one worker) until stopped; return the exit status."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    server = Granian(
+        NODE_TARGET,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=1,
+        factory=True,
+        log_level=log_level,
+        log_dictconfig={"root": {"handlers": ["console"], "level": settings.log_level.upper()}},
+    )
+    url = base_url(settings)
+
+    def announce() -> None:
+        print(f"Tunewright inference node listening on {url}; Ctrl-C to stop", flush=True)
+
+    server.on_startup(announce)
+    try:
+        server.serve()
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "os error" not in str(exc):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"tunewright: inference: cannot listen on {url}: {reason}", file=sys.stderr)
+        return 1
+    except SystemExit as exc:  # granian exits non-zero when its worker died
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
