@@ -21,8 +21,6 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 import msgspec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
-from litestar.openapi.spec.enums import OpenAPIType
 from msgspec import UNSET, Meta, UnsetType
 
 from tunewright.api.errors import (
@@ -34,9 +32,9 @@ from tunewright.api.errors import (
     ServiceUnavailableError,
     echo,
 )
-from tunewright.api.fine_tuning.events_stream import DONE_FRAME, MEDIA_TYPE, EventStream, error_frame
 from tunewright.api.fine_tuning.service import model_not_found
 from tunewright.api.schemas import Request, Response
+from tunewright.api.sse import DONE_FRAME, HEADERS, MEDIA_TYPE, EventStream, SseOperation, error_frame
 from tunewright.inference.engine import AdapterRef, EngineError, ModelTarget
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
@@ -66,7 +64,6 @@ Metadata = dict[str, str]
 ServiceTier = Literal["auto", "default", "flex", "scale", "priority", "fast"]
 
 CHANNEL_DEPTH = 64
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _ENGINE_LOCK = threading.Lock()
 
 
@@ -85,23 +82,10 @@ class CompletionUsage(Response):
     total_tokens: int
 
 
-@dataclass
-class StreamingOperation(Operation):
-    """A completion route: JSON, or with `stream: true` server-sent events (one media type per answer)."""
+class StreamingOperation(SseOperation):
+    """A completion route: JSON, or with `stream: true` server-sent events."""
 
-    def __post_init__(self) -> None:
-        """Give the 200 response its `text/event-stream` alternative next to the JSON object."""
-        success = (self.responses or {}).get("200")
-        if not isinstance(success, OpenAPIResponse) or not success.content:
-            return
-        json_media = success.content.get("application/json")
-        if json_media is not None and isinstance(json_media.schema, Schema) and json_media.schema.one_of:
-            members = [m for m in json_media.schema.one_of if m != Schema()]
-            if len(members) == 1:
-                json_media.schema = members[0]
-        success.content["text/event-stream"] = OpenAPIMediaType(
-            schema=Schema(type=OpenAPIType.STRING, description="`data: <chunk JSON>` frames, then `data: [DONE]`.")
-        )
+    frames = "`data: <chunk JSON>` frames, then `data: [DONE]`."
 
 
 # ------------------------------------------------------------------------------------------- rules
@@ -386,7 +370,7 @@ async def open_stream(relay: EventRelay, meter: Meter, frames: Frames) -> EventS
     except BaseException:
         relay.close()
         raise
-    return EventStream(_stream(relay, meter, frames), media_type=MEDIA_TYPE, headers=SSE_HEADERS)
+    return EventStream(_stream(relay, meter, frames), media_type=MEDIA_TYPE, headers=HEADERS)
 
 
 class Frames(Protocol):

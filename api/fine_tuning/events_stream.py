@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
-from litestar.openapi.spec.enums import OpenAPIType
-from litestar.response import Stream
 from litestar.serialization import encode_json
 
 from tunewright.api.errors import APIError, ServerError
 from tunewright.api.fine_tuning import service
 from tunewright.api.fine_tuning.schemas import FineTuningJobEvent
+from tunewright.api.sse import DONE_FRAME, HEADERS, KEEPALIVE_FRAME, MEDIA_TYPE, EventStream, SseOperation, error_frame
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-
-    from litestar.response.base import ASGIResponse
 
     from tunewright.storage.base import Stores
     from tunewright.storage.records import JobEventRecord, Page
@@ -44,48 +39,14 @@ POLL_INTERVAL_S = 0.25
 KEEPALIVE_S = 15.0
 PAGE_SIZE = 100
 
-MEDIA_TYPE = "text/event-stream"
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-DONE_FRAME = b"data: [DONE]\n\n"
-KEEPALIVE_FRAME = b": keep-alive\n\n"
+
+class ListEventsOperation(SseOperation):
+    """`GET …/events`: the JSON list, or with `stream=true` the events as server-sent events."""
+
+    frames = "`data: <fine_tuning.job.event JSON>` frames, oldest first, then `data: [DONE]`."
 
 
-class EventStream(Stream):
-    """A `Stream` whose own media type wins over the handler's.
-
-    Litestar 2.x's `Stream.to_asgi_response` prefers the media type of the route (here the list's
-    `application/json`) to the response's, contrary to its docstring.
-    """
-
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
-        """Build the ASGI response with `text/event-stream`."""
-        kwargs["media_type"] = self.media_type
-        return super().to_asgi_response(*args, **kwargs)
-
-
-@dataclass
-class ListEventsOperation(Operation):
-    """`GET …/events`: the JSON list, or with `stream=true` an event stream (Litestar renders the union as `oneOf`)."""
-
-    def __post_init__(self) -> None:
-        """Give the 200 response one media type per answer instead of a `oneOf` with an empty member."""
-        success = (self.responses or {}).get("200")
-        if not isinstance(success, OpenAPIResponse) or not success.content:
-            return
-        json_media = success.content.get("application/json")
-        if json_media is not None and isinstance(json_media.schema, Schema) and json_media.schema.one_of:
-            members = [m for m in json_media.schema.one_of if m != Schema()]
-            if len(members) == 1:
-                json_media.schema = members[0]
-        success.content[MEDIA_TYPE] = OpenAPIMediaType(
-            schema=Schema(
-                type=OpenAPIType.STRING,
-                description="`data: <fine_tuning.job.event JSON>` frames, oldest first, then `data: [DONE]`.",
-            )
-        )
-
-
-def event_stream(stores: Stores, job_id: str, *, project_id: str, after: str | None) -> Stream:
+def event_stream(stores: Stores, job_id: str, *, project_id: str, after: str | None) -> EventStream:
     """Check the job and the cursor, then return the SSE response; call it from a worker thread.
 
     Args:
@@ -153,8 +114,3 @@ def poll(stores: Stores, job_id: str, project_id: str, after: str | None) -> tup
 def event_frame(record: JobEventRecord) -> bytes:
     """One `data: <fine_tuning.job.event JSON>` frame, encoded as the list encodes its items."""
     return b"data: " + encode_json(FineTuningJobEvent.from_record(record)) + b"\n\n"
-
-
-def error_frame(error: APIError) -> bytes:
-    """One `data: {"error": …}` frame in OpenAI's envelope."""
-    return b"data: " + encode_json(error.body()) + b"\n\n"
