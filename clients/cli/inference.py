@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 from typing import TYPE_CHECKING, Any
 
-from tunewright.clients.cli.serve import base_url, export_worker_env, granian_log_level
+from tunewright.clients.cli.serve import base_url, export_worker_env, granian_log_level, run_granian
 from tunewright.storage.settings import SettingsError
 
 if TYPE_CHECKING:
@@ -77,33 +76,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def serve_node(settings: Settings, *, log_level: Any) -> int:
     """Run granian with the node's app factory (one worker) until stopped; return the exit status."""
-    from granian import Granian
-    from granian.constants import Interfaces
-
-    server = Granian(
-        NODE_TARGET,
-        address=settings.host,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        workers=1,
-        factory=True,
-        log_level=log_level,
-        log_dictconfig={"root": {"handlers": ["console"], "level": settings.log_level.upper()}},
-    )
-    url = base_url(settings)
-
-    def announce() -> None:
-        print(f"Tunewright inference node listening on {url}; Ctrl-C to stop", flush=True)
-
-    server.on_startup(announce)
-    try:
-        server.serve()
-    except (OSError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "os error" not in str(exc):
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"tunewright: inference: cannot listen on {url}: {reason}", file=sys.stderr)
-        return 1
-    except SystemExit as exc:  # granian exits non-zero when its worker died
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
+    banner = f"Tunewright inference node listening on {base_url(settings)}; Ctrl-C to stop"
+    return run_granian(settings, NODE_TARGET, workers=1, log_level=log_level, banner=banner, command="inference")

@@ -185,13 +185,22 @@ def base_url(settings: Settings) -> str:
 
 
 def serve_api(settings: Settings, *, workers: int, log_level: Any) -> int:
-    """Run granian with the ASGI app factory until SIGINT/SIGTERM; return the exit status."""
+    """Run granian with the API's app factory until SIGINT/SIGTERM; return the exit status."""
+    url = base_url(settings)
+    banner = f"Tunewright API listening on {url} (OpenAI base_url: {url}/v1); Ctrl-C to stop"
+    return run_granian(settings, ASGI_TARGET, workers=workers, log_level=log_level, banner=banner, command="serve")
+
+
+def run_granian(settings: Settings, target: str, *, workers: int, log_level: Any, banner: str, command: str) -> int:
+    """Serve the ASGI app factory `target` on granian until SIGINT/SIGTERM; return the exit status.
+
+    A port that cannot be bound is one line on stderr naming `command` and exit status 1.
+    """
     from granian import Granian
     from granian.constants import Interfaces
 
-    level = settings.log_level.upper()
     server = Granian(
-        ASGI_TARGET,
+        target,
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
@@ -199,12 +208,12 @@ def serve_api(settings: Settings, *, workers: int, log_level: Any) -> int:
         factory=True,
         log_level=log_level,
         # Our own loggers print through granian's console handler at TUNEWRIGHT_LOG_LEVEL.
-        log_dictconfig={"root": {"handlers": ["console"], "level": level}},
+        log_dictconfig={"root": {"handlers": ["console"], "level": settings.log_level.upper()}},
     )
     url = base_url(settings)
 
     def announce() -> None:
-        print(f"Tunewright API listening on {url} (OpenAI base_url: {url}/v1); Ctrl-C to stop", flush=True)
+        print(banner, flush=True)
 
     server.on_startup(announce)
     try:
@@ -214,7 +223,7 @@ def serve_api(settings: Settings, *, workers: int, log_level: Any) -> int:
         if isinstance(exc, RuntimeError) and "os error" not in str(exc):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"tunewright: serve: cannot listen on {url}: {reason}", file=sys.stderr)
+        print(f"tunewright: {command}: cannot listen on {url}: {reason}", file=sys.stderr)
         return 1
     except SystemExit as exc:  # granian exits non-zero when a worker died
         return exc.code if isinstance(exc.code, int) else 1
