@@ -195,12 +195,18 @@ def _config(model_dir: Path) -> dict[str, Any]:
 
 
 def blob_lines(stores: Stores, key: str) -> Iterator[bytes]:
-    """Yield a blob's physical lines (with their line ends), streaming."""
-    pending = b""
+    """Yield a blob's physical lines (with their line ends), streaming; a long line is joined once, not rescanned."""
+    partial: list[bytes] = []
     for chunk in stores.blobs.open(key):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line + b"\n"
-    if pending:
-        yield pending
+        start = 0
+        end = chunk.find(b"\n")
+        while end != -1:
+            partial.append(chunk[start : end + 1])
+            yield b"".join(partial)
+            partial.clear()
+            start = end + 1
+            end = chunk.find(b"\n", start)
+        if start < len(chunk):
+            partial.append(chunk[start:])
+    if partial:
+        yield b"".join(partial)
