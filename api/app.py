@@ -66,11 +66,11 @@ def build_engine(settings: Settings, stores: Stores) -> Any:
     if settings.inference_engine == "local":
         from tunewright.inference.local import LocalEngine
 
-        return LocalEngine(settings, stores)
+        return LocalEngine(settings, stores.blobs)
     if settings.inference_engine == "remote":
         from tunewright.inference.remote import RemoteEngine
 
-        return RemoteEngine(settings)  # SettingsError naming TUNEWRIGHT_INFERENCE_URLS when it has none
+        return RemoteEngine(settings, stores.blobs)  # SettingsError naming TUNEWRIGHT_INFERENCE_URLS when it has none
     raise ValueError(f"TUNEWRIGHT_INFERENCE_ENGINE: unknown engine {settings.inference_engine!r}")
 
 

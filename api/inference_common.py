@@ -292,10 +292,10 @@ class EventRelay:
 
 @dataclass
 class Meter:
-    """Counts one request's tokens and writes its usage row."""
+    """Counts one request's tokens and writes its usage row (without `stores`, only counts: an inference node)."""
 
-    stores: Stores
-    principal: Principal
+    stores: Stores | None
+    principal: Principal | None
     model: str
     endpoint: Literal["chat.completions", "completions"]
     streamed: bool
@@ -320,7 +320,7 @@ class Meter:
 
     async def record(self) -> None:
         """Write the usage row (shielded: it runs when a dropped stream is being cancelled too)."""
-        if not self.ran:
+        if not self.ran or self.stores is None or self.principal is None:
             return
         record = UsageRecord(
             id=new_id("usage"),

@@ -98,6 +98,21 @@ def start_server(data_dir: Path, env_extra: dict[str, str]) -> tuple[subprocess.
     raise RuntimeError(f"serve did not start:\n{log.read_text()}")
 
 
+def serve_model(tmp: Path, model: str, torch_threads: int) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """`tunewright serve` with one training worker under `tmp` for `smollm2` or `tiny` (built there).
+
+    Returns the process, its URL, the first key and the base model's name.
+    """
+    env = {"TUNEWRIGHT_TRAINERS": "1", "TUNEWRIGHT_TORCH_THREADS": str(torch_threads)}
+    name = "smollm2-135m-instruct"
+    if model == "tiny":
+        subprocess.run([str(VENV_BIN / "tunewright"), "models", "make-tiny", str(tmp / "tiny")], check=True)
+        env["TUNEWRIGHT_BASE_MODELS"] = f"tiny={tmp / 'tiny'}"
+        name = "tiny"
+    process, url, key, _ = start_server(tmp / "data", env)
+    return process, url, key, name
+
+
 def healthy(url: str) -> bool:
     """Whether the server answers /healthz."""
     try:
@@ -127,14 +142,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunewright-responsive-") as tmp:
-        data_dir = Path(tmp) / "data"
-        env = {"TUNEWRIGHT_TRAINERS": "1", "TUNEWRIGHT_TORCH_THREADS": str(args.torch_threads)}
-        model = "smollm2-135m-instruct"
-        if args.model == "tiny":
-            subprocess.run([str(VENV_BIN / "tunewright"), "models", "make-tiny", str(Path(tmp) / "tiny")], check=True)
-            env["TUNEWRIGHT_BASE_MODELS"] = f"tiny={Path(tmp) / 'tiny'}"
-            model = "tiny"
-        process, url, key, _ = start_server(data_dir, env)
+        process, url, key, model = serve_model(Path(tmp), args.model, args.torch_threads)
         try:
             print(f"load average before: {load_average()}; worker torch threads {args.torch_threads}")
             idle = latencies(url, key, args.requests)

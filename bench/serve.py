@@ -32,7 +32,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from server import load_average
@@ -88,7 +87,7 @@ def make_engine(model_dir: Path, workdir: Path, args: argparse.Namespace) -> tup
         adapter_cache_bytes=1 << 40,
     )
     blobs = open_blob_store(settings)
-    return LocalEngine(settings, SimpleNamespace(blobs=blobs), device="cpu"), blobs  # type: ignore[arg-type]
+    return LocalEngine(settings, blobs, device="cpu"), blobs
 
 
 def store(blobs: Any, directory: Path, name: str) -> AdapterRef:

@@ -90,6 +90,61 @@ def folder_name(name: str) -> str:
     return f"{_UNSAFE.sub('_', name)[:80]}-{digest}"
 
 
+def copy_adapter(ref: AdapterRef, blobs: BlobStore, directory: Path) -> int:
+    """Copy an adapter's files (from the blob store, or its local directory) into ``directory``; return their bytes.
+
+    Raises:
+        NotFound: a file is missing.
+        Unavailable: the blob store cannot be reached.
+    """
+    for filename in ADAPTER_FILES:
+        if ref.path is not None:
+            try:
+                shutil.copyfile(Path(ref.path) / filename, directory / filename)
+            except FileNotFoundError as exc:
+                raise NotFound(f"{ref.path}/{filename}") from exc
+            continue
+        with (directory / filename).open("wb") as out:
+            for chunk in blobs.open(f"{str(ref.blob_prefix).rstrip('/')}/{filename}"):
+                out.write(chunk)
+    return sum((directory / filename).stat().st_size for filename in ADAPTER_FILES)
+
+
+def fetch_adapter(ref: AdapterRef, blobs: BlobStore, target: Path) -> int:
+    """Copy an adapter into ``target`` through a staging folder beside it, renamed into place; return its bytes.
+
+    An older ``target`` is replaced; one another process renamed into place meanwhile is kept.
+
+    Raises:
+        EngineError: ``adapter_unavailable``: 500 when its files are missing, 503 when the blob store is down.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
+    try:
+        size = copy_adapter(ref, blobs, staging)
+        staging.chmod(0o755)  # readable by an inference server running as another user
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / ADAPTER_FILES[-1]).is_file():
+                raise
+    except NotFound as exc:
+        raise EngineError(
+            f"model {ref.name!r} cannot be served: its adapter files are missing",
+            code="adapter_unavailable",
+            status=500,
+        ) from exc
+    except Unavailable as exc:
+        raise EngineError(
+            f"model {ref.name!r} cannot be served now: the blob store is unavailable",
+            code="adapter_unavailable",
+            status=503,
+        ) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return size
+
+
 class AdapterCache:
     """Adapters of every base model, by name, bounded by count in memory and by bytes on disk."""
 
@@ -195,32 +250,9 @@ class AdapterCache:
             entry.state = AdapterState.LOADED
 
     def _fetch(self, ref: AdapterRef) -> tuple[Path, int]:
-        """Copy the adapter's files from the blob store into a temp folder and rename it into place."""
+        """Copy the adapter's files into the cache (a copy even of a local directory: the cache owns what it evicts)."""
         target = self.root / folder_name(ref.name)
-        staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.root))
-        try:
-            for filename in ADAPTER_FILES:
-                with (staging / filename).open("wb") as out:
-                    for chunk in self.blobs.open(f"{ref.blob_prefix.rstrip('/')}/{filename}"):
-                        out.write(chunk)
-            size = sum((staging / filename).stat().st_size for filename in ADAPTER_FILES)
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-        except NotFound as exc:
-            raise EngineError(
-                f"model {ref.name!r} cannot be served: its adapter files are missing",
-                code="adapter_unavailable",
-                status=500,
-            ) from exc
-        except Unavailable as exc:
-            raise EngineError(
-                f"model {ref.name!r} cannot be served now: the blob store is unavailable",
-                code="adapter_unavailable",
-                status=503,
-            ) from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target, size
+        return target, fetch_adapter(ref, self.blobs, target)
 
     def _drop_disk(self, entry: _Entry) -> None:
         """Remove the entry's folder; an entry neither on disk nor loaded is evicted."""

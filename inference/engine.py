@@ -5,8 +5,8 @@ tenant's adapter), renders the prompt with the base model's chat template into t
 one ``GenerationRequest``. The engine yields ``GenerationEvent``s from a blocking iterator that the API drives on
 a worker thread: one event per new piece of text of one choice, then that choice's finish. Two implementations:
 ``inference/local.py`` (transformers in this process, or in a ``tunewright inference`` node, with per-row LoRA)
-and ``inference/remote.py`` (``tunewright inference`` nodes over an internal protocol that carries these same
-Structs; a vLLM client, through its OpenAI protocol and dynamic LoRA loading, is not written yet).
+and ``inference/remote.py`` (OpenAI-protocol servers with dynamic LoRA loading: ``tunewright inference`` nodes
+or vLLM).
 """
 
 from __future__ import annotations
@@ -42,13 +42,17 @@ class EngineError(Exception):
 class AdapterRef(msgspec.Struct, frozen=True, kw_only=True):
     """A fine-tuned (or checkpoint) model's LoRA adapter: its name and where its PEFT files live.
 
+    Exactly one of ``blob_prefix`` and ``path`` is set.
+
     Attributes:
         name: The model id (``ft:…``), unique across tenants; the cache key.
         blob_prefix: The blob store prefix holding ``adapter_config.json`` + ``adapter_model.safetensors``.
+        path: A local directory holding them instead (an adapter an inference node was asked to load from disk).
     """
 
     name: str
-    blob_prefix: str
+    blob_prefix: str | None = None
+    path: str | None = None
 
 
 class ModelTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,14 +97,20 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
 class TopLogprob(msgspec.Struct, frozen=True, kw_only=True):
     """One alternative token at a position."""
 
+    token_id: int
     token: str
     logprob: float
     bytes: list[int] | None
 
 
 class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True):
-    """The chosen token at a position, its log-probability and the most likely alternatives."""
+    """The chosen token at a position, its log-probability and the most likely alternatives.
 
+    Engine-side (the API writes OpenAI's shapes from it): ``token_id`` is what an inference node reports back
+    when asked for token ids instead of texts.
+    """
+
+    token_id: int
     token: str
     logprob: float
     bytes: list[int] | None

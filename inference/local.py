@@ -20,7 +20,13 @@ from tunewright.inference.adapters import AdapterCache
 from tunewright.inference.engine import EngineError
 from tunewright.inference.models import BASE_ADAPTER, BaseModel, context_length_of
 from tunewright.inference.scheduler import Scheduler, Ticket
-from tunewright.trainer.modeling import ModelUnavailableError, UnknownModelError, load_tokenizer, resolve_model_dir
+from tunewright.trainer.modeling import (
+    ModelUnavailableError,
+    UnknownModelError,
+    load_tokenizer,
+    model_available,
+    resolve_model_dir,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
 
     from tunewright.inference.adapters import AdapterState
     from tunewright.inference.engine import GenerationEvent, GenerationRequest
-    from tunewright.storage.base import Stores
+    from tunewright.storage.base import BlobStore
     from tunewright.storage.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,16 +43,16 @@ logger = logging.getLogger(__name__)
 class LocalEngine:
     """Serves base models and their adapters from this process (``InferenceEngine``)."""
 
-    def __init__(self, settings: Settings, stores: Stores, *, device: str | None = None) -> None:
+    def __init__(self, settings: Settings, blobs: BlobStore, *, device: str | None = None) -> None:
         """Remember the settings; nothing is loaded until a request needs it.
 
         Args:
             settings: Base models, batch size, adapter cache bounds, torch threads, data dir.
-            stores: The blob store holds the adapters.
+            blobs: The blob store that holds the adapters (no database: the engine never reads one).
             device: ``cpu``, ``cuda``, ``cuda:1``…; default: CUDA when available, else the CPU.
         """
         self.settings = settings
-        self.stores = stores
+        self.blobs = blobs
         self._device = device
         self._lock = threading.Lock()
         self._base_locks: dict[str, threading.Lock] = {}
@@ -121,6 +127,15 @@ class LocalEngine:
         with self._lock:
             self._models.clear()
 
+    def has_model(self, base_model: str) -> bool:
+        """Whether the base model is configured and on this machine (checked without loading or importing it)."""
+        return model_available(base_model, self.settings)
+
+    def known_context_length(self, base_model: str) -> int | None:
+        """The base model's context length if it was asked for already, else None (never loads anything)."""
+        with self._lock:
+            return self._context.get(base_model)
+
     def active_rows(self) -> int:
         """Rows running or waiting in every base model's batch (0 when the engine is idle)."""
         with self._lock:
@@ -194,7 +209,7 @@ class LocalEngine:
             if self._adapters is None:
                 self._adapters = AdapterCache(
                     self.settings.data_path / "adapter-cache",
-                    self.stores.blobs,
+                    self.blobs,
                     max_loaded=self.settings.adapter_cache_count,
                     max_bytes=self.settings.adapter_cache_bytes,
                 )

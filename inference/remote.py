@@ -1,101 +1,214 @@
-"""``RemoteEngine``: the API's client of ``tunewright inference`` nodes (``TUNEWRIGHT_INFERENCE_URLS``).
+"""``RemoteEngine``: the API's client of OpenAI-protocol inference servers (``TUNEWRIGHT_INFERENCE_URLS``).
 
-The API keeps everything that needs the tenants' data: it authenticates, resolves the model, renders the prompt
-with the base model's tokenizer (loaded here from the local model directory; the weights are never loaded in
-the API) and meters usage. A node runs a ``LocalEngine`` and speaks the protocol in ``inference/node.py``:
-``POST /internal/generate`` with a JSON ``GenerationRequest``, answered with one JSON ``GenerationEvent`` per line.
+The servers are ``tunewright inference`` nodes or vLLM (``--enable-lora``, ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``,
+``--served-model-name`` set to our base model's name): both speak OpenAI's protocol with vLLM's additions, and
+this one client drives either. The API keeps everything that needs the tenants' data: it authenticates, resolves
+the model, renders the prompt with the base model's tokenizer (loaded here from the local model directory; the
+weights are never loaded in the API) and meters usage. A server is asked for:
 
-Routing: a fine-tuned model goes to the node that last served its adapter (the adapter is already in its
-memory); a model no node has served yet goes to the node its name hashes to, so every API replica sends it to
-the same place; base-model requests go round-robin. A node that refuses the connection is skipped for the
-next one; when none can be reached the request fails with ``engine_unavailable`` (503).
+- ``GET /v1/models``: which base models it serves and their ``max_model_len`` (asked once per server).
+- ``POST /v1/load_lora_adapter`` ``{lora_name, lora_path, base_model_name}`` before the first request for an
+  adapter on that server. ``lora_path`` is a directory under ``TUNEWRIGHT_INFERENCE_ADAPTER_DIR`` when that is
+  set (the API copies the adapter there from the blob store; the servers must see that directory at the same
+  path, a shared volume: what vLLM needs), else ``blob://<prefix>`` (a ``tunewright inference`` node fetches it
+  from the blob store it shares with the API). "Already loaded" counts as loaded.
+- ``POST /v1/completions`` with the prompt's token ids, ``stream: true``, ``logprobs`` (0 when the caller asked
+  for none) and ``return_tokens_as_token_ids``: each chunk names the token ids it covers, so usage counts and
+  logprobs are exact and rendered here as the local engine renders them. A server that answers 404 for an
+  adapter it was told to load (it restarted) is told again, once.
+- ``POST /v1/unload_lora_adapter`` on every server when a model is deleted.
 
-Cancellation: when ``cancelled`` is set (the API's client went away) the event iterator stops at the next line
-from the node and closes the HTTP response; the node sees the disconnect and frees the request's rows.
+Routing: a fine-tuned model goes to the server that last served its adapter (it is in its memory); one no
+server has served yet goes to the server its name hashes to among those serving its base, so every API replica
+sends it to the same place; base-model requests go round-robin. A server that refuses the connection is skipped;
+when none can be reached the request fails with ``engine_unavailable`` (503).
 
-vLLM: a vLLM server started with ``--enable-lora`` (and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``) speaks OpenAI's
-protocol and loads adapters through ``POST /v1/load_lora_adapter`` from a *local path*, so a vLLM backend needs
-a client that renders requests as OpenAI completions over token ids and a sidecar that copies the adapter from
-the blob store to the vLLM host's disk first. That client is not implemented: this engine talks only to
-``tunewright inference`` nodes.
+Cancellation: when ``cancelled`` is set (the API's client went away) the event iterator stops at the next chunk
+and closes the HTTP response; the server sees the disconnect and frees the request's rows.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import shutil
 import threading
 import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import httpx
 import msgspec
 
-from tunewright.inference.engine import EngineError, GenerationEvent
+from tunewright.inference.adapters import fetch_adapter, folder_name
+from tunewright.inference.detokenize import token_text
+from tunewright.inference.engine import EngineError, GenerationEvent, TokenLogprob, TopLogprob
+from tunewright.inference.models import context_length_of
 from tunewright.storage.settings import SettingsError
 from tunewright.trainer.modeling import ModelUnavailableError, UnknownModelError, load_tokenizer, resolve_model_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tunewright.inference.engine import GenerationRequest
+    from tunewright.inference.engine import AdapterRef, GenerationRequest, ModelTarget, SamplingParams
+    from tunewright.storage.base import BlobStore
     from tunewright.storage.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=30.0)
-"""Reads wait long: a node's first request for a base model loads it before the first token."""
+"""Reads wait long: a server's first request for a base model may load it before the first token."""
 LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=64)
-"""Every running generation holds one connection to its node."""
-ERROR_PREFIX = b'{"error"'
-"""An error line starts so; an event line starts with its first field, ``{"index"``."""
+"""Every running generation holds one connection to its server."""
+TOKEN_ID = "token_id:"  # noqa: S105 - a token of the vocabulary, not a credential
+"""How a server names a token with ``return_tokens_as_token_ids``."""
 
 
-class NodeError(msgspec.Struct, kw_only=True):
-    """The ``error`` object of a node's error line."""
+# ------------------------------------------------------------------------------------------ wire
 
-    message: str
-    code: str
-    status: int = 500
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """OpenAI's error object (vLLM sends its HTTP status as an integer ``code``)."""
+
+    message: str = "the inference server answered with an error"
+    type: str | None = None
     param: str | None = None
+    code: str | int | None = None
 
 
-class NodeErrorLine(msgspec.Struct, kw_only=True):
-    """A node's error line: ``{"error": {...}}``."""
+class ErrorEnvelope(msgspec.Struct, kw_only=True):
+    """``{"error": {...}}``, or the flat ``{"object": "error", "message", ...}`` of older vLLM releases."""
 
-    error: NodeError
+    error: ErrorBody | None = None
+    message: str | None = None
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ChunkLogprobs(msgspec.Struct, kw_only=True):
+    """A legacy completion chunk's ``logprobs``."""
+
+    tokens: list[str] = msgspec.field(default_factory=list)
+    token_logprobs: list[float | None] = msgspec.field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+
+class ChunkChoice(msgspec.Struct, kw_only=True):
+    """One choice of a streamed ``text_completion`` chunk."""
+
+    index: int = 0
+    text: str = ""
+    logprobs: ChunkLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class Chunk(msgspec.Struct, kw_only=True):
+    """A streamed ``text_completion`` chunk, or an error frame."""
+
+    choices: list[ChunkChoice] = msgspec.field(default_factory=list)
+    error: ErrorBody | None = None
+
+
+class ModelCard(msgspec.Struct, kw_only=True):
+    """An entry of ``GET /v1/models``."""
+
+    id: str
+    parent: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    """``GET /v1/models``."""
+
+    data: list[ModelCard]
+
+
+# -------------------------------------------------------------------------------------- failures
 
 
 def unavailable(message: str) -> EngineError:
-    """503 ``engine_unavailable``: no node could serve the request (a retry may succeed)."""
+    """503 ``engine_unavailable``: no server could serve the request (a retry may succeed)."""
     return EngineError(message, code="engine_unavailable", status=503)
 
 
-class RemoteEngine:
-    """Generates on ``tunewright inference`` nodes (``InferenceEngine``)."""
+def server_error(response: httpx.Response) -> EngineError:
+    """The ``EngineError`` for a server's non-200 answer: its message, code and param, with its status."""
+    if response.status_code == 401:
+        logger.error("inference server %s refused the token (TUNEWRIGHT_INFERENCE_TOKEN)", response.request.url)
+        return unavailable("The inference server refused the API's credentials.")
+    try:
+        body = msgspec.json.decode(response.content, type=ErrorEnvelope)
+    except msgspec.DecodeError:
+        logger.error("inference server answered %d: %.200r", response.status_code, response.content)
+        return EngineError("The inference server answered with an error.", code="server_error", status=500)
+    error = body.error or ErrorBody(
+        message=body.message or ErrorBody.message, type=body.type, param=body.param, code=body.code
+    )
+    return error_of(error, response.status_code)
 
-    def __init__(self, settings: Settings, *, client: httpx.Client | None = None) -> None:
-        """Remember the nodes; nothing is contacted until a request needs it.
+
+def error_of(error: ErrorBody, status: int) -> EngineError:
+    """An ``EngineError`` from an error object; a code that is not a string becomes the error's type."""
+    code = error.code if isinstance(error.code, str) else (error.type or "server_error")
+    return EngineError(error.message, code=code, status=status if status >= 400 else 500, param=error.param)
+
+
+def _model_not_found(base_model: str) -> EngineError:
+    return EngineError(
+        f"The model `{base_model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+        status=404,
+        param="model",
+    )
+
+
+# ---------------------------------------------------------------------------------------- engine
+
+
+@dataclass
+class Server:
+    """What the engine knows of one server: the base models it serves (once asked) and the adapters it holds."""
+
+    url: str
+    bases: dict[str, int | None] | None = None
+    loaded: set[str] = field(default_factory=set)
+
+
+class RemoteEngine:
+    """Generates on OpenAI-protocol servers with dynamic LoRA loading (``InferenceEngine``)."""
+
+    def __init__(
+        self, settings: Settings, blobs: BlobStore | None = None, *, client: httpx.Client | None = None
+    ) -> None:
+        """Remember the servers; nothing is contacted until a request needs it.
 
         Args:
-            settings: ``inference_urls``, ``inference_token``, and the base models (for their tokenizers).
+            settings: ``inference_urls``, ``inference_token``, ``inference_adapter_dir``, the base models.
+            blobs: The blob store adapters are copied from into ``inference_adapter_dir`` (needed only then).
             client: The HTTP client (default: a pooled one owned and closed by the engine).
 
         Raises:
-            SettingsError: ``inference_urls`` is empty.
+            SettingsError: ``inference_urls`` is empty, or ``inference_adapter_dir`` is set without a blob store.
         """
         if not settings.inference_urls:
             raise SettingsError("TUNEWRIGHT_INFERENCE_URLS: the remote engine needs at least one node URL")
+        if settings.inference_adapter_dir and blobs is None:
+            raise SettingsError("TUNEWRIGHT_INFERENCE_ADAPTER_DIR: the remote engine needs the blob store to fill it")
         self.settings = settings
+        self.blobs = blobs
+        self.adapter_dir = Path(settings.inference_adapter_dir) if settings.inference_adapter_dir else None
         self.urls = [url.rstrip("/") for url in settings.inference_urls]
         token = settings.inference_token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = client if client is not None else httpx.Client(timeout=TIMEOUT, limits=LIMITS)
         self._lock = threading.Lock()
+        self._servers = {url: Server(url) for url in self.urls}
         self._tokenizers: dict[str, Any] = {}
         self._context: dict[str, int] = {}
         self._affinity: dict[str, str] = {}
+        self._copy_locks: dict[str, threading.Lock] = {}
         self._turn = itertools.count()
 
     # ------------------------------------------------------------------------------------ protocol
@@ -118,108 +231,252 @@ class RemoteEngine:
             return self._tokenizers.setdefault(base_model, tokenizer)
 
     def context_length(self, base_model: str) -> int:
-        """Return the base model's context length, asked of a node once.
+        """Return the base model's context length: its config's, or less where a server reports a lower limit.
 
         Raises:
-            EngineError: the node's error (``model_not_found``), or ``engine_unavailable`` when none answers.
+            EngineError: ``model_not_found`` when no reachable server serves it, ``engine_unavailable`` when
+                none could be asked.
         """
+        tokenizer = self.tokenizer(base_model)
         with self._lock:
-            cached = self._context.get(base_model)
-        if cached is not None:
-            return cached
-        path = "/internal/models/" + quote(base_model, safe="")
-        _, response = self._request("GET", self._candidates(None), path)
-        body = _read(response)
-        if response.status_code != 200:
-            raise self._failure(response)
-        length = int(msgspec.json.decode(body)["context_length"])
-        with self._lock:
-            self._context[base_model] = length
-        return length
+            length = self._context.get(base_model)
+        if length is None:
+            from transformers import AutoConfig
+
+            directory = resolve_model_dir(base_model, self.settings)
+            length = context_length_of(AutoConfig.from_pretrained(directory, local_files_only=True), tokenizer)
+            with self._lock:
+                self._context[base_model] = length
+        limits = [server.bases[base_model] for server in self._serving(base_model)]  # type: ignore[index]
+        return min([length, *(limit for limit in limits if limit)])
 
     def generate(self, request: GenerationRequest, *, cancelled: threading.Event) -> Iterator[GenerationEvent]:
-        """Send the request to a node; return the iterator of the events it streams back.
+        """Send the request to a server; return the iterator of the events it streams back.
 
         Raises:
-            EngineError: the node's error before any event (with its status), or ``engine_unavailable``.
+            EngineError: the server's error before any event (with its status), ``adapter_unavailable`` when the
+                adapter cannot be loaded, or ``engine_unavailable``.
         """
-        adapter = request.target.adapter.name if request.target.adapter is not None else None
-        candidates = self._candidates(adapter)
-        url, response = self._request("POST", candidates, "/internal/generate", content=msgspec.json.encode(request))
-        if response.status_code != 200:
-            _read(response)
-            raise self._failure(response)
-        if adapter is not None:
-            with self._lock:
-                self._affinity[adapter] = url
-        return NodeEvents(response, cancelled)
+        target = request.target
+        adapter = target.adapter
+        body = msgspec.json.encode(completion_body(request))
+        for server in self._candidates(target):
+            try:
+                response = self._complete(server, target, body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                logger.warning("inference server %s cannot be reached: %s", server.url, exc)
+                self._lost(server)
+                continue
+            except httpx.TransportError as exc:
+                logger.warning("inference server %s failed: %s", server.url, exc)
+                raise unavailable("The inference server failed before answering; try again.") from exc
+            if adapter is not None:
+                with self._lock:
+                    self._affinity[adapter.name] = server.url
+            return CompletionEvents(response, cancelled, self.tokenizer(target.base_model), request.params)
+        raise unavailable("No inference server can be reached; try again later.")
 
     def forget(self, adapter_name: str) -> None:
-        """Tell every node to drop the adapter.
+        """Tell every server to unload the adapter and drop the API's copy of it.
 
-        A node that cannot be told is only logged: the API no longer routes the deleted model anywhere.
+        A server that cannot be told is only logged: the API no longer routes the deleted model anywhere.
         """
         with self._lock:
             self._affinity.pop(adapter_name, None)
-        body = msgspec.json.encode({"name": adapter_name})
+            for server in self._servers.values():
+                server.loaded.discard(adapter_name)
+        body = msgspec.json.encode({"lora_name": adapter_name})
         for url in self.urls:
             try:
-                response = self._client.post(url + "/internal/forget", content=body, headers=self._json_headers())
-                response.raise_for_status()
+                response = self._client.post(url + "/v1/unload_lora_adapter", content=body, headers=self._json())
             except httpx.HTTPError as exc:
-                logger.warning("could not tell inference node %s to forget %s: %s", url, adapter_name, exc)
+                logger.warning("could not tell inference server %s to unload %s: %s", url, adapter_name, exc)
+                continue
+            if response.status_code not in (200, 400, 404):  # 400/404: it did not hold the adapter
+                logger.warning(
+                    "inference server %s answered %d to unloading %s", url, response.status_code, adapter_name
+                )
+        if self.adapter_dir is not None:
+            shutil.rmtree(self.adapter_dir / folder_name(adapter_name), ignore_errors=True)
 
     def close(self) -> None:
         """Close the HTTP connections."""
         self._client.close()
 
-    # ------------------------------------------------------------------------------------ routing
+    # ------------------------------------------------------------------------------------ requests
 
-    def _candidates(self, adapter: str | None) -> list[str]:
-        """The nodes to try, best first: the adapter's last node or its hash's node; round-robin for base models."""
-        if adapter is None:
-            start = next(self._turn) % len(self.urls)
-        else:
-            with self._lock:
-                preferred = self._affinity.get(adapter)
-            if preferred in self.urls:
-                start = self.urls.index(preferred)
-            else:
-                start = zlib.crc32(adapter.encode()) % len(self.urls)
-        return self.urls[start:] + self.urls[:start]
-
-    def _request(
-        self, method: str, candidates: list[str], path: str, content: bytes | None = None
-    ) -> tuple[str, httpx.Response]:
-        """Send to the first node that accepts the connection; return it and its streamed response (headers read).
+    def _complete(self, server: Server, target: ModelTarget, body: bytes) -> httpx.Response:
+        """Load the adapter if the server lacks it, send the completion; return the streamed 200 response.
 
         Raises:
-            EngineError: ``engine_unavailable`` when no node can be reached, or one fails before answering.
+            EngineError: the server's error, or ``adapter_unavailable``.
+            httpx.TransportError: the server could not be reached or failed before answering.
         """
-        for url in candidates:
-            built = self._client.build_request(method, url + path, content=content, headers=self._json_headers())
-            try:
-                return url, self._client.send(built, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                logger.warning("inference node %s cannot be reached: %s", url, exc)
-            except httpx.TransportError as exc:
-                logger.warning("inference node %s failed: %s", url, exc)
-                raise unavailable("The inference node failed before answering; try again.") from exc
-        raise unavailable("No inference node can be reached; try again later.")
+        adapter = target.adapter
+        for attempt in range(2):
+            if adapter is not None:
+                self._load(server, target.base_model, adapter)
+            built = self._client.build_request(
+                "POST", server.url + "/v1/completions", content=body, headers=self._json()
+            )
+            response = self._client.send(built, stream=True)
+            if response.status_code == 200:
+                return response
+            _read(response)
+            if adapter is not None and response.status_code == 404 and attempt == 0:
+                logger.info("inference server %s no longer holds %s; loading it again", server.url, adapter.name)
+                with self._lock:
+                    server.loaded.discard(adapter.name)
+                continue
+            raise server_error(response)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _json_headers(self) -> dict[str, str]:
+    def _load(self, server: Server, base_model: str, adapter: AdapterRef) -> None:
+        """``POST /v1/load_lora_adapter`` unless the server holds the adapter already.
+
+        Raises:
+            EngineError: ``adapter_unavailable`` when the server cannot load it.
+        """
+        with self._lock:
+            if adapter.name in server.loaded:
+                return
+        body = {"lora_name": adapter.name, "lora_path": self._lora_path(adapter), "base_model_name": base_model}
+        response = self._client.post(
+            server.url + "/v1/load_lora_adapter", content=msgspec.json.encode(body), headers=self._json()
+        )
+        if response.status_code != 200 and not (response.status_code == 400 and "already been loaded" in response.text):
+            error = server_error(response)
+            if error.code == "engine_unavailable":
+                raise error
+            logger.warning("inference server %s could not load %s: %s", server.url, adapter.name, error.message)
+            raise EngineError(
+                f"model {adapter.name!r} cannot be served: the inference server could not load its adapter",
+                code="adapter_unavailable",
+                status=503 if response.status_code >= 500 else 500,
+            )
+        with self._lock:
+            server.loaded.add(adapter.name)
+
+    def _lora_path(self, adapter: AdapterRef) -> str:
+        """Where the server finds the adapter: a copy under the shared adapter dir, or the blob store prefix.
+
+        Raises:
+            EngineError: ``adapter_unavailable`` when its blobs are missing or the blob store cannot be reached.
+        """
+        if self.adapter_dir is None:
+            return f"blob://{adapter.blob_prefix}" if adapter.blob_prefix is not None else str(adapter.path)
+        target = self.adapter_dir / folder_name(adapter.name)
+        with self._lock:
+            lock = self._copy_locks.setdefault(adapter.name, threading.Lock())
+        with lock:
+            if not target.is_dir():
+                self.adapter_dir.mkdir(parents=True, exist_ok=True)
+                fetch_adapter(adapter, self.blobs, target)  # type: ignore[arg-type]
+        return str(target)
+
+    # ------------------------------------------------------------------------------------ routing
+
+    def _candidates(self, target: ModelTarget) -> list[Server]:
+        """The servers of the target's base model, best first.
+
+        An adapter's last server, else the one its name hashes to; round-robin for base models.
+        """
+        serving = self._serving(target.base_model)
+        if target.adapter is None:
+            start = next(self._turn) % len(serving)
+        else:
+            with self._lock:
+                preferred = self._affinity.get(target.adapter.name)
+            urls = [server.url for server in serving]
+            if preferred in urls:
+                start = urls.index(preferred)
+            else:
+                start = zlib.crc32(target.adapter.name.encode()) % len(serving)
+        return serving[start:] + serving[:start]
+
+    def _serving(self, base_model: str) -> list[Server]:
+        """The servers that serve ``base_model`` (each asked for its models once; an unreachable one is skipped).
+
+        Raises:
+            EngineError: ``model_not_found`` when every server answered and none serves it, else
+                ``engine_unavailable``.
+        """
+        serving, unreachable = [], 0
+        for url in self.urls:
+            server = self._servers[url]
+            if server.bases is None:
+                try:
+                    self._discover(server)
+                except EngineError:
+                    unreachable += 1
+                    continue
+            if base_model in (server.bases or {}):
+                serving.append(server)
+        if serving:
+            return serving
+        if unreachable:
+            raise unavailable("No inference server can be reached; try again later.")
+        raise _model_not_found(base_model)
+
+    def _discover(self, server: Server) -> None:
+        """Ask the server which base models it serves.
+
+        Raises:
+            EngineError: the server cannot be reached or does not answer a model list.
+        """
+        try:
+            response = self._client.get(server.url + "/v1/models", headers=self._headers)
+        except httpx.TransportError as exc:
+            logger.warning("inference server %s cannot be reached: %s", server.url, exc)
+            raise unavailable("No inference server can be reached; try again later.") from exc
+        if response.status_code != 200:
+            raise server_error(response)
+        try:
+            cards = msgspec.json.decode(response.content, type=ModelList).data
+        except msgspec.DecodeError as exc:
+            logger.error("inference server %s answered /v1/models with %.200r", server.url, response.content)
+            raise unavailable("The inference server answered with an unreadable model list.") from exc
+        bases = {card.id: card.max_model_len for card in cards if card.parent is None}
+        with self._lock:
+            server.bases = bases
+            server.loaded = {card.id for card in cards if card.parent is not None}
+
+    def _lost(self, server: Server) -> None:
+        """Forget what a server that went away held (it is asked again when it is back)."""
+        with self._lock:
+            server.bases = None
+            server.loaded = set()
+
+    def _json(self) -> dict[str, str]:
         return {**self._headers, "Content-Type": "application/json"}
 
-    def _failure(self, response: httpx.Response) -> EngineError:
-        """The ``EngineError`` for a node's non-200 answer (its error object, or a generic one)."""
-        if response.status_code == 401:
-            logger.error("inference node %s refused the token (TUNEWRIGHT_INFERENCE_TOKEN)", response.request.url)
-            return unavailable("The inference node refused the server's credentials.")
-        try:
-            return _line_error(response.content.strip())
-        except msgspec.DecodeError:
-            logger.error("inference node answered %d: %.200r", response.status_code, response.content)
-            return EngineError("The inference node answered with an error.", code="server_error", status=500)
+
+def completion_body(request: GenerationRequest) -> dict[str, Any]:
+    """The ``/v1/completions`` body for a generation request: token-id prompt, streamed, tokens named by id."""
+    params = request.params
+    adapter = request.target.adapter
+    body: dict[str, Any] = {
+        "model": adapter.name if adapter is not None else request.target.base_model,
+        "prompt": request.prompt_ids,
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "n": request.n,
+        "stream": True,
+        "logprobs": params.top_logprobs,
+        "return_tokens_as_token_ids": True,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.presence_penalty:
+        body["presence_penalty"] = params.presence_penalty
+    if params.frequency_penalty:
+        body["frequency_penalty"] = params.frequency_penalty
+    if params.logit_bias:
+        body["logit_bias"] = {str(token): round(bias) for token, bias in params.logit_bias.items()}
+    return body
 
 
 def _read(response: httpx.Response) -> bytes:
@@ -231,52 +488,58 @@ def _read(response: httpx.Response) -> bytes:
     try:
         return response.read()
     except httpx.TransportError as exc:
-        raise unavailable("The inference node failed while answering; try again.") from exc
+        raise unavailable("The inference server failed while answering; try again.") from exc
     finally:
         response.close()
 
 
-def _line_error(raw: bytes) -> EngineError:
-    """The ``EngineError`` an error line carries.
+def token_id(name: str) -> int:
+    """The id in a ``token_id:<id>`` token name.
 
     Raises:
-        msgspec.DecodeError: the line is not an error object.
+        EngineError: the server did not name tokens by id (it ignores ``return_tokens_as_token_ids``).
     """
-    error = msgspec.json.decode(raw, type=NodeErrorLine).error
-    return EngineError(error.message, code=error.code, status=error.status, param=error.param)
+    if not name.startswith(TOKEN_ID):
+        raise _no_token_ids()
+    return int(name.removeprefix(TOKEN_ID))
 
 
-def _model_not_found(base_model: str) -> EngineError:
+def _no_token_ids() -> EngineError:
+    """The server ignored ``logprobs`` or ``return_tokens_as_token_ids``: its tokens cannot be counted."""
     return EngineError(
-        f"The model `{base_model}` does not exist or you do not have access to it.",
-        code="model_not_found",
-        status=404,
-        param="model",
+        "The inference server does not return token ids (`logprobs` with `return_tokens_as_token_ids`).",
+        code="server_error",
+        status=500,
     )
 
 
-class NodeEvents:
-    """The events a node streams back for one request; closing it (or ``cancelled``) closes the connection.
+class CompletionEvents:
+    """The events of one streamed completion; closing it (or ``cancelled``) closes the connection.
 
-    ``cancelled`` is checked as each line arrives: the node sends one per decoded piece of text, so the
-    connection closes within a token of the API's client leaving, and the node then frees the rows.
+    ``cancelled`` is checked as each chunk arrives: the server sends one per decoded piece of text, so the
+    connection closes within a token of the API's client leaving, and the server then frees the rows.
     """
 
-    def __init__(self, response: httpx.Response, cancelled: threading.Event) -> None:
-        """Read ``response``'s lines."""
+    def __init__(
+        self, response: httpx.Response, cancelled: threading.Event, tokenizer: Any, params: SamplingParams
+    ) -> None:
+        """Read ``response``'s server-sent events; render log-probabilities as ``params`` ask."""
         self._response = response
         self._cancelled = cancelled
+        self._tokenizer = tokenizer
+        self._logprobs = params.logprobs or params.top_logprobs > 0
+        self._top = params.top_logprobs
         self._lines = response.iter_lines()
 
-    def __iter__(self) -> NodeEvents:
+    def __iter__(self) -> CompletionEvents:
         """Return the stream itself."""
         return self
 
     def __next__(self) -> GenerationEvent:
-        """Return the next event; raise the node's ``EngineError`` from an error line.
+        """Return the next choice event; raise the server's ``EngineError`` from an error frame.
 
         Raises:
-            EngineError: the node's error, or ``engine_unavailable`` when the connection breaks.
+            EngineError: the server's error, or ``engine_unavailable`` when the connection breaks.
         """
         while not self._cancelled.is_set():
             try:
@@ -287,16 +550,54 @@ class NodeEvents:
                 self.close()
                 if self._cancelled.is_set():
                     break
-                raise unavailable("The inference node went away during generation.") from exc
-            raw = line.encode()
-            if raw.startswith(ERROR_PREFIX):
+                raise unavailable("The inference server went away during generation.") from exc
+            if not line.startswith("data:"):
+                continue
+            data = line.removeprefix("data:").strip()
+            if data == "[DONE]":
+                break
+            chunk = msgspec.json.decode(data, type=Chunk)
+            if chunk.error is not None:
                 self.close()
-                raise _line_error(raw)
-            if raw.strip():
-                return msgspec.json.decode(raw, type=GenerationEvent)
+                raise error_of(chunk.error, 500)
+            if chunk.choices:
+                return self._event(chunk.choices[0])
         self.close()
         raise StopIteration
 
+    def _event(self, choice: ChunkChoice) -> GenerationEvent:
+        if choice.logprobs is None and choice.text:
+            raise _no_token_ids()
+        logprobs = choice.logprobs or ChunkLogprobs()
+        ids = [token_id(name) for name in logprobs.tokens]
+        entries = None
+        if self._logprobs:
+            tops = logprobs.top_logprobs or [None] * len(ids)
+            entries = [
+                self._entry(tid, logprob, top)
+                for tid, logprob, top in zip(ids, logprobs.token_logprobs, tops, strict=False)
+            ]
+        finish = choice.finish_reason
+        return GenerationEvent(
+            index=choice.index,
+            text=choice.text,
+            token_ids=ids,
+            logprobs=entries,
+            finish_reason=None if finish is None else ("length" if finish == "length" else "stop"),
+        )
+
+    def _entry(self, tid: int, logprob: float | None, top: dict[str, float] | None) -> TokenLogprob:
+        text, raw = token_text(self._tokenizer, tid)
+        alternatives = []
+        # vLLM adds the chosen token to the alternatives when it is not among the best `top_logprobs`
+        for name, value in sorted((top or {}).items(), key=lambda item: -item[1])[: self._top]:
+            alt = token_id(name)
+            alt_text, alt_raw = token_text(self._tokenizer, alt)
+            alternatives.append(TopLogprob(token_id=alt, token=alt_text, logprob=value, bytes=alt_raw))
+        return TokenLogprob(
+            token_id=tid, token=text, logprob=float(logprob or 0.0), bytes=raw, top_logprobs=alternatives
+        )
+
     def close(self) -> None:
-        """Close the connection (the node sees the disconnect and stops generating)."""
+        """Close the connection (the server sees the disconnect and stops generating)."""
         self._response.close()

@@ -244,8 +244,10 @@ class Scheduler:
         top = []
         for token_id, logprob in choice.top:
             text, data = token_text(tokenizer, token_id)
-            top.append(TopLogprob(token=text, logprob=logprob, bytes=data))
-        return TokenLogprob(token=token, logprob=float(choice.logprob or 0.0), bytes=raw, top_logprobs=top)
+            top.append(TopLogprob(token_id=token_id, token=text, logprob=logprob, bytes=data))
+        return TokenLogprob(
+            token_id=choice.token_id, token=token, logprob=float(choice.logprob or 0.0), bytes=raw, top_logprobs=top
+        )
 
     def _drop_stopped(self) -> None:
         """Remove the rows (running or waiting) of requests that were cancelled or abandoned."""

@@ -66,6 +66,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     inference_engine: str = "local"
     inference_urls: list[str] = msgspec.field(default_factory=list)
     inference_token: str | None = None
+    inference_adapter_dir: str | None = None
     inference_max_batch: PositiveInt = 8
     default_max_tokens: PositiveInt = 256
     adapter_cache_count: PositiveInt = 16
@@ -92,6 +93,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """Node URLs are http(s) URLs; the remote engine needs at least one; an empty token is no token."""
         if not self.inference_token:
             self.inference_token = None
+        if not self.inference_adapter_dir:
+            self.inference_adapter_dir = None
+        elif not Path(self.inference_adapter_dir).is_absolute():
+            raise SettingsError(
+                f"TUNEWRIGHT_INFERENCE_ADAPTER_DIR: must be an absolute path (nodes load adapters from it), "
+                f"got {self.inference_adapter_dir!r}"
+            )
         for url in self.inference_urls:
             if not url.startswith(("http://", "https://")):
                 raise SettingsError(f"TUNEWRIGHT_INFERENCE_URLS: expected http://… or https://…, got {url!r}")

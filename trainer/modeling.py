@@ -91,6 +91,25 @@ def resolve_model_dir(model_id: str, settings: Settings) -> Path:
     return _cached_snapshot(model_id, source)
 
 
+def model_available(model_id: str, settings: Settings) -> bool:
+    """Whether ``resolve_model_dir`` would find the base model here, checked without importing or loading it."""
+    source = settings.base_models.get(model_id)
+    if source is None:
+        return False
+    try:
+        if source.startswith(PACKAGE_PREFIX):
+            _packaged_gguf(model_id, source.removeprefix(PACKAGE_PREFIX))
+            return True
+        if Path(source).expanduser().is_dir():
+            return True
+        if _LOCAL_PATH.match(source):
+            return False
+        _cached_snapshot(model_id, source)
+    except ModelUnavailableError:
+        return False
+    return True
+
+
 def _cached_snapshot(model_id: str, repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError

@@ -27,7 +27,6 @@ from tunewright.api.inference_common import (
     TopP,
 )
 from tunewright.api.schemas import Request, Response
-from tunewright.inference.engine import TokenLogprob
 
 # ------------------------------------------------------------------------------------ content parts
 
@@ -266,11 +265,28 @@ class CreateChatCompletionRequest(Request, kw_only=True):
 # ----------------------------------------------------------------------------------------- responses
 
 
+class TopLogprob(Response):
+    """One of the most likely tokens at a position (`ChatCompletionTokenLogprob.top_logprobs` items)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatCompletionTokenLogprob(Response):
+    """`ChatCompletionTokenLogprob`: a chosen token, its log-probability and exact bytes, the best alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
 class ChatCompletionLogprobs(Response):
     """A choice's `logprobs`: one entry per content token; refusals are never produced."""
 
-    content: list[TokenLogprob] | None
-    refusal: list[TokenLogprob] | None = None
+    content: list[ChatCompletionTokenLogprob] | None
+    refusal: list[ChatCompletionTokenLogprob] | None = None
 
 
 class ChatCompletionResponseMessage(Response):

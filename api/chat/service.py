@@ -20,11 +20,13 @@ from tunewright.api.chat.schemas import (
     ChatCompletionResponseMessage,
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponseDelta,
+    ChatCompletionTokenLogprob,
     ChatCompletionTool,
     CreateChatCompletionRequest,
     CreateChatCompletionResponse,
     CreateChatCompletionStreamResponse,
     ResponseFormatText,
+    TopLogprob,
 )
 from tunewright.api.errors import echo
 from tunewright.api.inference_common import (
@@ -181,6 +183,21 @@ def _template_tools(data: CreateChatCompletionRequest) -> list[dict[str, Any]] |
     return tools or None
 
 
+def chat_logprobs(entries: list[TokenLogprob]) -> ChatCompletionLogprobs:
+    """The wire `logprobs` of the engine's entries."""
+    return ChatCompletionLogprobs(
+        content=[
+            ChatCompletionTokenLogprob(
+                token=entry.token,
+                logprob=entry.logprob,
+                bytes=entry.bytes,
+                top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in entry.top_logprobs],
+            )
+            for entry in entries
+        ]
+    )
+
+
 class ChatAnswer:
     """Assembles `chat.completion` objects and `chat.completion.chunk` frames from engine events."""
 
@@ -208,7 +225,7 @@ class ChatAnswer:
                 finish_reason=finishes[i],
                 index=i,
                 message=ChatCompletionResponseMessage(content=texts[i]),
-                logprobs=ChatCompletionLogprobs(content=logprobs[i]) if self.logprobs else None,
+                logprobs=chat_logprobs(logprobs[i]) if self.logprobs else None,
             )
             for i in range(self.n)
         ]
@@ -238,7 +255,7 @@ class ChatAnswer:
         """A content chunk for new text, then a `delta: {}` chunk with the finish reason when the choice ends."""
         frames = []
         if event.text or event.logprobs:
-            logprobs = ChatCompletionLogprobs(content=list(event.logprobs or [])) if self.logprobs else None
+            logprobs = chat_logprobs(event.logprobs or []) if self.logprobs else None
             delta = ChatCompletionStreamResponseDelta(content=event.text)
             choice = ChatCompletionStreamChoice(delta=delta, logprobs=logprobs, finish_reason=None, index=event.index)
             frames.append(self._chunk([choice]))

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from tunewright.api.auth import Principal
     from tunewright.api.inference_common import CompletionUsage
-    from tunewright.inference.engine import GenerationEvent, InferenceEngine, TokenLogprob
+    from tunewright.inference.engine import GenerationEvent, InferenceEngine, ModelTarget, TokenLogprob
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 
@@ -57,18 +57,29 @@ async def create_completion(
     state: State, data: CreateCompletionRequest, principal: Principal
 ) -> CreateCompletionResponse | Stream:
     """Answer one completion request, as one JSON object or (`stream: true`) as server-sent events."""
-    streamed = bool(data.stream)
-    meter = Meter(state.stores, principal, data.model, "completions", streamed)
+    meter = Meter(state.stores, principal, data.model, "completions", bool(data.stream))
     check_request(data)
     engine = await anyio.to_thread.run_sync(engine_of, state)
-    prepared = await anyio.to_thread.run_sync(
-        partial(prepare, state, engine, data, project_id=principal.project_id or "")
-    )
-    meter.base_model = prepared.requests[0].target.base_model
+    resolve = partial(resolve_target, state.stores, state.settings, data.model, project_id=principal.project_id or "")
+    target = await anyio.to_thread.run_sync(resolve)
+    return await complete(engine, data, target, meter)
+
+
+async def complete(
+    engine: InferenceEngine,
+    data: CreateCompletionRequest,
+    target: ModelTarget,
+    meter: Meter,
+    *,
+    token_ids: bool = False,
+) -> CreateCompletionResponse | Stream:
+    """Run a checked request on `target`; `token_ids` names logprobs' tokens `token_id:<id>` (inference nodes)."""
+    prepared = await anyio.to_thread.run_sync(partial(prepare, engine, data, target))
+    meter.base_model = target.base_model
     meter.prompt_tokens = sum(len(r.prompt_ids) for r in prepared.requests)
     relay = EventRelay(engine, prepared.requests)
-    answer = CompletionAnswer(data, prepared)
-    if streamed:
+    answer = CompletionAnswer(data, prepared, token_ids=token_ids)
+    if data.stream:
         return await open_stream(relay, meter, answer)
     return answer.response(await collect(relay, meter), meter.usage())
 
@@ -93,9 +104,8 @@ def check_request(data: CreateCompletionRequest) -> None:
         raise invalid("stream_options", "`stream_options` is only allowed when `stream` is true.")
 
 
-def prepare(state: State, engine: InferenceEngine, data: CreateCompletionRequest, *, project_id: str) -> Prepared:
-    """Resolve the model, tokenize each prompt and size its completion (on a worker thread)."""
-    target = resolve_target(state.stores, state.settings, data.model, project_id=project_id)
+def prepare(engine: InferenceEngine, data: CreateCompletionRequest, target: ModelTarget) -> Prepared:
+    """Tokenize each prompt and size its completion (on a worker thread)."""
     tokenizer = call_engine(engine.tokenizer, target.base_model)
     context = call_engine(engine.context_length, target.base_model)
     logprobs = data.logprobs not in (None, UNSET)
@@ -153,8 +163,9 @@ def prompts(tokenizer: Any, prompt: Any) -> list[tuple[list[int], str]]:
 class CompletionAnswer:
     """Assembles `text_completion` objects (the answer, or each streamed chunk) from engine events."""
 
-    def __init__(self, data: CreateCompletionRequest, prepared: Prepared) -> None:
+    def __init__(self, data: CreateCompletionRequest, prepared: Prepared, *, token_ids: bool = False) -> None:
         """Fix the id, timestamp and echoed model shared by every object of the answer."""
+        self.token_ids = token_ids
         self.id = new_id("completion")
         self.created = int(time.time())
         self.model = data.model
@@ -176,6 +187,13 @@ class CompletionAnswer:
         for entry in entries:
             offsets.append(self.offsets[index])
             self.offsets[index] += len(entry.token)
+        if self.token_ids:
+            return CompletionLogprobs(
+                text_offset=offsets,
+                token_logprobs=[e.logprob for e in entries],
+                tokens=[f"token_id:{e.token_id}" for e in entries],
+                top_logprobs=[{f"token_id:{t.token_id}": t.logprob for t in e.top_logprobs} for e in entries],
+            )
         return CompletionLogprobs(
             text_offset=offsets,
             token_logprobs=[e.logprob for e in entries],

@@ -1,9 +1,10 @@
 """`tunewright inference`: an inference node that the API's remote engine sends generation requests to.
 
 The node is one granian process holding one `LocalEngine` (one copy of each base model, tenants' adapters
-fetched from the same blob store as the API). The API reaches it when `TUNEWRIGHT_INFERENCE_ENGINE=remote` and
-`TUNEWRIGHT_INFERENCE_URLS` lists it; both sides share `TUNEWRIGHT_INFERENCE_TOKEN`. The protocol is described in
-`tunewright.inference.node`. Without a token the node only starts on a loopback address.
+fetched from the same blob store as the API, or from a directory it shares with the API). The API reaches it when
+`TUNEWRIGHT_INFERENCE_ENGINE=remote` and `TUNEWRIGHT_INFERENCE_URLS` lists it; both sides share
+`TUNEWRIGHT_INFERENCE_TOKEN`. It speaks OpenAI's protocol as vLLM does (`tunewright.api.node.routes`). Without a
+token the node only starts on a loopback address.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from tunewright.storage.settings import Settings
 
-NODE_TARGET = "tunewright.inference.node:create_node_from_env"
+NODE_TARGET = "tunewright.api.node.routes:create_node_from_env"
 """The node's ASGI factory, loaded by granian in its worker process."""
 
 

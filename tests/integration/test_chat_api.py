@@ -255,7 +255,7 @@ def test_unknown_foreign_and_deleted_models_are_404_model_not_found(client_a, cl
 
 
 def test_fine_tuned_checkpoint_and_shared_models_answer_their_own_tenants_only(
-    client_a, client_b, sdk, http, stores, settings, tenants, app
+    client_a, client_b, sdk, http, stores, settings, tenants, app, tokenizer
 ):
     job = train(client_a, stores, settings, n_epochs=2)
     model = job.fine_tuned_model
@@ -265,7 +265,11 @@ def test_fine_tuned_checkpoint_and_shared_models_answer_their_own_tenants_only(
         reply = client_a.chat.completions.create(model=name, messages=HELLO, max_tokens=3)
         assert reply.model == name
         assert reply.usage.completion_tokens <= 3
-    streamed = list(client_a.chat.completions.create(model=model, messages=HELLO, max_tokens=3, stream=True))
+    streamed = list(
+        client_a.chat.completions.create(
+            model=model, messages=HELLO, max_tokens=3, stream=True, logit_bias=no_eos(tokenizer)
+        )
+    )
     assert streamed[-1].choices[0].finish_reason == "length"
     validate_operation(
         post(http, tenants["a"], {"model": model, "messages": HELLO, "max_tokens": 2}).json(), "createChatCompletion"

@@ -45,7 +45,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, tiny_
 @pytest.fixture
 def engine(settings: Settings, stores: Stores) -> Iterator[LocalEngine]:
     """A LocalEngine on the CPU, closed after the test."""
-    built = LocalEngine(settings, stores, device="cpu")
+    built = LocalEngine(settings, stores.blobs, device="cpu")
     yield built
     built.close()
 
@@ -311,7 +311,7 @@ def test_an_unknown_base_model_is_not_found(engine: LocalEngine) -> None:
 
 
 def test_the_constructor_loads_nothing(settings: Settings, stores: Stores) -> None:
-    engine = LocalEngine(settings, stores)
+    engine = LocalEngine(settings, stores.blobs)
     assert engine.active_rows() == 0
     assert engine.adapter_states() == {}
     engine.close()

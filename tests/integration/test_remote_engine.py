@@ -1,12 +1,15 @@
 """The remote engine against a real `tunewright inference` node on loopback, through the real openai SDK.
 
-Tests that need a node start it as a subprocess over the test's stores (settings passed as `TUNEWRIGHT_*` variables,
-as `worker_process` does; the node has its own data dir for its adapter cache), and build the API in-process
-with `RemoteEngine` pointing at it. Every test runs on SQLite + local files and on PostgreSQL + S3.
+Tests that need a node start it as a subprocess over the test's blob store (settings passed as `TUNEWRIGHT_*`
+variables, as `worker_process` does, but no database: a node never opens one; it has its own data dir for its
+adapter cache), and build the API in-process with `RemoteEngine` pointing at it. The node speaks OpenAI's protocol
+with vLLM's LoRA-loading additions, so these tests drive the same client code a vLLM server gets. Every test runs
+on SQLite + local files and on PostgreSQL + S3.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -39,7 +42,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 HELLO = [{"role": "user", "content": "Say hello."}]
 TOKEN = "node-test-token"
-NODE_SETTINGS = ("database_url", "blob_url", "s3_endpoint_url", "torch_threads", "inference_token")
+NODE_SETTINGS = ("blob_url", "s3_endpoint_url", "torch_threads", "inference_token")
 
 
 @pytest.fixture
@@ -53,6 +56,7 @@ def start_node(settings: Settings, tmp_path: Path) -> tuple[str, subprocess.Pope
     """`tunewright inference` on a free loopback port with `settings`; wait until /healthz answers."""
     env = {"HF_HUB_OFFLINE": "1", "PATH": str(VENV_BIN), ENV_PREFIX + "LOG_LEVEL": "WARNING", **FAKE_AWS_ENV}
     env[ENV_PREFIX + "DATA_DIR"] = str(tmp_path / "node")
+    env[ENV_PREFIX + "DATABASE_URL"] = "postgresql://nowhere.invalid:1/none"  # a node that opened it would fail
     for name in NODE_SETTINGS:
         value = getattr(settings, name)
         if value is not None:
@@ -87,8 +91,11 @@ def node(settings: Settings, stores: Any, tmp_path: Path) -> Iterator[str]:
     stop_server(process)
 
 
-def remote_engine(settings: Settings, *urls: str) -> RemoteEngine:
-    return RemoteEngine(msgspec.structs.replace(settings, inference_engine="remote", inference_urls=list(urls)))
+def remote_engine(settings: Settings, *urls: str, adapter_dir: str | None = None, blobs: Any = None) -> RemoteEngine:
+    changed = msgspec.structs.replace(
+        settings, inference_engine="remote", inference_urls=list(urls), inference_adapter_dir=adapter_dir
+    )
+    return RemoteEngine(changed, blobs)
 
 
 @pytest.fixture
@@ -101,7 +108,7 @@ def app(settings: Settings, stores: Any, node: str) -> Iterator[Any]:
 
 def node_get(node: str, path: str, token: str | None = TOKEN) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.get(node + path, headers=headers, timeout=10)
+    return httpx.get(node + path, headers=headers, timeout=60)
 
 
 def no_eos(tokenizer: Any) -> dict[str, int]:
@@ -143,48 +150,181 @@ def test_completions_through_a_node_streamed_and_not(client_a, tokenizer):
     assert streamed[-1].choices[0].finish_reason == "length"
 
 
-def test_a_fine_tuned_model_answers_through_a_node_as_it_does_locally(client_a, client_b, stores, settings):
+def train_tiny(client: openai.OpenAI, settings: Settings, stores: Any) -> str:
+    """Fine-tune the tiny model for one epoch; return the model name."""
     data = (ASSETS / "valid_chat.jsonl").read_bytes()
-    training = client_a.files.create(file=("train.jsonl", data), purpose="fine-tune")
+    training = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}}
-    job = client_a.fine_tuning.jobs.create(model=TINY, training_file=training.id, method=method)
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=training.id, method=method)
     assert run_worker(settings, stores) == ["succeeded"]
-    model = client_a.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
-    body = {"model": model, "messages": HELLO, "temperature": 0, "max_tokens": 8}
+    return client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
 
-    remote = client_a.chat.completions.create(**body)
-    local_engine = LocalEngine(settings, stores)
+
+@contextlib.contextmanager
+def local_sdk(settings: Settings, stores: Any, key: str) -> Iterator[openai.OpenAI]:
+    """The SDK on an in-process API with a local engine (the reference the node's answers must equal)."""
+    engine = LocalEngine(settings, stores.blobs)
     try:
-        local_app = create_app(settings, stores, engine=local_engine, sweep=False)
-        with TestClient(local_app, base_url="http://testserver.local") as local_http:
-            local = openai.OpenAI(
-                base_url="http://testserver.local/v1", api_key=client_a.api_key, http_client=local_http, max_retries=0
-            )
-            assert remote.choices[0].message.content == local.chat.completions.create(**body).choices[0].message.content
+        with TestClient(
+            create_app(settings, stores, engine=engine, sweep=False), base_url="http://testserver.local"
+        ) as h:
+            yield openai.OpenAI(base_url="http://testserver.local/v1", api_key=key, http_client=h, max_retries=0)
     finally:
-        local_engine.close()
-    streamed = list(client_a.chat.completions.create(**body, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in streamed) == remote.choices[0].message.content
+        engine.close()
 
-    with pytest.raises(openai.NotFoundError) as err:
-        client_b.chat.completions.create(**body)
-    assert err.value.code == "model_not_found"
-    client_a.models.delete(model)
-    with pytest.raises(openai.NotFoundError):
-        client_a.chat.completions.create(**body)
+
+@pytest.mark.parametrize("shared_dir", [False, True], ids=["blob-store", "shared-adapter-dir"])
+def test_a_fine_tuned_model_answers_through_a_node_as_it_does_locally(
+    shared_dir, client_a, client_b, stores, settings, tenants, node, tmp_path
+):
+    """`shared-adapter-dir` is how vLLM gets adapters: the API copies them to a directory the node loads from."""
+    model = train_tiny(client_a, settings, stores)
+    body = {"model": model, "messages": HELLO, "temperature": 0, "max_tokens": 8}
+    adapter_dir = tmp_path / "shared-adapters"
+    engine = remote_engine(settings, node, adapter_dir=str(adapter_dir) if shared_dir else None, blobs=stores.blobs)
+    app = create_app(settings, stores, engine=engine, sweep=False)
+    with TestClient(app, base_url="http://testserver.local") as h:
+        remote_sdk = openai.OpenAI(
+            base_url="http://testserver.local/v1", api_key=client_a.api_key, http_client=h, max_retries=0
+        )
+        remote = remote_sdk.chat.completions.create(**body)
+        with local_sdk(settings, stores, client_a.api_key) as local:
+            assert remote.choices[0].message.content == local.chat.completions.create(**body).choices[0].message.content
+        streamed = list(remote_sdk.chat.completions.create(**body, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == remote.choices[0].message.content
+        (card,) = [c for c in node_get(node, "/v1/models").json()["data"] if c["id"] == model]
+        if shared_dir:
+            (copied,) = adapter_dir.iterdir()
+            assert card["root"] == str(copied) and (copied / "adapter_model.safetensors").is_file()
+        else:
+            assert card["root"].startswith("blob://")
+
+        with pytest.raises(openai.NotFoundError) as err:
+            client_b.chat.completions.create(**body)
+        assert err.value.code == "model_not_found"
+        remote_sdk.models.delete(model)
+        with pytest.raises(openai.NotFoundError):
+            remote_sdk.chat.completions.create(**body)
+    engine.close()
+    assert model not in {c["id"] for c in node_get(node, "/v1/models").json()["data"]}
+    assert not shared_dir or list(adapter_dir.iterdir()) == []
+
+
+def test_a_node_that_lost_an_adapter_is_told_to_load_it_again(client_a, stores, settings, tenants, node):
+    """As after a node restart: the engine's record says loaded, the node says 404; the request still succeeds."""
+    model = train_tiny(client_a, settings, stores)
+    body = {"model": model, "messages": HELLO, "temperature": 0, "max_tokens": 4}
+    first = client_a.chat.completions.create(**body).choices[0].message.content
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(node + "/v1/unload_lora_adapter", json={"lora_name": model}, headers=auth).status_code == 200
+    assert client_a.chat.completions.create(**body).choices[0].message.content == first
+
+
+def test_sampling_parameters_through_a_node_match_the_local_engine(client_a, settings, stores, tokenizer):
+    """n, stop, seed, logprobs and top_logprobs: the node's answers equal the in-process engine's."""
+    bias = no_eos(tokenizer)
+    sampled = {"model": TINY, "messages": HELLO, "max_tokens": 6, "n": 3, "seed": 7, "temperature": 1.0}
+    greedy = {"model": TINY, "messages": HELLO, "max_tokens": 6, "temperature": 0, "logit_bias": bias}
+    remote_sampled = client_a.chat.completions.create(**sampled, logit_bias=bias)
+    assert [c.index for c in remote_sampled.choices] == [0, 1, 2]
+    assert len({c.message.content for c in remote_sampled.choices}) > 1
+    again = client_a.chat.completions.create(**sampled, logit_bias=bias)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in remote_sampled.choices]
+    assert again.usage.completion_tokens == remote_sampled.usage.completion_tokens == 18
+
+    remote_greedy = client_a.chat.completions.create(**greedy, logprobs=True, top_logprobs=3)
+    text = remote_greedy.choices[0].message.content
+    content = remote_greedy.choices[0].logprobs.content
+    assert len(content) == 6 and all(len(entry.top_logprobs) == 3 for entry in content)
+    assert "".join(entry.token for entry in content) == text
+    stop = text[len(text) // 2 :][:3]
+    stopped = client_a.chat.completions.create(**greedy, stop=[stop])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content == text[: text.index(stop)]
+
+    with local_sdk(settings, stores, client_a.api_key) as local:
+        local_sampled = local.chat.completions.create(**sampled, logit_bias=bias)
+        assert [c.message.content for c in local_sampled.choices] == [c.message.content for c in remote_sampled.choices]
+        local_greedy = local.chat.completions.create(**greedy, logprobs=True, top_logprobs=3)
+        for mine, theirs in zip(content, local_greedy.choices[0].logprobs.content, strict=True):
+            assert (mine.token, mine.bytes) == (theirs.token, theirs.bytes)
+            assert mine.logprob == pytest.approx(theirs.logprob, abs=1e-4)
+            assert [t.token for t in mine.top_logprobs] == [t.token for t in theirs.top_logprobs]
+        local_stopped = local.chat.completions.create(**greedy, stop=[stop])
+        assert local_stopped.choices[0].message.content == stopped.choices[0].message.content
+
+
+def active_rows(node: str) -> float:
+    """The node's `tunewright_inference_active_rows` gauge."""
+    for line in node_get(node, "/metrics").text.splitlines():
+        if line.startswith("tunewright_inference_active_rows "):
+            return float(line.split()[1])
+    raise AssertionError("no active_rows gauge")
 
 
 def test_the_node_refuses_requests_without_its_token(node):
-    request = {"target": {"base_model": TINY}, "prompt_ids": [1, 2], "params": {"max_new_tokens": 2}}
+    body = {"model": TINY, "prompt": [1, 2], "max_tokens": 2}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-        answer = httpx.post(node + "/internal/generate", json=request, headers=headers, timeout=10)
+        answer = httpx.post(node + "/v1/completions", json=body, headers=headers, timeout=10)
         assert answer.status_code == 401
-        assert json.loads(answer.text)["error"]["code"] == "invalid_inference_token"
-    assert node_get(node, "/internal/stats", token=None).status_code == 401
-    assert node_get(node, "/internal/stats").json() == {"active_rows": 0}
-    assert node_get(node, f"/internal/models/{TINY}").json()["context_length"] > 0
-    assert node_get(node, "/internal/models/nope").status_code == 404
+        validate_error(answer.json())
+        assert answer.json()["error"]["code"] == "invalid_inference_token"
+    for path in ("/v1/models", "/metrics"):
+        assert node_get(node, path, token=None).status_code == 401
+    assert active_rows(node) == 0
     assert httpx.get(node + "/healthz", timeout=10).status_code == 200
+    assert httpx.get(node + "/health", timeout=10).status_code == 200
+
+
+def test_the_node_loads_adapters_by_name_as_vllm_does(node, client_a, settings, stores, tenants, tokenizer, tmp_path):
+    """Raw protocol: list, load (blob store and local directory), complete with token ids, unload."""
+    model = train_tiny(client_a, settings, stores)
+    prefix = stores.metadata.get_model(model, project_id=tenants["a"].project_id).adapter_key
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    (card,) = [c for c in node_get(node, "/v1/models").json()["data"] if c["id"] == TINY]
+    assert card["object"] == "model" and card["parent"] is None
+    assert card["max_model_len"] is None  # known once the node has loaded the model (a listing loads nothing)
+
+    def load(**body: Any) -> httpx.Response:
+        return httpx.post(node + "/v1/load_lora_adapter", json=body, headers=auth, timeout=10)
+
+    missing = load(lora_name="x", lora_path=f"blob://{prefix}-nope", base_model_name=TINY)
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "lora_path"
+    assert load(lora_name="x", lora_path="relative/dir", base_model_name=TINY).status_code == 400
+    assert load(lora_name="x", lora_path=f"blob://{prefix}", base_model_name="nope").json()["error"]["param"] == (
+        "base_model_name"
+    )
+    first = load(lora_name="mine", lora_path=f"blob://{prefix}", base_model_name=TINY)
+    assert first.status_code == 200 and first.text.startswith("Success")
+    assert load(lora_name="mine", lora_path=f"blob://{prefix}", base_model_name=TINY).status_code == 200
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (copy / name).write_bytes(b"".join(stores.blobs.open(f"{prefix}/{name}")))
+    taken = load(lora_name="mine", lora_path=str(copy), base_model_name=TINY)
+    assert taken.status_code == 400 and "already been loaded" in taken.json()["error"]["message"]
+    assert load(lora_name="disk", lora_path=str(copy), base_model_name=TINY).status_code == 200
+    listed = {c["id"]: c for c in node_get(node, "/v1/models").json()["data"]}
+    assert listed["mine"]["parent"] == TINY and listed["disk"]["root"] == str(copy)
+
+    body = {"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0, "logprobs": 2, "return_tokens_as_token_ids": True}
+    body["logit_bias"] = no_eos(tokenizer)
+    answers = {}
+    for name in ("mine", "disk"):
+        answer = httpx.post(node + "/v1/completions", json={**body, "model": name}, headers=auth, timeout=60).json()
+        logprobs = answer["choices"][0]["logprobs"]
+        assert all(token.startswith("token_id:") for token in logprobs["tokens"]) and len(logprobs["tokens"]) == 4
+        assert all(len(top) == 2 for top in logprobs["top_logprobs"])
+        answers[name] = answer["choices"][0]["text"]
+    assert answers["mine"] == answers["disk"]
+    (card,) = [c for c in node_get(node, "/v1/models").json()["data"] if c["id"] == TINY]
+    assert card["max_model_len"] == 512
+
+    assert httpx.post(node + "/v1/unload_lora_adapter", json={"lora_name": "mine"}, headers=auth).status_code == 200
+    gone = httpx.post(node + "/v1/completions", json={**body, "model": "mine"}, headers=auth, timeout=10)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+    again = httpx.post(node + "/v1/unload_lora_adapter", json={"lora_name": "mine"}, headers=auth)
+    assert again.status_code == 404
 
 
 def test_a_client_that_disconnects_mid_stream_stops_the_nodes_generation(app, node, stores, tenants, tokenizer):
@@ -211,8 +351,7 @@ def test_a_client_that_disconnects_mid_stream_stops_the_nodes_generation(app, no
             if message["type"] == "http.response.body" and message.get("body"):
                 frames.append(message["body"])
                 if len(frames) == 3:
-                    stats = await anyio.to_thread.run_sync(node_get, node, "/internal/stats")
-                    busy.append(stats.json()["active_rows"])
+                    busy.append(await anyio.to_thread.run_sync(active_rows, node))
                     gone.set()
 
         with anyio.fail_after(60):
@@ -222,7 +361,7 @@ def test_a_client_that_disconnects_mid_stream_stops_the_nodes_generation(app, no
     assert busy == [1]
     assert b"[DONE]" not in b"".join(frames)
     deadline = time.monotonic() + 30
-    while node_get(node, "/internal/stats").json()["active_rows"]:
+    while active_rows(node):
         assert time.monotonic() < deadline, "the node kept generating after the client left"
         time.sleep(0.05)
     (row,) = stores.metadata.list_usage(project_id=tenants["a"].project_id)

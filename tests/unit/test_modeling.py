@@ -144,6 +144,23 @@ def test_missing_model_files_are_named_and_never_downloaded(tmp_path: Path, sour
         resolve_model_dir("m", settings_for(tmp_path, m=source))
 
 
+def test_availability_is_checked_without_importing_anything(tiny_dir: Path, tmp_path: Path, fake_package: list) -> None:
+    settings = settings_for(
+        tmp_path,
+        tiny=str(tiny_dir),
+        gone="./no/such/dir",
+        hub="tunewright-tests/never-cached",
+        small="pkg:tw_fake_gguf",
+    )
+    assert modeling.model_available("tiny", settings)
+    assert modeling.model_available("small", settings)
+    assert fake_package == []  # the packaged model is found, not imported
+    for model in ("gone", "hub", "unknown"):
+        assert not modeling.model_available(model, settings)
+    missing = settings_for(tmp_path, small="pkg:tunewright_no_such_package")
+    assert not modeling.model_available("small", missing)
+
+
 @pytest.fixture
 def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """A package `tw_fake_gguf` holding one .gguf file, and a converter that records its calls."""
