@@ -3,8 +3,8 @@
 Tests that need a node start it as a subprocess over the test's blob store (settings passed as `TUNEWRIGHT_*`
 variables, as `worker_process` does, but no database: a node never opens one; it has its own data dir for its
 adapter cache), and build the API in-process with `RemoteEngine` pointing at it. The node speaks OpenAI's protocol
-with vLLM's LoRA-loading additions, so these tests drive the same client code a vLLM server gets. Every test runs
-on SQLite + local files and on PostgreSQL + S3.
+with vLLM's LoRA-loading additions, so these tests drive the same client code a vLLM server gets. Tests of
+fine-tuned models run on SQLite + local files and on PostgreSQL + S3; base-model tests only on the first.
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ def rendered_prompt_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> in
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # base model only: the stores play no part
 def test_base_chat_through_a_node_answers_in_openai_shape_streamed_and_not(client_a, http, tenants, tokenizer):
     body = {"model": TINY, "messages": HELLO, "temperature": 0, "max_tokens": 6, "logit_bias": no_eos(tokenizer)}
     reply = client_a.chat.completions.create(**body)
@@ -140,6 +141,7 @@ def test_base_chat_through_a_node_answers_in_openai_shape_streamed_and_not(clien
     assert len({c.id for c in chunks}) == 1
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # base model only: the stores play no part
 def test_completions_through_a_node_streamed_and_not(client_a, tokenizer):
     body = {"model": TINY, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}
     reply = client_a.completions.create(**body, logit_bias=no_eos(tokenizer))
@@ -210,6 +212,7 @@ def test_a_fine_tuned_model_answers_through_a_node_as_it_does_locally(
     assert not shared_dir or list(adapter_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # the engine's bookkeeping; the stores play no part
 def test_a_node_that_lost_an_adapter_is_told_to_load_it_again(client_a, stores, settings, tenants, node):
     """As after a node restart: the engine's record says loaded, the node says 404; the request still succeeds."""
     model = train_tiny(client_a, settings, stores)
@@ -220,6 +223,7 @@ def test_a_node_that_lost_an_adapter_is_told_to_load_it_again(client_a, stores, 
     assert client_a.chat.completions.create(**body).choices[0].message.content == first
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # base model only: the stores play no part
 def test_sampling_parameters_through_a_node_match_the_local_engine(client_a, settings, stores, tokenizer):
     """n, stop, seed, logprobs and top_logprobs: the node's answers equal the in-process engine's."""
     bias = no_eos(tokenizer)
@@ -262,6 +266,7 @@ def active_rows(node: str) -> float:
     raise AssertionError("no active_rows gauge")
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # base model only: the stores play no part
 def test_the_node_refuses_requests_without_its_token(node):
     body = {"model": TINY, "prompt": [1, 2], "max_tokens": 2}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
@@ -327,6 +332,7 @@ def test_the_node_loads_adapters_by_name_as_vllm_does(node, client_a, settings, 
     assert again.status_code == 404
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # base model only: the stores play no part
 def test_a_client_that_disconnects_mid_stream_stops_the_nodes_generation(app, node, stores, tenants, tokenizer):
     """Driven through raw ASGI: the client sends `http.disconnect` after three body frames."""
     import anyio
