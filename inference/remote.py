@@ -556,7 +556,14 @@ class CompletionEvents:
             data = line.removeprefix("data:").strip()
             if data == "[DONE]":
                 break
-            chunk = msgspec.json.decode(data, type=Chunk)
+            try:
+                chunk = msgspec.json.decode(data, type=Chunk)
+            except msgspec.DecodeError as exc:
+                self.close()
+                logger.error("inference server sent an unreadable chunk: %.200r", data)
+                raise EngineError(
+                    "The inference server sent an unreadable chunk.", code="server_error", status=500
+                ) from exc
             if chunk.error is not None:
                 self.close()
                 raise error_of(chunk.error, 500)

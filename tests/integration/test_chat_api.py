@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+from fixtures.chat import no_eos, rendered_prompt_tokens, stream_then_disconnect
 from fixtures.contract import schema_for, validate, validate_error, validate_operation
 from fixtures.training import TINY, run_worker, training_settings
 from litestar.testing import TestClient
@@ -55,17 +56,6 @@ def sse_chunks(text: str) -> list[Any]:
     """The JSON payloads of an event stream, then the literal `[DONE]`."""
     frames = [frame.removeprefix("data: ") for frame in text.split("\n\n") if frame.startswith("data: ")]
     return [frame if frame == "[DONE]" else json.loads(frame) for frame in frames]
-
-
-def no_eos(tokenizer: Any) -> dict[str, int]:
-    """A logit bias that bans the end-of-text token, so generation runs to `max_tokens`."""
-    ends = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return {str(token): -100 for token in ends if token is not None}
-
-
-def rendered_prompt_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> int:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 # ------------------------------------------------------------------------------------------ base model
@@ -306,53 +296,8 @@ def test_a_client_that_disconnects_mid_stream_stops_generation(app, http, stores
     """Driven through raw ASGI: the client sends `http.disconnect` after three body frames."""
     import time
 
-    import anyio
-
     body = {"model": TINY, "messages": HELLO, "max_tokens": 400, "stream": True, "logit_bias": no_eos(tokenizer)}
-    frames: list[bytes] = []
-
-    async def drive() -> None:
-        gone = anyio.Event()
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body" and message.get("body"):
-                frames.append(message["body"])
-                if len(frames) >= 3:
-                    gone.set()
-
-        headers = [
-            (b"host", b"testserver.local"),
-            (b"content-type", b"application/json"),
-            (b"authorization", f"Bearer {tenants['a'].key}".encode()),
-        ]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/chat/completions",
-            "raw_path": b"/v1/chat/completions",
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 5000),
-            "server": ("testserver.local", 80),
-            "state": {},
-        }
-        with anyio.fail_after(60):
-            await app(scope, receive, send)
-
-    anyio.run(drive)
+    frames = stream_then_disconnect(app, tenants["a"].key, body)
     assert b"[DONE]" not in b"".join(frames)
     deadline = time.monotonic() + 30
     while app.state.engine.active_rows():

@@ -11,6 +11,7 @@ from typing import Any
 
 import openai
 import pytest
+from fixtures.chat import no_eos
 from fixtures.contract import schema_for, validate, validate_error, validate_operation
 from fixtures.training import TINY, run_worker, training_settings
 
@@ -38,11 +39,6 @@ def post(http: Any, tenant: Any, body: dict[str, Any]) -> Any:
 
 def prompt_tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def no_eos(tokenizer: Any) -> dict[str, int]:
-    ends = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return {str(token): -100 for token in ends if token is not None}
 
 
 def sse_chunks(text: str) -> list[Any]:

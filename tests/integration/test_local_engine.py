@@ -58,20 +58,8 @@ def adapter_dirs(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> li
 
 def make_adapter(tiny_dir: Path, out: Path, *, seed: int) -> Path:
     """Save a LoRA adapter of the tiny model with random non-zero weights to `out`."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from tunewright.trainer.modeling import load_model
-
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
-    model = get_peft_model(load_model(tiny_dir), config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    model.save_pretrained(out)
-    return out
+    targets = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    return make_lora(tiny_dir, out, seed=seed, scale=0.5, r=4, lora_alpha=8, target_modules=targets)
 
 
 def store_adapter(stores: Stores, directory: Path, name: str) -> AdapterRef:
@@ -349,8 +337,8 @@ RANKED = (
 )
 
 
-def make_lora(tiny_dir: Path, out: Path, *, seed: int, **config: Any) -> Path:
-    """Save a LoRA adapter with `config` (rank, alpha, targets…) and seeded random non-zero weights to `out`."""
+def make_lora(tiny_dir: Path, out: Path, *, seed: int, scale: float = 0.3, **config: Any) -> Path:
+    """Save a LoRA adapter with `config` (rank, alpha, targets…) and seeded random weights times `scale`."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -361,7 +349,7 @@ def make_lora(tiny_dir: Path, out: Path, *, seed: int, **config: Any) -> Path:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
     model.save_pretrained(out)
     return out
 

@@ -10,7 +10,6 @@ fine-tuned models run on SQLite + local files and on PostgreSQL + S3; base-model
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import msgspec
 import openai
 import pytest
 from fixtures.app import backend_settings
+from fixtures.chat import no_eos, rendered_prompt_tokens, stream_then_disconnect
 from fixtures.contract import validate_error, validate_operation
 from fixtures.s3 import FAKE_AWS_ENV
 from fixtures.server import VENV_BIN, free_port, stop_server
@@ -109,16 +109,6 @@ def app(settings: Settings, stores: Any, node: str) -> Iterator[Any]:
 def node_get(node: str, path: str, token: str | None = TOKEN) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.get(node + path, headers=headers, timeout=60)
-
-
-def no_eos(tokenizer: Any) -> dict[str, int]:
-    ends = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return {str(token): -100 for token in ends if token is not None}
-
-
-def rendered_prompt_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> int:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @pytest.mark.parametrize("backend", ["embedded"])  # base model only: the stores play no part
@@ -335,35 +325,9 @@ def test_the_node_loads_adapters_by_name_as_vllm_does(node, client_a, settings, 
 @pytest.mark.parametrize("backend", ["embedded"])  # base model only: the stores play no part
 def test_a_client_that_disconnects_mid_stream_stops_the_nodes_generation(app, node, stores, tenants, tokenizer):
     """Driven through raw ASGI: the client sends `http.disconnect` after three body frames."""
-    import anyio
-
     body = {"model": TINY, "messages": HELLO, "max_tokens": 400, "stream": True, "logit_bias": no_eos(tokenizer)}
-    frames: list[bytes] = []
-    busy: list[int] = []
-
-    async def drive() -> None:
-        gone = anyio.Event()
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body" and message.get("body"):
-                frames.append(message["body"])
-                if len(frames) == 3:
-                    busy.append(await anyio.to_thread.run_sync(active_rows, node))
-                    gone.set()
-
-        with anyio.fail_after(60):
-            await app(asgi_scope(tenants["a"].key), receive, send)
-
-    anyio.run(drive)
+    busy: list[float] = []
+    frames = stream_then_disconnect(app, tenants["a"].key, body, before_leaving=lambda: busy.append(active_rows(node)))
     assert busy == [1]
     assert b"[DONE]" not in b"".join(frames)
     deadline = time.monotonic() + 30
@@ -372,29 +336,6 @@ def test_a_client_that_disconnects_mid_stream_stops_the_nodes_generation(app, no
         time.sleep(0.05)
     (row,) = stores.metadata.list_usage(project_id=tenants["a"].project_id)
     assert 0 < row.completion_tokens < 400
-
-
-def asgi_scope(key: str) -> dict[str, Any]:
-    headers = [
-        (b"host", b"testserver.local"),
-        (b"content-type", b"application/json"),
-        (b"authorization", f"Bearer {key}".encode()),
-    ]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver.local", 80),
-        "state": {},
-    }
 
 
 def test_an_unreachable_node_is_a_503_envelope(settings, stores, tenants):

@@ -28,12 +28,7 @@ WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
 BETA = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_hyper(*, lora_dropout: float = 0.0) -> ResolvedHyperparameters:

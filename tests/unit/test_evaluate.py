@@ -24,12 +24,7 @@ torch = pytest.importorskip("torch")
 WORDS = ["alpha", "beta", "gamma", "delta"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load(tiny_dir: Path, *, lora_dropout: float = 0.0) -> Any:

@@ -41,12 +41,7 @@ WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 PAIRS = [(word, WORDS[(i + 1) % len(WORDS)]) for i, word in enumerate(WORDS)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_hyper(*, learning_rate: float = 1e-2, lora_dropout: float = 0.0) -> ResolvedHyperparameters:

@@ -140,6 +140,12 @@ def test_an_error_frame_mid_stream_raises_and_a_server_without_token_ids_is_refu
     assert err.value.status == 500
 
 
+def test_an_unreadable_chunk_is_a_server_error(tokenizer):
+    with pytest.raises(EngineError, match="unreadable chunk") as err:
+        events(sse(b"{not json", b"[DONE]"), tokenizer)
+    assert (err.value.code, err.value.status) == ("server_error", 500)
+
+
 def test_a_cancelled_request_stops_reading(tokenizer):
     cancelled = threading.Event()
     cancelled.set()
