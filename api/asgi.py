@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 from tunewright.api.app import create_app
-from tunewright.storage.base import open_stores
+from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
 
 if TYPE_CHECKING:

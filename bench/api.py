@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 from data import make_jobs, make_tenant
 from server import Process, granian, load_average
 
-from tunewright.storage.base import open_stores
+from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import ENV_PREFIX, load_settings
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from litestar.datastructures import State
 from tunewright.api.app import TunewrightApp
 from tunewright.api.errors import exception_handlers
 from tunewright.api.metrics import Metrics
-from tunewright.storage.base import open_stores
+from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
 
 HELLO = {"object": "hello", "message": "Hello, world!"}

@@ -74,7 +74,7 @@ def write_adapter(model: Any, out: Path, *, seed: int) -> Path:
 def make_engine(model_dir: Path, workdir: Path, args: argparse.Namespace) -> tuple[LocalEngine, Any]:
     """A LocalEngine over `model_dir` as `bench-base`, with a local blob store in `workdir`."""
     from tunewright.inference.local import LocalEngine
-    from tunewright.storage.base import open_blob_store
+    from tunewright.storage.registry import open_blob_store
     from tunewright.storage.settings import load_settings
 
     settings = load_settings(
@@ -160,7 +160,7 @@ def load_peft(model_dir: Path, adapter_dirs: list[Path]) -> Any:
     """The base model in PEFT with the 8 adapters loaded as `a0`…`a7` (the external baseline)."""
     from peft import PeftModel
 
-    from tunewright.trainer.modeling import load_model
+    from tunewright.modeling.loading import load_model
 
     model = PeftModel.from_pretrained(load_model(model_dir), adapter_dirs[0], adapter_name="a0")
     for k, directory in enumerate(adapter_dirs[1:], start=1):
@@ -196,7 +196,7 @@ class Bench:
 
     def __init__(self, model_dir: Path, workdir: Path, args: argparse.Namespace) -> None:
         """Write 64 (+ cold-load) adapters, start the engine and PEFT, and load the 64 adapters once."""
-        from tunewright.trainer.modeling import load_model
+        from tunewright.modeling.loading import load_model
 
         self.engine, blobs = make_engine(model_dir, workdir, args)
         template = load_model(model_dir)
@@ -254,11 +254,11 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> str:
 def model_dir_for(name: str, args: argparse.Namespace, workdir: Path) -> Path:
     """The tiny model built into `workdir`, or SmolLM2 imported once into the cache directory."""
     if name == "tiny":
-        from tunewright.trainer.tiny import make_tiny
+        from tunewright.modeling.tiny import make_tiny
 
         return make_tiny(workdir / "tiny")
+    from tunewright.modeling.registry import resolve_model_dir
     from tunewright.storage.settings import Settings
-    from tunewright.trainer.modeling import resolve_model_dir
 
     return resolve_model_dir(SMOLLM2, Settings(data_dir=str(Path(args.cache_dir).expanduser())))
 

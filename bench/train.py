@@ -268,11 +268,11 @@ def run_arm(arm: str, setup: Setup, workdir: Path) -> ArmResult:
 def model_dir_for(name: str, args: argparse.Namespace, workdir: Path) -> Path:
     """The tiny model built into `workdir`, or SmolLM2 imported once into the cache directory."""
     if name == "tiny":
-        from tunewright.trainer.tiny import make_tiny
+        from tunewright.modeling.tiny import make_tiny
 
         return make_tiny(workdir / "tiny")
+    from tunewright.modeling.registry import resolve_model_dir
     from tunewright.storage.settings import Settings
-    from tunewright.trainer.modeling import resolve_model_dir
 
     return resolve_model_dir(SMOLLM2, Settings(data_dir=str(Path(args.cache_dir).expanduser())))
 
@@ -281,7 +281,7 @@ def make_setup(model_dir: Path, args: argparse.Namespace, device: str = "cpu") -
     """Tokenize the pinned set with the model's chat template and fix the run's length."""
     from transformers import AutoConfig
 
-    from tunewright.trainer.modeling import load_tokenizer
+    from tunewright.modeling.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     max_tokens = int(AutoConfig.from_pretrained(model_dir, local_files_only=True).max_position_embeddings)

@@ -38,7 +38,7 @@ import httpx
 from data import MIB, jsonl_block, jsonl_stream, make_tenant
 from server import FAKE_AWS_ENV, Process, ProcessTree, RssSampler, granian, load_average, moto
 
-from tunewright.storage.base import open_stores
+from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import ENV_PREFIX, load_settings
 
 if TYPE_CHECKING:

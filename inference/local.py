@@ -20,13 +20,8 @@ from tunewright.inference.adapters import AdapterCache
 from tunewright.inference.engine import EngineError
 from tunewright.inference.models import BASE_ADAPTER, BaseModel, context_length_of
 from tunewright.inference.scheduler import Scheduler, Ticket
-from tunewright.trainer.modeling import (
-    ModelUnavailableError,
-    UnknownModelError,
-    load_tokenizer,
-    model_available,
-    resolve_model_dir,
-)
+from tunewright.modeling.loading import load_tokenizer
+from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, model_available, resolve_model_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -41,7 +41,7 @@ class BaseModel:
         import torch
 
         from tunewright.inference.lora_gather import LoRAStacks
-        from tunewright.trainer.modeling import load_model, load_tokenizer
+        from tunewright.modeling.loading import load_model, load_tokenizer
 
         self.model_id = model_id
         self.device = device

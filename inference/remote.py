@@ -45,8 +45,9 @@ from tunewright.inference.adapters import fetch_adapter, folder_name
 from tunewright.inference.detokenize import token_text
 from tunewright.inference.engine import EngineError, GenerationEvent, TokenLogprob, TopLogprob
 from tunewright.inference.models import context_length_of
+from tunewright.modeling.loading import load_tokenizer
+from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, resolve_model_dir
 from tunewright.storage.settings import SettingsError
-from tunewright.trainer.modeling import ModelUnavailableError, UnknownModelError, load_tokenizer, resolve_model_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -9,7 +9,7 @@ import msgspec
 from tunewright.storage.db import JOBS_CHANNEL
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.metadata_base import SQLStoreBase, now
-from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, ModelRecord, Page
+from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, JobStatus, ModelRecord, Page
 from tunewright.storage.rows import from_row, to_params
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class JobsMixin(SQLStoreBase):
             StateConflict: the status was not in `allowed` (`current` says what it was).
         """
         values: dict[str, Any] = {**changes, "status": status, "updated_at": now()}
-        if status != "running":
+        if status != JobStatus.RUNNING:
             values.update(lease_owner=None, lease_expires_at=None)
         allowed_params = {f"allowed_{i}": value for i, value in enumerate(allowed)}
         in_list = ", ".join(f":{name}" for name in allowed_params) or "NULL"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tunewright.storage.db import JOBS_CHANNEL
-from tunewright.storage.records import Claim, FileRecord, JobRecord, ModelRecord
+from tunewright.storage.records import Claim, FileRecord, JobRecord, JobStatus, ModelRecord
 from tunewright.storage.rows import encode_columns, to_params
 
 if TYPE_CHECKING:
@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RELEASE_STATUSES = frozenset({"queued", "paused"})
-HELD_STATUSES = frozenset({"validating_files", "queued", "running"})
-COMPLETE_STATUSES = frozenset({"succeeded", "failed"})
+RELEASE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.PAUSED})
+HELD_STATUSES = frozenset({JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING})
+COMPLETE_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
 # `complete(**changes)` may set any job field but its identity and what the queue itself owns.
 _FIXED = frozenset({"id", "project_id", "organization_id", "created_at"})
 _QUEUE_OWNED = frozenset({"status", "lease_owner", "lease_expires_at", "attempts", "updated_at"})
@@ -75,7 +75,7 @@ class SQLJobQueue:
             worker_id=worker_id,
             lease_expires_at=float(row["lease_expires_at"]),
             attempt=int(row["attempts"]),
-            status=row["status"],
+            status=JobStatus(row["status"]),
         )
         logger.info(
             "worker %s claimed job %s (%s, attempt %d)",
@@ -96,7 +96,9 @@ class SQLJobQueue:
             logger.warning("worker %s lost its lease on job %s", claim.worker_id, claim.job_id, extra=_extra(claim))
         return held
 
-    def release(self, claim: Claim, *, status: str = "queued", event: JobEventRecord | None = None) -> bool:
+    def release(
+        self, claim: Claim, *, status: JobStatus = JobStatus.QUEUED, event: JobEventRecord | None = None
+    ) -> bool:
         """Give the job back as `queued` or `paused`, clearing the lease; False if the lease was lost.
 
         Raises:

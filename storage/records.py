@@ -6,11 +6,33 @@ JSON-shaped columns (hyperparameters, method, metadata, …) hold plain Python v
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 T = TypeVar("T")
+
+
+class JobStatus(StrEnum):
+    """A fine-tuning job's status, as OpenAI names it (`paused` included: OpenAI returns it).
+
+    The transitions are in docs/architecture.md "Job states".
+    """
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+"""A job in one of these stays there."""
+ACTIVE_STATUSES = frozenset(JobStatus) - TERMINAL_STATUSES
+"""A job in one of these may still train (and may be cancelled)."""
 
 
 class Page(msgspec.Struct, Generic[T], kw_only=True):
@@ -121,7 +143,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     created_at: int
     model: str  # as requested: a base model id or an ft: model
     base_model: str  # the configured base model it resolves to
-    status: str  # validating_files | queued | running | paused | succeeded | failed | cancelled
+    status: JobStatus
     training_file: str
     validation_file: str | None
     hyperparameters: dict[str, Any]
@@ -221,4 +243,4 @@ class Claim(msgspec.Struct, kw_only=True):
     worker_id: str
     lease_expires_at: float
     attempt: int
-    status: str  # the job's status when claimed (validating_files, queued or running for a reclaim)
+    status: JobStatus  # the job's status when claimed (validating_files, queued or running for a reclaim)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord
+from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -37,6 +37,8 @@ def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
         value = data.get(key)
         if isinstance(value, str | bytes):
             data[key] = msgspec.json.decode(value)
+    if cls is JobRecord:
+        data["status"] = JobStatus(data["status"])
     # The schema is ours and the connectors hand back Python types, so the Struct is built without a
     # validation pass (msgspec.convert cost more than the query on list pages).
     return cls(**data)

@@ -23,7 +23,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from tunewright.storage.errors import NotFound, Unavailable
 from tunewright.storage.keys import validate_key, validate_prefix
-from tunewright.storage.local import CHUNK_SIZE, ChunkReader, Readable, StreamDigest, concat_parts, iter_chunks
+from tunewright.storage.streams import CHUNK_SIZE, ChunkReader, Readable, StreamDigest, concat_parts, iter_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence

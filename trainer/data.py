@@ -1,7 +1,7 @@
 """Training data as token ids: each line of a format-valid JSONL file becomes ids and a loss mask.
 
-The worker runs this after ``trainer.validate`` has passed the file, with the base model's own tokenizer and
-chat template (no torch here: the tokenizer is handed in). Three kinds of line (``trainer.formats``):
+The worker runs this after ``training_files.validate`` has passed the file, with the base model's own tokenizer and
+chat template (no torch here: the tokenizer is handed in). Three kinds of line (``training_files.formats``):
 
 - chat: ``render_chat`` with the line's ``tools`` (or the deprecated ``functions``); the mask covers the
   trained assistant messages (``weight`` 1 or absent) and their end-of-turn tokens;
@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import msgspec
 
-from tunewright.trainer.chat_format import present
-from tunewright.trainer.errors import DatasetError, DatasetParam, Problem
-from tunewright.trainer.formats import NON_PREFERRED_KEYS, PREFERRED_KEYS, DataFormat, detect_format
-from tunewright.trainer.modeling import ChatTemplateError, render_chat
-from tunewright.trainer.validate import MAX_PROBLEMS
+from tunewright.modeling.chat import ChatTemplateError, render_chat, template_tools
+from tunewright.training_files.errors import DatasetError, DatasetParam, Problem
+from tunewright.training_files.formats import NON_PREFERRED_KEYS, PREFERRED_KEYS, DataFormat, detect_format
+from tunewright.training_files.validate import MAX_PROBLEMS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -195,7 +194,7 @@ def tokenize_dataset(
         try:
             encoded = _encoder(obj, method, line)(tokenizer, obj, line)
         except ChatTemplateError as exc:
-            problems.append(Problem(line, "", str(exc)))
+            problems.append(Problem(line, "", str(exc)))  # the message names the field when there is one
             if len(problems) >= MAX_PROBLEMS:
                 break
             continue
@@ -260,7 +259,7 @@ def _truncate(example: E, max_tokens: int) -> E:
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, obj: dict[str, Any], line: int) -> TokenizedExample:
     """Render a chat line with the tokenizer's chat template; the mask covers its trained assistant turns."""
-    chat = render_chat(tokenizer, _messages(obj["messages"]), tools=_tools(obj))
+    chat = render_chat(tokenizer, obj["messages"], tools=_tools(obj))
     return TokenizedExample(ids=chat.ids, mask=chat.mask, line=line)
 
 
@@ -277,12 +276,12 @@ def encode_prompt_completion(tokenizer: PreTrainedTokenizerBase, obj: dict[str, 
 def encode_preference(tokenizer: PreTrainedTokenizerBase, obj: dict[str, Any], line: int) -> PreferenceExample:
     """Render a DPO line: the prompt with the assistant header, and each output's own tokens."""
     given = obj["input"]
-    messages, tools = _messages(given["messages"]), _tools(given)
+    messages, tools = given["messages"], _tools(given)
     prompt = render_chat(tokenizer, messages, tools=tools, add_generation_prompt=True).ids
     context = [{**message, "weight": 0} if message["role"] == "assistant" else message for message in messages]
 
     def reply(keys: tuple[str, str]) -> list[int]:
-        output = _messages(obj.get(keys[0]) or obj[keys[1]])
+        output = obj.get(keys[0]) or obj[keys[1]]
         chat = render_chat(tokenizer, context + output, tools=tools)
         return [token for token, bit in zip(chat.ids, chat.mask, strict=True) if bit]
 
@@ -297,23 +296,5 @@ _ENCODERS: dict[DataFormat, _Encoder] = {
 
 
 def _tools(obj: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Return the line's ``tools``, or its deprecated ``functions`` as tools; ``None`` when it has neither."""
-    if obj.get("tools"):
-        return list(obj["tools"])
-    functions = obj.get("functions") or []
-    return [{"type": "function", "function": function} for function in functions] or None
-
-
-def _messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copy messages for the chat template: nulls dropped, deprecated function calls spelled as tool calls."""
-    out = []
-    for message in messages:
-        fields = present(message)
-        fields.pop("refusal", None)
-        if "function_call" in fields:
-            call = fields.pop("function_call")
-            fields.setdefault("tool_calls", [{"id": f"call_{call['name']}", "type": "function", "function": call}])
-        if fields["role"] == "function":
-            fields = {"role": "tool", "tool_call_id": f"call_{fields['name']}", "content": fields.get("content", "")}
-        out.append(fields)
-    return out
+    """Return the line's ``tools`` and deprecated ``functions`` as the template's tools; ``None`` without either."""
+    return template_tools(obj.get("tools"), obj.get("functions"))

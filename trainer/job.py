@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from tunewright.modeling.chat import ChatTemplateError
+from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError
 from tunewright.storage.keys import adapter_blob_prefix
+from tunewright.storage.records import JobStatus
 from tunewright.trainer.collate import pad_id_of
-from tunewright.trainer.errors import DatasetError
-from tunewright.trainer.modeling import ChatTemplateError, ModelUnavailableError, UnknownModelError
 from tunewright.trainer.prepare import prepare, summary_message, truncation_messages
 from tunewright.trainer.publish import (
     discard_checkpoints,
@@ -31,6 +32,7 @@ from tunewright.trainer.publish import (
 )
 from tunewright.trainer.resume import TrainingProgress, delete_resume_point, load_resume_point, restore
 from tunewright.trainer.session import Session
+from tunewright.training_files.errors import DatasetError
 
 if TYPE_CHECKING:
     from tunewright.trainer.backends.base import TrainingBackend
@@ -38,8 +40,6 @@ if TYPE_CHECKING:
     from tunewright.trainer.session import JobHandle
 
 logger = logging.getLogger(__name__)
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class LeaseLostError(Exception):
@@ -64,7 +64,7 @@ def run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str:
     except LeaseLostError:
         return stopped_outcome(handle)
     except DatasetError as exc:
-        return fail(handle, exc.code, exc.message, param=exc.param)
+        return fail(handle, **exc.to_error())
     except (UnknownModelError, ModelUnavailableError) as exc:
         return fail(handle, "model_not_available", f"The base model '{handle.job.base_model}' is not available: {exc}")
     except ChatTemplateError as exc:
@@ -83,13 +83,13 @@ def run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str:
 
 def too_many_attempts(handle: JobHandle) -> bool:
     """A running job reclaimed after its worker died more times than allowed: it is failing the workers."""
-    return handle.claim.status == "running" and handle.claim.attempt > handle.settings.max_job_attempts
+    return handle.claim.status == JobStatus.RUNNING and handle.claim.attempt > handle.settings.max_job_attempts
 
 
 def prepare_data(handle: JobHandle) -> PreparedJob:
     """Validate and tokenize the files, then write the resolved hyperparameters and the `running` status."""
     job = handle.job
-    fresh = job.status == "validating_files"
+    fresh = job.status == JobStatus.VALIDATING_FILES
     if fresh:
         files = ", ".join(f for f in (job.training_file, job.validation_file) if f)
         _event(handle, f"Validating training file: {files}")
@@ -100,7 +100,7 @@ def prepare_data(handle: JobHandle) -> PreparedJob:
         events.extend(handle.event(message, level="warn") for message in truncation_messages(prepared))
     if not handle.stores.queue.update(
         handle.claim,
-        status="running",
+        status=JobStatus.RUNNING,
         events=events,
         method=prepared.method,
         hyperparameters=prepared.hyperparameters,
@@ -140,7 +140,7 @@ def start_session(handle: JobHandle, prepared: PreparedJob, backend: TrainingBac
         session.progress = point.progress
         session.progress.resumes += 1
         _event(handle, f"Resumed from step {point.progress.step}/{prepared.total_steps}")
-    elif handle.job.status == "validating_files":
+    elif handle.job.status == JobStatus.VALIDATING_FILES:
         _event(handle, "Fine-tuning job started")
     else:
         _event(handle, f"Fine-tuning job started again from step 0 (attempt {handle.claim.attempt})")
@@ -176,7 +176,7 @@ def finish(session: Session) -> str:
         message = (
             f"The worker is stopping: the job goes back to the queue and resumes from step {session.progress.step}"
         )
-        released = handle.stores.queue.release(handle.claim, status="queued", event=handle.event(message))
+        released = handle.stores.queue.release(handle.claim, status=JobStatus.QUEUED, event=handle.event(message))
         return "released" if released else stopped_outcome(handle, session)
     if session.stop_reason is not None:
         return stopped_outcome(handle, session)
@@ -186,21 +186,21 @@ def finish(session: Session) -> str:
 def release_before_training(handle: JobHandle) -> str:
     """The worker is stopping before training began: give the job back as it is (its resume point, if any, stays)."""
     message = "The worker is stopping: the job goes back to the queue before training"
-    released = handle.stores.queue.release(handle.claim, status="queued", event=handle.event(message))
+    released = handle.stores.queue.release(handle.claim, status=JobStatus.QUEUED, event=handle.event(message))
     return "released" if released else stopped_outcome(handle)
 
 
 def stopped_outcome(handle: JobHandle, session: Session | None = None) -> str:
     """After the lease was refused: keep a resume point for a pause, nothing for a cancel; return the outcome."""
     status = handle.stores.metadata.get_job(handle.job.id, project_id=handle.job.project_id).status
-    if status == "paused":
+    if status == JobStatus.PAUSED:
         if session is not None:
             session.save_resume_point()
             if session.unwritten_event is not None:
                 handle.stores.metadata.add_event(session.unwritten_event)
             handle.stores.metadata.add_event(handle.event(f"Saved the job's progress at step {session.progress.step}"))
         return "paused"
-    if status == "cancelled":
+    if status == JobStatus.CANCELLED:
         delete_resume_point(handle.stores.blobs, handle.resume_key)
         discard_checkpoints(handle.stores, project_id=handle.job.project_id, job_id=handle.job.id)
         return "cancelled"
@@ -218,7 +218,7 @@ def publish(session: Session) -> str:
     model = fine_tuned_model_record(job, handle.organization_slug, name=name, prefix=prefix, kind="fine-tune")
     done = handle.stores.queue.complete(
         handle.claim,
-        status="succeeded",
+        status=JobStatus.SUCCEEDED,
         event=handle.event("The job has successfully completed"),
         files=[results],
         models=[model],
@@ -235,11 +235,15 @@ def publish(session: Session) -> str:
     return "succeeded"
 
 
-def fail(handle: JobHandle, code: str, message: str, *, param: str | None = None) -> str:
+def fail(handle: JobHandle, code: str, message: str, param: str | None = None) -> str:
     """Complete the job as failed with ``error = {code, message, param}``; nothing is billed."""
     error = {"code": code, "message": message, "param": param}
     done = handle.stores.queue.complete(
-        handle.claim, status="failed", event=handle.event(message, level="error"), error=error, estimated_finish=None
+        handle.claim,
+        status=JobStatus.FAILED,
+        event=handle.event(message, level="error"),
+        error=error,
+        estimated_finish=None,
     )
     if not done:
         return stopped_outcome(handle)

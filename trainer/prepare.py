@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tunewright.modeling.loading import load_tokenizer
+from tunewright.modeling.registry import resolve_model_dir
 from tunewright.trainer.batching import padding_fraction, plan_batches
 from tunewright.trainer.data import tokenize_dataset
 from tunewright.trainer.hyperparams import (
@@ -20,8 +22,7 @@ from tunewright.trainer.hyperparams import (
     total_steps,
     with_resolved,
 )
-from tunewright.trainer.modeling import load_tokenizer, resolve_model_dir
-from tunewright.trainer.validate import validate_dataset
+from tunewright.training_files.validate import validate_dataset
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -15,7 +15,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from tunewright.storage.ids import new_id
-from tunewright.trainer.job import TERMINAL, run_job
+from tunewright.storage.records import TERMINAL_STATUSES, JobStatus
+from tunewright.trainer.job import run_job
 from tunewright.trainer.session import JobHandle
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class Worker:
         if claim is None:
             return None
         job = self.stores.metadata.get_job(claim.job_id, project_id=claim.project_id)
-        if job.status in TERMINAL or job.status == "paused":
+        if job.status in TERMINAL_STATUSES or job.status == JobStatus.PAUSED:
             return "lost"
         organization = self.stores.metadata.get_organization(job.organization_id)
         with LeaseKeeper(self.stores.queue, claim, lease_s=settings.lease_s, every_s=settings.heartbeat_s) as lease:

@@ -15,8 +15,6 @@ from tunewright.api.chat.schemas import (
     ChatCompletionLogprobs,
     ChatCompletionMessageCustomToolCall,
     ChatCompletionRequestAssistantMessage,
-    ChatCompletionRequestMessageContentPartRefusal,
-    ChatCompletionRequestMessageContentPartText,
     ChatCompletionResponseMessage,
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponseDelta,
@@ -45,6 +43,7 @@ from tunewright.api.inference_common import (
     unsupported,
 )
 from tunewright.inference.engine import GenerationRequest, SamplingParams
+from tunewright.modeling.chat import ChatTemplateError, render_chat, template_tools
 from tunewright.storage.ids import new_id
 
 if TYPE_CHECKING:
@@ -55,9 +54,6 @@ if TYPE_CHECKING:
     from tunewright.api.inference_common import CompletionUsage
     from tunewright.inference.engine import GenerationEvent, InferenceEngine, TokenLogprob
     from tunewright.storage.settings import Settings
-
-
-TEXT_PARTS = (ChatCompletionRequestMessageContentPartText, ChatCompletionRequestMessageContentPartRefusal)
 
 
 async def create_chat_completion(
@@ -141,46 +137,33 @@ def prepare(state: State, engine: InferenceEngine, data: CreateChatCompletionReq
 
 
 def render(tokenizer: Any, data: CreateChatCompletionRequest) -> list[int]:
-    """Render the messages (and tools) with the base model's chat template, as training renders them.
+    """Render the messages (and tools) into the prompt's token ids with the renderer training uses.
 
     Raises:
         InvalidRequestError: a part the models cannot read, or a chat the template cannot render.
     """
-    from jinja2 import TemplateError
-
-    messages = [_template_message(message, index) for index, message in enumerate(data.messages)]
-    tools = _template_tools(data)
+    messages = [_message(message, index) for index, message in enumerate(data.messages)]
     try:
-        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
-    except (TemplateError, TypeError, KeyError, ValueError) as exc:
-        raise invalid("messages", f"the model's chat template cannot render these messages ({echo(exc)}).") from exc
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return render_chat(tokenizer, messages, tools=_tools(data), add_generation_prompt=True, with_mask=False).ids
+    except ChatTemplateError as exc:
+        raise invalid(exc.param or "messages", f"{echo(str(exc))}.") from exc
 
 
-def _template_message(message: Any, index: int) -> dict[str, Any]:
-    """A message as the template takes it: text parts joined into one string."""
+def _message(message: Any, index: int) -> dict[str, Any]:
+    """A request message as JSON, once its tool calls are known to be function calls."""
     if isinstance(message, ChatCompletionRequestAssistantMessage) and message.tool_calls is not UNSET:
         for position, call in enumerate(message.tool_calls):
             if isinstance(call, ChatCompletionMessageCustomToolCall):
                 raise invalid(f"messages[{index}].tool_calls[{position}]", "custom tool calls are not supported.")
-    out = msgspec.to_builtins(message)
-    content = getattr(message, "content", None)
-    if isinstance(content, list):
-        for position, part in enumerate(content):
-            if not isinstance(part, TEXT_PARTS):
-                param = f"messages[{index}].content[{position}].type"
-                raise invalid(param, "the models of this server read text parts only.")
-        out["content"] = "".join(p.text for p in content if isinstance(p, ChatCompletionRequestMessageContentPartText))
-    return out
+    return msgspec.to_builtins(message)
 
 
-def _template_tools(data: CreateChatCompletionRequest) -> list[dict[str, Any]] | None:
+def _tools(data: CreateChatCompletionRequest) -> list[dict[str, Any]] | None:
     """Function tools (and deprecated `functions`) for the template; none when `tool_choice` is `none`."""
     if data.tool_choice == "none":
         return None
-    tools = [msgspec.to_builtins(tool) for tool in data.tools or []]
-    tools += [{"type": "function", "function": msgspec.to_builtins(f)} for f in data.functions or []]
-    return tools or None
+    functions = [msgspec.to_builtins(function) for function in data.functions or []]
+    return template_tools([msgspec.to_builtins(tool) for tool in data.tools or []], functions)
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> ChatCompletionLogprobs:

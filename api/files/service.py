@@ -16,8 +16,8 @@ from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
 from tunewright.storage.keys import file_blob_key
 from tunewright.storage.records import FileRecord
-from tunewright.trainer.errors import DatasetError
-from tunewright.trainer.validate import JsonlChecker
+from tunewright.training_files.errors import DatasetError
+from tunewright.training_files.validate import JsonlChecker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -25,6 +25,7 @@ from tunewright.api.errors import APIError, ServerError
 from tunewright.api.fine_tuning import service
 from tunewright.api.fine_tuning.schemas import FineTuningJobEvent
 from tunewright.api.sse import DONE_FRAME, HEADERS, KEEPALIVE_FRAME, MEDIA_TYPE, EventStream, SseOperation, error_frame
+from tunewright.storage.records import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -90,7 +91,7 @@ async def event_frames(stores: Stores, job_id: str, *, project_id: str, after: s
                 quiet_since = time.monotonic()
             if page.has_more:
                 continue
-            if status in service.TERMINAL_STATES:
+            if status in TERMINAL_STATUSES:
                 yield DONE_FRAME
                 return
             if time.monotonic() - quiet_since >= KEEPALIVE_S:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from msgspec import UNSET, Meta, UnsetType
 
 from tunewright.api.schemas import Request, Response
+from tunewright.storage.records import JobStatus
 
 if TYPE_CHECKING:
     from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, PermissionRecord
@@ -169,7 +170,7 @@ class FineTuningJob(Response):
             validation_file=record.validation_file,
             seed=record.seed,
             integrations=record.integrations if record.integrations is not None else [],
-            estimated_finish=record.estimated_finish if record.status == "running" else UNSET,
+            estimated_finish=record.estimated_finish if record.status == JobStatus.RUNNING else UNSET,
             method=record.method or UNSET,
             metadata=record.metadata,
             user_provided_suffix=record.suffix,

@@ -13,9 +13,9 @@ from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.events import make_event
 from tunewright.storage.ids import new_id, new_model_slot
-from tunewright.storage.records import JobEventRecord, JobRecord
-from tunewright.trainer.errors import DatasetError
-from tunewright.trainer.validate import JsonlChecker
+from tunewright.storage.records import ACTIVE_STATUSES, TERMINAL_STATUSES, JobEventRecord, JobRecord, JobStatus
+from tunewright.training_files.errors import DatasetError
+from tunewright.training_files.validate import JsonlChecker
 
 if TYPE_CHECKING:
     from tunewright.api.auth import Principal
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from tunewright.storage.records import FileRecord
     from tunewright.storage.settings import Settings
 
-ACTIVE_STATES = ("validating_files", "queued", "running", "paused")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 CORE_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -196,7 +194,7 @@ def create_job(stores: Stores, settings: Settings, data: CreateFineTuningJobRequ
         updated_at=now,
         model=data.model,
         base_model=base_model,
-        status="validating_files",
+        status=JobStatus.VALIDATING_FILES,
         training_file=training.id,
         validation_file=validation.id if validation else None,
         hyperparameters=hyperparameters,
@@ -220,16 +218,16 @@ def get_job(stores: Stores, job_id: str, *, project_id: str) -> JobRecord:
 
 
 _TRANSITIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
-    "cancel": (ACTIVE_STATES, "cancelled", "Fine-tuning job cancelled"),
-    "pause": (("running",), "paused", "Fine-tuning job paused"),
-    "resume": (("paused",), "queued", "Fine-tuning job resumed; waiting for a worker"),
+    "cancel": (ACTIVE_STATUSES, JobStatus.CANCELLED, "Fine-tuning job cancelled"),
+    "pause": ((JobStatus.RUNNING,), JobStatus.PAUSED, "Fine-tuning job paused"),
+    "resume": ((JobStatus.PAUSED,), JobStatus.QUEUED, "Fine-tuning job resumed; waiting for a worker"),
 }
 
 
 def change_state(stores: Stores, job_id: str, action: str, *, project_id: str) -> JobRecord:
     """Apply `cancel`, `pause` or `resume` as a compare-and-set; anything else is 400 invalid_job_state."""
     allowed, status, message = _TRANSITIONS[action]
-    changes: dict[str, Any] = {"finished_at": int(time.time())} if status in TERMINAL_STATES else {}
+    changes: dict[str, Any] = {"finished_at": int(time.time())} if status in TERMINAL_STATUSES else {}
     try:
         return stores.metadata.transition_job(
             job_id,

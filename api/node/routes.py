@@ -37,7 +37,7 @@ from tunewright.api.node.schemas import (
     UnloadLoRAAdapterRequest,
 )
 from tunewright.inference.local import LocalEngine
-from tunewright.storage.base import open_blob_store
+from tunewright.storage.registry import open_blob_store
 from tunewright.storage.settings import load_settings
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from tunewright.api.uploads.schemas import UPLOAD_PURPOSES
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import FileRecord, UploadPartRecord, UploadRecord
-from tunewright.trainer.errors import DatasetError
-from tunewright.trainer.validate import JsonlChecker
+from tunewright.training_files.errors import DatasetError
+from tunewright.training_files.validate import JsonlChecker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from tunewright.storage.base import open_stores
+from tunewright.storage.registry import open_stores
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tunewright.storage.records import JobStatus
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterator
@@ -167,7 +169,7 @@ def report(job: dict[str, Any], out: TextIO) -> int:
     """Print the job's final status and model (or error); return 0 if it succeeded, else 1."""
     status = job.get("status")
     print(f"status: {status}", file=out)
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         print(f"fine-tuned model: {job.get('fine_tuned_model')}", file=out)
         return 0
     error = job.get("error") or {}

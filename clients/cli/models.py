@@ -27,7 +27,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def make_tiny(args: argparse.Namespace, settings: Settings) -> int:
     """Build the tiny model into `args.directory` and print where it is."""
-    from tunewright.trainer.tiny import make_tiny as build  # lazy: imports torch
+    from tunewright.modeling.tiny import make_tiny as build  # lazy: imports torch
 
     path = build(args.directory, seed=args.seed)
     print(f"tiny model written to {path}")

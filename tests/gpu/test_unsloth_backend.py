@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tunewright.modeling.chat import render_chat
 from tunewright.trainer.backends.peft import PeftTrainingBackend
 from tunewright.trainer.collate import collate_examples, pad_id_of
 from tunewright.trainer.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.loop import train
-from tunewright.trainer.modeling import render_chat
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -14,8 +14,8 @@ from fixtures.contract import schema_for, validate, validate_error, validate_ope
 
 from tunewright.api.fine_tuning import events_stream
 from tunewright.clients.cli.serve import DEFAULT_ORGANIZATION, DEFAULT_PROJECT
-from tunewright.storage.base import open_stores
 from tunewright.storage.events import make_event
+from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
 
 pytestmark = pytest.mark.integration

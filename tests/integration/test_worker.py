@@ -27,10 +27,10 @@ from fixtures.training import (
     worker_process,
 )
 
+from tunewright.modeling.loading import load_tokenizer
 from tunewright.storage.errors import NotFound
 from tunewright.storage.keys import adapter_blob_prefix, resume_blob_key
 from tunewright.trainer.data import tokenize_dataset
-from tunewright.trainer.modeling import load_tokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -122,7 +122,7 @@ def test_the_published_adapter_is_standard_peft_and_reloads_with_the_same_weight
 ):
     from peft import PeftModel
 
-    from tunewright.trainer.modeling import load_model
+    from tunewright.modeling.loading import load_model
 
     job = create(client_a, upload(client_a, "valid_chat.jsonl"), epochs=1)
     run_worker(settings, stores)

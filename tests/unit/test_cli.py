@@ -13,7 +13,8 @@ from tunewright.api.auth import authenticate, hash_secret
 from tunewright.api.errors import AuthenticationError
 from tunewright.clients.cli import serve
 from tunewright.clients.cli.main import main
-from tunewright.storage.base import Stores, open_stores
+from tunewright.storage.base import Stores
+from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def test_models_make_tiny_calls_the_builder(cli: Any, tmp_path: Path, monkeypatc
         calls.append((directory, seed))
         return directory
 
-    monkeypatch.setattr("tunewright.trainer.tiny.make_tiny", fake_make_tiny)
+    monkeypatch.setattr("tunewright.modeling.tiny.make_tiny", fake_make_tiny)
     result = cli("models", "make-tiny", str(tmp_path / "tiny"), "--seed", "7")
     assert result.code == 0, result.err
     assert calls == [(tmp_path / "tiny", 7)]

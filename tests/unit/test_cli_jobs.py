@@ -14,8 +14,8 @@ from fixtures.server import free_port
 from tunewright.clients.cli import jobs
 from tunewright.clients.cli.main import main
 from tunewright.clients.cli.serve import DEFAULT_ORGANIZATION, DEFAULT_PROJECT
-from tunewright.storage.base import open_stores
 from tunewright.storage.events import make_event
+from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

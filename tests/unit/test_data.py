@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from tunewright.modeling.chat import render_chat
 from tunewright.trainer.data import PreferenceExample, TokenizedExample, tokenize_dataset
-from tunewright.trainer.errors import DatasetError
-from tunewright.trainer.modeling import render_chat
+from tunewright.training_files.errors import DatasetError
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 ANSWER = {"role": "assistant", "content": "The capital of France is Paris."}
@@ -89,6 +89,30 @@ def test_an_example_with_every_target_cut_off_is_an_error_naming_its_line(tokeni
         "tokens and truncating it there would cut off every assistant token, leaving nothing to train on",
     )
     assert error.message.startswith("validation_file line 3: ")
+
+
+def test_an_image_part_fails_its_line_rather_than_training_without_the_image(tokenizer: Any) -> None:
+    picture = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    seen = {"role": "user", "content": [{"type": "text", "text": "What is this?"}, picture]}
+    with pytest.raises(DatasetError) as caught:
+        sft(tokenizer, {"messages": [USER, ANSWER]}, {"messages": [seen, ANSWER]})
+    assert caught.value.details == (
+        "line 2: messages[0].content[1] is a 'image_url' part; the base model reads text only",
+    )
+
+
+def test_text_parts_are_joined_and_refusal_parts_left_out(tokenizer: Any) -> None:
+    parts = {
+        "role": "user",
+        "content": [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of France?"}],
+    }
+    refusing = {
+        "role": "assistant",
+        "content": [{"type": "refusal", "refusal": "No."}, {"type": "text", "text": "Paris."}],
+    }
+    joined = sft(tokenizer, {"messages": [parts, refusing]}).examples[0]
+    plain = sft(tokenizer, {"messages": [USER, {"role": "assistant", "content": "Paris."}]}).examples[0]
+    assert joined.ids == plain.ids
 
 
 def test_training_file_errors_use_the_training_code(tokenizer: Any) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tunewright.trainer.formats import DataFormat, detect_format, validate_example
+from tunewright.training_files.formats import DataFormat, detect_format, validate_example
 
 
 def chat(i: int = 0) -> dict[str, Any]:

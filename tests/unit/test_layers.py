@@ -1,4 +1,17 @@
-"""Imports point one way (STYLE.md §1), and heavy ML libraries stay out of the API."""
+"""Imports point one way (docs/architecture.md "Layers"), and heavy ML libraries stay out of the API.
+
+```
+clients ─▶ api ─▶ inference ─▶ modeling ─▶ storage
+            │                     ▲
+            ├──▶ training_files   │
+            │         ▲           │
+            │      trainer ───────┘ (and storage)
+```
+
+`training_files` (the OpenAI training-file formats and their checks) is pure Python and imports nothing else of
+ours; `modeling` (base models: registry, loading, chat rendering, the tiny model) imports only `storage`;
+`trainer` and `inference` are siblings over `modeling` and never import each other; `api` imports no `trainer`.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +21,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-LAYERS = ("api", "trainer", "storage", "inference", "clients")
-HEAVY = ("torch", "transformers", "peft", "unsloth", "unsloth_zoo", "accelerate", "trl")
-# Pure-Python modules of trainer/ that the API may import for the synchronous dataset check.
-TRAINER_FOR_API = ("validate", "errors", "formats", "chat_format")
+LAYERS = ("api", "trainer", "storage", "inference", "clients", "modeling", "training_files")
+HEAVY = ("torch", "transformers", "peft", "unsloth", "unsloth_zoo", "accelerate", "trl", "jinja2", "tokenizers")
+# Packages that may import the heavy libraries, and only inside functions.
+HEAVY_ALLOWED = ("trainer", "inference", "modeling")
 
 ALLOWED = {
     "storage": {"storage"},
-    "trainer": {"trainer", "storage"},
-    "inference": {"inference", "trainer", "storage"},
-    "api": {"api", "storage", "trainer", "inference"},
+    "training_files": {"training_files"},
+    "modeling": {"modeling", "storage"},
+    "trainer": {"trainer", "modeling", "training_files", "storage"},
+    "inference": {"inference", "modeling", "storage"},
+    "api": {"api", "inference", "modeling", "training_files", "storage"},
     "clients": set(LAYERS),
 }
 
@@ -53,17 +68,26 @@ def test_imports_point_one_way(layer, path):
         parts = name.split(".")
         assert parts[0] not in LAYERS, f"{path}: bare import {name!r}; use tunewright.{name}"
         if parts[0] == "tunewright" and len(parts) > 1:
-            target = parts[1]
-            assert target in ALLOWED[layer], f"{path}: {layer} may not import {name}"
-            if layer == "api" and target == "trainer":
-                assert len(parts) > 2 and parts[2] in TRAINER_FOR_API, (
-                    f"{path}: api may only import pure trainer modules"
-                )
+            assert parts[1] in ALLOWED[layer], f"{path}: {layer} may not import {name}"
         if parts[0] in HEAVY:
-            assert layer in ("trainer", "inference"), f"{path}: {name} imported outside trainer/ and inference/"
+            assert layer in HEAVY_ALLOWED, f"{path}: {name} imported outside {', '.join(HEAVY_ALLOWED)}"
             assert in_function, f"{path}: {name} must be imported inside a function"
 
 
 def test_the_layer_test_sees_every_layer():
     seen = {layer for layer, _ in modules()}
     assert seen == set(LAYERS)
+
+
+def test_the_api_process_imports_no_heavy_library():
+    """Importing the whole API (every route module) loads neither torch nor transformers nor the trainer."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tunewright.api.app import _routes, DEFAULT_FEATURES; _routes(DEFAULT_FEATURES); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft') "
+        "or m.startswith('tunewright.trainer')); print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

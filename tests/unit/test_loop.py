@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tunewright.modeling.chat import render_chat
+from tunewright.modeling.loading import load_model
 from tunewright.trainer.backends import select_backend
 from tunewright.trainer.backends.peft import PeftTrainingBackend
 from tunewright.trainer.hyperparams import ResolvedHyperparameters
@@ -28,7 +30,6 @@ from tunewright.trainer.loop import (
     token_loss,
     train,
 )
-from tunewright.trainer.modeling import load_model, render_chat
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -7,17 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tunewright.modeling import registry
+from tunewright.modeling.chat import ChatTemplateError, render_chat
+from tunewright.modeling.loading import load_model, load_tokenizer
+from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, resolve_model_dir
 from tunewright.storage.settings import Settings
-from tunewright.trainer import modeling
-from tunewright.trainer.modeling import (
-    ChatTemplateError,
-    ModelUnavailableError,
-    UnknownModelError,
-    load_model,
-    load_tokenizer,
-    render_chat,
-    resolve_model_dir,
-)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -152,13 +146,13 @@ def test_availability_is_checked_without_importing_anything(tiny_dir: Path, tmp_
         hub="tunewright-tests/never-cached",
         small="pkg:tw_fake_gguf",
     )
-    assert modeling.model_available("tiny", settings)
-    assert modeling.model_available("small", settings)
+    assert registry.model_available("tiny", settings)
+    assert registry.model_available("small", settings)
     assert fake_package == []  # the packaged model is found, not imported
     for model in ("gone", "hub", "unknown"):
-        assert not modeling.model_available(model, settings)
+        assert not registry.model_available(model, settings)
     missing = settings_for(tmp_path, small="pkg:tunewright_no_such_package")
-    assert not modeling.model_available("small", missing)
+    assert not registry.model_available("small", missing)
 
 
 @pytest.fixture
@@ -176,7 +170,7 @@ def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         threading.Event().wait(0.2)  # long enough for the other importer to reach the lock
         (out / "config.json").write_text("{}")
 
-    monkeypatch.setattr(modeling, "_convert_gguf", convert)
+    monkeypatch.setattr(registry, "_convert_gguf", convert)
     return calls
 
 
@@ -203,7 +197,7 @@ def test_failed_import_leaves_nothing_behind(
     def broken(gguf: Path, out: Path) -> None:
         raise RuntimeError("corrupt file")
 
-    monkeypatch.setattr(modeling, "_convert_gguf", broken)
+    monkeypatch.setattr(registry, "_convert_gguf", broken)
     settings = settings_for(tmp_path, small="pkg:tw_fake_gguf")
     with pytest.raises(RuntimeError, match="corrupt file"):
         resolve_model_dir("small", settings)

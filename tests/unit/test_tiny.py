@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tunewright.trainer.tiny import make_tiny
+from tunewright.modeling.tiny import make_tiny
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tunewright.trainer.errors import DatasetError
-from tunewright.trainer.validate import (
+from tunewright.training_files.errors import DatasetError
+from tunewright.training_files.validate import (
     DataFormat,
     JsonlChecker,
     JsonlSummary,
@@ -275,14 +275,14 @@ def test_valid_asset_split_into_single_bytes() -> None:
 
 def test_validate_is_importable_without_torch() -> None:
     code = (
-        "import sys, tunewright.trainer.validate; "
+        "import sys, tunewright.training_files.validate; "
         "bad = {'torch', 'transformers', 'tokenizers'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _outcome(data: bytes, cuts: list[int]) -> object:
-    from tunewright.trainer import validate
+    from tunewright.training_files import validate
 
     checker = validate.JsonlChecker()
     try:
@@ -315,7 +315,7 @@ def test_the_framing_verdict_does_not_depend_on_how_the_bytes_arrive() -> None:
 
 
 def _checked(data: bytes, **kwargs: Any) -> str | None:
-    from tunewright.trainer.validate import JsonlChecker
+    from tunewright.training_files.validate import JsonlChecker
 
     checker = JsonlChecker(**kwargs)
     try:
@@ -345,7 +345,7 @@ def test_deeply_nested_json_is_a_line_located_error_not_a_crash() -> None:
 def test_out_of_range_numbers_get_one_verdict_whatever_the_chunking(number: bytes) -> None:
     good = b'{"prompt": "a", "completion": "b"}\n'
     data = good * 11 + b'{"prompt": "a", "completion": "b", "n": ' + number + b"}\n" + good
-    from tunewright.trainer.validate import JsonlChecker
+    from tunewright.training_files.validate import JsonlChecker
 
     verdicts = set()
     for size in (7, 64, len(data)):

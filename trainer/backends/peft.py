@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunewright.trainer.modeling import load_model, load_tokenizer
+from tunewright.modeling.loading import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from tunewright.trainer.modeling import load_tokenizer
+from tunewright.modeling.loading import load_tokenizer
 
 if TYPE_CHECKING:
     from pathlib import Path

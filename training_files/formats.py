@@ -1,9 +1,9 @@
 """Training-line formats: detect which one a line is in, and check it against that format's rules.
 
-Pure Python (the API imports it through ``trainer.validate``). Three formats (reference §5):
+Pure Python (the API imports it through ``training_files.validate``). Three formats (reference §5):
 
 - ``chat``: ``{"messages": [...], "tools"?, "parallel_tool_calls"?, "functions"?}`` (rules in
-  ``trainer.chat_format``);
+  ``training_files.chat_format``);
 - ``prompt_completion`` (legacy): ``{"prompt": str, "completion": non-empty str}``;
 - ``preference`` (DPO): ``{"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output": [one
   assistant message], "non_preferred_output": [one assistant message]}``; the old schema's
@@ -17,8 +17,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from tunewright.trainer.chat_format import check_chat_example, check_messages, check_tool_fields, got, present
-from tunewright.trainer.errors import Problem, Problems, json_type
+from tunewright.training_files.chat_format import check_chat_example, check_messages, check_tool_fields, got, present
+from tunewright.training_files.errors import Problem, Problems, json_type
 
 if TYPE_CHECKING:
     from collections.abc import Callable

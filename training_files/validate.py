@@ -5,7 +5,7 @@ upload and at job creation; the worker runs the same checks before tokenizing.
 
 Framing rules: UTF-8, one JSON object per line; a UTF-8 byte order mark at the start of the file, CRLF line
 ends and blank (whitespace-only) lines are tolerated; line numbers are 1-based physical lines. The first
-framing error stops the check. Format rules (``trainer.formats``) collect up to ``MAX_PROBLEMS`` problems.
+framing error stops the check. Format rules (``training_files.formats``) collect up to ``MAX_PROBLEMS`` problems.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from tunewright.trainer.chat_format import decode_reason
-from tunewright.trainer.errors import DatasetError, DatasetParam, Problem, json_type
-from tunewright.trainer.formats import DataFormat, detect_format, validate_example
+from tunewright.training_files.chat_format import decode_reason
+from tunewright.training_files.errors import DatasetError, DatasetParam, Problem, json_type
+from tunewright.training_files.formats import DataFormat, detect_format, validate_example
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

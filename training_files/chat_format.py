@@ -1,6 +1,6 @@
 """Rules for chat-format training lines: ``messages``, ``tools``, ``functions``, ``parallel_tool_calls``.
 
-Pure Python (the API imports it through ``trainer.validate``). What is enforced, beyond the types of each
+Pure Python (the API imports it through ``training_files.validate``). What is enforced, beyond the types of each
 field (a JSON ``null`` counts as an absent field everywhere):
 
 - ``messages`` is a non-empty array of objects; ``role`` is one of ``ROLES``; no keys outside
@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from tunewright.trainer.errors import Problems, echo, json_type
+from tunewright.training_files.errors import Problems, echo, json_type
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight", "refusal")

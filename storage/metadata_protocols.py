@@ -1,0 +1,353 @@
+"""The metadata protocols, one per feature; `MetadataStore` (storage/base.py) is all of them.
+
+Each is implemented by the mixin of the matching `metadata_<feature>.py` module, written once against
+`storage/db.py` for SQLite and PostgreSQL. Code that needs one feature can ask for its protocol alone.
+
+Every method that touches tenant data takes a keyword-only `project_id`: tenancy is enforced here, so an object
+of another project is simply `NotFound`. Lists are newest first by `(created_at, id)` unless an `order` says
+otherwise; `after` is the id of the last object of the previous page and raises `InvalidCursor` when it names no
+object of that list. Writes that touch several rows happen in one transaction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tunewright.storage.records import (
+        ApiKeyRecord,
+        CheckpointRecord,
+        FileRecord,
+        JobEventRecord,
+        JobRecord,
+        ModelRecord,
+        OrganizationRecord,
+        Page,
+        PermissionRecord,
+        ProjectRecord,
+        ServiceAccountRecord,
+        UploadPartRecord,
+        UploadRecord,
+        UsageRecord,
+    )
+
+
+class TenantStore(Protocol):
+    """Organizations, projects, API keys and service accounts."""
+
+    def create_organization(self, *, name: str, slug: str) -> OrganizationRecord:
+        """Insert an organization. `Conflict` if the slug exists."""
+        ...
+
+    def get_organization(self, organization_id: str) -> OrganizationRecord:
+        """Return one organization. `NotFound`."""
+        ...
+
+    def find_organization(self, *, slug: str) -> OrganizationRecord | None:
+        """Return the organization with this slug, if any."""
+        ...
+
+    def create_project(self, *, organization_id: str, name: str, external_key_id: str | None = None) -> ProjectRecord:
+        """Insert an active project."""
+        ...
+
+    def get_project(self, project_id: str, *, organization_id: str | None) -> ProjectRecord:
+        """Return a project; with `organization_id`, only if it belongs to it. `NotFound`."""
+        ...
+
+    def find_project(self, *, organization_id: str, name: str) -> ProjectRecord | None:
+        """Return the oldest project of this organization with this name, if any."""
+        ...
+
+    def list_projects(
+        self, *, organization_id: str, after: str | None, limit: int, include_archived: bool
+    ) -> Page[ProjectRecord]:
+        """Projects of an organization, oldest first (as OpenAI's admin lists)."""
+        ...
+
+    def update_project(self, project_id: str, *, organization_id: str, **changes: Any) -> ProjectRecord:
+        """Set `name`, `external_key_id`, `status`, `archived_at`; return the new row. `NotFound`."""
+        ...
+
+    def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        """Insert a key row (the caller hashed the secret). `Conflict` on a duplicate hash."""
+        ...
+
+    def find_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
+        """Return the key with this hash (revoked ones too: the caller checks `revoked_at`)."""
+        ...
+
+    def find_usable_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
+        """Return the key with this hash only if it is unrevoked and its project (if any) is active.
+
+        One query: this is the lookup every authenticated request makes.
+        """
+        ...
+
+    def touch_api_key(self, key_id: str, at: int) -> None:
+        """Set `last_used_at`."""
+        ...
+
+    def list_api_keys(
+        self, *, organization_id: str, project_id: str | None, after: str | None, limit: int
+    ) -> Page[ApiKeyRecord]:
+        """Unrevoked keys of a project (or, with `project_id=None`, the organization's admin keys), oldest first."""
+        ...
+
+    def get_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:
+        """Return one unrevoked key of the project (or admin key of the organization). `NotFound`."""
+        ...
+
+    def revoke_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:
+        """Mark a key revoked now; it stops working at once. `NotFound` if absent or already revoked."""
+        ...
+
+    def list_all_api_keys(self) -> list[ApiKeyRecord]:
+        """Every unrevoked key of every organization, oldest first (for the CLI)."""
+        ...
+
+    def create_service_account(self, record: ServiceAccountRecord, key: ApiKeyRecord) -> None:
+        """Insert a service account and its first key in one transaction."""
+        ...
+
+    def list_service_accounts(self, *, project_id: str, after: str | None, limit: int) -> Page[ServiceAccountRecord]:
+        """Service accounts of a project, oldest first."""
+        ...
+
+    def get_service_account(self, account_id: str, *, project_id: str) -> ServiceAccountRecord:
+        """Return one service account. `NotFound`."""
+        ...
+
+    def delete_service_account(self, account_id: str, *, project_id: str) -> None:
+        """Delete a service account and revoke its keys. `NotFound`."""
+        ...
+
+
+class FileStore(Protocol):
+    """Files, and the intents that cover a blob written before the row that makes it visible."""
+
+    def insert_file(self, record: FileRecord) -> None:
+        """Insert a file row (its blob is already fully written)."""
+        ...
+
+    def get_file(self, file_id: str, *, project_id: str) -> FileRecord:
+        """Return a file of this project. `NotFound`."""
+        ...
+
+    def list_files(
+        self, *, project_id: str, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> Page[FileRecord]:
+        """Files of a project; `order` is `asc` or `desc` by `(created_at, id)`."""
+        ...
+
+    def delete_file(self, file_id: str, *, project_id: str) -> FileRecord:
+        """Delete a file row and return it (the caller deletes the blob after). `NotFound`."""
+        ...
+
+    def active_jobs_using_file(self, file_id: str, *, project_id: str) -> list[str]:
+        """Ids of this project's non-terminal jobs whose training or validation file is `file_id`."""
+        ...
+
+    def expired_files(self, *, now: int, limit: int) -> list[FileRecord]:
+        """Files of any project whose `expires_at` has passed (for the sweeper)."""
+        ...
+
+    def begin_blob(self, key: str, *, now: int) -> None:
+        """Record that `key` is about to be written, before the write starts.
+
+        `insert_file`, `add_upload_part` and `finish_upload` clear the record of their blob in their own
+        transaction, so a record that stays marks an orphan whose writer crashed.
+        """
+        ...
+
+    def end_blob(self, key: str) -> None:
+        """Clear the record of `key` (the failed write was cleaned up, or the sweeper deleted the blob)."""
+        ...
+
+    def stale_blobs(self, *, created_before: int, limit: int) -> list[str]:
+        """Keys recorded by `begin_blob` before `created_before` and never published, oldest first."""
+        ...
+
+
+class UploadStore(Protocol):
+    """Uploads (`/v1/uploads`) and their parts."""
+
+    def insert_upload(self, record: UploadRecord) -> None:
+        """Insert a pending upload."""
+        ...
+
+    def get_upload(self, upload_id: str, *, project_id: str) -> UploadRecord:
+        """Return an upload of this project. `NotFound`."""
+        ...
+
+    def add_upload_part(self, record: UploadPartRecord) -> None:
+        """Insert a part of a pending upload. `StateConflict` if the upload is no longer pending."""
+        ...
+
+    def list_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
+        """All parts of an upload, oldest first."""
+        ...
+
+    def finish_upload(
+        self, upload_id: str, *, project_id: str, status: str, file: FileRecord | None = None
+    ) -> UploadRecord:
+        """Move a pending upload to `completed` (inserting `file` in the same transaction) or `cancelled`.
+
+        `StateConflict` (with the current status) if it is not pending.
+        """
+        ...
+
+    def expired_uploads(self, *, created_before: int, limit: int) -> list[UploadRecord]:
+        """Pending uploads of any project created before the given time (for the sweeper)."""
+        ...
+
+    def delete_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
+        """Delete the part rows of an upload and return them (the caller deletes their blobs)."""
+        ...
+
+    def expire_upload(self, upload_id: str, *, project_id: str) -> bool:
+        """Move a still pending upload to `expired` (the sweeper); False if it finished meanwhile."""
+        ...
+
+
+class JobStore(Protocol):
+    """Fine-tuning jobs, their events and their checkpoints."""
+
+    def insert_job(self, record: JobRecord, first_event: JobEventRecord) -> None:
+        """Insert a job (which queues it) and its first event in one transaction; notify waiting workers."""
+        ...
+
+    def get_job(self, job_id: str, *, project_id: str) -> JobRecord:
+        """Return a job of this project. `NotFound`."""
+        ...
+
+    def list_jobs(
+        self, *, project_id: str, after: str | None, limit: int, metadata: dict[str, str] | None
+    ) -> Page[JobRecord]:
+        """Jobs of a project, newest first, filtered by metadata.
+
+        `metadata` keeps jobs whose metadata holds every pair given (an empty dict keeps jobs without metadata).
+        """
+        ...
+
+    def transition_job(
+        self,
+        job_id: str,
+        *,
+        project_id: str,
+        allowed: Sequence[str],
+        status: str,
+        event: JobEventRecord | None = None,
+        **changes: Any,
+    ) -> JobRecord:
+        """Compare-and-set a job's status.
+
+        If the job's status is in `allowed`, set `status` (and `changes`, and clear the lease when the new
+        status is not `running`), add `event`, return the new row.
+
+        Raises:
+            NotFound: no such job in the project.
+            StateConflict: the status was not in `allowed` (`current` says what it was).
+        """
+        ...
+
+    def update_job(self, job_id: str, *, project_id: str, **changes: Any) -> JobRecord:
+        """Set fields of a job without a state check (trainer: hyperparameters, estimated_finish)."""
+        ...
+
+    def add_event(self, event: JobEventRecord) -> None:
+        """Append an event."""
+        ...
+
+    def list_events(
+        self, job_id: str, *, project_id: str, after: str | None, limit: int, order: str = "desc"
+    ) -> Page[JobEventRecord]:
+        """Events of a job, newest first (`order="asc"`: oldest first, for streaming)."""
+        ...
+
+    def add_checkpoint(
+        self, checkpoint: CheckpointRecord, model: ModelRecord, *, published_blobs: Sequence[str] = ()
+    ) -> None:
+        """Insert a checkpoint and its callable model in one transaction, ending the intents of its blobs."""
+        ...
+
+    def list_checkpoints(
+        self, job_id: str, *, project_id: str, after: str | None, limit: int
+    ) -> Page[CheckpointRecord]:
+        """Checkpoints of a job, newest first."""
+        ...
+
+    def delete_checkpoint(self, checkpoint_id: str, *, project_id: str) -> CheckpointRecord:
+        """Delete a checkpoint and its model row. `NotFound`."""
+        ...
+
+    def count_jobs_by_status(self) -> dict[str, int]:
+        """Jobs of all projects counted by status (for /metrics)."""
+        ...
+
+
+class ModelStore(Protocol):
+    """Fine-tuned (and checkpoint) models and the permissions that share checkpoints."""
+
+    def insert_model(self, record: ModelRecord) -> None:
+        """Insert a fine-tuned model row."""
+        ...
+
+    def get_model(self, model_id: str, *, project_id: str) -> ModelRecord:
+        """Return a model this project owns or was granted. `NotFound`."""
+        ...
+
+    def get_owned_model(self, model_id: str, *, project_id: str) -> ModelRecord:
+        """Return a model this project owns. `NotFound`."""
+        ...
+
+    def get_organization_model(self, model_id: str, *, organization_id: str) -> ModelRecord:
+        """Return a model owned by any project of the organization (admin keys). `NotFound`."""
+        ...
+
+    def list_models(self, *, project_id: str) -> list[ModelRecord]:
+        """Final fine-tuned models this project owns or was granted, plus granted checkpoints, oldest first."""
+        ...
+
+    def delete_model(self, model_id: str, *, project_id: str) -> ModelRecord:
+        """Delete an owned model and its permissions; return it. `NotFound`."""
+        ...
+
+    def create_permissions(self, records: Sequence[PermissionRecord]) -> None:
+        """Insert permissions (skipping a pair that already exists) in one transaction."""
+        ...
+
+    def list_permissions(
+        self,
+        model_id: str,
+        *,
+        owner_project_id: str,
+        project_id: str | None,
+        after: str | None,
+        limit: int,
+        order: str,
+    ) -> Page[PermissionRecord]:
+        """Permissions on an owned model, `order` `asc`/`desc` by `(created_at, id)`."""
+        ...
+
+    def get_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
+        """Return one permission. `NotFound`."""
+        ...
+
+    def delete_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
+        """Delete one permission and return it. `NotFound`."""
+        ...
+
+
+class UsageStore(Protocol):
+    """Metered usage."""
+
+    def insert_usage(self, record: UsageRecord) -> None:
+        """Record one completion request's usage. Not idempotent: each call is one more metered request."""
+        ...
+
+    def list_usage(self, *, project_id: str, created_after: int = 0, limit: int = 1000) -> list[UsageRecord]:
+        """A project's usage rows created at or after `created_after`, oldest first by `(created_at, id)`."""
+        ...
