@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -14,15 +15,17 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from tunewright.api.auth import current_principal
+from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.metrics import Metrics, serve_with_context
 from tunewright.api.sweeper import sweeper_lifespan
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from litestar.types import ControllerRouterHandler, Receive, Scope, Send
 
+    from tunewright.inference.engine import GenerationEvent, GenerationRequest, InferenceEngine
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
@@ -61,7 +64,7 @@ def _routes(features: Sequence[str]) -> list[ControllerRouterHandler]:
     return routes
 
 
-def build_engine(settings: Settings, stores: Stores) -> Any:
+def build_engine(settings: Settings, stores: Stores) -> InferenceEngine:
     """The inference engine `settings` name; cheap to build (models load on their first request)."""
     if settings.inference_engine == "local":
         from tunewright.inference.local import LocalEngine
@@ -74,16 +77,55 @@ def build_engine(settings: Settings, stores: Stores) -> Any:
     raise ValueError(f"TUNEWRIGHT_INFERENCE_ENGINE: unknown engine {settings.inference_engine!r}")
 
 
-def _close_engine(app: Litestar) -> None:
-    """Close the engine the app built itself (one handed in belongs to the caller)."""
-    if app.state.get("engine_built"):
-        app.state.engine.close()
+class LazyEngine:
+    """The engine `settings` name, built on its first use: the API never loads what it does not serve.
+
+    It is the app's engine (an `InferenceEngine` itself), so handlers are given one object whether or not it was
+    built; `forget` on an engine never built has nothing to drop, and `close` closes only what it built.
+    """
+
+    def __init__(self, factory: Callable[[], InferenceEngine]) -> None:
+        self._factory = factory
+        self._engine: InferenceEngine | None = None
+        self._lock = threading.Lock()
+
+    def built(self) -> InferenceEngine:
+        """The engine, built now if this is its first use."""
+        engine = self._engine
+        if engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._factory()
+                engine = self._engine
+        return engine
+
+    def tokenizer(self, base_model: str) -> Any:
+        """See `InferenceEngine.tokenizer`."""
+        return self.built().tokenizer(base_model)
+
+    def context_length(self, base_model: str) -> int:
+        """See `InferenceEngine.context_length`."""
+        return self.built().context_length(base_model)
+
+    def generate(self, request: GenerationRequest, *, cancelled: threading.Event) -> Iterator[GenerationEvent]:
+        """See `InferenceEngine.generate`."""
+        return self.built().generate(request, cancelled=cancelled)
+
+    def forget(self, adapter_name: str) -> None:
+        """See `InferenceEngine.forget`; nothing to drop before the engine is built."""
+        if self._engine is not None:
+            self._engine.forget(adapter_name)
+
+    def close(self) -> None:
+        """Close the engine if it was built."""
+        if self._engine is not None:
+            self._engine.close()
 
 
 def create_app(
     settings: Settings,
     stores: Stores,
-    engine: Any = None,
+    engine: InferenceEngine | None = None,
     features: Sequence[str] = DEFAULT_FEATURES,
     *,
     sweep: bool = True,
@@ -91,25 +133,29 @@ def create_app(
     """Build the API for `settings` over `stores`; `features` picks the route groups to mount.
 
     `sweep` runs the housekeeping loop (expired uploads and files) while the app serves. Without an `engine`,
-    the one `settings` names is built on the first completion request and closed when the app shuts down.
+    the one `settings` names is built on the first completion request and closed when the app shuts down (one
+    handed in belongs to the caller).
     """
+    own_engine = LazyEngine(partial(build_engine, settings, stores)) if engine is None else None
+    metrics = Metrics(stores)
+    # For the guards, middleware and lifespan, which dependency injection does not reach.
+    state = {"settings": settings, "stores": stores, "metrics": metrics, "engine": engine or own_engine}
     return TunewrightApp(
         route_handlers=_routes(features),
-        state=State(
-            {
-                "settings": settings,
-                "stores": stores,
-                "engine": engine,
-                "engine_factory": partial(build_engine, settings, stores),
-                "engine_built": False,
-                "metrics": Metrics(stores),
-                "started_at": int(time.time()),
-            }
-        ),
-        dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
+        state=State(state),
+        dependencies={
+            "principal": Provide(current_principal, sync_to_thread=False),
+            **providers(
+                stores=stores,
+                settings=settings,
+                engine=engine or own_engine,
+                metrics=metrics,
+                started_at=int(time.time()),
+            ),
+        },
         exception_handlers=exception_handlers(),
         lifespan=[sweeper_lifespan] if sweep else [],
-        on_shutdown=[_close_engine],
+        on_shutdown=[own_engine.close] if own_engine is not None else [],
         openapi_config=OpenAPIConfig(
             title="Tunewright",
             version="0.1.0",

@@ -8,7 +8,6 @@ more than the query (bench/README.md has the figures).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from litestar import Request  # noqa: TC002 - Litestar reads the dependency's si
 from litestar.di import NamedDependency
 
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
+from tunewright.storage.api_keys import hash_secret
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -43,16 +43,6 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     def is_admin(self) -> bool:
         """True for organization admin keys and the operator key."""
         return self.kind in ("admin", OPERATOR)
-
-
-def hash_secret(secret: str) -> str:
-    """Return the stored form of a secret key."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
-def redact(secret: str) -> str:
-    """Return the display form of a secret key (`sk-proj-abc...wxyz`)."""
-    return f"{secret[:12]}...{secret[-4:]}"
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:

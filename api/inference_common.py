@@ -64,7 +64,6 @@ Metadata = dict[str, str]
 ServiceTier = Literal["auto", "default", "flex", "scale", "priority", "fast"]
 
 CHANNEL_DEPTH = 64
-_ENGINE_LOCK = threading.Lock()
 
 
 class ChatCompletionStreamOptions(Request):
@@ -169,15 +168,8 @@ def resolve_target(stores: Stores, settings: Settings, model: str, *, project_id
 
 
 def engine_of(state: State) -> InferenceEngine:
-    """The app's engine, built by its factory on first use (the API never loads a model it does not serve)."""
-    engine = state.engine
-    if engine is None:
-        with _ENGINE_LOCK:
-            engine = state.engine
-            if engine is None:
-                engine = state.engine = state.engine_factory()
-                state.engine_built = True
-    return engine
+    """The app's engine (a `LazyEngine` builds the configured one on its first use)."""
+    return state.engine
 
 
 _STATUS_ERRORS: dict[int, type[APIError]] = {

@@ -6,9 +6,9 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from tunewright.api.auth import hash_secret, redact
-from tunewright.storage.ids import new_id, new_model_slot, new_secret_key
-from tunewright.storage.records import ApiKeyRecord, FileRecord, JobEventRecord, JobRecord
+from tunewright.storage.api_keys import mint_api_key
+from tunewright.storage.ids import new_id, new_model_slot
+from tunewright.storage.records import FileRecord, JobEventRecord, JobRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -32,19 +32,10 @@ def make_tenant(stores: Stores, slug: str) -> Tenant:
     """A new organization `slug`, one project and one project key (as `tests/fixtures/app.py` makes them)."""
     organization = stores.metadata.create_organization(name=slug.title(), slug=slug)
     project = stores.metadata.create_project(organization_id=organization.id, name=f"{slug} project")
-    secret = new_secret_key()
-    stores.metadata.create_api_key(
-        ApiKeyRecord(
-            id=new_id("key"),
-            organization_id=organization.id,
-            project_id=project.id,
-            name="bench key",
-            kind="project",
-            secret_hash=hash_secret(secret),
-            redacted_value=redact(secret),
-            created_at=int(time.time()),
-        )
+    record, secret = mint_api_key(
+        organization_id=organization.id, project_id=project.id, name="bench key", kind="project"
     )
+    stores.metadata.create_api_key(record)
     return Tenant(organization.id, project.id, secret)
 
 

@@ -11,7 +11,7 @@ or vLLM).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -135,6 +135,7 @@ class GenerationEvent(msgspec.Struct, frozen=True, kw_only=True):
     finish_reason: FinishReason | None = None
 
 
+@runtime_checkable  # the API's dependency injection checks the engine it is handed against this protocol
 class InferenceEngine(Protocol):
     """Generates for base models and their tenants' adapters."""
 

@@ -68,12 +68,6 @@ def new_model_slot() -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(8))
 
 
-def new_secret_key(admin: bool = False) -> str:
-    """Return a new secret API key: `sk-proj-…` or `sk-admin-…` with 256 bits of entropy."""
-    prefix = "sk-admin-" if admin else "sk-proj-"
-    return prefix + secrets.token_urlsafe(32)
-
-
 def new_request_id() -> str:
     """Return a request id for `x-request-id`."""
     return "req_" + secrets.token_hex(16)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from tunewright.api.admin import service
@@ -20,17 +18,11 @@ from tunewright.api.admin.schemas import (
     ProjectUpdateRequest,
 )
 from tunewright.api.auth import Caller, require_admin
+from tunewright.api.dependencies import AppStores
 from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPageWithIds
 
-if TYPE_CHECKING:
-    from tunewright.storage.base import Stores
-
 MAX_LIMIT = 100
-
-
-def _stores(request: Request[Any, Any, Any]) -> Stores:
-    return request.app.state.stores
 
 
 class ProjectsController(Controller):
@@ -43,7 +35,7 @@ class ProjectsController(Controller):
     @get("/", sync_to_thread=True)
     def list_projects(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         limit: FromQuery[int] = 20,
         after: FromQuery[str | None] = None,
@@ -51,7 +43,7 @@ class ProjectsController(Controller):
     ) -> CursorPageWithIds[Project]:
         """List the organization's projects, oldest first; archived ones only with `include_archived`."""
         page = service.list_projects(
-            _stores(request),
+            stores,
             principal,
             after=after,
             limit=check_limit(limit, maximum=MAX_LIMIT),
@@ -66,34 +58,30 @@ class ProjectsController(Controller):
         )
 
     @post("/", status_code=200, sync_to_thread=True)
-    def create_project(
-        self, request: Request[Any, Any, Any], principal: Caller, data: JSONBody[ProjectCreateRequest]
-    ) -> Project:
+    def create_project(self, stores: AppStores, principal: Caller, data: JSONBody[ProjectCreateRequest]) -> Project:
         """Create a project."""
-        return Project.from_record(service.create_project(_stores(request), principal, data))
+        return Project.from_record(service.create_project(stores, principal, data))
 
     @get("/{project_id:str}", sync_to_thread=True)
-    def retrieve_project(
-        self, request: Request[Any, Any, Any], principal: Caller, project_id: FromPath[str]
-    ) -> Project:
+    def retrieve_project(self, stores: AppStores, principal: Caller, project_id: FromPath[str]) -> Project:
         """Return one project."""
-        return Project.from_record(service.get_project(_stores(request), principal, project_id))
+        return Project.from_record(service.get_project(stores, principal, project_id))
 
     @post("/{project_id:str}", status_code=200, sync_to_thread=True)
     def modify_project(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         project_id: FromPath[str],
         data: JSONBody[ProjectUpdateRequest],
     ) -> Project:
         """Change a project's `name` or `external_key_id`."""
-        return Project.from_record(service.update_project(_stores(request), principal, project_id, data))
+        return Project.from_record(service.update_project(stores, principal, project_id, data))
 
     @post("/{project_id:str}/archive", status_code=200, sync_to_thread=True)
-    def archive_project(self, request: Request[Any, Any, Any], principal: Caller, project_id: FromPath[str]) -> Project:
+    def archive_project(self, stores: AppStores, principal: Caller, project_id: FromPath[str]) -> Project:
         """Archive a project; its keys stop working."""
-        return Project.from_record(service.archive_project(_stores(request), principal, project_id))
+        return Project.from_record(service.archive_project(stores, principal, project_id))
 
 
 class ProjectApiKeysController(Controller):
@@ -106,7 +94,7 @@ class ProjectApiKeysController(Controller):
     @get("/", sync_to_thread=True)
     def list_api_keys(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         project_id: FromPath[str],
         limit: FromQuery[int] = 20,
@@ -117,7 +105,7 @@ class ProjectApiKeysController(Controller):
         if owner_project_access is not None:
             check_choice(owner_project_access, service.ACCESS_FILTERS, param="owner_project_access")
         return service.list_api_keys(
-            _stores(request),
+            stores,
             principal,
             project_id,
             after=after,
@@ -127,17 +115,17 @@ class ProjectApiKeysController(Controller):
 
     @get("/{api_key_id:str}", sync_to_thread=True)
     def retrieve_api_key(
-        self, request: Request[Any, Any, Any], principal: Caller, project_id: FromPath[str], api_key_id: FromPath[str]
+        self, stores: AppStores, principal: Caller, project_id: FromPath[str], api_key_id: FromPath[str]
     ) -> ProjectApiKey:
         """Return one key (never its secret)."""
-        return service.get_api_key(_stores(request), principal, project_id, api_key_id)
+        return service.get_api_key(stores, principal, project_id, api_key_id)
 
     @delete("/{api_key_id:str}", status_code=200, sync_to_thread=True)
     def delete_api_key(
-        self, request: Request[Any, Any, Any], principal: Caller, project_id: FromPath[str], api_key_id: FromPath[str]
+        self, stores: AppStores, principal: Caller, project_id: FromPath[str], api_key_id: FromPath[str]
     ) -> ProjectApiKeyDeleteResponse:
         """Revoke a key; it stops working at once."""
-        service.delete_api_key(_stores(request), principal, project_id, api_key_id)
+        service.delete_api_key(stores, principal, project_id, api_key_id)
         return ProjectApiKeyDeleteResponse(id=api_key_id)
 
 
@@ -151,18 +139,18 @@ class ProjectServiceAccountsController(Controller):
     @post("/", status_code=200, sync_to_thread=True)
     def create_service_account(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         project_id: FromPath[str],
         data: JSONBody[ProjectServiceAccountCreateRequest],
     ) -> ProjectServiceAccountCreateResponse:
         """Create a service account; the answer holds its key's secret, shown this once."""
-        return service.create_service_account(_stores(request), principal, project_id, data)
+        return service.create_service_account(stores, principal, project_id, data)
 
     @get("/", sync_to_thread=True)
     def list_service_accounts(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         project_id: FromPath[str],
         limit: FromQuery[int] = 20,
@@ -170,7 +158,7 @@ class ProjectServiceAccountsController(Controller):
     ) -> CursorPageWithIds[ProjectServiceAccount]:
         """List the project's service accounts, oldest first."""
         page = service.list_service_accounts(
-            _stores(request), principal, project_id, after=after, limit=check_limit(limit, maximum=MAX_LIMIT)
+            stores, principal, project_id, after=after, limit=check_limit(limit, maximum=MAX_LIMIT)
         )
         first_id, last_id = edge_ids(page.items)
         return CursorPageWithIds(
@@ -183,25 +171,25 @@ class ProjectServiceAccountsController(Controller):
     @get("/{service_account_id:str}", sync_to_thread=True)
     def retrieve_service_account(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         project_id: FromPath[str],
         service_account_id: FromPath[str],
     ) -> ProjectServiceAccount:
         """Return one service account."""
-        record = service.get_service_account(_stores(request), principal, project_id, service_account_id)
+        record = service.get_service_account(stores, principal, project_id, service_account_id)
         return ProjectServiceAccount.from_record(record)
 
     @delete("/{service_account_id:str}", status_code=200, sync_to_thread=True)
     def delete_service_account(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         project_id: FromPath[str],
         service_account_id: FromPath[str],
     ) -> ProjectServiceAccountDeleteResponse:
         """Delete a service account and revoke its keys."""
-        service.delete_service_account(_stores(request), principal, project_id, service_account_id)
+        service.delete_service_account(stores, principal, project_id, service_account_id)
         return ProjectServiceAccountDeleteResponse(id=service_account_id)
 
 

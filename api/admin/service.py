@@ -33,12 +33,12 @@ from tunewright.api.admin.schemas import (
     ProjectServiceAccountCreateResponse,
     ProjectStatus,
 )
-from tunewright.api.auth import hash_secret, redact
 from tunewright.api.errors import AuthenticationError, InvalidRequestError, NotFoundError, echo
 from tunewright.api.pagination import edge_ids
 from tunewright.api.schemas import CursorPageWithIds
+from tunewright.storage.api_keys import mint_api_key
 from tunewright.storage.errors import NotFound
-from tunewright.storage.ids import new_id, new_secret_key
+from tunewright.storage.ids import new_id
 from tunewright.storage.records import ApiKeyRecord, ServiceAccountRecord
 
 if TYPE_CHECKING:
@@ -321,17 +321,13 @@ def create_service_account(
         role=SERVICE_ACCOUNT_ROLE,
         created_at=now,
     )
-    secret = new_secret_key()
-    key = ApiKeyRecord(
-        id=new_id("key"),
+    key, secret = mint_api_key(
         organization_id=organization.id,
         project_id=project.id,
         name=SERVICE_ACCOUNT_KEY_NAME,
         kind="service_account",
-        secret_hash=hash_secret(secret),
-        redacted_value=redact(secret),
-        created_at=now,
         service_account_id=account.id,
+        now=now,
     )
     stores.metadata.create_service_account(account, key)
     return ProjectServiceAccountCreateResponse.from_record(account, key=key, secret=secret)

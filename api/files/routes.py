@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from litestar import Controller, Request, Response, delete, get, post
@@ -10,6 +10,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from tunewright.api.auth import Caller, require_project
+from tunewright.api.dependencies import AppSettings, AppStores
 from tunewright.api.files import service
 from tunewright.api.files.schemas import LIST_PURPOSES, OpenAIFile
 from tunewright.api.openapi import CreateFileOperation
@@ -17,18 +18,11 @@ from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPageWithIds, DeletedObject
 from tunewright.api.streaming import iterate_in_thread
 
-if TYPE_CHECKING:
-    from tunewright.storage.base import Stores
-
 
 def content_disposition(filename: str) -> str:
     """An attachment header that cannot be broken by quotes or line breaks in a user's filename."""
     ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-def _stores(request: Request[Any, Any, Any]) -> Stores:
-    return request.app.state.stores
 
 
 class FilesController(Controller):
@@ -39,15 +33,17 @@ class FilesController(Controller):
     tags = ["Files"]
 
     @post("/", status_code=200, request_max_body_size=None, operation_class=CreateFileOperation)
-    async def create_file(self, request: Request[Any, Any, Any], principal: Caller) -> OpenAIFile:
+    async def create_file(
+        self, request: Request[Any, Any, Any], stores: AppStores, settings: AppSettings, principal: Caller
+    ) -> OpenAIFile:
         """Upload a file (multipart: `file`, `purpose`, optional `expires_after[anchor|seconds]`)."""
-        record = await service.create_file(request, principal, request.app.state.settings, _stores(request))
+        record = await service.create_file(request, principal, settings, stores)
         return OpenAIFile.from_record(record)
 
     @get("/", sync_to_thread=False)
     def list_files(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         purpose: FromQuery[str | None] = None,
         limit: FromQuery[int] = 10000,
@@ -57,7 +53,7 @@ class FilesController(Controller):
         """List the project's files, newest first by default."""
         if purpose is not None:
             check_choice(purpose, LIST_PURPOSES, param="purpose")
-        page = _stores(request).metadata.list_files(
+        page = stores.metadata.list_files(
             project_id=principal.project_id or "",
             purpose=purpose,
             after=after,
@@ -73,25 +69,22 @@ class FilesController(Controller):
         )
 
     @get("/{file_id:str}", sync_to_thread=False)
-    def retrieve_file(self, request: Request[Any, Any, Any], principal: Caller, file_id: FromPath[str]) -> OpenAIFile:
+    def retrieve_file(self, stores: AppStores, principal: Caller, file_id: FromPath[str]) -> OpenAIFile:
         """Return one file."""
-        record = service.get_file(_stores(request), file_id, project_id=principal.project_id or "")
+        record = service.get_file(stores, file_id, project_id=principal.project_id or "")
         return OpenAIFile.from_record(record)
 
     @delete("/{file_id:str}", status_code=200, sync_to_thread=True)
-    def delete_file(self, request: Request[Any, Any, Any], principal: Caller, file_id: FromPath[str]) -> DeletedObject:
+    def delete_file(self, stores: AppStores, principal: Caller, file_id: FromPath[str]) -> DeletedObject:
         """Delete a file (refused while a job in progress uses it)."""
-        service.delete_file(_stores(request), file_id, project_id=principal.project_id or "")
+        service.delete_file(stores, file_id, project_id=principal.project_id or "")
         return DeletedObject(id=file_id, object="file")
 
     @get("/{file_id:str}/content", media_type="application/octet-stream")
-    async def download_file(
-        self, request: Request[Any, Any, Any], principal: Caller, file_id: FromPath[str]
-    ) -> Response[Any]:
+    async def download_file(self, stores: AppStores, principal: Caller, file_id: FromPath[str]) -> Response[Any]:
         """Stream the file's exact bytes."""
         import anyio.to_thread
 
-        stores = _stores(request)
         project_id = principal.project_id or ""
         record = await anyio.to_thread.run_sync(lambda: service.get_file(stores, file_id, project_id=project_id))
         chunks = await anyio.to_thread.run_sync(lambda: stores.blobs.open(record.blob_key))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from tunewright.api.auth import Caller, require_project, require_project_or_admin
+from tunewright.api.auth import Caller, Principal, require_project, require_project_or_admin
+from tunewright.api.dependencies import AppSettings, AppStores
 from tunewright.api.fine_tuning import events_stream, permissions, service
 from tunewright.api.fine_tuning.schemas import (
     CreateFineTuningCheckpointPermissionRequest,
@@ -20,6 +21,9 @@ from tunewright.api.fine_tuning.schemas import (
 )
 from tunewright.api.pagination import bracket_map, check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPage, CursorPageWithIds, DeletedObject
+
+if TYPE_CHECKING:
+    from tunewright.storage.base import Stores
 
 STREAM_DESCRIPTION = (
     "Tunewright extension. `true`: answer `text/event-stream`, one `data: <fine_tuning.job.event>` frame per "
@@ -37,22 +41,26 @@ class JobsController(Controller):
 
     @post("/", status_code=200, sync_to_thread=True)
     def create_job(
-        self, request: Request[Any, Any, Any], principal: Caller, data: JSONBody[CreateFineTuningJobRequest]
+        self,
+        stores: AppStores,
+        settings: AppSettings,
+        principal: Caller,
+        data: JSONBody[CreateFineTuningJobRequest],
     ) -> FineTuningJob:
         """Create a fine-tuning job; it starts in `validating_files`."""
-        state = request.app.state
-        return FineTuningJob.from_record(service.create_job(state.stores, state.settings, data, principal))
+        return FineTuningJob.from_record(service.create_job(stores, settings, data, principal))
 
     @get("/", sync_to_thread=False)
     def list_jobs(
         self,
         request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         after: FromQuery[str | None] = None,
         limit: FromQuery[int] = 20,
     ) -> CursorPage[FineTuningJob]:
         """List the project's jobs, newest first; `metadata[k]=v` filters."""
-        page = request.app.state.stores.metadata.list_jobs(
+        page = stores.metadata.list_jobs(
             project_id=principal.project_id or "",
             after=after,
             limit=check_limit(limit, maximum=100),
@@ -61,43 +69,35 @@ class JobsController(Controller):
         return CursorPage(data=[FineTuningJob.from_record(r) for r in page.items], has_more=page.has_more)
 
     @get("/{fine_tuning_job_id:str}", sync_to_thread=False)
-    def retrieve_job(
-        self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
-    ) -> FineTuningJob:
+    def retrieve_job(self, stores: AppStores, principal: Caller, fine_tuning_job_id: FromPath[str]) -> FineTuningJob:
         """Return one job."""
-        record = service.get_job(request.app.state.stores, fine_tuning_job_id, project_id=principal.project_id or "")
+        record = service.get_job(stores, fine_tuning_job_id, project_id=principal.project_id or "")
         return FineTuningJob.from_record(record)
 
     @post("/{fine_tuning_job_id:str}/cancel", status_code=200, sync_to_thread=True)
-    def cancel_job(
-        self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
-    ) -> FineTuningJob:
+    def cancel_job(self, stores: AppStores, principal: Caller, fine_tuning_job_id: FromPath[str]) -> FineTuningJob:
         """Cancel a job that has not ended."""
-        return self._change(request, principal, fine_tuning_job_id, "cancel")
+        return self._change(stores, principal, fine_tuning_job_id, "cancel")
 
     @post("/{fine_tuning_job_id:str}/pause", status_code=200, sync_to_thread=True)
-    def pause_job(
-        self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
-    ) -> FineTuningJob:
+    def pause_job(self, stores: AppStores, principal: Caller, fine_tuning_job_id: FromPath[str]) -> FineTuningJob:
         """Pause a running job."""
-        return self._change(request, principal, fine_tuning_job_id, "pause")
+        return self._change(stores, principal, fine_tuning_job_id, "pause")
 
     @post("/{fine_tuning_job_id:str}/resume", status_code=200, sync_to_thread=True)
-    def resume_job(
-        self, request: Request[Any, Any, Any], principal: Caller, fine_tuning_job_id: FromPath[str]
-    ) -> FineTuningJob:
+    def resume_job(self, stores: AppStores, principal: Caller, fine_tuning_job_id: FromPath[str]) -> FineTuningJob:
         """Resume a paused job (it goes back to `queued`)."""
-        return self._change(request, principal, fine_tuning_job_id, "resume")
+        return self._change(stores, principal, fine_tuning_job_id, "resume")
 
     @staticmethod
-    def _change(request: Request[Any, Any, Any], principal: Caller, job_id: str, action: str) -> FineTuningJob:
-        record = service.change_state(request.app.state.stores, job_id, action, project_id=principal.project_id or "")
+    def _change(stores: Stores, principal: Principal, job_id: str, action: str) -> FineTuningJob:
+        record = service.change_state(stores, job_id, action, project_id=principal.project_id or "")
         return FineTuningJob.from_record(record)
 
     @get("/{fine_tuning_job_id:str}/events", sync_to_thread=True, operation_class=events_stream.ListEventsOperation)
     def list_events(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         fine_tuning_job_id: FromPath[str],
         after: FromQuery[str | None] = None,
@@ -105,7 +105,6 @@ class JobsController(Controller):
         stream: Annotated[bool, QueryParameter(description=STREAM_DESCRIPTION)] = False,
     ) -> CursorPage[FineTuningJobEvent] | Stream:
         """A job's events, newest first; `stream=true`: server-sent events, oldest first, until the job ends."""
-        stores = request.app.state.stores
         project_id = principal.project_id or ""
         if stream:
             return events_stream.event_stream(stores, fine_tuning_job_id, project_id=project_id, after=after)
@@ -118,14 +117,13 @@ class JobsController(Controller):
     @get("/{fine_tuning_job_id:str}/checkpoints", sync_to_thread=False)
     def list_checkpoints(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         fine_tuning_job_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[int] = 10,
     ) -> CursorPageWithIds[FineTuningJobCheckpoint]:
         """A job's published checkpoints, newest first."""
-        stores = request.app.state.stores
         project_id = principal.project_id or ""
         service.get_job(stores, fine_tuning_job_id, project_id=project_id)
         page = stores.metadata.list_checkpoints(
@@ -150,7 +148,7 @@ class CheckpointPermissionsController(Controller):
     @get("/", sync_to_thread=False)
     def list_permissions(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         fine_tuned_model_checkpoint: FromPath[str],
         project_id: FromQuery[str | None] = None,
@@ -161,7 +159,7 @@ class CheckpointPermissionsController(Controller):
         """Projects a model is shared with."""
         direction = check_choice(order, ("ascending", "descending"), param="order")
         page = permissions.list_permissions(
-            request.app.state.stores,
+            stores,
             fine_tuned_model_checkpoint,
             principal,
             project_id=project_id,
@@ -180,15 +178,13 @@ class CheckpointPermissionsController(Controller):
     @post("/", status_code=200, sync_to_thread=True)
     def create_permissions(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         fine_tuned_model_checkpoint: FromPath[str],
         data: JSONBody[CreateFineTuningCheckpointPermissionRequest],
     ) -> CursorPageWithIds[FineTuningCheckpointPermission]:
         """Share a model with other projects of the organization."""
-        records = permissions.create_permissions(
-            request.app.state.stores, fine_tuned_model_checkpoint, data.project_ids, principal
-        )
+        records = permissions.create_permissions(stores, fine_tuned_model_checkpoint, data.project_ids, principal)
         first_id, last_id = edge_ids(records)
         return CursorPageWithIds(
             data=[FineTuningCheckpointPermission.from_record(r) for r in records],
@@ -200,13 +196,13 @@ class CheckpointPermissionsController(Controller):
     @delete("/{permission_id:str}", status_code=200, sync_to_thread=True)
     def delete_permission(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
         principal: Caller,
         fine_tuned_model_checkpoint: FromPath[str],
         permission_id: FromPath[str],
     ) -> DeletedObject:
         """Stop sharing a model with one project."""
-        permissions.delete_permission(request.app.state.stores, fine_tuned_model_checkpoint, permission_id, principal)
+        permissions.delete_permission(stores, fine_tuned_model_checkpoint, permission_id, principal)
         return DeletedObject(id=permission_id, object="checkpoint.permission")
 
 

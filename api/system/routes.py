@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from litestar import MediaType, Request, Response, get
+from litestar import MediaType, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tunewright.api.dependencies import AppMetrics, AppStores
 from tunewright.storage.errors import StorageError
-
-if TYPE_CHECKING:
-    from tunewright.storage.base import Stores
 
 
 def _check(name: str, probe: Any) -> str | None:
@@ -22,9 +20,8 @@ def _check(name: str, probe: Any) -> str | None:
 
 
 @get("/healthz", include_in_schema=False, sync_to_thread=True)
-def healthz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+def healthz(stores: AppStores) -> Response[dict[str, Any]]:
     """200 when the database and the blob store answer, else 503 naming what failed."""
-    stores: Stores = request.app.state.stores
     problems = [p for p in (_check("database", stores.metadata.ping), _check("blobs", stores.blobs.ping)) if p]
     if problems:
         return Response({"status": "unavailable", "problems": problems}, status_code=503)
@@ -32,9 +29,9 @@ def healthz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 
 
 @get("/metrics", include_in_schema=False, sync_to_thread=True, media_type=MediaType.TEXT)
-def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+def metrics(metrics: AppMetrics) -> Response[bytes]:
     """Prometheus text exposition."""
-    body = generate_latest(request.app.state.metrics.registry)
+    body = generate_latest(metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -8,6 +8,7 @@ from litestar import Controller, Request, post
 from litestar.params import FromPath, JSONBody
 
 from tunewright.api.auth import Caller, require_project
+from tunewright.api.dependencies import AppSettings, AppStores
 from tunewright.api.openapi import AddUploadPartOperation
 from tunewright.api.uploads import service
 from tunewright.api.uploads.schemas import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
@@ -22,12 +23,10 @@ class UploadsController(Controller):
 
     @post("/", status_code=200, sync_to_thread=True)
     def create_upload(
-        self, request: Request[Any, Any, Any], principal: Caller, data: JSONBody[CreateUploadRequest]
+        self, stores: AppStores, settings: AppSettings, principal: Caller, data: JSONBody[CreateUploadRequest]
     ) -> Upload:
         """Open an upload of `bytes` bytes that expires in an hour."""
-        record = service.create_upload(
-            request.app.state.stores, request.app.state.settings, data, project_id=principal.project_id or ""
-        )
+        record = service.create_upload(stores, settings, data, project_id=principal.project_id or "")
         return Upload.from_record(record)
 
     @post(
@@ -37,36 +36,34 @@ class UploadsController(Controller):
         operation_class=AddUploadPartOperation,
     )
     async def add_upload_part(
-        self, request: Request[Any, Any, Any], principal: Caller, upload_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        stores: AppStores,
+        settings: AppSettings,
+        principal: Caller,
+        upload_id: FromPath[str],
     ) -> UploadPart:
         """Add a part (multipart field `data`, up to 64 MiB)."""
-        record = await service.add_part(
-            request, principal, request.app.state.settings, request.app.state.stores, upload_id
-        )
+        record = await service.add_part(request, principal, settings, stores, upload_id)
         return UploadPart.from_record(record)
 
     @post("/{upload_id:str}/complete", status_code=200, sync_to_thread=True)
     def complete_upload(
         self,
-        request: Request[Any, Any, Any],
+        stores: AppStores,
+        settings: AppSettings,
         principal: Caller,
         upload_id: FromPath[str],
         data: JSONBody[CompleteUploadRequest],
     ) -> Upload:
         """Assemble the parts in `part_ids` order into a File."""
-        upload, file = service.complete_upload(
-            request.app.state.stores,
-            request.app.state.settings,
-            upload_id,
-            data,
-            project_id=principal.project_id or "",
-        )
+        upload, file = service.complete_upload(stores, settings, upload_id, data, project_id=principal.project_id or "")
         return Upload.from_record(upload, file)
 
     @post("/{upload_id:str}/cancel", status_code=200, sync_to_thread=True)
-    def cancel_upload(self, request: Request[Any, Any, Any], principal: Caller, upload_id: FromPath[str]) -> Upload:
+    def cancel_upload(self, stores: AppStores, principal: Caller, upload_id: FromPath[str]) -> Upload:
         """Cancel a pending upload."""
-        record = service.cancel_upload(request.app.state.stores, upload_id, project_id=principal.project_id or "")
+        record = service.cancel_upload(stores, upload_id, project_id=principal.project_id or "")
         return Upload.from_record(record)
 
 

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from tunewright.api.auth import hash_secret, redact
 from tunewright.clients.cli.datadir import open_data
+from tunewright.storage.api_keys import mint_api_key
 from tunewright.storage.errors import Conflict, NotFound
-from tunewright.storage.ids import new_id, new_secret_key
-from tunewright.storage.records import ApiKeyRecord
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
     from tunewright.storage.base import MetadataStore
-    from tunewright.storage.records import OrganizationRecord, ProjectRecord
+    from tunewright.storage.records import ApiKeyRecord, OrganizationRecord, ProjectRecord
     from tunewright.storage.settings import Settings
 
 DEFAULT_KEY_NAME = "cli"
@@ -118,17 +115,11 @@ def issue_key(
     name: str,
 ) -> KeyCreated:
     """Create a project key (or, with `project=None`, an organization admin key) and return its secret."""
-    admin = project is None
-    secret = new_secret_key(admin=admin)
-    record = ApiKeyRecord(
-        id=new_id("key"),
+    record, secret = mint_api_key(
         organization_id=organization.id,
         project_id=None if project is None else project.id,
         name=name,
-        kind="admin" if admin else "project",
-        secret_hash=hash_secret(secret),
-        redacted_value=redact(secret),
-        created_at=int(time.time()),
+        kind="admin" if project is None else "project",
     )
     return KeyCreated(metadata.create_api_key(record), secret, organization, project)
 

@@ -276,7 +276,7 @@ def test_fine_tuned_checkpoint_and_shared_models_answer_their_own_tenants_only(
     client_a.models.delete(model)
     with pytest.raises(openai.NotFoundError):
         client_a.chat.completions.create(model=model, messages=HELLO)
-    assert model not in app.state.engine.adapter_states()
+    assert model not in app.state.engine.built().adapter_states()
 
 
 def test_each_request_records_one_usage_row(client_a, stores, tenants, tokenizer):
@@ -300,7 +300,7 @@ def test_a_client_that_disconnects_mid_stream_stops_generation(app, http, stores
     frames = stream_then_disconnect(app, tenants["a"].key, body)
     assert b"[DONE]" not in b"".join(frames)
     deadline = time.monotonic() + 30
-    while app.state.engine.active_rows():
+    while app.state.engine.built().active_rows():
         assert time.monotonic() < deadline, "generation kept running after the client left"
         time.sleep(0.05)
     (row,) = stores.metadata.list_usage(project_id=tenants["a"].project_id)

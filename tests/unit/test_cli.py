@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pytest
 
-from tunewright.api.auth import authenticate, hash_secret
+from tunewright.api.auth import authenticate
 from tunewright.api.errors import AuthenticationError
 from tunewright.clients.cli import serve
 from tunewright.clients.cli.main import main
+from tunewright.storage.api_keys import hash_secret
 from tunewright.storage.base import Stores
 from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings

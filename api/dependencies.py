@@ -1,0 +1,43 @@
+"""What Litestar's dependency injection hands to handlers: the stores, the settings, the engine, the metrics.
+
+Handlers declare them by name and type (`stores: AppStores`), never reach into `request.app.state`. The values
+are fixed when the app is built, so each provider is cached for the app's life: resolving one costs a lookup.
+The caller (`principal: Caller`) is provided in api/auth.py, from what the route's guard resolved.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar.di import NamedDependency, Provide
+
+from tunewright.api.metrics import Metrics
+from tunewright.inference.engine import InferenceEngine
+from tunewright.storage.base import Stores
+from tunewright.storage.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+AppStores = NamedDependency[Stores]
+"""`stores: AppStores`: the blob store, metadata store and job queue of this process."""
+AppSettings = NamedDependency[Settings]
+"""`settings: AppSettings`: the settings the process started with."""
+AppEngine = NamedDependency[InferenceEngine]
+"""`engine: AppEngine`: what generates completions (built on its first request)."""
+AppMetrics = NamedDependency[Metrics]
+"""`metrics: AppMetrics`: the process's Prometheus collectors."""
+StartedAt = NamedDependency[int]
+"""`started_at: StartedAt`: when the app was built (unix seconds), the `created` of base models."""
+
+
+def _constant(value: Any) -> Callable[[], Any]:
+    def provide() -> Any:
+        return value
+
+    return provide
+
+
+def providers(**values: Any) -> dict[str, Provide]:
+    """One cached provider per named value (`stores=…, settings=…`), for `Litestar(dependencies=…)`."""
+    return {name: Provide(_constant(value), use_cache=True, sync_to_thread=False) for name, value in values.items()}
