@@ -46,6 +46,7 @@ from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
+from tunewright.storage.disk import create_private_file, make_private_dir
 from tunewright.storage.errors import Conflict, StorageError, Unavailable
 from tunewright.storage.queries import load_migrations, load_queries, split_script, to_pyformat
 
@@ -165,18 +166,20 @@ class Database(ABC):
 def open_database(url: str, *, pool_size: int = 8) -> Database:
     """Open the database a URL names: `sqlite:///abs/path.db`, `postgresql://…` or `postgres://…`.
 
-    Creates the SQLite file's folder; migrates nothing.
+    Creates the SQLite file's folder (0700) and the file (0600; SQLite gives its `-wal` and `-shm` files the
+    database file's mode) if missing; migrates nothing.
 
     Raises:
         ValueError: another scheme.
-        Unavailable: the SQLite folder cannot be created.
+        Unavailable: the SQLite folder or file cannot be created.
     """
     if url.startswith("sqlite:///"):
         path = Path(unquote(urlsplit(url).path))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(path.parent)
+            create_private_file(path)
         except OSError as exc:
-            raise Unavailable(f"cannot create the database folder {path.parent}") from exc
+            raise Unavailable(f"cannot create the database {path}") from exc
         return SQLiteDatabase(path)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, pool_size=pool_size)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from tunewright.storage.base import BlobInfo
+from tunewright.storage.disk import PRIVATE_FILE_MODE, make_private_dir
 from tunewright.storage.errors import NotFound, Unavailable
 from tunewright.storage.keys import TEMP_NAME, validate_key, validate_prefix
 
@@ -150,7 +151,7 @@ class LocalBlobStore:
 
     Writes go to `<dir>/.<name>.tmp-<16 hex>` next to the target, are fsynced, then renamed over it, so
     readers see the old file or the whole new one. A crash mid-write leaves only such temp files, which
-    `sweep_temp` removes.
+    `sweep_temp` removes. Folders are created 0700 and files 0600: blobs are readable by the service's user only.
 
     Args:
         root: the directory holding the blobs; created if missing.
@@ -158,7 +159,7 @@ class LocalBlobStore:
 
     def __init__(self, root: str) -> None:
         self._root = Path(root).expanduser().resolve()
-        self._root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self._root)
 
     @property
     def root(self) -> Path:
@@ -293,12 +294,12 @@ class LocalBlobStore:
 
 
 def _create(temp: Path) -> int:
-    """Create `temp` exclusively, making its folder; retry once if a concurrent prefix delete removed it."""
+    """Create `temp` (0600) exclusively, making its folder; retry once if a concurrent prefix delete removed it."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for attempt in (1, 2):
-        temp.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(temp.parent)
         try:
-            return os.open(temp, flags, 0o666)
+            return os.open(temp, flags, PRIVATE_FILE_MODE)
         except FileNotFoundError:
             if attempt == 2:
                 raise
