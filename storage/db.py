@@ -23,7 +23,7 @@ JSON columns come back as text on both dialects (JSONB is read with a text loade
 
 Errors: a unique violation raises `Conflict` (abandon the transaction: PostgreSQL has aborted it); a refused
 connection, an exhausted pool, a database file that cannot be opened or a lock held past the busy timeout
-raise `Unavailable`. Other driver errors pass through unchanged.
+raise `Unavailable`; a full disk raises `InsufficientStorage`. Other driver errors pass through unchanged.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
 from tunewright.storage.disk import create_private_file, make_private_dir
-from tunewright.storage.errors import Conflict, StorageError, Unavailable
+from tunewright.storage.errors import Conflict, InsufficientStorage, StorageError, Unavailable
 from tunewright.storage.queries import load_migrations, load_queries, split_script, to_pyformat
 
 if TYPE_CHECKING:
@@ -194,6 +194,8 @@ def _sqlite_error(exc: sqlite3.Error) -> StorageError | None:
     text = str(exc)
     if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in text:
         return Conflict(text)
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return InsufficientStorage(text)
     if isinstance(exc, sqlite3.OperationalError) and any(
         marker in text for marker in ("unable to open", "locked", "disk I/O")
     ):
@@ -378,6 +380,8 @@ def _postgres_error(exc: Exception) -> StorageError | None:
     """Map a psycopg or pool error to a storage error, or None to let it through."""
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return Conflict(str(exc).splitlines()[0] if str(exc) else "unique violation")
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return InsufficientStorage(str(exc).splitlines()[0] if str(exc) else "disk full")
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError):
         return Unavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return None

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from tunewright.storage.base import BlobInfo
-from tunewright.storage.disk import PRIVATE_FILE_MODE, make_private_dir
-from tunewright.storage.errors import NotFound, Unavailable
+from tunewright.storage.disk import PRIVATE_FILE_MODE, is_disk_full, make_private_dir
+from tunewright.storage.errors import InsufficientStorage, NotFound, Unavailable
 from tunewright.storage.keys import TEMP_NAME, validate_key, validate_prefix
 
 if TYPE_CHECKING:
@@ -175,12 +175,24 @@ class LocalBlobStore:
         Raises:
             InvalidKey: the key is malformed.
             ValueError: the stream exceeds `max_bytes`; nothing is stored.
-            OSError: the file system failed; nothing is stored.
+            InsufficientStorage: the file system (or the quota) is full; nothing is stored.
+            OSError: the file system failed otherwise; nothing is stored.
         """
         path = self._path(key)
         temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
-        fd = _create(temp)
         digest = StreamDigest(max_bytes)
+        try:
+            self._write(temp, path, stream, digest)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise InsufficientStorage(f"no space left for blob {key!r} under {self._root}") from exc
+            raise
+        return digest.info()
+
+    @staticmethod
+    def _write(temp: Path, path: Path, stream: BinaryIO | Iterable[bytes], digest: StreamDigest) -> None:
+        """Write `stream` to `temp`, fsync it and rename it to `path`; on any failure remove `temp` (no half file)."""
+        fd = _create(temp)
         try:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in iter_chunks(stream):
@@ -193,7 +205,6 @@ class LocalBlobStore:
             _unlink_quietly(temp)
             raise
         _fsync_dir(path.parent)
-        return digest.info()
 
     def open(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> ChunkReader:
         """Open the file now and return an iterator over its chunks.

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 from msgspec import UNSET
 
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
-from tunewright.api.files.service import blob_key, dataset_error_to_api, discard_blob, guarded_put
-from tunewright.api.forms import read_form
+from tunewright.api.files.service import blob_key, dataset_error_to_api, discard_blob, guarded_put, require_space
+from tunewright.api.forms import content_length, read_form
 from tunewright.api.streaming import ThreadedSink
 from tunewright.api.uploads.schemas import UPLOAD_PURPOSES
+from tunewright.storage.disk import disk_space
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import FileRecord, UploadPartRecord, UploadRecord
@@ -103,13 +104,14 @@ async def add_part(
 
     project_id = principal.project_id or ""
     upload, stored = await anyio.to_thread.run_sync(lambda: _pending_with_size(stores, upload_id, project_id))
+    space = await require_space(settings, stores, content_length(request))
     part_id = new_id("part")
     key = f"{project_id}/uploads/{upload.id}/{part_id}"
     # A part may not carry the upload past its declared size: storage stays bounded by what was announced.
     limit = max(0, min(settings.max_part_bytes, upload.bytes - stored))
 
     def open_sink(_fields: dict[str, str], _filename: str) -> ThreadedSink[BlobInfo]:
-        return ThreadedSink(lambda chunks: guarded_put(stores, key, chunks, max_bytes=limit))
+        return ThreadedSink(lambda chunks: guarded_put(stores, key, chunks, max_bytes=limit, space=space))
 
     try:
         form = await read_form(request, file_field="data", text_fields=(), max_file_bytes=limit, open_sink=open_sink)
@@ -194,11 +196,14 @@ def complete_upload(
     """Assemble the parts into a File (same checks as /v1/files) and mark the upload completed."""
     upload = get_pending(stores, upload_id, project_id=project_id)
     parts = _ordered_parts(stores, upload, data.part_ids, project_id=project_id)
+    space = disk_space(stores.blobs, min_free_bytes=settings.min_free_bytes)
+    if space is not None:  # the assembled file is a second copy of the parts until they are dropped
+        space.require(upload.bytes)
     file_id = new_id("file")
     key = blob_key(project_id, file_id)
     assembler = _Assembler(stores, parts, check=upload.purpose == "fine-tune")
     try:
-        info = guarded_put(stores, key, assembler.chunks())
+        info = guarded_put(stores, key, assembler.chunks(), space=space)
     except DatasetError as exc:
         raise dataset_error_to_api(exc, param="part_ids") from exc
     try:
