@@ -159,10 +159,10 @@ async def add_part(
 
     project_id = principal.project_id or ""
     upload, stored = await anyio.to_thread.run_sync(lambda: _pending_with_size(stores, upload_id, project_id))
-    space = await require_space(settings, stores, content_length(request))
     part = _PartWriter(stores, upload, project_id)
     # A part may not carry the upload past its declared size: storage stays bounded by what was announced.
     limit = max(0, min(settings.max_part_bytes, upload.bytes - stored))
+    space = await require_space(settings, stores, min(content_length(request), limit))
 
     def open_sink(_fields: dict[str, str], _filename: str) -> ThreadedSink[BlobInfo]:
         return ThreadedSink(

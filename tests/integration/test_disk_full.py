@@ -19,6 +19,10 @@ from fixtures.disk import MiB, free_bytes
 pytestmark = pytest.mark.integration
 
 WATERMARK = 3 * MiB
+CHAT_LINES = b"".join(
+    b'{"messages": [{"role": "user", "content": "Q%d"}, {"role": "assistant", "content": "A%d"}]}\n' % (i, i)
+    for i in range(12)
+)
 
 
 @pytest.fixture
@@ -50,6 +54,7 @@ def upload(client: openai.OpenAI, size: int) -> Any:
 @pytest.mark.parametrize("settings", [("data", WATERMARK)], indirect=True)
 def test_under_the_watermark_new_data_is_507_while_deletes_and_bookkeeping_work(client_a, settings):
     disk = settings.data_path
+    training = client_a.files.create(file=("t.jsonl", CHAT_LINES), purpose="fine-tune")
     pending = client_a.uploads.create(bytes=MiB, filename="p.bin", mime_type="text/plain", purpose="user_data")
     part = client_a.uploads.parts.create(pending.id, data=b"p" * MiB)
     stored = []
@@ -62,11 +67,13 @@ def test_under_the_watermark_new_data_is_507_while_deletes_and_bookkeeping_work(
     expect_507(lambda: upload(client_a, MiB))
     assert free_bytes(disk) >= WATERMARK - MiB  # what was kept for the rest (at most a chunk past the mark)
 
-    expect_507(lambda: client_a.uploads.parts.create(pending.id, data=b"q" * MiB))
     expect_507(lambda: client_a.uploads.complete(pending.id, part_ids=[part.id]))  # a second copy of 1 MiB
-    # Metadata writes, deletes and job bookkeeping go on.
-    other = client_a.uploads.create(bytes=10, filename="o.bin", mime_type="text/plain", purpose="user_data")
+    # Metadata writes go on (and deletes, below)…
+    other = client_a.uploads.create(bytes=MiB, filename="o.bin", mime_type="text/plain", purpose="user_data")
+    expect_507(lambda: client_a.uploads.parts.create(other.id, data=b"q" * MiB))
     assert client_a.uploads.cancel(other.id).status == "cancelled"
+    job = client_a.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=training.id)
+    assert client_a.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # …and so does job bookkeeping
     before = free_bytes(disk)
     for file in stored[:2]:
         assert client_a.files.delete(file.id).deleted
