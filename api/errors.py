@@ -141,6 +141,25 @@ class ServiceUnavailableError(APIError):
     default_code = "service_unavailable"
 
 
+class InsufficientStorageError(APIError):
+    """507: the server keeps its last free space for deletes and bookkeeping, so it takes no new data now.
+
+    Not retried by the SDK: space comes back when files are deleted or an operator acts, not within the
+    seconds a retry waits, and a retry would send the whole body again.
+    """
+
+    status_code = 507
+    type = "server_error"
+    default_code = "insufficient_storage"
+    retryable = False
+
+
+INSUFFICIENT_STORAGE_MESSAGE = (
+    "The server does not have enough free storage to accept new data right now. Deleting files you no longer "
+    "need frees space; if this persists, contact the operator."
+)
+
+
 def error_response(error: APIError, request_id: str | None = None) -> Response[Any]:
     """Render an APIError as a Litestar response (the app's outer layer adds `x-request-id`)."""
     headers = dict(error.headers)
@@ -227,6 +246,9 @@ def _handle_storage(request: Request[Any, Any, Any], exc: storage_errors.Storage
         error = ServiceUnavailableError("A backing store is unavailable; try again shortly.")
     elif isinstance(exc, storage_errors.Conflict | storage_errors.StateConflict):
         error = ConflictError("The object was changed by another request; read it again before retrying.")
+    elif isinstance(exc, storage_errors.InsufficientStorage):
+        logger.warning("refused %s %s: %s", request.method, request.url.path, exc)  # free space, for the operator
+        error = InsufficientStorageError(INSUFFICIENT_STORAGE_MESSAGE)
     else:
         return _handle_unexpected(request, exc)
     return error_response(error, _request_id(request))

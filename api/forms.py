@@ -52,9 +52,14 @@ def _boundary(request: Request[Any, Any, Any]) -> str:
     return boundary
 
 
-def _check_length(request: Request[Any, Any, Any], limit: int) -> int:
+def content_length(request: Request[Any, Any, Any]) -> int:
+    """The request's `Content-Length`, or -1 when it has none (a chunked body)."""
     raw = request.headers.get("content-length")
-    length = int(raw) if raw and raw.isdigit() else -1
+    return int(raw) if raw and raw.isdigit() else -1
+
+
+def _check_length(request: Request[Any, Any, Any], limit: int) -> int:
+    length = content_length(request)
     if length > limit:
         raise PayloadTooLargeError(f"The request body is {length} bytes; this endpoint accepts at most {limit}.")
     return length

@@ -1,4 +1,4 @@
-"""Background housekeeping in the API process: expired uploads, expired files, orphan blobs.
+"""Background housekeeping in the API process: expired uploads, expired files, orphan blobs, stale multipart uploads.
 
 Each pass selects by age alone, so several API replicas can sweep at once without touching each other's
 work in flight.
@@ -53,12 +53,19 @@ def sweep_orphan_blobs(stores: Stores, *, older_than_s: int, now: int | None = N
     return count
 
 
+def sweep_stale_multipart(stores: Stores, *, older_than_s: int, now: float | None = None) -> int:
+    """Abort the S3 multipart uploads of puts whose process died mid-write (a local store has none)."""
+    abort = getattr(stores.blobs, "abort_stale_uploads", None)
+    return 0 if abort is None else int(abort(older_than_s, now=now))
+
+
 def sweep_once(stores: Stores, settings: Settings) -> None:
     """One pass of every sweep; failures are logged, never raised."""
     for name, sweep in (
         ("uploads", lambda: sweep_expired_uploads(stores, ttl_s=settings.upload_ttl_s)),
         ("files", lambda: sweep_expired_files(stores)),
         ("orphan blobs", lambda: sweep_orphan_blobs(stores, older_than_s=settings.orphan_blob_age_s)),
+        ("multipart uploads", lambda: sweep_stale_multipart(stores, older_than_s=settings.orphan_blob_age_s)),
     ):
         try:
             removed = sweep()

@@ -23,7 +23,7 @@ JSON columns come back as text on both dialects (JSONB is read with a text loade
 
 Errors: a unique violation raises `Conflict` (abandon the transaction: PostgreSQL has aborted it); a refused
 connection, an exhausted pool, a database file that cannot be opened or a lock held past the busy timeout
-raise `Unavailable`. Other driver errors pass through unchanged.
+raise `Unavailable`; a full disk raises `InsufficientStorage`. Other driver errors pass through unchanged.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
-from tunewright.storage.errors import Conflict, StorageError, Unavailable
+from tunewright.storage.disk import create_private_file, make_private_dir
+from tunewright.storage.errors import Conflict, InsufficientStorage, StorageError, Unavailable
 from tunewright.storage.queries import load_migrations, load_queries, split_script, to_pyformat
 
 if TYPE_CHECKING:
@@ -165,18 +166,20 @@ class Database(ABC):
 def open_database(url: str, *, pool_size: int = 8) -> Database:
     """Open the database a URL names: `sqlite:///abs/path.db`, `postgresql://…` or `postgres://…`.
 
-    Creates the SQLite file's folder; migrates nothing.
+    Creates the SQLite file's folder (0700) and the file (0600; SQLite gives its `-wal` and `-shm` files the
+    database file's mode) if missing; migrates nothing.
 
     Raises:
         ValueError: another scheme.
-        Unavailable: the SQLite folder cannot be created.
+        Unavailable: the SQLite folder or file cannot be created.
     """
     if url.startswith("sqlite:///"):
         path = Path(unquote(urlsplit(url).path))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(path.parent)
+            create_private_file(path)
         except OSError as exc:
-            raise Unavailable(f"cannot create the database folder {path.parent}") from exc
+            raise Unavailable(f"cannot create the database {path}") from exc
         return SQLiteDatabase(path)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, pool_size=pool_size)
@@ -191,6 +194,8 @@ def _sqlite_error(exc: sqlite3.Error) -> StorageError | None:
     text = str(exc)
     if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in text:
         return Conflict(text)
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return InsufficientStorage(text)
     if isinstance(exc, sqlite3.OperationalError) and any(
         marker in text for marker in ("unable to open", "locked", "disk I/O")
     ):
@@ -375,6 +380,8 @@ def _postgres_error(exc: Exception) -> StorageError | None:
     """Map a psycopg or pool error to a storage error, or None to let it through."""
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return Conflict(str(exc).splitlines()[0] if str(exc) else "unique violation")
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return InsufficientStorage(str(exc).splitlines()[0] if str(exc) else "disk full")
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError):
         return Unavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return None

@@ -1,4 +1,4 @@
-"""Errors raised by the storage layer; the API maps them to HTTP (404, 409, 503)."""
+"""Errors raised by the storage layer; the API maps them to HTTP (404, 409, 503, 507)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,11 @@ class StateConflict(StorageError):  # noqa: N818
         """Remember the status that was found."""
         super().__init__(f"current status is {current}")
         self.current = current
+
+
+class InsufficientStorage(StorageError):  # noqa: N818
+    """The disk (or the database's) has no room for new data, or less than the configured watermark."""
+
+
+class LimitExceeded(StorageError):  # noqa: N818
+    """A write would carry an object past the size it declared (an upload's parts beyond its `bytes`)."""

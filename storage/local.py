@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from tunewright.storage.errors import NotFound, Unavailable
+from tunewright.storage.disk import PRIVATE_FILE_MODE, is_disk_full, make_private_dir
+from tunewright.storage.errors import InsufficientStorage, NotFound, Unavailable
 from tunewright.storage.keys import TEMP_NAME, validate_key, validate_prefix
 from tunewright.storage.streams import CHUNK_SIZE, ChunkReader, StreamDigest, concat_parts, iter_chunks
 
@@ -31,7 +32,7 @@ class LocalBlobStore:
 
     Writes go to `<dir>/.<name>.tmp-<16 hex>` next to the target, are fsynced, then renamed over it, so
     readers see the old file or the whole new one. A crash mid-write leaves only such temp files, which
-    `sweep_temp` removes.
+    `sweep_temp` removes. Folders are created 0700 and files 0600: blobs are readable by the service's user only.
 
     Args:
         root: the directory holding the blobs; created if missing.
@@ -39,7 +40,7 @@ class LocalBlobStore:
 
     def __init__(self, root: str) -> None:
         self._root = Path(root).expanduser().resolve()
-        self._root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self._root)
 
     @property
     def root(self) -> Path:
@@ -55,12 +56,24 @@ class LocalBlobStore:
         Raises:
             InvalidKey: the key is malformed.
             ValueError: the stream exceeds `max_bytes`; nothing is stored.
-            OSError: the file system failed; nothing is stored.
+            InsufficientStorage: the file system (or the quota) is full; nothing is stored.
+            OSError: the file system failed otherwise; nothing is stored.
         """
         path = self._path(key)
         temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
-        fd = _create(temp)
         digest = StreamDigest(max_bytes)
+        try:
+            self._write(temp, path, stream, digest)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise InsufficientStorage(f"no space left for blob {key!r} under {self._root}") from exc
+            raise
+        return digest.info()
+
+    @staticmethod
+    def _write(temp: Path, path: Path, stream: BinaryIO | Iterable[bytes], digest: StreamDigest) -> None:
+        """Write `stream` to `temp`, fsync it and rename it to `path`; on any failure remove `temp` (no half file)."""
+        fd = _create(temp)
         try:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in iter_chunks(stream):
@@ -73,7 +86,6 @@ class LocalBlobStore:
             _unlink_quietly(temp)
             raise
         _fsync_dir(path.parent)
-        return digest.info()
 
     def open(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> ChunkReader:
         """Open the file now and return an iterator over its chunks.
@@ -174,12 +186,12 @@ class LocalBlobStore:
 
 
 def _create(temp: Path) -> int:
-    """Create `temp` exclusively, making its folder; retry once if a concurrent prefix delete removed it."""
+    """Create `temp` (0600) exclusively, making its folder; retry once if a concurrent prefix delete removed it."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for attempt in (1, 2):
-        temp.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(temp.parent)
         try:
-            return os.open(temp, flags, 0o666)
+            return os.open(temp, flags, PRIVATE_FILE_MODE)
         except FileNotFoundError:
             if attempt == 2:
                 raise

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tunewright.storage.errors import NotFound, StateConflict
+from tunewright.storage.errors import LimitExceeded, NotFound, StateConflict
 from tunewright.storage.metadata_base import SQLStoreBase
 from tunewright.storage.records import FileRecord, Page, UploadPartRecord, UploadRecord
 from tunewright.storage.rows import from_row, to_params
@@ -106,19 +106,58 @@ class FilesMixin(SQLStoreBase):
         return from_row(UploadRecord, row)
 
     @staticmethod
-    def _lock_pending_upload(conn: Connection, upload_id: str, project_id: str) -> None:
-        """Lock the upload row (PostgreSQL `FOR UPDATE`); `NotFound`, or `StateConflict` unless pending."""
+    def _lock_pending_upload(conn: Connection, upload_id: str, project_id: str) -> dict[str, Any]:
+        """Lock the upload row (PostgreSQL `FOR UPDATE`) and return it; `NotFound`, `StateConflict` unless pending."""
         row = conn.run("lock_upload", {"id": upload_id, "project_id": project_id}).fetchone()
         if row is None:
             raise NotFound(upload_id)
         if row["status"] != "pending":
             raise StateConflict(row["status"])
+        return row
+
+    @classmethod
+    def _claim(cls, conn: Connection, upload_id: str, project_id: str, part_id: str, *, size: int, final: bool) -> None:
+        """Lock the pending upload and check that `part_id` may take `size` more bytes (`final`: `size` in all).
+
+        Raises:
+            NotFound, StateConflict: see `_lock_pending_upload`.
+            LimitExceeded: the upload's parts and claims would then exceed its declared bytes.
+        """
+        declared = cls._lock_pending_upload(conn, upload_id, project_id)["bytes"]
+        claims = conn.run("upload_claims", {"upload_id": upload_id, "part_id": part_id}).fetchone()
+        held = claims["parts"] + claims["others"] + (0 if final else claims["own"])
+        if held + size > declared:
+            raise LimitExceeded(f"upload {upload_id} declared {declared} bytes; {held} are held, {size} more asked")
+
+    def reserve_upload_bytes(self, upload_id: str, *, project_id: str, part_id: str, size: int) -> None:
+        """Claim `size` more bytes of a pending upload's declared size for the part `part_id` streaming in.
+
+        Raises:
+            NotFound: no such upload in the project.
+            StateConflict: the upload is no longer pending.
+            LimitExceeded: the upload's parts and the claims of the parts in flight would exceed its `bytes`.
+        """
+        with self.database.transaction(immediate=True) as conn:
+            self._claim(conn, upload_id, project_id, part_id, size=size, final=False)
+            conn.run("reserve_upload_bytes", {"part_id": part_id, "upload_id": upload_id, "bytes": size})
+
+    def release_upload_bytes(self, part_id: str) -> None:
+        """Drop the claim of a part that will not be committed (none is fine)."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("release_upload_bytes", {"part_id": part_id})
 
     def add_upload_part(self, record: UploadPartRecord) -> None:
-        """Insert a part of a pending upload. `NotFound`; `StateConflict` if it is no longer pending."""
+        """Insert a part of a pending upload in place of its claim (see `MetadataStore.add_upload_part`).
+
+        Raises:
+            NotFound: no such upload in the project.
+            StateConflict: the upload is no longer pending.
+            LimitExceeded: with the other parts and claims it would exceed the upload's `bytes`.
+        """
         with self.database.transaction(immediate=True) as conn:
-            self._lock_pending_upload(conn, record.upload_id, record.project_id)
+            self._claim(conn, record.upload_id, record.project_id, record.id, size=record.bytes, final=True)
             conn.run("insert_upload_part", to_params(record))
+            conn.run("release_upload_bytes", {"part_id": record.id})
             conn.run("delete_blob_intent", {"key": record.blob_key})
 
     def list_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
@@ -148,6 +187,7 @@ class FilesMixin(SQLStoreBase):
                 conn.run("delete_blob_intent", {"key": file.blob_key})
             params = {"id": upload_id, "status": status, "file_id": None if file is None else file.id}
             row = conn.run("finish_upload", params).fetchone()
+            conn.run("release_upload_reservations", {"upload_id": upload_id})
         return from_row(UploadRecord, row)
 
     def expired_uploads(self, *, created_before: int, limit: int) -> list[UploadRecord]:
@@ -167,4 +207,6 @@ class FilesMixin(SQLStoreBase):
         """Move a still pending upload to `expired`; False if it was completed or cancelled meanwhile."""
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("expire_upload", {"id": upload_id, "project_id": project_id}).fetchone()
+            if row is not None:
+                conn.run("release_upload_reservations", {"upload_id": upload_id})
         return row is not None

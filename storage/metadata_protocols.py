@@ -182,8 +182,24 @@ class UploadStore(Protocol):
         """Return an upload of this project. `NotFound`."""
         ...
 
+    def reserve_upload_bytes(self, upload_id: str, *, project_id: str, part_id: str, size: int) -> None:
+        """Claim `size` more bytes of a pending upload's declared `bytes` for the part `part_id` streaming in.
+
+        Atomic against concurrent parts: parts and claims together never exceed the declared size.
+        `NotFound`; `StateConflict` if the upload is no longer pending; `LimitExceeded` beyond its `bytes`.
+        """
+        ...
+
+    def release_upload_bytes(self, part_id: str) -> None:
+        """Drop the claim of a part that will not be committed (having none is fine)."""
+        ...
+
     def add_upload_part(self, record: UploadPartRecord) -> None:
-        """Insert a part of a pending upload. `StateConflict` if the upload is no longer pending."""
+        """Insert a part of a pending upload in place of its claim.
+
+        `StateConflict` if the upload is no longer pending; `LimitExceeded` if its parts and the other parts'
+        claims would then exceed its `bytes`.
+        """
         ...
 
     def list_upload_parts(self, upload_id: str, *, project_id: str) -> list[UploadPartRecord]:
@@ -195,7 +211,7 @@ class UploadStore(Protocol):
     ) -> UploadRecord:
         """Move a pending upload to `completed` (inserting `file` in the same transaction) or `cancelled`.
 
-        `StateConflict` (with the current status) if it is not pending.
+        Its parts' claims are dropped. `StateConflict` (with the current status) if it is not pending.
         """
         ...
 

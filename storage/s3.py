@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import boto3
@@ -115,7 +116,7 @@ class _MultipartUpload:
     def abort(self) -> None:
         """Discard the parts sent; a failure is logged, not raised, so it cannot hide the original error.
 
-        A bucket lifecycle rule (AbortIncompleteMultipartUpload) catches what a failed abort leaves.
+        What a failed abort or a crashed process leaves, `S3BlobStore.abort_stale_uploads` aborts later.
         """
         if self._upload_id is None:
             return
@@ -276,6 +277,39 @@ class S3BlobStore:
             NotFound: a part is missing; nothing is stored.
         """
         return concat_parts(self, key, parts)
+
+    def abort_stale_uploads(self, older_than_s: float, *, now: float | None = None) -> int:
+        """Abort the multipart uploads under this store's prefix started over `older_than_s` ago; return how many.
+
+        A put whose process died leaves its multipart upload open, and the bucket keeps (and bills) its parts
+        until it is aborted. A put in flight is far younger than the orphan age the sweeper passes.
+
+        Raises:
+            Unavailable: S3 did not answer.
+        """
+        cutoff = (time.time() if now is None else now) - older_than_s
+        aborted = 0
+        with _translated(self._prefix or "multipart uploads"):
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self._bucket, Prefix=self._prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() <= cutoff:
+                        aborted += self._abort_upload(upload["Key"], upload["UploadId"])
+        if aborted:
+            logger.info("aborted %d stale multipart uploads under s3://%s/%s", aborted, self._bucket, self._prefix)
+        return aborted
+
+    def _abort_upload(self, object_key: str, upload_id: str) -> int:
+        """Abort one multipart upload; 1, or 0 if it was completed or aborted meanwhile."""
+        try:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=object_key, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return 0
+            raise
+        return 1
 
     def presign(self, key: str, ttl_s: int) -> str | None:
         """Return a presigned GetObject URL valid for `ttl_s` seconds."""

@@ -16,4 +16,5 @@ pytest_plugins = [
     "fixtures.server",
     "fixtures.models",
     "fixtures.training",
+    "fixtures.disk",
 ]

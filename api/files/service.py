@@ -10,8 +10,9 @@ import anyio.to_thread
 
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.files.schemas import CREATE_PURPOSES
-from tunewright.api.forms import read_form
+from tunewright.api.forms import content_length, read_form
 from tunewright.api.streaming import ThreadedSink
+from tunewright.storage.disk import disk_space
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
 from tunewright.storage.keys import file_blob_key
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from tunewright.api.auth import Principal
     from tunewright.storage.base import BlobInfo, Stores
+    from tunewright.storage.disk import DiskSpace
     from tunewright.storage.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -99,14 +101,18 @@ def check_purpose(purpose: str | None) -> str:
 class CheckedPut:
     """A blob put that, for fine-tune files, checks every line on the way (a bad line stores nothing)."""
 
-    def __init__(self, stores: Stores, key: str, *, purpose: str | None, max_bytes: int) -> None:
+    def __init__(
+        self, stores: Stores, key: str, *, purpose: str | None, max_bytes: int, space: DiskSpace | None
+    ) -> None:
         """Prepare the put for a file of `purpose` (None: the purpose part comes after the file part).
 
         Fine-tune files are checked and a bad line stops the put; with the purpose not known yet the check runs
-        and a problem is kept for later; any other purpose is stored unchecked.
+        and a problem is kept for later; any other purpose is stored unchecked. `space` stops the put at the
+        free-space watermark.
         """
         self.stores = stores
         self.key = key
+        self.space = space
         self.check = purpose == "fine-tune"
         self.max_bytes = max_bytes
         # Upload checks the JSON Lines framing only: the format rules depend on the job's method and run
@@ -146,17 +152,45 @@ class CheckedPut:
 
     def __call__(self, chunks: Iterator[bytes]) -> BlobInfo:
         """Consume the chunks into the blob store (recorded as an intent until the row commits)."""
-        return guarded_put(self.stores, self.key, self._checked(chunks), max_bytes=self.max_bytes)
+        return guarded_put(self.stores, self.key, self._checked(chunks), max_bytes=self.max_bytes, space=self.space)
 
 
-def guarded_put(stores: Stores, key: str, chunks: Iterator[bytes], *, max_bytes: int | None = None) -> BlobInfo:
-    """Put a blob that a row will publish: its intent is recorded first, so a crash leaves no orphan."""
+def guarded_put(
+    stores: Stores,
+    key: str,
+    chunks: Iterator[bytes],
+    *,
+    max_bytes: int | None = None,
+    space: DiskSpace | None = None,
+) -> BlobInfo:
+    """Put a blob that a row will publish: its intent is recorded first, so a crash leaves no orphan.
+
+    With `space`, the put stops (storing nothing) once the next chunk would cross the free-space watermark.
+
+    Raises:
+        InsufficientStorage: the watermark was reached, or the disk is full.
+    """
     stores.metadata.begin_blob(key, now=int(time.time()))
     try:
-        return stores.blobs.put(key, chunks, max_bytes=max_bytes)
+        return stores.blobs.put(key, chunks if space is None else space.guard(chunks), max_bytes=max_bytes)
     except BaseException:
         stores.metadata.end_blob(key)
         raise
+
+
+async def require_space(settings: Settings, stores: Stores, incoming: int) -> DiskSpace | None:
+    """Refuse new data of `incoming` bytes (507) while the local blob store is under its free-space watermark.
+
+    Returns:
+        The check to pass to `guarded_put`, or None where there is none (S3, a watermark of 0).
+
+    Raises:
+        InsufficientStorage: `incoming` more bytes would leave less than `TUNEWRIGHT_MIN_FREE_BYTES` free.
+    """
+    space = disk_space(stores.blobs, min_free_bytes=settings.min_free_bytes)
+    if space is not None:
+        await anyio.to_thread.run_sync(space.require, max(incoming, 0))
+    return space
 
 
 def discard_blob(stores: Stores, key: str) -> None:
@@ -174,6 +208,8 @@ async def create_file(
 ) -> FileRecord:
     """Stream a multipart upload into the blob store, then commit its row."""
     project_id = principal.project_id or ""
+    # A body over the route's limit gets its 413 from the form reader, not a 507 from here.
+    space = await require_space(settings, stores, min(content_length(request), settings.max_file_bytes))
     file_id = new_id("file")
     key = blob_key(project_id, file_id)
     puts: list[CheckedPut] = []
@@ -182,7 +218,7 @@ async def create_file(
         purpose = fields.get("purpose")
         if purpose is not None:
             check_purpose(purpose)
-        put = CheckedPut(stores, key, purpose=purpose, max_bytes=settings.max_file_bytes)
+        put = CheckedPut(stores, key, purpose=purpose, max_bytes=settings.max_file_bytes, space=space)
         puts.append(put)
         return ThreadedSink(put)
 

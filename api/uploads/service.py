@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET
 
-from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
-from tunewright.api.files.service import blob_key, dataset_error_to_api, discard_blob, guarded_put
-from tunewright.api.forms import read_form
+from tunewright.api.errors import APIError, InvalidRequestError, NotFoundError, PayloadTooLargeError, echo
+from tunewright.api.files.service import blob_key, dataset_error_to_api, discard_blob, guarded_put, require_space
+from tunewright.api.forms import content_length, read_form
 from tunewright.api.streaming import ThreadedSink
 from tunewright.api.uploads.schemas import UPLOAD_PURPOSES
-from tunewright.storage.errors import NotFound, StateConflict
+from tunewright.storage.disk import disk_space
+from tunewright.storage.errors import LimitExceeded, NotFound, StateConflict
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import FileRecord, UploadPartRecord, UploadRecord
 from tunewright.training_files.errors import DatasetError
@@ -95,6 +96,61 @@ def get_pending(stores: Stores, upload_id: str, *, project_id: str) -> UploadRec
     return upload
 
 
+class _PartWriter:
+    """One part streaming into its own blob, its bytes claimed from the upload's declared size as they come."""
+
+    def __init__(self, stores: Stores, upload: UploadRecord, project_id: str) -> None:
+        self.stores = stores
+        self.upload = upload
+        self.project_id = project_id
+        self.id = new_id("part")
+        self.key = f"{project_id}/uploads/{upload.id}/{self.id}"
+
+    def claimed(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Yield `chunks`, claiming each one's bytes before it is written: parts sent at once count together."""
+        for chunk in chunks:
+            self.stores.metadata.reserve_upload_bytes(
+                self.upload.id, project_id=self.project_id, part_id=self.id, size=len(chunk)
+            )
+            yield chunk
+
+    def refusal(self, exc: StateConflict | LimitExceeded) -> APIError:
+        """The answer to a part refused by the store: the upload finished meanwhile, or is full."""
+        if isinstance(exc, StateConflict):
+            return not_pending(self.upload.id, exc.current, needs="parts need")
+        return PayloadTooLargeError(
+            f"Upload {self.upload.id} was created with bytes={self.upload.bytes}; its parts (those being sent "
+            "at the same time included) may not hold more.",
+            param="data",
+        )
+
+    def discard(self) -> None:
+        """Undo the part: its blob, then its claim (a claim left behind lapses when the upload ends)."""
+        discard_blob(self.stores, self.key)
+        try:
+            self.stores.metadata.release_upload_bytes(self.id)
+        except Exception:
+            logger.exception("could not release the claim of part %s", self.id)
+
+    def commit(self, info: BlobInfo) -> UploadPartRecord:
+        """Publish the stored part in place of its claim."""
+        record = UploadPartRecord(
+            id=self.id,
+            upload_id=self.upload.id,
+            project_id=self.project_id,
+            created_at=int(time.time()),
+            bytes=info.size,
+            blob_key=self.key,
+            sha256=info.sha256,
+        )
+        try:
+            self.stores.metadata.add_upload_part(record)
+        except (StateConflict, LimitExceeded) as exc:
+            self.discard()
+            raise self.refusal(exc) from None
+        return record
+
+
 async def add_part(
     request: Request[Any, Any, Any], principal: Principal, settings: Settings, stores: Stores, upload_id: str
 ) -> UploadPartRecord:
@@ -103,43 +159,29 @@ async def add_part(
 
     project_id = principal.project_id or ""
     upload, stored = await anyio.to_thread.run_sync(lambda: _pending_with_size(stores, upload_id, project_id))
-    part_id = new_id("part")
-    key = f"{project_id}/uploads/{upload.id}/{part_id}"
+    part = _PartWriter(stores, upload, project_id)
     # A part may not carry the upload past its declared size: storage stays bounded by what was announced.
     limit = max(0, min(settings.max_part_bytes, upload.bytes - stored))
+    space = await require_space(settings, stores, min(content_length(request), limit))
 
     def open_sink(_fields: dict[str, str], _filename: str) -> ThreadedSink[BlobInfo]:
-        return ThreadedSink(lambda chunks: guarded_put(stores, key, chunks, max_bytes=limit))
+        return ThreadedSink(
+            lambda chunks: guarded_put(stores, part.key, part.claimed(chunks), max_bytes=limit, space=space)
+        )
 
     try:
         form = await read_form(request, file_field="data", text_fields=(), max_file_bytes=limit, open_sink=open_sink)
+    except (StateConflict, LimitExceeded) as exc:
+        await anyio.to_thread.run_sync(part.discard)
+        raise part.refusal(exc) from None
     except BaseException:
-        await anyio.to_thread.run_sync(discard_blob, stores, key)
+        await anyio.to_thread.run_sync(part.discard)
         raise
     if form.filename is None:
         raise InvalidRequestError(
             "Missing required parameter: 'data'.", param="data", code="missing_required_parameter"
         )
-    info: BlobInfo = form.file_result
-    record = UploadPartRecord(
-        id=part_id,
-        upload_id=upload.id,
-        project_id=project_id,
-        created_at=int(time.time()),
-        bytes=info.size,
-        blob_key=key,
-        sha256=info.sha256,
-    )
-
-    def commit() -> None:
-        try:
-            stores.metadata.add_upload_part(record)
-        except StateConflict as exc:
-            discard_blob(stores, key)
-            raise not_pending(upload.id, exc.current, needs="parts need") from None
-
-    await anyio.to_thread.run_sync(commit)
-    return record
+    return await anyio.to_thread.run_sync(part.commit, form.file_result)
 
 
 def _ordered_parts(
@@ -194,11 +236,14 @@ def complete_upload(
     """Assemble the parts into a File (same checks as /v1/files) and mark the upload completed."""
     upload = get_pending(stores, upload_id, project_id=project_id)
     parts = _ordered_parts(stores, upload, data.part_ids, project_id=project_id)
+    space = disk_space(stores.blobs, min_free_bytes=settings.min_free_bytes)
+    if space is not None:  # the assembled file is a second copy of the parts until they are dropped
+        space.require(upload.bytes)
     file_id = new_id("file")
     key = blob_key(project_id, file_id)
     assembler = _Assembler(stores, parts, check=upload.purpose == "fine-tune")
     try:
-        info = guarded_put(stores, key, assembler.chunks())
+        info = guarded_put(stores, key, assembler.chunks(), space=space)
     except DatasetError as exc:
         raise dataset_error_to_api(exc, param="part_ids") from exc
     try:

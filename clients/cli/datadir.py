@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from tunewright.storage.disk import make_private_dir, warn_if_shared
 from tunewright.storage.registry import open_stores
 
 if TYPE_CHECKING:
@@ -25,11 +26,12 @@ class MigratedStores:
 
 @contextmanager
 def open_data(settings: Settings) -> Iterator[MigratedStores]:
-    """Create the data directory if missing, open the stores, migrate, and close them on exit.
+    """Create the data directory (0700) if missing, open the stores, migrate, and close them on exit.
 
     Every command that touches storage goes through here, so any command works on a fresh data dir.
     """
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_path)
+    warn_if_shared(settings.data_path)
     stores = open_stores(settings)
     try:
         applied = stores.metadata.migrate()

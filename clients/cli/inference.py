@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from tunewright.clients.cli.serve import base_url, export_worker_env, granian_log_level, run_granian
+from tunewright.storage.disk import make_private_dir
 from tunewright.storage.settings import SettingsError
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the node until SIGINT/SIGTERM; return the exit status."""
     check_token(settings)
     log_level = granian_log_level(settings.log_level)
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_path)
     # Nothing may reach a model hub: every base model is a local directory or an installed package.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -81,13 +81,13 @@ def prepare(settings: Settings) -> KeyCreated | None:
 
 
 def sweep_leftovers(stores: Stores, settings: Settings) -> None:
-    """Remove what a crash left: temp files and unpublished blobs of writes, uploads past their lifetime.
+    """Remove what a crash left: temp files, unpublished blobs and S3 multipart uploads of writes, old uploads.
 
     In the embedded mode (SQLite + a local directory) this process is the only writer, so everything a
     previous run left unpublished is an orphan now; with shared production stores other replicas may be
     writing, so only leftovers older than the configured age go.
     """
-    from tunewright.api.sweeper import sweep_orphan_blobs  # lazy: imports Litestar
+    from tunewright.api.sweeper import sweep_orphan_blobs, sweep_stale_multipart  # lazy: imports Litestar
     from tunewright.api.uploads.service import sweep_expired_uploads
 
     exclusive = settings.database_url.startswith("sqlite:") and settings.blob_url.startswith("file:")
@@ -98,6 +98,7 @@ def sweep_leftovers(stores: Stores, settings: Settings) -> None:
         sweep_orphan_blobs(stores, older_than_s=0, now=int(time.time()) + 1)
     else:
         sweep_orphan_blobs(stores, older_than_s=settings.orphan_blob_age_s)
+    sweep_stale_multipart(stores, older_than_s=settings.orphan_blob_age_s)
     sweep_expired_uploads(stores, ttl_s=settings.upload_ttl_s)
 
 

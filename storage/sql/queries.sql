@@ -189,6 +189,23 @@ DELETE FROM upload_parts WHERE upload_id = :upload_id AND project_id = :project_
 UPDATE uploads SET status = 'expired' WHERE id = :id AND project_id = :project_id AND status = 'pending'
 RETURNING id
 
+-- name: upload_claims
+-- What an upload's declared bytes already hold: its parts, the claims of other parts in flight, this part's claim.
+SELECT CAST((SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = :upload_id) AS BIGINT) AS parts,
+       CAST((SELECT COALESCE(SUM(bytes), 0) FROM upload_reservations
+             WHERE upload_id = :upload_id AND part_id <> :part_id) AS BIGINT) AS others,
+       CAST((SELECT COALESCE(SUM(bytes), 0) FROM upload_reservations WHERE part_id = :part_id) AS BIGINT) AS own
+
+-- name: reserve_upload_bytes
+INSERT INTO upload_reservations (part_id, upload_id, bytes) VALUES (:part_id, :upload_id, :bytes)
+ON CONFLICT (part_id) DO UPDATE SET bytes = upload_reservations.bytes + excluded.bytes
+
+-- name: release_upload_bytes
+DELETE FROM upload_reservations WHERE part_id = :part_id
+
+-- name: release_upload_reservations
+DELETE FROM upload_reservations WHERE upload_id = :upload_id
+
 -- ----------------------------------------------------------------------- jobs, events, checkpoints
 
 -- name: insert_job

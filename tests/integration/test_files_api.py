@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import msgspec
 import openai
 import pytest
 from fixtures.contract import DEVIATION_NULL_EDGE_IDS, validate_error, validate_operation
@@ -231,6 +232,24 @@ def test_a_crash_between_blob_and_row_leaves_an_orphan_the_sweeper_removes(store
     with pytest.raises(NotFound):
         stores.blobs.size(key)
     assert stores.metadata.stale_blobs(created_before=int(time.time()) + 10, limit=10) == []
+
+
+@pytest.mark.parametrize("backend", [pytest.param("production", marks=[pytest.mark.postgres, pytest.mark.s3])])
+def test_the_sweeper_aborts_multipart_uploads_left_open_by_a_crash(stores, settings, s3_admin):
+    from tunewright.api.sweeper import sweep_once, sweep_stale_multipart
+
+    bucket, _, prefix = settings.blob_url.removeprefix("s3://").partition("/")
+    s3_admin.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/proj/files/file-crashed")
+    # Ages are measured from the server's `Initiated` (moto's is a fixed date in the past).
+    started = s3_admin.list_multipart_uploads(Bucket=bucket)["Uploads"][0]["Initiated"].timestamp()
+    assert sweep_stale_multipart(stores, older_than_s=3600, now=started + 60) == 0  # may be a write in flight
+    assert sweep_stale_multipart(stores, older_than_s=3600, now=started + 7200) == 1
+    key = f"{prefix}/proj/files/file-crashed-too"
+    s3_admin.create_multipart_upload(Bucket=bucket, Key=key)
+    started = s3_admin.list_multipart_uploads(Bucket=bucket)["Uploads"][0]["Initiated"].timestamp()
+    sweep_once(stores, msgspec.structs.replace(settings, orphan_blob_age_s=3600))  # the periodic pass
+    left = [u["Key"] for u in s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert left == ([] if time.time() - started > 3600 else [key])
 
 
 def test_a_published_file_is_never_swept(client_a, stores):

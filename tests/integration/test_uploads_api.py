@@ -170,3 +170,51 @@ def test_expired_uploads_are_swept_by_age(client_a, stores, tenants):
     assert stores.metadata.list_upload_parts(upload.id, project_id=tenants["a"].project_id) == []
     with pytest.raises(openai.BadRequestError):
         client_a.uploads.parts.create(upload.id, data=b"12345")
+
+
+def send_parts_at_once(client, stores, monkeypatch, upload_id, parts):
+    """Send `parts` from one thread each, every part held before its first byte is stored until all arrive."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrived = threading.Barrier(len(parts))
+    put = stores.blobs.put
+
+    def slow_put(key, stream, **kwargs):
+        arrived.wait(timeout=30)  # every part has passed the size check made when its request started
+        return put(key, stream, **kwargs)
+
+    monkeypatch.setattr(stores.blobs, "put", slow_put)
+
+    def send(data):
+        try:
+            return client.uploads.parts.create(upload_id, data=data)
+        except openai.APIStatusError as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(parts)) as pool:
+        results = list(pool.map(send, parts))
+    monkeypatch.setattr(stores.blobs, "put", put)
+    return results
+
+
+def test_parts_sent_at_once_cannot_together_exceed_the_declared_bytes(client_a, stores, tenants, monkeypatch):
+    upload = client_a.uploads.create(bytes=100, filename="t.bin", mime_type="text/plain", purpose="user_data")
+    results = send_parts_at_once(client_a, stores, monkeypatch, upload.id, [bytes([65 + i]) * 40 for i in range(5)])
+    refused = [r for r in results if isinstance(r, openai.APIStatusError)]
+    assert [r.status_code for r in refused] == [413] * 3
+    assert {r.param for r in refused} == {"data"}
+    parts = stores.metadata.list_upload_parts(upload.id, project_id=tenants["a"].project_id)
+    assert sum(p.bytes for p in parts) == 80
+    assert sorted(p.id for p in parts) == sorted(r.id for r in results if not isinstance(r, Exception))
+    last = client_a.uploads.parts.create(upload.id, data=b"z" * 20)
+    done = client_a.uploads.complete(upload.id, part_ids=[*(p.id for p in parts), last.id])
+    assert done.file.bytes == 100
+
+
+def test_parts_sent_at_once_that_fit_are_all_stored(client_a, stores, monkeypatch):
+    data = [bytes([65 + i]) * 20 for i in range(5)]
+    upload = client_a.uploads.create(bytes=100, filename="t.bin", mime_type="text/plain", purpose="user_data")
+    parts = send_parts_at_once(client_a, stores, monkeypatch, upload.id, data)
+    done = client_a.uploads.complete(upload.id, part_ids=[p.id for p in parts])
+    assert client_a.files.content(done.file.id).read() == b"".join(data)

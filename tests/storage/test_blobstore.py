@@ -376,6 +376,43 @@ def test_s3_ping_of_a_missing_bucket_is_unavailable(s3_endpoint: str, s3_session
         store.close()
 
 
+CRASHING_S3_PUT = textwrap.dedent(
+    """
+    import os, sys
+    from tunewright.storage.s3 import S3BlobStore
+
+    def chunks():
+        yield b"x" * (6 * 1024 * 1024)  # more than a part: the multipart upload has begun
+        os._exit(3)  # the process dies mid-upload: no abort runs
+
+    endpoint, bucket, prefix = sys.argv[1:]
+    S3BlobStore(bucket=bucket, prefix=prefix, endpoint_url=endpoint, part_size=5 * 1024 * 1024).put("p/f", chunks())
+    """
+)
+
+
+@pytest.mark.s3
+def test_s3_stale_multipart_uploads_of_crashed_puts_are_aborted_under_the_prefix_only(
+    s3_bucket: tuple[str, str], s3_session: Any, s3_admin: Any
+) -> None:
+    endpoint, bucket = s3_bucket
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_S3_PUT, endpoint, bucket, S3_PREFIX], timeout=120)
+    assert crashed.returncode == 3
+    s3_admin.create_multipart_upload(Bucket=bucket, Key="someone-else/f")  # not under our prefix
+    s3_admin.create_multipart_upload(Bucket=bucket, Key=f"{S3_PREFIX}-other/f")  # a sibling prefix
+    # Ages are measured from the server's `Initiated` (moto's is a fixed date in the past).
+    started = s3_admin.list_multipart_uploads(Bucket=bucket, Prefix=S3_PREFIX + "/")["Uploads"][0]["Initiated"]
+    store = S3BlobStore(bucket=bucket, prefix=S3_PREFIX, endpoint_url=endpoint, region=None, session=s3_session)
+    try:
+        assert store.abort_stale_uploads(3600, now=started.timestamp() + 60) == 0  # young: may be a put in flight
+        assert store.abort_stale_uploads(3600, now=started.timestamp() + 7200) == 1
+        assert store.abort_stale_uploads(3600) == 0
+    finally:
+        store.close()
+    open_uploads = s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert sorted(u["Key"] for u in open_uploads) == ["someone-else/f", f"{S3_PREFIX}-other/f"]
+
+
 def test_s3_part_size_below_the_s3_minimum_is_refused() -> None:
     with pytest.raises(ValueError, match="part_size"):
         S3BlobStore(bucket="b", prefix="", endpoint_url="http://127.0.0.1:9", region=None, part_size=MiB)

@@ -6,9 +6,10 @@ import hashlib
 import threading
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 
-from tunewright.storage.errors import Conflict, InvalidCursor, NotFound, StateConflict
+from tunewright.storage.errors import Conflict, InvalidCursor, LimitExceeded, NotFound, StateConflict
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import (
     ApiKeyRecord,
@@ -239,7 +240,7 @@ def test_active_jobs_using_file_ignores_terminal_and_foreign_jobs(metadata_store
 
 
 def test_upload_parts_and_completion_insert_the_file(metadata_store: SQLMetadataStore) -> None:
-    upload = make_upload()
+    upload = make_upload(bytes=30)
     metadata_store.insert_upload(upload)
     parts = [make_part(upload, 1000 + i) for i in range(3)]
     for part in parts:
@@ -259,6 +260,53 @@ def test_upload_parts_and_completion_insert_the_file(metadata_store: SQLMetadata
         metadata_store.add_upload_part(make_part(upload))
     assert metadata_store.delete_upload_parts(upload.id, project_id=A) == parts
     assert metadata_store.list_upload_parts(upload.id, project_id=A) == []
+
+
+def test_parts_in_flight_claim_bytes_that_bound_the_upload_to_its_declared_size(
+    metadata_store: SQLMetadataStore,
+) -> None:
+    upload = make_upload(bytes=100)
+    metadata_store.insert_upload(upload)
+    first, second, third = (make_part(upload, 1000 + i) for i in range(3))
+    metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=first.id, size=60)
+    with pytest.raises(LimitExceeded):
+        metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=second.id, size=50)
+    metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=second.id, size=30)
+    metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=second.id, size=10)  # claims add up
+    with pytest.raises(LimitExceeded):
+        metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=third.id, size=1)
+    metadata_store.add_upload_part(first)  # 10 bytes in place of its claim of 60
+    metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=third.id, size=50)
+    with pytest.raises(LimitExceeded):  # a part without a claim is held to the same bound
+        metadata_store.add_upload_part(msgspec.structs.replace(make_part(upload), bytes=11))
+    metadata_store.release_upload_bytes(third.id)
+    metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=third.id, size=10)
+    metadata_store.finish_upload(upload.id, project_id=A, status="cancelled")
+    with pytest.raises(StateConflict):
+        metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=third.id, size=1)
+
+
+def test_concurrent_claims_never_exceed_the_declared_size(metadata_store: SQLMetadataStore) -> None:
+    upload = make_upload(bytes=100)
+    metadata_store.insert_upload(upload)
+    start = threading.Barrier(8)
+    granted: list[str] = []
+
+    def claim() -> None:
+        part_id = new_id("part")
+        start.wait(timeout=30)
+        try:
+            metadata_store.reserve_upload_bytes(upload.id, project_id=A, part_id=part_id, size=30)
+        except LimitExceeded:
+            return
+        granted.append(part_id)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(granted) == 3
 
 
 def test_failed_completion_leaves_no_file(metadata_store: SQLMetadataStore) -> None:
