@@ -51,11 +51,6 @@ def bracket_map(query: MultiDict[Any], name: str) -> dict[str, str] | None:
     return found if present else None
 
 
-def bracket_list(query: MultiDict[Any], name: str) -> list[str]:
-    """Collect `name[]=a&name[]=b` (and plain repeated `name=`) into a list."""
-    return [str(v) for k, v in query.multi_items() if k in (name + "[]", name)]
-
-
 def edge_ids(items: Sequence[Any]) -> tuple[str | None, str | None]:
     """First and last id of a page, or (None, None) when it is empty."""
     if not items:

@@ -206,16 +206,6 @@ class AdapterCache:
         with self._lock:
             return {name: entry.state for name, entry in self._entries.items()}
 
-    def loaded_count(self) -> int:
-        """Return how many adapters are loaded in memory."""
-        with self._lock:
-            return sum(entry.peft_name is not None for entry in self._entries.values())
-
-    def disk_bytes(self) -> int:
-        """Return the bytes of adapter files on local disk."""
-        with self._lock:
-            return sum(entry.size for entry in self._entries.values() if entry.directory is not None)
-
     def _make_loaded(self, entry: _Entry, ref: AdapterRef) -> None:
         """Fetch and load under the entry's lock (a concurrent first request waits here, then finds it loaded)."""
         if entry.forgotten:

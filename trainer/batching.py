@@ -6,13 +6,11 @@ Pure Python (no torch): the loop hands in per-example token counts and gets back
   ``mega_batch_factor * batch_size`` examples, sort each by length, cut into batches — then shuffles the order of
   the batches, so steps still see lengths in random order. The RNG is seeded from the job seed and the epoch:
   a resumed run replays exactly the plan of an uninterrupted one.
-- `pack_sequences` puts several examples in one row under a token budget, for packed training.
 - `padding_fraction` measures a plan: padded tokens over all tokens of the padded batches.
 """
 
 from __future__ import annotations
 
-import bisect
 import random
 
 DEFAULT_MEGA_BATCH_FACTOR = 50
@@ -74,48 +72,3 @@ def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
         total += row * len(batch)
         padded += row * len(batch) - sum(lengths[i] for i in batch)
     return padded / total if total else 0.0
-
-
-def packed_padding_fraction(lengths: list[int], packs: list[list[int]], max_tokens: int) -> float:
-    """Return the unused fraction of `max_tokens`-long rows holding `packs` (0.0 when empty)."""
-    total = max_tokens * len(packs)
-    used = sum(lengths[i] for pack in packs for i in pack)
-    return (total - used) / total if total else 0.0
-
-
-def pack_sequences(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Pack examples into rows of at most `max_tokens` tokens, best fit decreasing.
-
-    Examples are placed longest first, each into the open row it fills most tightly (a new row when none has
-    room). Best fit has first fit's worst case (11/9 of the optimal row count, plus a constant) and, with the free
-    space kept in a sorted list, finds each row by bisection instead of first fit's scan over every row (100,000
-    examples in about a second). Ties go to the lower index, so the result depends only on `lengths`.
-
-    Args:
-        lengths: Token count of each example, indexed by example.
-        max_tokens: The row length.
-
-    Returns:
-        Rows of example indices; within a row, longest first. Every example is in exactly one row.
-
-    Raises:
-        ValueError: `max_tokens` is below 1, or an example is longer than `max_tokens` (truncate it first).
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
-    if too_long:
-        raise ValueError(f"{len(too_long)} examples are longer than max_tokens={max_tokens} (first: #{too_long[0]})")
-    packs: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (free tokens, row), sorted
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        need = lengths[i]
-        slot = bisect.bisect_left(free, (need, -1))
-        if slot == len(free):
-            packs.append([i])
-            bisect.insort(free, (max_tokens - need, len(packs) - 1))
-            continue
-        room, row = free.pop(slot)
-        packs[row].append(i)
-        bisect.insort(free, (room - need, row))
-    return packs

@@ -17,6 +17,7 @@ from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
 from tunewright.storage.keys import file_blob_key
 from tunewright.storage.records import FileRecord
+from tunewright.storage.sweeps import FileInUse, delete_unused_file
 from tunewright.training_files.errors import DatasetError
 from tunewright.training_files.validate import JsonlChecker
 
@@ -283,22 +284,15 @@ def get_file(stores: Stores, file_id: str, *, project_id: str) -> FileRecord:
 
 
 def delete_file(stores: Stores, file_id: str, *, project_id: str) -> FileRecord:
-    """Delete a file unless a job in progress uses it: row first, blob after."""
-    get_file(stores, file_id, project_id=project_id)
-    jobs = stores.metadata.active_jobs_using_file(file_id, project_id=project_id)
-    if jobs:
+    """Delete a file unless a job in progress uses it (404 `file_not_found`, 400 `file_in_use`)."""
+    try:
+        return delete_unused_file(stores, file_id, project_id=project_id)
+    except FileInUse as exc:
         raise InvalidRequestError(
-            f"File {file_id} is used by fine-tuning job {jobs[0]}, which is still in progress; "
+            f"File {file_id} is used by fine-tuning job {exc.job_id}, which is still in progress; "
             "cancel the job or wait for it to finish before deleting the file.",
             param="file_id",
             code="file_in_use",
-        )
-    try:
-        record = stores.metadata.delete_file(file_id, project_id=project_id)
+        ) from None
     except NotFound:
         raise file_not_found(file_id) from None
-    try:
-        stores.blobs.delete(record.blob_key)
-    except Exception:  # the row is gone, so the file is deleted; a stray blob is logged for the operator
-        logger.exception("could not delete blob %s of deleted file %s", record.blob_key, file_id)
-    return record

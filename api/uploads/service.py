@@ -18,6 +18,7 @@ from tunewright.storage.disk import disk_space
 from tunewright.storage.errors import LimitExceeded, NotFound, StateConflict
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import FileRecord, UploadPartRecord, UploadRecord
+from tunewright.storage.sweeps import drop_upload_parts
 from tunewright.training_files.errors import DatasetError
 from tunewright.training_files.validate import JsonlChecker
 
@@ -273,7 +274,7 @@ def complete_upload(
     except BaseException:
         discard_blob(stores, key)
         raise
-    _drop_parts(stores, upload.id, project_id)
+    drop_upload_parts(stores, upload.id, project_id)
     return finished, file
 
 
@@ -284,27 +285,5 @@ def cancel_upload(stores: Stores, upload_id: str, *, project_id: str) -> UploadR
         upload = stores.metadata.finish_upload(upload_id, project_id=project_id, status="cancelled")
     except StateConflict as exc:
         raise not_pending(upload_id, exc.current, needs="cancelling needs") from None
-    _drop_parts(stores, upload_id, project_id)
+    drop_upload_parts(stores, upload_id, project_id)
     return upload
-
-
-def _drop_parts(stores: Stores, upload_id: str, project_id: str) -> None:
-    for part in stores.metadata.delete_upload_parts(upload_id, project_id=project_id):
-        try:
-            stores.blobs.delete(part.blob_key)
-        except Exception:  # a stray part blob is harmless; the row is gone
-            logger.exception("could not delete part blob %s", part.blob_key)
-
-
-def sweep_expired_uploads(stores: Stores, *, ttl_s: int, now: int | None = None) -> int:
-    """Mark uploads older than their lifetime `expired` and drop their parts; return how many.
-
-    Selection is by age alone, so a sweep on one replica never touches another replica's live upload.
-    """
-    now = int(time.time()) if now is None else now
-    count = 0
-    for upload in stores.metadata.expired_uploads(created_before=now - ttl_s, limit=500):
-        if stores.metadata.expire_upload(upload.id, project_id=upload.project_id):
-            _drop_parts(stores, upload.id, upload.project_id)
-            count += 1
-    return count

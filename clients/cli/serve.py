@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tunewright.clients.cli.datadir import open_data
 from tunewright.clients.cli.keys import KeyCreated, ensure_organization, ensure_project, issue_key
 from tunewright.storage.settings import ENV_PREFIX, SettingsError
+from tunewright.storage.sweeps import sweep_expired_uploads, sweep_orphan_blobs, sweep_stale_multipart
 
 if TYPE_CHECKING:
     import argparse
@@ -87,9 +88,6 @@ def sweep_leftovers(stores: Stores, settings: Settings) -> None:
     previous run left unpublished is an orphan now; with shared production stores other replicas may be
     writing, so only leftovers older than the configured age go.
     """
-    from tunewright.api.sweeper import sweep_orphan_blobs, sweep_stale_multipart  # lazy: imports Litestar
-    from tunewright.api.uploads.service import sweep_expired_uploads
-
     exclusive = settings.database_url.startswith("sqlite:") and settings.blob_url.startswith("file:")
     sweep_temp = getattr(stores.blobs, "sweep_temp", None)
     if sweep_temp is not None:

@@ -223,7 +223,7 @@ def test_download_header_survives_odd_filenames(client_a, http, tenants):
 
 def test_a_crash_between_blob_and_row_leaves_an_orphan_the_sweeper_removes(stores, tenants):
     from tunewright.api.files.service import guarded_put
-    from tunewright.api.sweeper import sweep_orphan_blobs
+    from tunewright.storage.sweeps import sweep_orphan_blobs
 
     key = f"{tenants['a'].project_id}/files/file-crashed"
     guarded_put(stores, key, iter([b"half of a file"]))  # the writer "dies" before committing its row
@@ -236,7 +236,7 @@ def test_a_crash_between_blob_and_row_leaves_an_orphan_the_sweeper_removes(store
 
 @pytest.mark.parametrize("backend", [pytest.param("production", marks=[pytest.mark.postgres, pytest.mark.s3])])
 def test_the_sweeper_aborts_multipart_uploads_left_open_by_a_crash(stores, settings, s3_admin):
-    from tunewright.api.sweeper import sweep_once, sweep_stale_multipart
+    from tunewright.storage.sweeps import sweep_once, sweep_stale_multipart
 
     bucket, _, prefix = settings.blob_url.removeprefix("s3://").partition("/")
     s3_admin.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/proj/files/file-crashed")
@@ -253,7 +253,7 @@ def test_the_sweeper_aborts_multipart_uploads_left_open_by_a_crash(stores, setti
 
 
 def test_a_published_file_is_never_swept(client_a, stores):
-    from tunewright.api.sweeper import sweep_orphan_blobs
+    from tunewright.storage.sweeps import sweep_orphan_blobs
 
     created = client_a.files.create(file=("t.jsonl", chat_lines()), purpose="fine-tune")
     assert sweep_orphan_blobs(stores, older_than_s=0, now=int(time.time()) + 1) == 0

@@ -128,7 +128,7 @@ def test_openapi_document_lists_the_api(http):
 def test_the_sweeper_removes_expired_files_but_not_those_in_use(client_a, stores, tenants):
     from pathlib import Path
 
-    from tunewright.api.sweeper import sweep_expired_files
+    from tunewright.storage.sweeps import sweep_expired_files
 
     data = (Path(__file__).resolve().parent.parent / "assets" / "valid_chat.jsonl").read_bytes()
     expiring = client_a.files.create(

@@ -159,7 +159,7 @@ def test_create_upload_rejects_unknown_fields_and_bad_purpose(client_a):
 
 
 def test_expired_uploads_are_swept_by_age(client_a, stores, tenants):
-    from tunewright.api.uploads.service import sweep_expired_uploads
+    from tunewright.storage.sweeps import sweep_expired_uploads
 
     upload = client_a.uploads.create(bytes=5, filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune")
     client_a.uploads.parts.create(upload.id, data=b"12345")

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tunewright.trainer.batching import pack_sequences, packed_padding_fraction, padding_fraction, plan_batches
+from tunewright.trainer.batching import padding_fraction, plan_batches
 
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu")
 WORDS += ("xi", "omicron", "pi", "rho", "sigma")  # DESIGN.md's pinned vocabulary, in its order
@@ -78,38 +78,10 @@ def test_padding_fraction_counts_pad_tokens_over_batch_tokens() -> None:
     assert padding_fraction([5], []) == 0.0
 
 
-@pytest.mark.parametrize("max_tokens", [max(pinned_lengths()), 256, 1024])
-def test_packing_keeps_every_example_and_never_exceeds_the_budget(max_tokens: int) -> None:
-    lengths = pinned_lengths()
-    packs = pack_sequences(lengths, max_tokens)
-    assert_each_once(packs, len(lengths))
-    assert all(sum(lengths[i] for i in pack) <= max_tokens for pack in packs)
-    # Within 11/9 of the lower bound (plus one row) as best fit decreasing guarantees.
-    assert len(packs) <= 11 / 9 * (sum(lengths) / max_tokens) + 1
-    assert pack_sequences(lengths, max_tokens) == packs
-
-
-def test_packing_wastes_little_of_each_row() -> None:
-    lengths = pinned_lengths()
-    assert packed_padding_fraction(lengths, pack_sequences(lengths, 1024), 1024) < 0.05
-
-
-def test_packing_fills_the_tightest_row() -> None:
-    assert pack_sequences([6, 5, 4, 3, 2], 10) == [[0, 2], [1, 3, 4]]
-
-
-def test_an_example_longer_than_the_budget_is_refused() -> None:
-    with pytest.raises(ValueError, match="longer than max_tokens=10"):
-        pack_sequences([3, 11], 10)
-
-
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         plan_batches([1, 2], batch_size=0, seed=0, epoch=0)
-    with pytest.raises(ValueError, match="max_tokens"):
-        pack_sequences([1], 0)
 
 
 def test_empty_input_gives_empty_plans() -> None:
     assert plan_batches([], batch_size=4, seed=0, epoch=0) == []
-    assert pack_sequences([], 16) == []
