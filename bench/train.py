@@ -1,8 +1,8 @@
 """Training throughput on the CPU: our loop against the HF `Trainer` a CPU user would otherwise run.
 
 Three arms train the same model with the same LoRA adapter (PEFT, r=16, alpha=32, every linear layer), the same
-token ids and target masks (DESIGN.md's pinned mixed-length set through our `tokenize_dataset`), fp32, batch 8,
-AdamW at the same learning rate with 10% warmup and cosine decay, gradients clipped at 1.0:
+token ids and target masks (docs/architecture.md's pinned mixed-length set through our `tokenize_dataset`),
+fp32, batch 8, AdamW at the same learning rate with 10% warmup and cosine decay, gradients clipped at 1.0:
 
 - **hf-random**: `transformers.Trainer` with a padding collator (ids padded with the pad id, labels with -100);
 - **hf-group_by_length**: the same with `train_sampling_strategy="group_by_length"`;
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from tunewright.trainer.data import TokenizedExample
 
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu")
-WORDS += ("xi", "omicron", "pi", "rho", "sigma")  # DESIGN.md's pinned vocabulary, in its order
+WORDS += ("xi", "omicron", "pi", "rho", "sigma")  # the pinned set's vocabulary, in its order
 BATCH_SIZE = 8
 SEED = 0
 SMOLLM2 = "smollm2-135m-instruct"
@@ -61,7 +61,7 @@ ARMS = ("hf-random", "hf-group_by_length", "ours")
 
 
 def pinned_rows(n: int = 200) -> list[dict[str, Any]]:
-    """DESIGN.md's pinned mixed-length set: row i is user "Q{i}: <3-40 words>", assistant <2-120 words>."""
+    """The pinned mixed-length set: row i is user "Q{i}: <3-40 words>", assistant <2-120 words>."""
     rng = random.Random(0)
     rows = []
     for i in range(n):

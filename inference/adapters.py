@@ -1,10 +1,10 @@
 """``AdapterCache``: LoRA adapters from the blob store to local disk to a base model's memory, LRU-bounded.
 
-States (STYLE.md §6): ``fetching`` (blob → a temp folder, renamed into place) → ``on_disk`` → ``loaded`` (in the
-base model's LoRA stacks) → ``evicted``. One lock per adapter name, so concurrent first requests fetch and load
-it once. An adapter in use is pinned (``AdapterLease``) and never evicted under a running row; the bounds
-(``adapter_cache_count`` loaded, ``adapter_cache_bytes`` on disk) are enforced on every acquire and release,
-so they may be exceeded only while more adapters than that are in use at once.
+States (docs/architecture.md "Inference"): ``fetching`` (blob → a temp folder, renamed into place) →
+``on_disk`` → ``loaded`` (in the base model's LoRA stacks) → ``evicted``. One lock per adapter name, so concurrent
+first requests fetch and load it once. An adapter in use is pinned (``AdapterLease``) and never evicted under a
+running row; the bounds (``adapter_cache_count`` loaded, ``adapter_cache_bytes`` on disk) are enforced on every
+acquire and release, so they may be exceeded only while more adapters than that are in use at once.
 
 A missing or corrupt adapter fails the requests for it with ``adapter_unavailable``: status 500 (the model
 exists but its files cannot be served, and retrying will not help), or 503 when the blob store itself is

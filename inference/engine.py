@@ -1,4 +1,4 @@
-"""The ``InferenceEngine`` protocol: what the API asks of whatever generates text (DESIGN.md "inference/").
+"""The ``InferenceEngine`` protocol: what the API asks of whatever generates text (docs/architecture.md "Inference").
 
 The API authenticates, resolves the model name to a ``ModelTarget`` (a base model, or a base model plus one
 tenant's adapter), renders the prompt with the base model's chat template into token ids, and hands the engine

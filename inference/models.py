@@ -3,7 +3,7 @@
 Adapters are served by per-row gathered LoRA (``inference.lora_gather``), not by PEFT: each adapter's files are
 read once into the stacked matrices of the base's target linear layers, and every forward names one adapter per
 row (``"__base__"`` for the base model). A decode step whose rows use different adapters then costs one gather
-and two batched matmuls per layer, where PEFT's mixed batch runs one sub-batch per distinct adapter (DESIGN.md).
+and two batched matmuls per layer, where PEFT's mixed batch runs one sub-batch per distinct adapter.
 ``lock`` serializes forwards and adapter loads/deletes: both touch the same stacks. Reading an adapter's files
 happens outside it, so a cold load does not hold up the running batch.
 """

@@ -1,7 +1,7 @@
 """Resolve a job's "auto" hyperparameters from its data, and write the numbers back in both views.
 
 Pure Python (no torch), so the worker can resolve and record hyperparameters before it loads a model, and tests
-run without a GPU stack. The rules follow what OpenAI has published (reference/openai-api.md §4.9):
+run without a GPU stack. The rules follow what OpenAI has published (docs/architecture.md "Training"):
 
 - ``n_epochs``: 3; but ``min(25, 100 // examples)`` when ``examples * 3 < 100`` and ``max(1, 25_000 // examples)``
   when ``examples * 3 > 25_000`` (the cookbook's estimate of the hosted default).
@@ -12,7 +12,7 @@ run without a GPU stack. The rules follow what OpenAI has published (reference/o
 - DPO ``beta``: 0.1 (the value OpenAI's examples show).
 
 The learning rate is ``base_learning_rate_for(family) * multiplier``. LoRA defaults (rank 16, alpha 32, dropout
-0.05, every linear layer) are the common PEFT/Unsloth starting point and what DESIGN.md's baseline trains.
+0.05, every linear layer) are the common PEFT/Unsloth starting point.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``run_job``: one claimed job from its files to its fine-tuned model (DESIGN.md "One job, start to finish").
+"""``run_job``: one claimed job from its files to its fine-tuned model.
+
+docs/architecture.md "One job, start to finish" describes the steps and "Crash safety" what survives a crash.
 
 The recipe, one named function per step: check and tokenize the data, move the job to ``running``, load the
 model (continuing an ``ft:`` model's adapter, or a resume point), train, then finish according to how training

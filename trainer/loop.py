@@ -1,4 +1,4 @@
-"""Our own training loop, shared by every backend (DESIGN.md "Our own loop shared by both backends").
+"""Our own training loop, shared by every backend (docs/architecture.md "Training").
 
 AdamW on the trainable parameters, linear warmup then cosine (or linear) decay, gradient clipping, and gradient
 accumulation. The loss is pluggable (an ``Objective``): supervised fine-tuning by default (``SupervisedObjective``:

@@ -1,8 +1,8 @@
 """A claimed job's data, made ready to train: files checked, tokenized with the base model, hyperparameters resolved.
 
-This is the worker's half of validation (DESIGN.md "One job, start to finish", step 3): the full format check of
-files too large to check when the job was created, then every token-level check, which needs the base model's
-own tokenizer and chat template (truncation warnings, examples left with no target, billed tokens).
+This is the worker's half of validation (docs/architecture.md "One job, start to finish", step 4): the full format
+check of files too large to check when the job was created, then every token-level check, which needs the base
+model's own tokenizer and chat template (truncation warnings, examples left with no target, billed tokens).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Training-line formats: detect which one a line is in, and check it against that format's rules.
 
-Pure Python (the API imports it through ``training_files.validate``). Three formats (reference §5):
+Pure Python (the API imports it through ``training_files.validate``). Three formats (docs/openai-compatibility.md
+"Training files"):
 
 - ``chat``: ``{"messages": [...], "tools"?, "parallel_tool_calls"?, "functions"?}`` (rules in
   ``training_files.chat_format``);

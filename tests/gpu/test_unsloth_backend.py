@@ -1,6 +1,6 @@
 """The Unsloth backend and bf16 / 4-bit training on a CUDA device (skipped cleanly without one).
 
-Run on a CUDA host with the `gpu` extra installed as reference/unsloth.md says (`--no-deps`):
+Run on a CUDA host with the `gpu` extra installed as README.md "Licences" says (`--no-deps`):
 `pytest -m gpu tests/gpu`. Each test compares against the PEFT backend on the same model and data.
 """
 

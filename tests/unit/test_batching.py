@@ -10,12 +10,18 @@ import pytest
 from tunewright.trainer.batching import padding_fraction, plan_batches
 
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu")
-WORDS += ("xi", "omicron", "pi", "rho", "sigma")  # DESIGN.md's pinned vocabulary, in its order
+WORDS += (
+    "xi",
+    "omicron",
+    "pi",
+    "rho",
+    "sigma",
+)  # the pinned set's vocabulary (docs/architecture.md "Tests and benchmarks"), in its order
 TEMPLATE_TOKENS = 12  # role markers, "Q{i}:" and end-of-turn tokens, roughly
 
 
 def pinned_lengths() -> list[int]:
-    """Token-count proxies for DESIGN.md's pinned mixed-length set: words of each row plus the template."""
+    """Token-count proxies for the pinned mixed-length set: words of each row plus the template."""
     rng = random.Random(0)
     lengths = []
     for _ in range(200):

@@ -1,6 +1,7 @@
 """DPO on the tiny model: log 2 at step 0, a growing reward margin, and a reference that really is the base model.
 
-Every comparison is between two runs or two computations inside one test (STYLE.md §7): no golden numbers.
+Every comparison is between two runs or two computations inside one test: no golden numbers (docs/architecture.md
+"Tests and benchmarks").
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The shared training loop and the PEFT backend, on the tiny model: seeded, masked, accumulated, saved, stoppable.
 
-Every comparison is between two runs inside one test (STYLE.md §7): no golden numbers, no timing.
+Every comparison is between two runs inside one test: no golden numbers, no timing (docs/architecture.md "Tests and
+benchmarks").
 """
 
 from __future__ import annotations

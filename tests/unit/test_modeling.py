@@ -97,7 +97,8 @@ def test_generation_prompt_ends_the_ids_unmasked(tokenizer: Any) -> None:
 
 
 def test_transformers_assistant_mask_is_all_zero_on_this_template(tokenizer: Any) -> None:
-    # Why render_chat builds its own mask: the template has no {% generation %} block (STYLE.md §6).
+    # Why render_chat builds its own mask: the template has no {% generation %} block
+    # (docs/architecture.md "One renderer").
     out = tokenizer.apply_chat_template(
         [SYSTEM, USER, ANSWER], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )

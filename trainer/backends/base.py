@@ -1,8 +1,8 @@
-"""The ``TrainingBackend`` protocol and the choice of backend for this machine (STYLE.md §6).
+"""The ``TrainingBackend`` protocol and the choice of backend for this machine (docs/architecture.md "Training").
 
 A backend loads models and saves adapters, nothing else: the training loop is shared. Unsloth is chosen only when
 CUDA is present and ``unsloth`` imports; it is imported lazily, inside ``trainer/backends/unsloth.py``, because it
-patches transformers, TRL and PEFT for the whole process (reference/unsloth.md §1.5).
+patches transformers, TRL and PEFT for the whole process.
 """
 
 from __future__ import annotations

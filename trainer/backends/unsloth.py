@@ -1,4 +1,4 @@
-"""The Unsloth backend: Unsloth's LoRA kernels on CUDA (reference/unsloth.md §1.3).
+"""The Unsloth backend: Unsloth's LoRA kernels on CUDA.
 
 ``unsloth`` is imported only here, inside functions, and only after ``select_backend`` has seen CUDA: importing
 it patches transformers, TRL and PEFT for the whole process, so it must come before them in a trainer worker and
