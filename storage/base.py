@@ -130,9 +130,9 @@ class MetadataStore(Protocol):
         ...
 
     def list_projects(
-        self, *, organization_id: str, after: str | None, limit: int, include_archived: bool
+        self, *, organization_id: str | None, after: str | None, limit: int, include_archived: bool
     ) -> Page[ProjectRecord]:
-        """Projects of an organization, oldest first (as OpenAI's admin lists)."""
+        """Projects of an organization (`None`: of every organization), oldest first (as OpenAI's admin lists)."""
         ...
 
     def update_project(self, project_id: str, *, organization_id: str, **changes: Any) -> ProjectRecord:
@@ -358,8 +358,8 @@ class MetadataStore(Protocol):
         """Return a model this project owns. `NotFound`."""
         ...
 
-    def get_organization_model(self, model_id: str, *, organization_id: str) -> ModelRecord:
-        """Return a model owned by any project of the organization (admin keys). `NotFound`."""
+    def get_organization_model(self, model_id: str, *, organization_id: str | None) -> ModelRecord:
+        """Return a model owned by any project of the organization (`None`: of any; admin keys). `NotFound`."""
         ...
 
     def list_models(self, *, project_id: str) -> list[ModelRecord]:

@@ -37,8 +37,8 @@ class ModelsMixin(SQLStoreBase):
             raise NotFound(model_id)
         return from_row(ModelRecord, row)
 
-    def get_organization_model(self, model_id: str, *, organization_id: str) -> ModelRecord:
-        """Return a model owned by any project of the organization (for admin keys). `NotFound`."""
+    def get_organization_model(self, model_id: str, *, organization_id: str | None) -> ModelRecord:
+        """Return a model owned by any project of the organization (`None`: of any). `NotFound`."""
         with self.database.reading() as conn:
             row = conn.run("get_organization_model", {"id": model_id, "organization_id": organization_id}).fetchone()
         if row is None:

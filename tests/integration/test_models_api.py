@@ -145,9 +145,21 @@ def test_an_admin_key_manages_permissions_on_its_organizations_models(sdk, store
     other = make_key(stores, organization_id=tenants["b"].organization_id, project_id=None, kind="admin")
     with pytest.raises(openai.NotFoundError):
         sdk(other.secret_hash).fine_tuning.checkpoints.permissions.list(name)
+    # Without an organization header the operator reaches every organization's models.
     response = http.get(f"/v1/fine_tuning/checkpoints/{name}/permissions", headers=auth_key(OPERATOR_KEY))
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "OpenAI-Organization"
+    assert response.status_code == 200
+    assert [p["project_id"] for p in response.json()["data"]] == [tenants["a2"].project_id]
+    foreign = http.post(
+        f"/v1/fine_tuning/checkpoints/{name}/permissions",
+        json={"project_ids": [tenants["b"].project_id]},
+        headers=auth_key(OPERATOR_KEY),
+    )
+    assert (foreign.status_code, foreign.json()["error"]["param"]) == (400, "project_ids[0]")
+    narrowed = http.get(
+        f"/v1/fine_tuning/checkpoints/{name}/permissions",
+        headers={**auth_key(OPERATOR_KEY), "OpenAI-Organization": tenants["b"].organization_id},
+    )
+    assert narrowed.status_code == 404
     scoped = http.get(
         f"/v1/fine_tuning/checkpoints/{name}/permissions",
         headers={**auth_key(OPERATOR_KEY), "OpenAI-Organization": tenants["a"].organization_id},
