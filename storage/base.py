@@ -366,8 +366,8 @@ class MetadataStore(Protocol):
         """Final fine-tuned models this project owns or was granted, plus granted checkpoints, oldest first."""
         ...
 
-    def delete_model(self, model_id: str, *, project_id: str) -> ModelRecord:
-        """Delete an owned model and its permissions; return it. `NotFound`."""
+    def delete_model(self, model_id: str, *, project_id: str) -> list[ModelRecord]:
+        """Delete an owned model with its checkpoints and permissions; return the deleted models. `NotFound`."""
         ...
 
     def create_permissions(self, records: Sequence[PermissionRecord]) -> None:

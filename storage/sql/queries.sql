@@ -273,6 +273,16 @@ ORDER BY created, id
 -- name: delete_model
 DELETE FROM models WHERE id = :id AND project_id = :project_id RETURNING *
 
+-- name: delete_job_checkpoint_models
+DELETE FROM models WHERE job_id = :job_id AND project_id = :project_id AND kind = 'checkpoint' RETURNING *
+
+-- name: delete_job_checkpoints
+DELETE FROM checkpoints WHERE job_id = :job_id AND project_id = :project_id
+
+-- name: delete_model_checkpoint
+DELETE FROM checkpoints
+WHERE job_id = :job_id AND project_id = :project_id AND fine_tuned_model_checkpoint = :model
+
 -- name: insert_permission
 INSERT INTO permissions (id, model, owner_project_id, project_id, created_at)
 VALUES (:id, :model, :owner_project_id, :project_id, :created_at)
