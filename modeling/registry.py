@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,6 +92,41 @@ def model_available(model_id: str, settings: Settings) -> bool:
     return True
 
 
+def packaged_model_pending(model_id: str, settings: Settings) -> bool:
+    """Whether the base model comes from a package and is not imported yet: its first use waits for the import."""
+    source = settings.base_models.get(model_id, "")
+    return source.startswith(PACKAGE_PREFIX) and not _import_target(model_id, settings.data_path).is_dir()
+
+
+def import_packaged_models_in_background(settings: Settings) -> threading.Thread | None:
+    """Start importing every packaged base model not imported yet, one after another on a daemon thread.
+
+    A worker calls this as it starts, so the first job on such a model does not wait for the whole import. The
+    import's file lock makes any number of processes doing this at once end with one import. A model that
+    cannot be imported is logged here, and fails the job that asks for it later with its reason.
+
+    Returns:
+        The thread, or None when there is nothing to import.
+    """
+    pending = [model_id for model_id in settings.base_models if packaged_model_pending(model_id, settings)]
+    if not pending:
+        return None
+    thread = threading.Thread(target=_import_all, args=(pending, settings), name="base-model-import", daemon=True)
+    thread.start()
+    return thread
+
+
+def _import_all(model_ids: list[str], settings: Settings) -> None:
+    for model_id in model_ids:
+        logger.info("preparing base model %s in the background (one-time import)", model_id)
+        try:
+            resolve_model_dir(model_id, settings)
+        except ModelUnavailableError as exc:
+            logger.warning("base model %s cannot be prepared: %s", model_id, exc)
+        except Exception:  # the job that needs the model imports it again and fails with the reason
+            logger.exception("importing base model %s failed", model_id)
+
+
 def _cached_snapshot(model_id: str, repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
@@ -122,7 +158,7 @@ def import_packaged_model(model_id: str, module: str, data_dir: Path) -> Path:
     Raises:
         ModelUnavailableError: the package is not installed or holds no single GGUF file.
     """
-    target = data_dir / "models" / _SAFE_ID.sub("_", model_id)
+    target = _import_target(model_id, data_dir)
     if target.is_dir():
         return target
     gguf = _packaged_gguf(model_id, module)
@@ -130,6 +166,7 @@ def import_packaged_model(model_id: str, module: str, data_dir: Path) -> Path:
     with _file_lock(target.with_name(target.name + ".lock")):
         if target.is_dir():  # another process finished while we waited
             return target
+        _remove_interrupted_imports(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             started = time.monotonic()
@@ -139,6 +176,21 @@ def import_packaged_model(model_id: str, module: str, data_dir: Path) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _import_target(model_id: str, data_dir: Path) -> Path:
+    return data_dir / "models" / _SAFE_ID.sub("_", model_id)
+
+
+def _remove_interrupted_imports(target: Path) -> None:
+    """Delete staging directories of imports that died (a worker stopped mid-import); the caller holds the lock.
+
+    Only an import holding the lock writes a staging directory, so any found now belongs to a dead process.
+    """
+    for leftover in target.parent.glob(f".{target.name}-*"):
+        if leftover.is_dir():
+            logger.info("removing %s, left by an interrupted import", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _publish(staging: Path, target: Path) -> None:

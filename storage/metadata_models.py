@@ -37,8 +37,8 @@ class ModelsMixin(SQLStoreBase):
             raise NotFound(model_id)
         return from_row(ModelRecord, row)
 
-    def get_organization_model(self, model_id: str, *, organization_id: str) -> ModelRecord:
-        """Return a model owned by any project of the organization (for admin keys). `NotFound`."""
+    def get_organization_model(self, model_id: str, *, organization_id: str | None) -> ModelRecord:
+        """Return a model owned by any project of the organization (`None`: of any). `NotFound`."""
         with self.database.reading() as conn:
             row = conn.run("get_organization_model", {"id": model_id, "organization_id": organization_id}).fetchone()
         if row is None:
@@ -51,13 +51,26 @@ class ModelsMixin(SQLStoreBase):
             rows = conn.run("list_models", {"project_id": project_id}).fetchall()
         return [from_row(ModelRecord, row) for row in rows]
 
-    def delete_model(self, model_id: str, *, project_id: str) -> ModelRecord:
-        """Delete an owned model and its permissions in one transaction; return it. `NotFound`."""
+    def delete_model(self, model_id: str, *, project_id: str) -> list[ModelRecord]:
+        """Delete an owned model and what hangs on it, in one transaction; return the deleted models. `NotFound`.
+
+        A fine-tuned model takes its job's checkpoint models and checkpoint rows along; a checkpoint model takes
+        its checkpoint row. Permissions on every deleted model go by the foreign key's cascade. The named model
+        comes first in the list.
+        """
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("delete_model", {"id": model_id, "project_id": project_id}).fetchone()
             if row is None:
                 raise NotFound(model_id)
-        return from_row(ModelRecord, row)
+            deleted = [from_row(ModelRecord, row)]
+            scope = {"job_id": deleted[0].job_id, "project_id": project_id}
+            if deleted[0].kind == "checkpoint":
+                conn.run("delete_model_checkpoint", {**scope, "model": model_id})
+            else:
+                rows = conn.run("delete_job_checkpoint_models", scope).fetchall()
+                deleted.extend(from_row(ModelRecord, r) for r in rows)
+                conn.run("delete_job_checkpoints", scope)
+        return deleted
 
     def create_permissions(self, records: Sequence[PermissionRecord]) -> None:
         """Insert permissions in one transaction, skipping a (model, project) pair that already exists."""

@@ -62,9 +62,9 @@ class TenantStore(Protocol):
         ...
 
     def list_projects(
-        self, *, organization_id: str, after: str | None, limit: int, include_archived: bool
+        self, *, organization_id: str | None, after: str | None, limit: int, include_archived: bool
     ) -> Page[ProjectRecord]:
-        """Projects of an organization, oldest first (as OpenAI's admin lists)."""
+        """Projects of an organization (`None`: of every organization), oldest first (as OpenAI's admin lists)."""
         ...
 
     def update_project(self, project_id: str, *, organization_id: str, **changes: Any) -> ProjectRecord:
@@ -319,16 +319,16 @@ class ModelStore(Protocol):
         """Return a model this project owns. `NotFound`."""
         ...
 
-    def get_organization_model(self, model_id: str, *, organization_id: str) -> ModelRecord:
-        """Return a model owned by any project of the organization (admin keys). `NotFound`."""
+    def get_organization_model(self, model_id: str, *, organization_id: str | None) -> ModelRecord:
+        """Return a model owned by any project of the organization (`None`: of any; admin keys). `NotFound`."""
         ...
 
     def list_models(self, *, project_id: str) -> list[ModelRecord]:
         """Final fine-tuned models this project owns or was granted, plus granted checkpoints, oldest first."""
         ...
 
-    def delete_model(self, model_id: str, *, project_id: str) -> ModelRecord:
-        """Delete an owned model and its permissions; return it. `NotFound`."""
+    def delete_model(self, model_id: str, *, project_id: str) -> list[ModelRecord]:
+        """Delete an owned model with its checkpoints and permissions; return the deleted models. `NotFound`."""
         ...
 
     def create_permissions(self, records: Sequence[PermissionRecord]) -> None:

@@ -71,9 +71,9 @@ class TenantsMixin(SQLStoreBase):
         return None if row is None else from_row(ProjectRecord, row)
 
     def list_projects(
-        self, *, organization_id: str, after: str | None, limit: int, include_archived: bool
+        self, *, organization_id: str | None, after: str | None, limit: int, include_archived: bool
     ) -> Page[ProjectRecord]:
-        """Projects of an organization, oldest first."""
+        """Projects of an organization (`None`: of every organization), oldest first."""
         with self.database.reading() as conn:
             return self._page(
                 conn,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tunewright.modeling.chat import ChatTemplateError
-from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError
+from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, packaged_model_pending
 from tunewright.storage.keys import adapter_blob_prefix
 from tunewright.storage.records import JobStatus
 from tunewright.trainer.collate import pad_id_of
@@ -95,6 +95,9 @@ def prepare_data(handle: JobHandle) -> PreparedJob:
     if fresh:
         files = ", ".join(f for f in (job.training_file, job.validation_file) if f)
         _event(handle, f"Validating training file: {files}")
+    if packaged_model_pending(job.base_model, handle.settings):
+        # The import takes a minute or so (another process may be running it): say why nothing moves meanwhile.
+        _event(handle, f"Preparing base model {job.base_model} (one-time import); the job continues when it is ready")
     prepared = prepare(handle.stores, handle.settings, job)
     events = []
     if fresh:

@@ -150,14 +150,20 @@ def summary_message(prepared: PreparedJob, seed: int) -> str:
     hyper = prepared.hyper
     valid = ""
     if prepared.validation is not None:
-        valid = f"; validation: {len(prepared.validation.examples)} examples"
+        valid = f"; validation: {counted(len(prepared.validation.examples), 'example')}"
     return (
-        f"Files validated: {len(training.examples)} training examples, {training.total_tokens} tokens{valid}. "
-        f"Training {hyper.n_epochs} epochs x {training.total_tokens} tokens = {prepared.billed_tokens} billed "
-        f"training tokens; batch size {hyper.batch_size}, learning rate multiplier "
-        f"{hyper.learning_rate_multiplier:g}, {prepared.total_steps} steps. Batches are grouped by length: "
+        f"Files validated: {counted(len(training.examples), 'training example')}, "
+        f"{counted(training.total_tokens, 'token')}{valid}. Training {counted(hyper.n_epochs, 'epoch')} x "
+        f"{counted(training.total_tokens, 'token')} = {prepared.billed_tokens} billed training tokens; batch size "
+        f"{hyper.batch_size}, learning rate multiplier {hyper.learning_rate_multiplier:g}, "
+        f"{counted(prepared.total_steps, 'step')}. Batches are grouped by length: "
         f"{prepared.padding(seed):.1%} of batch tokens are padding."
     )
+
+
+def counted(number: int, noun: str) -> str:
+    """`1 epoch`, `2 epochs`: a count with its noun in the right number."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def truncation_messages(prepared: PreparedJob) -> list[str]:

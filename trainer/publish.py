@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunewright.storage.errors import Conflict
+from tunewright.storage.errors import Conflict, NotFound
 from tunewright.storage.ids import new_id
 from tunewright.storage.keys import adapter_blob_prefix, file_blob_key
 from tunewright.storage.records import CheckpointRecord, FileRecord, ModelRecord
@@ -142,8 +142,14 @@ def checkpoints_to_drop(kept: Sequence[tuple[int, float | None]], keep_last: int
 
 
 def drop_checkpoint(stores: Stores, *, project_id: str, checkpoint_id: str, prefix: str) -> None:
-    """Delete a checkpoint row (its model and permissions go with it), then its adapter blobs."""
-    stores.metadata.delete_checkpoint(checkpoint_id, project_id=project_id)
+    """Delete a checkpoint row (its model and permissions go with it), then its adapter blobs.
+
+    A checkpoint whose model the user deleted through `/v1/models` is gone already (row and blobs): not an error.
+    """
+    try:
+        stores.metadata.delete_checkpoint(checkpoint_id, project_id=project_id)
+    except NotFound:
+        logger.info("checkpoint %s was deleted with its model already", checkpoint_id)
     stores.blobs.delete_prefix(prefix + "/")
 
 

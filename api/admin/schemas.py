@@ -67,7 +67,11 @@ class ProjectUpdateRequest(Request, kw_only=True):
 
 
 class Project(Response, kw_only=True):
-    """`Project`: name, archived_at, status and external_key_id are nullable, so always sent."""
+    """`Project`: name, archived_at, status and external_key_id are nullable, so always sent.
+
+    `organization_id` is an addition (OpenAI's `Project` has no organization: its admin keys see one): the
+    operator key lists every organization's projects, and each says whose it is, named as on a job.
+    """
 
     id: str
     object: Literal["organization.project"] = "organization.project"
@@ -77,6 +81,7 @@ class Project(Response, kw_only=True):
     status: str | None
     external_key_id: str | None
     residency: ProjectResidency | UnsetType = UNSET
+    organization_id: str
 
     @classmethod
     def from_record(cls, record: ProjectRecord) -> Project:
@@ -88,6 +93,7 @@ class Project(Response, kw_only=True):
             archived_at=record.archived_at,
             status=record.status,
             external_key_id=record.external_key_id,
+            organization_id=record.organization_id,
         )
 
 

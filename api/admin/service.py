@@ -1,11 +1,13 @@
 """Rules of /v1/organization/projects: organization scoping, project lifecycle, keys and service accounts.
 
 Scoping. An organization admin key acts on its own organization only; a project of another organization is
-a 404 `project_not_found`, never a 403. The operator key (`settings.admin_key`) acts on the organization its
-`OpenAI-Organization` header names: without the header it is refused with 400 `param: "OpenAI-Organization"`
-(the store cannot enumerate organizations, and guessing one would let a typo act on the wrong tenant); an
-organization id that does not exist is 401 `invalid_organization` ("No such organization: …", as OpenAI's
-hosted API answers an unknown organization header).
+a 404 `project_not_found`, never a 403. The operator key (`settings.admin_key`) with an `OpenAI-Organization`
+header acts as that organization's admin; an organization id that does not exist is 401
+`invalid_organization` ("No such organization: …", as OpenAI's hosted API answers an unknown organization
+header). Without the header it sees every organization: the project list holds every organization's projects
+(each names its `organization_id`), and a route on one project acts in that project's organization. Only
+creating a project needs an organization the request does not name otherwise: without the header it is 400
+`param: "OpenAI-Organization"` (guessing one would put the project in the wrong tenant).
 
 Archived projects (OpenAI: "archived projects cannot be used or updated"): reads still work; modify, creating
 or deleting service accounts answer 400 `project_archived`; archiving again returns the project unchanged.
@@ -64,19 +66,31 @@ ACCESS_FILTERS = ("active", "inactive", "any")
 
 
 def organization_of(stores: Stores, principal: Principal) -> OrganizationRecord:
-    """Return the organization an admin principal acts on.
+    """Return the one organization an admin principal acts on, for a route that needs one.
 
     Raises:
         InvalidRequestError: the operator key was sent without an `OpenAI-Organization` header.
         AuthenticationError: the header names no organization.
     """
-    if principal.organization_id is None:
+    scope = organization_scope(stores, principal)
+    if scope is None:
         raise InvalidRequestError(
-            f"The operator key acts on one organization at a time: send the {ORGANIZATION_HEADER} header "
-            "(openai SDK: `organization=`) with the organization's id.",
+            f"This route acts on one organization: send the {ORGANIZATION_HEADER} header "
+            "(openai SDK: `organization=`) with the organization's id along with the operator key.",
             param=ORGANIZATION_HEADER,
             code="missing_required_parameter",
         )
+    return scope
+
+
+def organization_scope(stores: Stores, principal: Principal) -> OrganizationRecord | None:
+    """Return the organization an admin principal is limited to; None for the operator key without a header.
+
+    Raises:
+        AuthenticationError: the header names no organization.
+    """
+    if principal.organization_id is None:
+        return None
     try:
         return stores.metadata.get_organization(principal.organization_id)
     except NotFound:
@@ -91,10 +105,11 @@ def project_not_found(project_id: str) -> NotFoundError:
 
 
 def scoped_project(stores: Stores, principal: Principal, project_id: str) -> tuple[OrganizationRecord, ProjectRecord]:
-    """Return the caller's organization and its project `project_id`, or raise 404."""
-    organization = organization_of(stores, principal)
+    """Return the project `project_id` within the caller's scope and its organization, or raise 404."""
+    scope = organization_scope(stores, principal)
     try:
-        project = stores.metadata.get_project(project_id, organization_id=organization.id)
+        project = stores.metadata.get_project(project_id, organization_id=None if scope is None else scope.id)
+        organization = scope or stores.metadata.get_organization(project.organization_id)
     except NotFound:
         raise project_not_found(project_id) from None
     return organization, project
@@ -121,10 +136,13 @@ def _check_name(name: str | None) -> str:
 def list_projects(
     stores: Stores, principal: Principal, *, after: str | None, limit: int, include_archived: bool
 ) -> Page[ProjectRecord]:
-    """Projects of the caller's organization, oldest first."""
-    organization = organization_of(stores, principal)
+    """Projects of the caller's organization (the operator key without a header: of every one), oldest first."""
+    scope = organization_scope(stores, principal)
     return stores.metadata.list_projects(
-        organization_id=organization.id, after=after, limit=limit, include_archived=include_archived
+        organization_id=None if scope is None else scope.id,
+        after=after,
+        limit=limit,
+        include_archived=include_archived,
     )
 
 

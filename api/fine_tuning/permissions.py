@@ -20,17 +20,13 @@ if TYPE_CHECKING:
 def owned_model(stores: Stores, model: str, principal: Principal) -> ModelRecord:
     """Return the model the caller may share: its project's own, or, for an admin key, its organization's.
 
-    A model merely shared with the caller's project cannot be re-shared: 404, as for an unknown model.
+    The operator key without an `OpenAI-Organization` header reaches every organization's models; the model
+    names its organization, whose projects it may be shared with. A model merely shared with the caller's
+    project cannot be re-shared: 404, as for an unknown model.
     """
     try:
         if principal.project_id is not None:
             return stores.metadata.get_owned_model(model, project_id=principal.project_id)
-        if principal.organization_id is None:
-            raise InvalidRequestError(
-                "The operator key acts on one organization at a time: send an OpenAI-Organization header.",
-                param="OpenAI-Organization",
-                code="missing_required_parameter",
-            )
         return stores.metadata.get_organization_model(model, organization_id=principal.organization_id)
     except NotFound:
         raise model_not_found(model, param="fine_tuned_model_checkpoint", status=404) from None

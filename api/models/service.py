@@ -49,11 +49,15 @@ def get_model(stores: Stores, settings: Settings, model: str, *, project_id: str
 def delete_model(
     stores: Stores, settings: Settings, model: str, *, project_id: str, engine: InferenceEngine | None = None
 ) -> None:
-    """Delete a fine-tuned model the project owns (row first, then the engine's copy, adapter blob after)."""
+    """Delete a model the project owns (rows first, then the engine's copies, adapter blobs after).
+
+    A fine-tuned model goes with its job's checkpoint models (and their checkpoints); a checkpoint model with its
+    checkpoint. Permissions granted on any of them end with it.
+    """
     if model in settings.base_models:
         raise PermissionDeniedError(f"Base model `{model}` cannot be deleted.")
     try:
-        record = stores.metadata.delete_model(model, project_id=project_id)
+        deleted = stores.metadata.delete_model(model, project_id=project_id)
     except NotFound:
         try:
             stores.metadata.get_model(model, project_id=project_id)
@@ -62,10 +66,11 @@ def delete_model(
         raise PermissionDeniedError(
             f"Model `{model}` is shared with this project but owned by another; only its owner can delete it."
         ) from None
-    if engine is not None:
-        engine.forget(model)
-    if record.kind == "fine-tune":
+    for record in deleted:
+        if engine is not None:
+            engine.forget(record.id)
+    for record in deleted:
         try:
             stores.blobs.delete_prefix(record.adapter_key.rstrip("/") + "/")
         except Exception:  # the model row is gone: it is no longer servable; a stray blob is only logged
-            logger.exception("could not delete adapter blobs of %s", model)
+            logger.exception("could not delete adapter blobs of %s", record.id)

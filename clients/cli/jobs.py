@@ -21,13 +21,14 @@ from tunewright.storage.records import JobStatus
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
     from typing import TextIO
 
     from tunewright.storage.settings import Settings
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 KEY_VARIABLES = ("TUNEWRIGHT_API_KEY", "OPENAI_API_KEY")
+BASE_URL_VARIABLE = "OPENAI_BASE_URL"  # the openai SDK's own variable, so one shell set-up serves both
 RETRIES = 3
 BACKOFF_S = 0.5
 # The server sends a keep-alive comment every 15 s of silence: a read this long means the connection is dead.
@@ -52,15 +53,15 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "follow",
         help="print a job's events until it ends; exit 0 if it succeeded, 1 otherwise",
         description="Print a job's events as they happen until it ends, then its outcome. The API key is read "
-        "from TUNEWRIGHT_API_KEY or OPENAI_API_KEY. Exit 0 if the job succeeded, 1 if it failed or was "
-        "cancelled (or the server could not be used), 2 without a key.",
+        "from TUNEWRIGHT_API_KEY or OPENAI_API_KEY, the base URL from --base-url or OPENAI_BASE_URL. Exit 0 if "
+        "the job succeeded, 1 if it failed or was cancelled (or the server could not be used), 2 without a key.",
     )
     follow.add_argument("job_id", metavar="JOB_ID", help="the job's id (ftjob-…)")
     follow.add_argument(
         "--base-url",
         dest="api_base_url",
         default=None,
-        help=f"the API's base URL (default: $TUNEWRIGHT_BASE_URL, else {DEFAULT_BASE_URL})",
+        help=f"the API's base URL (default: ${BASE_URL_VARIABLE}, else {DEFAULT_BASE_URL})",
     )
     follow.set_defaults(handler=run_follow)
 
@@ -72,7 +73,7 @@ def run_follow(args: argparse.Namespace, settings: Settings) -> int:
     if key is None:
         print(f"tunewright: jobs follow: set {' or '.join(KEY_VARIABLES)} to a project API key", file=sys.stderr)
         return USAGE_ERROR
-    base_url = (args.api_base_url or os.environ.get("TUNEWRIGHT_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    base_url = resolve_base_url(args.api_base_url, os.environ)
     printer = EventPrinter(sys.stdout, tty=sys.stdout.isatty())
     try:
         with open_client(base_url, key) as client:
@@ -83,6 +84,11 @@ def run_follow(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tunewright: jobs follow: {exc}", file=sys.stderr)
         return 1
     return report(job, sys.stdout)
+
+
+def resolve_base_url(flag: str | None, environ: Mapping[str, str]) -> str:
+    """The API's base URL: `--base-url`, else `$OPENAI_BASE_URL`, else the local default (no trailing slash)."""
+    return (flag or environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL).rstrip("/")
 
 
 def open_client(base_url: str, key: str) -> httpx.Client:

@@ -48,7 +48,8 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--trainers",
         type=int,
         default=None,
-        help="embedded training worker processes (default: $TUNEWRIGHT_TRAINERS); see start_trainers",
+        help="training worker processes to start alongside the API, each a `tunewright worker` subprocess; "
+        "0 trains nowhere in this process tree (default: $TUNEWRIGHT_TRAINERS, else 1)",
     )
     parser.set_defaults(handler=run)
 

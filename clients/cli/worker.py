@@ -5,6 +5,9 @@ one as a subprocess in the embedded mode. SIGTERM or Ctrl-C lets the current opt
 resume point and gives the job back to the queue, then exits 0; a job still being prepared (files checked,
 model imported) goes back without training. A second signal stops at once: the job's lease expires and another
 worker resumes it from its last resume point.
+
+As it starts, a worker imports the packaged base models (`pkg:…`) not imported yet on a background thread, so
+the first job on one waits less (or not at all).
 """
 
 from __future__ import annotations
@@ -48,10 +51,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tunewright.modeling.registry import import_packaged_models_in_background
     from tunewright.trainer.worker import build_worker
 
     with open_data(settings) as data:
-        worker = build_worker(settings, data.stores)
+        worker = build_worker(settings, data.stores)  # sets the torch threads the import uses too
+        if not args.exit_when_idle:  # a batch run would exit before the import ends; its job imports what it needs
+            import_packaged_models_in_background(settings)  # a job needing a model meanwhile waits, saying so
 
         def stop(signum: int, _frame: FrameType | None) -> None:
             if worker.stopping:  # a second signal: stop now; the lease expires and another worker resumes

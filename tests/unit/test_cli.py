@@ -262,6 +262,16 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert command in out
 
 
+def test_serve_help_explains_trainers_in_its_own_words(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "start_trainers" not in out, "a function name is no help to a user"
+    assert "`tunewright worker` subprocess" in out
+    assert "$TUNEWRIGHT_TRAINERS" in out
+
+
 def test_keys_create_refuses_an_archived_project_and_bad_flags(cli: Any, stores: Stores) -> None:
     assert cli("keys", "create", "--org", "acme", "--project", "p").code == 0
     organization = stores.metadata.find_organization(slug="acme")

@@ -27,7 +27,7 @@ ACTIVE = ("validating_files", "queued", "running", "paused")
 def api_key(monkeypatch):
     """Set the key `jobs follow` reads; returns a setter for the test's key."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("TUNEWRIGHT_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
 
     def use(key):
         monkeypatch.setenv("TUNEWRIGHT_API_KEY", key)
@@ -127,7 +127,7 @@ def test_follow_of_an_unknown_job_or_with_a_bad_key_exits_1_with_the_servers_mes
     live_jobs, live_server, api_key, monkeypatch, capsys
 ):
     api_key(live_server.key)
-    monkeypatch.setenv("TUNEWRIGHT_BASE_URL", live_server.base_url)  # the flag's fallback
+    monkeypatch.setenv("OPENAI_BASE_URL", live_server.base_url)  # the flag's fallback, as for the openai SDK
     assert follow("ftjob-missing") == 1
     captured = capsys.readouterr()
     assert captured.err == "tunewright: jobs follow: HTTP 404: Could not find fine-tuning job: ftjob-missing\n"
@@ -217,6 +217,23 @@ def test_a_dropped_stream_resumes_after_the_last_event(monkeypatch, api_key, cap
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("] ", 1)[1] for line in lines[:3]] == ["info event 1", "info event 2", "info event 3"]
     assert lines[3:] == ["status: succeeded", "fine-tuned model: ft:m"]
+
+
+def test_the_base_url_is_the_flag_then_openai_base_url_then_the_default(monkeypatch, api_key):
+    api_key("sk-proj-x")
+    server = ScriptedServer([sse("[DONE]")] * 3)
+    used = []
+
+    def open_client(base_url, key):
+        used.append(base_url)
+        return httpx.Client(base_url=base_url, transport=httpx.MockTransport(server))
+
+    monkeypatch.setattr(jobs, "open_client", open_client)
+    assert follow("ftjob-x") == 0
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://env.test/v1/")
+    assert follow("ftjob-x") == 0
+    assert follow("ftjob-x", "--base-url", "http://flag.test/v1") == 0
+    assert used == [jobs.DEFAULT_BASE_URL, "http://env.test/v1", "http://flag.test/v1"]
 
 
 def test_a_stream_that_keeps_dropping_gives_up_with_exit_1(monkeypatch, api_key, capsys):

@@ -6,11 +6,18 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from fixtures.models import SMOLLM2, fake_gguf_package
 
 from tunewright.modeling import registry
 from tunewright.modeling.chat import ChatTemplateError, render_chat
 from tunewright.modeling.loading import load_model, load_tokenizer
-from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, resolve_model_dir
+from tunewright.modeling.registry import (
+    ModelUnavailableError,
+    UnknownModelError,
+    import_packaged_models_in_background,
+    packaged_model_pending,
+    resolve_model_dir,
+)
 from tunewright.storage.settings import Settings
 
 if TYPE_CHECKING:
@@ -159,11 +166,7 @@ def test_availability_is_checked_without_importing_anything(tiny_dir: Path, tmp_
 @pytest.fixture
 def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """A package `tw_fake_gguf` holding one .gguf file, and a converter that records its calls."""
-    package = tmp_path / "site" / "tw_fake_gguf"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
-    (package / "weights.gguf").write_bytes(b"GGUF")
-    monkeypatch.syspath_prepend(str(package.parent))
+    fake_gguf_package(tmp_path / "site", monkeypatch)
     calls: list[Path] = []
 
     def convert(gguf: Path, out: Path) -> None:
@@ -203,6 +206,40 @@ def test_failed_import_leaves_nothing_behind(
     with pytest.raises(RuntimeError, match="corrupt file"):
         resolve_model_dir("small", settings)
     assert [p.name for p in (settings.data_path / "models").iterdir()] == ["small.lock"]
+
+
+def test_the_background_import_imports_once_for_every_importer(
+    tmp_path: Path, tiny_dir: Path, fake_package: list
+) -> None:
+    settings = settings_for(tmp_path, small="pkg:tw_fake_gguf", tiny=str(tiny_dir))
+    assert packaged_model_pending("small", settings)
+    assert not packaged_model_pending("tiny", settings)  # a directory is ready as it is
+    importers = [import_packaged_models_in_background(settings) for _ in "ab"]  # two workers starting at once
+    for importer in importers:
+        if importer is not None:  # the second may find the model imported already
+            importer.join()
+    assert [path.name for path in fake_package].count("weights.gguf") == 1  # (the default SmolLM2 is imported too)
+    assert not packaged_model_pending("small", settings)
+    assert import_packaged_models_in_background(settings) is None, "nothing left to import"
+
+
+def test_an_interrupted_imports_staging_directory_is_removed(tmp_path: Path, fake_package: list) -> None:
+    settings = settings_for(tmp_path, small="pkg:tw_fake_gguf")
+    leftover = settings.data_path / "models" / ".small-k1ll3d"  # a worker stopped mid-import
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half")
+    resolve_model_dir("small", settings)
+    assert sorted(p.name for p in leftover.parent.iterdir()) == ["small", "small.lock"]
+
+
+def test_a_background_import_that_cannot_run_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Both packages missing: nothing is imported, not even the default SmolLM2.
+    settings = settings_for(tmp_path, **{"small": "pkg:tunewright_no_such_package", SMOLLM2: "pkg:tw_missing"})
+    importer = import_packaged_models_in_background(settings)
+    assert importer is not None
+    importer.join()
+    assert "base model small cannot be prepared: " in caplog.text
+    assert "is not installed" in caplog.text
 
 
 def test_loaded_model_runs_a_forward_pass(tiny_dir: Path, tokenizer: Any) -> None:
