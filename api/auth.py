@@ -3,7 +3,9 @@
 Keys are stored only as SHA-256 digests; the lookup is by digest and the final comparison is constant-time.
 Guards run before the body is read, so a bad key is a 401 whatever the body holds. They are `async` and make
 their one indexed lookup inline: Litestar would run a sync guard through a worker thread, and that hop costs
-more than the query (bench/README.md has the figures).
+more than the query (bench/README.md has the figures). The guards let the store answer a usable key from
+memory for `KEY_CACHE_TTL_S` (half a second): on PostgreSQL the lookup is a round trip on every request
+otherwise, and a key revoked in any process is still refused everywhere within that bound.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from litestar.di import NamedDependency
 
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
 from tunewright.storage.api_keys import hash_secret
+from tunewright.storage.metadata_tenants import KEY_CACHE_TTL_S
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -28,6 +31,11 @@ if TYPE_CHECKING:
 
 OPERATOR = "operator"
 TOUCH_EVERY_S = 60
+
+_touched: dict[str, int] = {}
+"""When this process last wrote each key's `last_used_at`. A cached key's `last_used_at` can be older than that
+write, and concurrent requests all see the value from before it: this keeps them from writing it again."""
+_TOUCHED_MAX = 10_000
 
 
 class Principal(msgspec.Struct, kw_only=True, frozen=True):
@@ -62,8 +70,15 @@ def _invalid(token: str) -> AuthenticationError:
     return AuthenticationError(f"Incorrect API key provided: {shown}.")
 
 
-def authenticate(token: str, stores: Stores, *, operator_key: str | None, organization_header: str | None) -> Principal:
-    """Resolve a secret key to a Principal.
+def authenticate(
+    token: str,
+    stores: Stores,
+    *,
+    operator_key: str | None,
+    organization_header: str | None,
+    max_age_s: float = 0.0,
+) -> Principal:
+    """Resolve a secret key to a Principal; `max_age_s` lets the store answer from its cache of usable keys.
 
     Raises:
         AuthenticationError: unknown or revoked key, or an organization header that does not match.
@@ -71,7 +86,7 @@ def authenticate(token: str, stores: Stores, *, operator_key: str | None, organi
     if operator_key and hmac.compare_digest(token.encode(), operator_key.encode()):
         return Principal(key_id=OPERATOR, kind=OPERATOR, organization_id=organization_header or None)
     digest = hash_secret(token)
-    record = stores.metadata.find_usable_api_key(digest)
+    record = stores.metadata.find_usable_api_key(digest, max_age_s=max_age_s)
     if record is None or not hmac.compare_digest(record.secret_hash, digest):
         raise _invalid(token)
     if organization_header and organization_header != record.organization_id:
@@ -89,12 +104,17 @@ def authenticate(token: str, stores: Stores, *, operator_key: str | None, organi
 
 
 async def _touch(stores: Stores, principal: Principal) -> None:
-    """Record use at most once a minute (a write: on a worker thread, never on the event loop)."""
-    now = int(time.time())
+    """Record use at most once a minute per process (a write: on a worker thread, never on the event loop)."""
     if principal.kind == OPERATOR:
         return
-    if principal.last_used_at is None or now - principal.last_used_at >= TOUCH_EVERY_S:
-        await anyio.to_thread.run_sync(stores.metadata.touch_api_key, principal.key_id, now)
+    now = int(time.time())
+    last = max(principal.last_used_at or 0, _touched.get(principal.key_id, 0))
+    if last and now - last < TOUCH_EVERY_S:
+        return
+    if len(_touched) >= _TOUCHED_MAX:
+        _touched.clear()
+    _touched[principal.key_id] = now  # before the write: requests arriving meanwhile skip it
+    await anyio.to_thread.run_sync(stores.metadata.touch_api_key, principal.key_id, now)
 
 
 async def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
@@ -104,6 +124,7 @@ async def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principa
         app_state.stores,
         operator_key=app_state.settings.admin_key,
         organization_header=connection.headers.get("openai-organization"),
+        max_age_s=KEY_CACHE_TTL_S,
     )
     await _touch(app_state.stores, principal)
     connection.state.principal = principal

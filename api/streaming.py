@@ -7,7 +7,9 @@ written once. A consumer that stops early (a bad first line) stops the producer 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -15,7 +17,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
     from anyio.abc import TaskGroup
 
@@ -23,6 +25,7 @@ T = TypeVar("T")
 
 COALESCE_BYTES = 1024 * 1024
 CHANNEL_DEPTH = 4
+ALONGSIDE_DEPTH = 4
 
 
 class SinkStopped(Exception):  # noqa: N818 - reads as the event
@@ -36,7 +39,8 @@ class ThreadedSink(Generic[T]):
         """Prepare the channel; call `start(task_group)` before the first `write`."""
         self._consume = consume
         self._send, self._recv = anyio.create_memory_object_stream[Any](CHANNEL_DEPTH)
-        self._buffer = bytearray()
+        self._parts: list[bytes] = []
+        self._buffered = 0
         self._done = anyio.Event()
         self._result: T | None = None
         self._error: BaseException | None = None
@@ -66,14 +70,17 @@ class ThreadedSink(Generic[T]):
 
     async def write(self, chunk: bytes) -> None:
         """Queue `chunk` (coalesced to about 1 MiB). Raises the consumer's error if it stopped early."""
-        self._buffer += chunk
-        if len(self._buffer) >= COALESCE_BYTES:
+        self._parts.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= COALESCE_BYTES:
             await self._flush()
 
     async def _flush(self) -> None:
-        if not self._buffer:
+        if not self._parts:
             return
-        data, self._buffer = bytes(self._buffer), bytearray()
+        # One copy at most: a chunk that is already large enough goes as it is.
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts, self._buffered = [], 0
         try:
             await self._send.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -91,7 +98,7 @@ class ThreadedSink(Generic[T]):
 
     async def abort(self, error: BaseException) -> None:
         """Make the consumer fail with `error` (its put then stores nothing) and wait for it."""
-        self._buffer.clear()
+        self._parts, self._buffered = [], 0
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await self._send.send(error)
         await self._send.aclose()
@@ -115,3 +122,25 @@ async def iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         close = getattr(chunks, "close", None)
         if close is not None:
             await anyio.to_thread.run_sync(close)
+
+
+def consume_alongside(chunks: Iterable[bytes], consume: Callable[[bytes], None]) -> Iterator[bytes]:
+    """Yield `chunks` while `consume` sees each of them, in order, on a thread of its own.
+
+    The line checker holds the GIL while hashing and writing a blob release it: run side by side they
+    overlap instead of taking turns. At most `ALONGSIDE_DEPTH` chunks wait for `consume`. Its first error is
+    raised here, at the latest after the last chunk was yielded and before this generator returns, so a put
+    reading it fails before it commits.
+    """
+    pending: collections.deque[Future[None]] = collections.deque()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consume-alongside")
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(consume, chunk))
+            while pending and (len(pending) > ALONGSIDE_DEPTH or pending[0].done()):
+                pending.popleft().result()
+            yield chunk
+        while pending:
+            pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -8,8 +8,10 @@
 - `with database.transaction(immediate=...) as conn:` is one transaction: it commits when the block ends
   and rolls back when it raises. `conn.execute(sql, params)` returns a cursor whose `fetchone()` /
   `fetchall()` give rows as `dict`s (column name → value) and whose `rowcount` counts changed rows;
-  `conn.run(name, params)` executes a named query. A `transaction()` opened inside another one on the same
-  thread joins it (no savepoint; on SQLite it keeps the outer one's lock mode), so helpers compose.
+  `conn.run(name, params)` executes a named query; `conn.fetch_tuples(sql, params)` returns the column names
+  and the rows as tuples, which list pages turn into records without a dict per row. A `transaction()`
+  opened inside another one on the same thread joins it (no savepoint; on SQLite it keeps the outer one's
+  lock mode), so helpers compose.
   With `RETURNING`, read the rows rather than `rowcount` (sqlite3 counts them only as they are fetched).
 - `conn.notify(channel)` (sent at commit) and `database.notify(channel)` wake `database.listen(channel,
   timeout_s)`: PostgreSQL LISTEN/NOTIFY across processes; SQLite within the process, plus short polls.
@@ -43,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 import psycopg_pool
 from psycopg import sql as pgsql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.string import TextLoader
 
 from tunewright.storage.disk import create_private_file, make_private_dir
@@ -96,6 +98,10 @@ class Connection(ABC):
     def run(self, name: str, params: Mapping[str, Any] | None = None) -> Cursor:
         """Execute the named query `name` (see `Database.query`)."""
         return self.execute(self.database.query(name), params)
+
+    @abstractmethod
+    def fetch_tuples(self, sql: str, params: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Execute one query (as `execute`) and return its column names and every row as a tuple."""
 
     def executescript(self, script: str) -> None:
         """Execute `;`-separated statements without parameters (a migration) in this transaction."""
@@ -263,6 +269,13 @@ class _SQLiteConnection(Connection):
         except sqlite3.Error as exc:
             raise (_sqlite_error(exc) or exc) from exc
 
+    def fetch_tuples(self, sql: str, params: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        try:
+            cursor = self.raw.execute(sql, params)
+            return tuple(map(_first, cursor.description or ())), cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise (_sqlite_error(exc) or exc) from exc
+
     def notify(self, channel: str) -> None:
         database = self.database
         assert isinstance(database, SQLiteDatabase)
@@ -399,6 +412,14 @@ class _PostgresConnection(Connection):
             if params is None:
                 return self.raw.execute(sql)  # without params psycopg sends the text as is
             return self.raw.execute(to_pyformat(sql), params)
+        except psycopg.Error as exc:
+            raise (_postgres_error(exc) or exc) from exc
+
+    def fetch_tuples(self, sql: str, params: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        try:
+            cursor = self.raw.cursor(row_factory=tuple_row)
+            cursor.execute(to_pyformat(sql), params)
+            return tuple(column.name for column in cursor.description or ()), cursor.fetchall()
         except psycopg.Error as exc:
             raise (_postgres_error(exc) or exc) from exc
 

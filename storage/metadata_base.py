@@ -11,7 +11,7 @@ import msgspec
 
 from tunewright.storage.errors import InvalidCursor
 from tunewright.storage.records import Page
-from tunewright.storage.rows import encode_columns, from_row
+from tunewright.storage.rows import encode_columns, from_row, from_tuples
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -103,8 +103,8 @@ class SQLStoreBase:
             "after_id": bound[1],
             "limit": limit + 1,
         }
-        rows = conn.execute(self._list_sql(query, order), params).fetchall()
-        return Page(items=[from_row(cls, row) for row in rows[:limit]], has_more=len(rows) > limit)
+        names, rows = conn.fetch_tuples(self._list_sql(query, order), params)
+        return Page(items=from_tuples(cls, names, rows[:limit]), has_more=len(rows) > limit)
 
     def _update(
         self,

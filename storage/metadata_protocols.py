@@ -79,10 +79,12 @@ class TenantStore(Protocol):
         """Return the key with this hash (revoked ones too: the caller checks `revoked_at`)."""
         ...
 
-    def find_usable_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
+    def find_usable_api_key(self, secret_hash: str, *, max_age_s: float = 0.0) -> ApiKeyRecord | None:
         """Return the key with this hash only if it is unrevoked and its project (if any) is active.
 
-        One query: this is the lookup every authenticated request makes.
+        One query: this is the lookup every authenticated request makes. With `max_age_s > 0` a usable key
+        found less than that long ago may be answered from memory; changes made through this store clear
+        that memory at once.
         """
         ...
 

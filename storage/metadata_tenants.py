@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
@@ -16,11 +18,60 @@ from tunewright.storage.records import (
 )
 from tunewright.storage.rows import from_row, to_params
 
+if TYPE_CHECKING:
+    from tunewright.storage.db import Database
+
 _PROJECT_CHANGES = ("name", "external_key_id", "status", "archived_at")
+
+KEY_CACHE_TTL_S = 0.5
+"""How long `find_usable_api_key(..., max_age_s=...)` may answer from memory (the API passes this).
+
+A key revoked, or a project archived, by another process (another API worker, a `serve` replica, the CLI) is
+refused by this one within this long; a change made through this store object takes effect at once.
+"""
+
+_KEY_CACHE_MAX = 10_000
+
+
+class _KeyCache:
+    """Usable keys by secret hash, each with the monotonic time its lookup started.
+
+    Any in-process change that can make a key unusable clears it and bumps `generation`, so that a lookup that
+    raced with the change does not store what it read before it.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, ApiKeyRecord]] = {}
+        self.generation = 0
+        self.lock = threading.Lock()
+
+    def get(self, secret_hash: str, max_age_s: float) -> ApiKeyRecord | None:
+        entry = self.entries.get(secret_hash)
+        if entry is None or time.monotonic() - entry[0] >= max_age_s:
+            return None
+        return entry[1]
+
+    def put(self, secret_hash: str, record: ApiKeyRecord, *, started: float, generation: int) -> None:
+        with self.lock:
+            if generation != self.generation:
+                return
+            if len(self.entries) >= _KEY_CACHE_MAX:
+                self.entries.clear()  # a crude bound: entries are cheap to refetch
+            self.entries[secret_hash] = (started, record)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.generation += 1
+            self.entries.clear()
 
 
 class TenantsMixin(SQLStoreBase):
     """`MetadataStore` methods for tenants and keys."""
+
+    def __init__(self, database: Database) -> None:
+        """Work on `database`, with an empty cache of usable keys."""
+        super().__init__(database)
+        self._keys = _KeyCache()
 
     def create_organization(self, *, name: str, slug: str) -> OrganizationRecord:
         """Insert an organization. `Conflict` if the slug exists."""
@@ -100,6 +151,7 @@ class TenantsMixin(SQLStoreBase):
                 changes=changes,
                 columns=_PROJECT_CHANGES,
             )
+        self._keys.clear()  # an archived project's keys stop working
         if record is None:
             raise NotFound(project_id)
         return record
@@ -118,11 +170,26 @@ class TenantsMixin(SQLStoreBase):
             row = conn.run("find_api_key", {"secret_hash": secret_hash}).fetchone()
         return None if row is None else from_row(ApiKeyRecord, row)
 
-    def find_usable_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
-        """Return the key with this hash if it is unrevoked and its project (if any) is active; one query."""
+    def find_usable_api_key(self, secret_hash: str, *, max_age_s: float = 0.0) -> ApiKeyRecord | None:
+        """Return the key with this hash if it is unrevoked and its project (if any) is active; one query.
+
+        With `max_age_s > 0`, a usable key looked up less than `max_age_s` ago is answered from memory
+        (unknown and unusable keys are always looked up, so a new key works at once).
+        """
+        keys = self._keys
+        if max_age_s > 0:
+            cached = keys.get(secret_hash, max_age_s)
+            if cached is not None:
+                return cached
+        started, generation = time.monotonic(), keys.generation
         with self.database.reading() as conn:
             row = conn.run("find_usable_api_key", {"secret_hash": secret_hash}).fetchone()
-        return None if row is None else from_row(ApiKeyRecord, row)
+        if row is None:
+            return None
+        record = from_row(ApiKeyRecord, row)
+        if max_age_s > 0:
+            keys.put(secret_hash, record, started=started, generation=generation)
+        return record
 
     def touch_api_key(self, key_id: str, at: int) -> None:
         """Set `last_used_at`."""
@@ -159,6 +226,7 @@ class TenantsMixin(SQLStoreBase):
         params = {"id": key_id, "organization_id": organization_id, "project_id": project_id, "now": now()}
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("revoke_api_key", params).fetchone()
+        self._keys.clear()
         if row is None:
             raise NotFound(key_id)
         return from_row(ApiKeyRecord, row)
@@ -206,3 +274,4 @@ class TenantsMixin(SQLStoreBase):
             if row is None:
                 raise NotFound(account_id)
             conn.run("revoke_service_account_keys", {"service_account_id": account_id, "now": now()})
+        self._keys.clear()

@@ -11,7 +11,7 @@ import anyio.to_thread
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.files.schemas import CREATE_PURPOSES
 from tunewright.api.forms import content_length, read_form
-from tunewright.api.streaming import ThreadedSink
+from tunewright.api.streaming import ThreadedSink, consume_alongside
 from tunewright.storage.disk import disk_space
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
@@ -126,9 +126,7 @@ class CheckedPut:
         if self.checker is None:
             yield from chunks
             return
-        for chunk in chunks:
-            self._feed(chunk)
-            yield chunk
+        yield from consume_alongside(chunks, self._feed)  # checks while the put hashes and writes
         self._finish()
 
     def _feed(self, chunk: bytes) -> None:

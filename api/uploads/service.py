@@ -12,7 +12,7 @@ from msgspec import UNSET
 from tunewright.api.errors import APIError, InvalidRequestError, NotFoundError, PayloadTooLargeError, echo
 from tunewright.api.files.service import blob_key, dataset_error_to_api, discard_blob, guarded_put, require_space
 from tunewright.api.forms import content_length, read_form
-from tunewright.api.streaming import ThreadedSink
+from tunewright.api.streaming import ThreadedSink, consume_alongside
 from tunewright.api.uploads.schemas import UPLOAD_PURPOSES
 from tunewright.storage.disk import disk_space
 from tunewright.storage.errors import LimitExceeded, NotFound, StateConflict
@@ -221,14 +221,17 @@ class _Assembler:
         self.lines: int | None = None
 
     def chunks(self) -> Iterator[bytes]:
+        if self.checker is None:
+            yield from self._read_parts()
+            return
+        yield from consume_alongside(self._read_parts(), self.checker.feed)  # checks while the put writes
+        self.lines = self.checker.finish().lines
+
+    def _read_parts(self) -> Iterator[bytes]:
         for part in self.parts:
             for chunk in self.stores.blobs.open(part.blob_key):
                 self.md5.update(chunk)
-                if self.checker is not None:
-                    self.checker.feed(chunk)
                 yield chunk
-        if self.checker is not None:
-            self.lines = self.checker.finish().lines
 
 
 def complete_upload(
