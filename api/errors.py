@@ -223,6 +223,8 @@ def _handle_storage(request: Request[Any, Any, Any], exc: storage_errors.Storage
         error = InvalidRequestError(
             f"Invalid 'after': {echo(exc)} is not an object of this list.", param="after", code="invalid_value"
         )
+    elif isinstance(exc, storage_errors.DatabaseUnavailable):
+        error = ServiceUnavailableError("The database is unavailable; try again shortly.")
     elif isinstance(exc, storage_errors.Unavailable):
         error = ServiceUnavailableError("A backing store is unavailable; try again shortly.")
     elif isinstance(exc, storage_errors.Conflict | storage_errors.StateConflict):

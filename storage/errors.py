@@ -19,6 +19,10 @@ class Unavailable(StorageError):  # noqa: N818
     """The backing service (database, object store) did not answer."""
 
 
+class DatabaseUnavailable(Unavailable):
+    """The metadata database did not answer (or cannot write: disk full, a lock held too long)."""
+
+
 class InvalidKey(StorageError):  # noqa: N818
     """A blob key is malformed (empty, absolute, or contains `..`)."""
 
