@@ -20,6 +20,7 @@ from tunewright.api.sweeper import sweeper_lifespan
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
     from litestar.types import ControllerRouterHandler, Receive, Scope, Send
 
@@ -87,11 +88,13 @@ def create_app(
     features: Sequence[str] = DEFAULT_FEATURES,
     *,
     sweep: bool = True,
+    trainer_status: Path | None = None,
 ) -> Litestar:
     """Build the API for `settings` over `stores`; `features` picks the route groups to mount.
 
     `sweep` runs the housekeeping loop (expired uploads and files) while the app serves. Without an `engine`,
     the one `settings` names is built on the first completion request and closed when the app shuts down.
+    `trainer_status` is the status file of the `serve` that supervises the trainers (/healthz, /metrics).
     """
     return TunewrightApp(
         route_handlers=_routes(features),
@@ -102,7 +105,8 @@ def create_app(
                 "engine": engine,
                 "engine_factory": partial(build_engine, settings, stores),
                 "engine_built": False,
-                "metrics": Metrics(stores),
+                "metrics": Metrics(stores, trainer_status),
+                "trainer_status": trainer_status,
                 "started_at": int(time.time()),
             }
         ),

@@ -415,7 +415,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 
 class PostgresDatabase(Database):
-    """PostgreSQL through a psycopg_pool ConnectionPool of autocommit connections (transactions are explicit)."""
+    """PostgreSQL through a `ResilientPool` of autocommit connections (transactions are explicit)."""
 
     dialect = "postgres"
 

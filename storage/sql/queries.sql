@@ -338,6 +338,9 @@ WHERE id = :id AND lease_owner = :worker_id AND attempts = :attempt
   AND status IN ('validating_files', 'queued', 'running')
 RETURNING id
 
+-- name: queue_holder
+SELECT status, lease_owner FROM jobs WHERE id = :id
+
 -- name: queue_depth
 SELECT COUNT(*) AS n FROM jobs
 WHERE status IN ('validating_files', 'queued', 'running')
