@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import openai
+import psycopg
 import pytest
 from fixtures.app import BASE_URL, make_settings, make_tenant
 from fixtures.training import TINY, TRAINING_SETTINGS, metrics_events
@@ -84,6 +85,16 @@ def test_requests_after_a_postgres_restart_get_fresh_connections(pg_api, pg_clus
     statuses = [http.get("/v1/fine_tuning/jobs", headers=headers).status_code for _ in range(8)]
     assert statuses == [200] * 8
     assert http.get("/healthz").json() == {"status": "ok"}
+
+    # Connections the server drops while they sit idle (an idle timeout, an operator) are replaced too.
+    fill_pool(stores.metadata.database, 4)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = 'outage' AND pid <> pg_backend_pid()"
+        )
+    statuses = [http.get("/v1/fine_tuning/jobs", headers=headers).status_code for _ in range(8)]
+    assert statuses == [200] * 8
 
 
 @pytest.mark.postgres
