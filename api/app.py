@@ -22,6 +22,7 @@ from tunewright.api.sweeper import sweeper_lifespan
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
 
     from litestar.types import ControllerRouterHandler, Receive, Scope, Send
 
@@ -129,15 +130,17 @@ def create_app(
     features: Sequence[str] = DEFAULT_FEATURES,
     *,
     sweep: bool = True,
+    trainer_status: Path | None = None,
 ) -> Litestar:
     """Build the API for `settings` over `stores`; `features` picks the route groups to mount.
 
     `sweep` runs the housekeeping loop (expired uploads and files) while the app serves. Without an `engine`,
     the one `settings` names is built on the first completion request and closed when the app shuts down (one
     handed in belongs to the caller).
+    `trainer_status` is the status file of the `serve` that supervises the trainers (/healthz, /metrics).
     """
     own_engine = LazyEngine(partial(build_engine, settings, stores)) if engine is None else None
-    metrics = Metrics(stores)
+    metrics = Metrics(stores, trainer_status)
     # For the guards, middleware and lifespan, which dependency injection does not reach.
     state = {"settings": settings, "stores": stores, "metrics": metrics, "engine": engine or own_engine}
     return TunewrightApp(
@@ -151,6 +154,7 @@ def create_app(
                 engine=engine or own_engine,
                 metrics=metrics,
                 started_at=int(time.time()),
+                trainer_status=trainer_status,
             ),
         },
         exception_handlers=exception_handlers(),

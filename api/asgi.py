@@ -1,17 +1,20 @@
 """The ASGI entry point granian loads in each worker: `tunewright.api.asgi:create_app_from_env` (a factory).
 
 It is an entry point, so it reads the environment: `TUNEWRIGHT_*` variables and `TUNEWRIGHT_CONFIG`, which
-`tunewright serve` sets for its workers. The schema must already be migrated (`serve` and `migrate` do it).
+`tunewright serve` sets for its workers, and the trainers' status file that `serve` names there. The schema
+must already be migrated (`serve` and `migrate` do it).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunewright.api.app import create_app
 from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
+from tunewright.storage.supervision import STATUS_FILE_ENV
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -21,6 +24,7 @@ def create_app_from_env() -> Litestar:
     """Build the API from the environment's settings; the stores close when the app shuts down."""
     settings = load_settings(os.environ)
     stores = open_stores(settings)
-    app = create_app(settings, stores)
+    status_file = os.environ.get(STATUS_FILE_ENV)
+    app = create_app(settings, stores, trainer_status=Path(status_file) if status_file else None)
     app.on_shutdown.append(stores.close)
     return app

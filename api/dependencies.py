@@ -7,6 +7,7 @@ The caller (`principal: Caller`) is provided in api/auth.py, from what the route
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from litestar.di import NamedDependency, Provide
@@ -29,6 +30,8 @@ AppMetrics = NamedDependency[Metrics]
 """`metrics: AppMetrics`: the process's Prometheus collectors."""
 StartedAt = NamedDependency[int]
 """`started_at: StartedAt`: when the app was built (unix seconds), the `created` of base models."""
+TrainerStatusFile = NamedDependency[Path | None]
+"""`trainer_status: TrainerStatusFile`: the status file of the `serve` supervising the trainers, if any."""
 
 
 def _constant(value: Any) -> Callable[[], Any]:

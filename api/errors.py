@@ -242,13 +242,15 @@ def _handle_storage(request: Request[Any, Any, Any], exc: storage_errors.Storage
         error = InvalidRequestError(
             f"Invalid 'after': {echo(exc)} is not an object of this list.", param="after", code="invalid_value"
         )
+    elif isinstance(exc, storage_errors.InsufficientStorage):  # before Unavailable: a full database is both
+        logger.warning("refused %s %s: %s", request.method, request.url.path, exc)  # free space, for the operator
+        error = InsufficientStorageError(INSUFFICIENT_STORAGE_MESSAGE)
+    elif isinstance(exc, storage_errors.DatabaseUnavailable):
+        error = ServiceUnavailableError("The database is unavailable; try again shortly.")
     elif isinstance(exc, storage_errors.Unavailable):
         error = ServiceUnavailableError("A backing store is unavailable; try again shortly.")
     elif isinstance(exc, storage_errors.Conflict | storage_errors.StateConflict):
         error = ConflictError("The object was changed by another request; read it again before retrying.")
-    elif isinstance(exc, storage_errors.InsufficientStorage):
-        logger.warning("refused %s %s: %s", request.method, request.url.path, exc)  # free space, for the operator
-        error = InsufficientStorageError(INSUFFICIENT_STORAGE_MESSAGE)
     else:
         return _handle_unexpected(request, exc)
     return error_response(error, _request_id(request))

@@ -1,4 +1,4 @@
-"""Prometheus metrics: requests by route template and status, latency, jobs by status, queue depth."""
+"""Prometheus metrics: requests by route template and status, latency, jobs by status, queue depth, trainers."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tunewright.storage.ids import new_request_id
+from tunewright.storage.supervision import read_status
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,11 +38,34 @@ class StoreCollector:
         yield depth
 
 
+class TrainerCollector:
+    """Reads `serve`'s trainer status file at scrape time (see `storage/supervision.py`)."""
+
+    def __init__(self, path: Path) -> None:
+        """Remember the status file to read."""
+        self._path = path
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """Yield `tunewright_trainer_restarts_total` and the expected and running trainer counts."""
+        status = read_status(self._path)
+        if status is None:
+            return
+        restarts = CounterMetricFamily("tunewright_trainer_restarts", "Embedded trainers restarted after they exited")
+        restarts.add_metric([], status.restarts)
+        yield restarts
+        expected = GaugeMetricFamily("tunewright_trainer_expected_processes", "Embedded trainers serve should run")
+        expected.add_metric([], status.expected)
+        yield expected
+        running = GaugeMetricFamily("tunewright_trainer_running_processes", "Embedded trainers running")
+        running.add_metric([], 0 if status.is_stale(time.time()) else status.running)
+        yield running
+
+
 class Metrics:
     """One registry per app, so several apps in one process (tests) do not collide."""
 
-    def __init__(self, stores: Stores) -> None:
-        """Create the registry and the HTTP metrics."""
+    def __init__(self, stores: Stores, trainer_status: Path | None = None) -> None:
+        """Create the registry and the HTTP metrics; the trainers' when `serve` publishes their status."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "tunewright_http_requests_total",
@@ -55,6 +80,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(StoreCollector(stores))  # type: ignore[arg-type]
+        if trainer_status is not None:
+            self.registry.register(TrainerCollector(trainer_status))  # type: ignore[arg-type]
 
 
 async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, receive: Receive, send: Send) -> None:

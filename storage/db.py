@@ -25,7 +25,10 @@ JSON columns come back as text on both dialects (JSONB is read with a text loade
 
 Errors: a unique violation raises `Conflict` (abandon the transaction: PostgreSQL has aborted it); a refused
 connection, an exhausted pool, a database file that cannot be opened or a lock held past the busy timeout
-raise `Unavailable`; a full disk raises `InsufficientStorage`. Other driver errors pass through unchanged.
+raise `DatabaseUnavailable` (an `Unavailable`); a full disk raises `DatabaseFull` (both an `InsufficientStorage`
+and a `DatabaseUnavailable`). Other driver errors pass through unchanged. PostgreSQL connections come from
+`storage/pg_pool.py`, which replaces the connections that a server restart closed and fails fast while the
+server is down.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.string import TextLoader
 
 from tunewright.storage.disk import create_private_file, make_private_dir
-from tunewright.storage.errors import Conflict, InsufficientStorage, StorageError, Unavailable
+from tunewright.storage.errors import Conflict, DatabaseFull, DatabaseUnavailable, StorageError
+from tunewright.storage.pg_pool import ResilientPool
 from tunewright.storage.queries import load_migrations, load_queries, split_script, to_pyformat
 
 if TYPE_CHECKING:
@@ -185,7 +189,7 @@ def open_database(url: str, *, pool_size: int = 8) -> Database:
             make_private_dir(path.parent)
             create_private_file(path)
         except OSError as exc:
-            raise Unavailable(f"cannot create the database {path}") from exc
+            raise DatabaseUnavailable(f"cannot create the database {path}") from exc
         return SQLiteDatabase(path)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, pool_size=pool_size)
@@ -200,12 +204,12 @@ def _sqlite_error(exc: sqlite3.Error) -> StorageError | None:
     text = str(exc)
     if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in text:
         return Conflict(text)
-    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-        return InsufficientStorage(text)
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return DatabaseFull(text)
     if isinstance(exc, sqlite3.OperationalError) and any(
         marker in text for marker in ("unable to open", "locked", "disk I/O")
     ):
-        return Unavailable(text)
+        return DatabaseUnavailable(text)
     return None
 
 
@@ -303,7 +307,7 @@ class SQLiteDatabase(Database):
 
     def _connection(self) -> _SQLiteConnection:
         if self._closed:
-            raise Unavailable("the database is closed")
+            raise DatabaseUnavailable("the database is closed")
         conn: _SQLiteConnection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
@@ -315,7 +319,7 @@ class SQLiteDatabase(Database):
             raw.execute("PRAGMA foreign_keys=ON")
             raw.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
-            raise (_sqlite_error(exc) or Unavailable(str(exc))) from exc
+            raise (_sqlite_error(exc) or DatabaseUnavailable(str(exc))) from exc
         conn = _SQLiteConnection(self, raw)
         self._local.conn = conn
         with self._lock:
@@ -394,9 +398,9 @@ def _postgres_error(exc: Exception) -> StorageError | None:
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return Conflict(str(exc).splitlines()[0] if str(exc) else "unique violation")
     if isinstance(exc, psycopg.errors.DiskFull):
-        return InsufficientStorage(str(exc).splitlines()[0] if str(exc) else "disk full")
+        return DatabaseFull(str(exc).splitlines()[0] if str(exc) else "disk full")
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError):
-        return Unavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return DatabaseUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return None
 
 
@@ -440,7 +444,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 
 class PostgresDatabase(Database):
-    """PostgreSQL through a psycopg_pool ConnectionPool of autocommit connections (transactions are explicit)."""
+    """PostgreSQL through a `ResilientPool` of autocommit connections (transactions are explicit)."""
 
     dialect = "postgres"
 
@@ -448,18 +452,12 @@ class PostgresDatabase(Database):
         self.url = url
         self.timeout_s = timeout_s
         self._local = threading.local()
-        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = psycopg_pool.ConnectionPool(
+        self._pool = ResilientPool(
             url,
-            min_size=1,
             max_size=max(1, pool_size),
             kwargs={"autocommit": True, "row_factory": dict_row},
             configure=_configure,
-            # No `check` on checkout: it costs a round trip on every request. A connection that broke while
-            # idle fails its statement as `Unavailable` (503, which clients retry) and the pool replaces it.
-            max_idle=300,
-            timeout=timeout_s,
-            name="tunewright",
-            open=True,
+            timeout_s=timeout_s,
         )
 
     @contextmanager

@@ -19,6 +19,10 @@ class Unavailable(StorageError):  # noqa: N818
     """The backing service (database, object store) did not answer."""
 
 
+class DatabaseUnavailable(Unavailable):
+    """The metadata database did not answer (or cannot write: disk full, a lock held too long)."""
+
+
 class InvalidKey(StorageError):  # noqa: N818
     """A blob key is malformed (empty, absolute, or contains `..`)."""
 
@@ -38,6 +42,14 @@ class StateConflict(StorageError):  # noqa: N818
 
 class InsufficientStorage(StorageError):  # noqa: N818
     """The disk (or the database's) has no room for new data, or less than the configured watermark."""
+
+
+class DatabaseFull(InsufficientStorage, DatabaseUnavailable):
+    """The database cannot write because its disk is full.
+
+    The API answers it as any full disk (507); a training worker waits it out as an outage, since a job's
+    bookkeeping must not be lost to it.
+    """
 
 
 class LimitExceeded(StorageError):  # noqa: N818

@@ -92,8 +92,8 @@ class SQLJobQueue:
         params = {**_guard(claim), "expires_at": self._clock() + lease_s}
         with self._database.transaction(immediate=True) as conn:
             held = conn.run("queue_heartbeat", params).fetchone() is not None
-        if not held:
-            logger.warning("worker %s lost its lease on job %s", claim.worker_id, claim.job_id, extra=_extra(claim))
+            if not held:
+                _log_refused(conn, claim, what=None)
         return held
 
     def release(
@@ -195,13 +195,7 @@ class SQLJobQueue:
         params = {**_guard(claim), **{f"set_{column}": value for column, value in columns.items()}}
         with self._database.transaction(immediate=True) as conn:
             if conn.execute(sql, params).fetchone() is None:
-                logger.warning(
-                    "worker %s lost its lease on job %s before %s",
-                    claim.worker_id,
-                    claim.job_id,
-                    what,
-                    extra=_extra(claim),
-                )
+                _log_refused(conn, claim, what=what)
                 return False
             for event in events:
                 conn.run("insert_event", to_params(event))
@@ -245,6 +239,28 @@ def _publish(conn: Connection, publication: _Publication) -> None:
         conn.run("insert_model", to_params(model))
     for key in {*publication.blobs, *(file.blob_key for file in publication.files)}:
         conn.run("delete_blob_intent", {"key": key})
+
+
+def _log_refused(conn: Connection, claim: Claim, *, what: str | None) -> None:
+    """Say why a guarded write was refused: a pause or cancel by the API (INFO), else a lost lease (WARNING)."""
+    row = conn.run("queue_holder", {"id": claim.job_id}).fetchone()
+    status, owner = (row["status"], row["lease_owner"]) if row is not None else ("deleted", None)
+    before = f" (before {what})" if what else ""
+    if status in ("paused", "cancelled"):
+        logger.info(
+            "job %s was %s: worker %s stops it%s", claim.job_id, status, claim.worker_id, before, extra=_extra(claim)
+        )
+        return
+    held_by = f", held by {owner}" if owner else ""
+    logger.warning(
+        "worker %s lost its lease on job %s%s (now %s%s)",
+        claim.worker_id,
+        claim.job_id,
+        f" before {what}" if what else "",
+        status,
+        held_by,
+        extra=_extra(claim),
+    )
 
 
 def _check_changes(changes: Mapping[str, Any]) -> None:

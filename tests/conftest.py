@@ -11,6 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 pytest_plugins = [
     "fixtures.s3",
     "fixtures.postgres",
+    "fixtures.pg_cluster",
     "fixtures.stores",
     "fixtures.app",
     "fixtures.server",

@@ -20,6 +20,7 @@ import msgspec
 
 from tunewright.modeling.chat import ChatTemplateError
 from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, packaged_model_pending
+from tunewright.storage.errors import DatabaseUnavailable
 from tunewright.storage.keys import adapter_blob_prefix
 from tunewright.storage.records import JobStatus
 from tunewright.trainer.collate import pad_id_of
@@ -52,8 +53,19 @@ def run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str:
     """Run a claimed job until it ends or stops; return the outcome.
 
     Returns:
-        ``succeeded``, ``failed``, ``paused``, ``cancelled``, ``released`` (the worker is stopping) or ``lost``.
+        ``succeeded``, ``failed``, ``paused``, ``cancelled``, ``released`` (the worker is stopping), ``lost``,
+        or ``interrupted`` (the worker is stopping while the database is unavailable).
     """
+    try:
+        return _run_job(handle, backend, device=device)
+    except DatabaseUnavailable as exc:
+        # The worker's stores wait an outage out and give up only when the worker is stopping: the job stays as
+        # it is, its lease expires, and it resumes from its last resume point.
+        logger.warning("job %s left to its lease: %s", handle.job.id, exc, extra={"job_id": handle.job.id})
+        return "interrupted"
+
+
+def _run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str:
     try:
         if too_many_attempts(handle):
             return fail(handle, "too_many_attempts", "The job's worker stopped unexpectedly too many times.")
@@ -65,6 +77,8 @@ def run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str:
         return finish(session)
     except LeaseLostError:
         return stopped_outcome(handle)
+    except DatabaseUnavailable:
+        raise  # not the job's fault: see run_job
     except DatasetError as exc:
         return fail(handle, **exc.to_error())
     except (UnknownModelError, ModelUnavailableError) as exc:

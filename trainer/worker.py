@@ -4,16 +4,23 @@ A heartbeat thread renews the lease every ``TUNEWRIGHT_HEARTBEAT_S`` for as long
 model or tokenizing a large file takes longer than a step); when a renewal is refused it flags the lease as lost,
 and training stops at the next step. ``request_stop`` (SIGTERM) lets the current step finish, saves a resume
 point and gives the job back to the queue.
+
+A database outage (PostgreSQL restarting, a dropped connection, SQLite's disk full or its lock held too long)
+ends neither the worker nor its job: every metadata and queue call waits it out (``Patient``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
+from tunewright.storage.base import Stores
+from tunewright.storage.errors import DatabaseUnavailable
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import TERMINAL_STATUSES, JobStatus
 from tunewright.trainer.job import run_job
@@ -22,12 +29,67 @@ from tunewright.trainer.session import JobHandle
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from tunewright.storage.base import JobQueue, Stores
+    from tunewright.storage.base import JobQueue
     from tunewright.storage.records import Claim
     from tunewright.storage.settings import Settings
     from tunewright.trainer.backends.base import TrainingBackend
 
 logger = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
+"""A call that found the database unavailable is retried after 0.5 s, then twice as late each time, up to 10 s."""
+REMIND_EVERY_S = 60.0
+"""While the database stays unavailable, a warning repeats this often."""
+
+
+class Patient:
+    """A store whose calls wait out a database outage: a call that raises `DatabaseUnavailable` is retried.
+
+    The retries back off from `RETRY_FIRST_S` to `RETRY_MAX_S` and go on until the call succeeds, or until
+    ``stop`` is set (the worker is stopping): then the error is raised, the job is left to its lease, which
+    expires, and the job resumes elsewhere from its last resume point. A job held meanwhile keeps its training
+    state: its writes are guarded by the lease, so if another worker took the job over during the outage they
+    are refused and the worker drops it, as on any lost lease. A write that the server applied but whose answer
+    was lost is harmless to retry: guarded writes are then refused or set the same values, and an event with
+    the same id is inserted once.
+    """
+
+    def __init__(self, store: Any, *, stop: threading.Event) -> None:
+        """Wrap ``store``; give up retrying once ``stop`` is set."""
+        self._store = store
+        self._stop = stop
+
+    def __getattr__(self, name: str) -> Any:
+        """The store's attribute; methods come back wrapped in the retry loop."""
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+        return functools.partial(self._call, attribute)
+
+    def _call(self, method: Any, /, *args: Any, **kwargs: Any) -> Any:
+        delay = RETRY_FIRST_S
+        since: float | None = None
+        reminded = 0.0
+        while True:
+            try:
+                result = method(*args, **kwargs)
+            except DatabaseUnavailable as exc:
+                if self._stop.is_set():
+                    raise
+                now = time.monotonic()
+                if since is None:
+                    since = reminded = now
+                    logger.warning("database unavailable in %s (%s); retrying until it answers", method.__name__, exc)
+                elif now - reminded >= REMIND_EVERY_S:
+                    reminded = now
+                    logger.warning("database still unavailable after %.0f s (%s)", now - since, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if since is not None:
+                logger.warning("database answers again after %.1f s (%s)", time.monotonic() - since, method.__name__)
+            return result
 
 
 class LeaseKeeper:
@@ -59,7 +121,10 @@ class LeaseKeeper:
         while not self._closed.wait(self._every_s):
             try:
                 held = self._queue.heartbeat(self._claim, lease_s=self._lease_s)
-            except Exception:  # a database hiccup: the lease still runs; the next beat tries again
+            except DatabaseUnavailable as exc:  # an outage: the lease still runs; the next beat tries again
+                logger.debug("heartbeat of job %s failed: %s", self._claim.job_id, exc)
+                continue
+            except Exception:
                 logger.exception("heartbeat of job %s failed", self._claim.job_id)
                 continue
             if not held:
@@ -71,13 +136,18 @@ class Worker:
     """Claims jobs from the queue and runs them one at a time."""
 
     def __init__(self, settings: Settings, stores: Stores, backend: TrainingBackend, *, device: str) -> None:
-        """Prepare a worker with a fresh id (host, pid and a unique suffix)."""
+        """Prepare a worker with a fresh id (host, pid and a unique suffix); its database calls are `Patient`."""
+        self._stop = threading.Event()
         self.settings = settings
-        self.stores = stores
+        self.stores = Stores(
+            blobs=stores.blobs,
+            metadata=Patient(stores.metadata, stop=self._stop),
+            queue=Patient(stores.queue, stop=self._stop),
+        )
+        self._lease_queue = stores.queue  # the heartbeat thread skips beats in an outage rather than wait
         self.backend = backend
         self.device = device
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('request')[4:]}"
-        self._stop = threading.Event()
 
     def request_stop(self) -> None:
         """Finish the current step, keep a resume point, give the job back and exit (SIGTERM)."""
@@ -98,11 +168,14 @@ class Worker:
         done = 0
         logger.info("worker %s ready (backend %s on %s)", self.worker_id, self.backend.name, self.device)
         while not self._stop.is_set() and (max_jobs is None or done < max_jobs):
-            if self.run_once() is None:
-                if exit_when_idle:
-                    break
-                self.stores.queue.wait(self.settings.worker_poll_s)
-                continue
+            try:
+                if self.run_once() is None:
+                    if exit_when_idle:
+                        break
+                    self.stores.queue.wait(self.settings.worker_poll_s)
+                    continue
+            except DatabaseUnavailable:  # raised only once stopping: nothing is held that a lease does not cover
+                break
             done += 1
         return done
 
@@ -118,7 +191,7 @@ class Worker:
         if job.status in TERMINAL_STATUSES or job.status == JobStatus.PAUSED:
             return "lost"
         organization = self.stores.metadata.get_organization(job.organization_id)
-        with LeaseKeeper(self.stores.queue, claim, lease_s=settings.lease_s, every_s=settings.heartbeat_s) as lease:
+        with LeaseKeeper(self._lease_queue, claim, lease_s=settings.lease_s, every_s=settings.heartbeat_s) as lease:
             handle = JobHandle(
                 settings=settings,
                 stores=self.stores,

@@ -13,7 +13,13 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING, Any
 
-from tunewright.clients.cli.serve import base_url, export_worker_env, granian_log_level, run_granian
+from tunewright.clients.cli.serve import (
+    base_url,
+    export_worker_env,
+    granian_log_level,
+    run_granian,
+    silence_progress_bars,
+)
 from tunewright.storage.disk import make_private_dir
 from tunewright.storage.settings import SettingsError
 
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Nothing may reach a model hub: every base model is a local directory or an installed package.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    silence_progress_bars()
     export_worker_env(args.config, args.settings_overrides)
     return serve_node(settings, log_level=log_level)
 

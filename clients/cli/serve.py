@@ -3,7 +3,8 @@
 Before the server starts, `serve` creates and migrates the data dir, sweeps what a crash may have left
 (blob temp files, expired uploads) and, on the first start with an empty database, creates the `default`
 organization and project and prints one key for it. granian then loads `tunewright.api.asgi:create_app_from_env`
-in each worker process; the settings reach the workers through `TUNEWRIGHT_*` environment variables.
+in each worker process; the settings reach the workers through `TUNEWRIGHT_*` environment variables. Once
+granian listens, `serve` starts and supervises its embedded trainers (`clients/cli/supervise.py`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from tunewright.clients.cli.datadir import open_data
 from tunewright.clients.cli.keys import KeyCreated, ensure_organization, ensure_project, issue_key
+from tunewright.clients.cli.supervise import TrainerSupervisor
 from tunewright.storage.settings import ENV_PREFIX, SettingsError
+from tunewright.storage.supervision import STATUS_FILE_ENV, remove_leftovers, status_path
 from tunewright.storage.sweeps import sweep_expired_uploads, sweep_orphan_blobs, sweep_stale_multipart
 
 if TYPE_CHECKING:
     import argparse
-    import subprocess
+    from collections.abc import Callable, Sequence
 
     from tunewright.storage.base import MetadataStore, Stores
     from tunewright.storage.settings import Settings
@@ -28,8 +31,6 @@ if TYPE_CHECKING:
 ASGI_TARGET = "tunewright.api.asgi:create_app_from_env"
 DEFAULT_ORGANIZATION = "default"
 DEFAULT_PROJECT = "default"
-TRAINER_STOP_S = 120
-"""How long `serve` waits for a training worker to finish its step and save its resume point."""
 TEMP_SWEEP_AGE_S = 3600
 """Blob temp files older than this belong to a crashed put (a live put keeps touching its file)."""
 
@@ -48,8 +49,8 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--trainers",
         type=int,
         default=None,
-        help="training worker processes to start alongside the API, each a `tunewright worker` subprocess; "
-        "0 trains nowhere in this process tree (default: $TUNEWRIGHT_TRAINERS, else 1)",
+        help="training worker processes to start alongside the API, each a `tunewright worker` subprocess "
+        "restarted if it exits; 0 trains nowhere in this process tree (default: $TUNEWRIGHT_TRAINERS, else 1)",
     )
     parser.set_defaults(handler=run)
 
@@ -60,15 +61,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("tunewright: serve: --workers must be at least 1", file=sys.stderr)
         return 2
     log_level = granian_log_level(settings.log_level)
+    silence_progress_bars()
     first = prepare(settings)
     if first is not None:
         print_first_start(first)
     export_worker_env(args.config, args.settings_overrides)
-    trainers = start_trainers(settings)
+    supervisor = trainer_supervisor(settings)
     try:
-        return serve_api(settings, workers=args.workers, log_level=log_level)
+        return serve_api(settings, workers=args.workers, log_level=log_level, supervisor=supervisor)
     finally:
-        stop_trainers(trainers)
+        if supervisor is not None:
+            supervisor.stop()
 
 
 def prepare(settings: Settings) -> KeyCreated | None:
@@ -119,6 +122,16 @@ def print_first_start(created: KeyCreated) -> None:
     print(created.secret, flush=True)
 
 
+def silence_progress_bars() -> None:
+    """Keep the model libraries' tqdm bars (weight loading, hub transfers) out of a server's log.
+
+    transformers follows huggingface_hub's switch, read at import: set it before either is imported, here and
+    in every subprocess (granian's workers and the trainers inherit it). `HF_HUB_DISABLE_PROGRESS_BARS=0` in
+    the environment brings them back.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def export_worker_env(config_path: str | None, overrides: dict[str, Any]) -> None:
     """Pass `--config` and the command-line overrides to granian's worker processes via the environment."""
     if config_path:
@@ -127,40 +140,19 @@ def export_worker_env(config_path: str | None, overrides: dict[str, Any]) -> Non
         os.environ[ENV_PREFIX + name.upper()] = str(value)
 
 
-def start_trainers(settings: Settings) -> list[subprocess.Popen[bytes]]:
-    """Start the embedded training workers (`--trainers` / `TUNEWRIGHT_TRAINERS` of them) as subprocesses.
+def trainer_supervisor(settings: Settings) -> TrainerSupervisor | None:
+    """The supervisor of the embedded trainers (`--trainers` / `TUNEWRIGHT_TRAINERS`), or None for none.
 
-    Each is `tunewright worker` with the same settings (they reach it through the environment, as they reach
-    granian's workers), so the embedded mode trains with no other command. They run at a lower CPU priority
-    than the API, with `TUNEWRIGHT_TORCH_THREADS` threads each, so the API stays responsive while they train.
+    Each trainer is `tunewright worker` with the same settings (they reach it through the environment, as they
+    reach granian's workers), so the embedded mode trains with no other command. Its status file is named to
+    the API processes through the environment, for /healthz and /metrics.
     """
-    import subprocess
-
-    command = [sys.executable, "-m", "tunewright.clients.cli.main", "worker"]
-    return [
-        subprocess.Popen(command, preexec_fn=_lower_priority)  # noqa: S603 - our own interpreter and module
-        for _ in range(settings.trainers)
-    ]
-
-
-def _lower_priority() -> None:
-    """Run in the child before exec: training yields the CPU to the API."""
-    os.nice(5)
-
-
-def stop_trainers(trainers: list[subprocess.Popen[bytes]]) -> None:
-    """Stop the embedded training workers (SIGTERM: each finishes its step and releases its job)."""
-    import subprocess
-
-    for process in trainers:
-        if process.poll() is None:
-            process.terminate()
-    for process in trainers:
-        try:
-            process.wait(timeout=TRAINER_STOP_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    if settings.trainers == 0:
+        return None
+    path = status_path(settings.data_path, os.getpid())
+    remove_leftovers(path.parent)
+    os.environ[STATUS_FILE_ENV] = str(path)
+    return TrainerSupervisor(settings.trainers, path)
 
 
 def granian_log_level(level: str) -> Any:
@@ -184,17 +176,33 @@ def base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def serve_api(settings: Settings, *, workers: int, log_level: Any) -> int:
-    """Run granian with the API's app factory until SIGINT/SIGTERM; return the exit status."""
+def serve_api(settings: Settings, *, workers: int, log_level: Any, supervisor: TrainerSupervisor | None) -> int:
+    """Run granian with the API's app factory until SIGINT/SIGTERM; return the exit status.
+
+    The trainers start once granian listens (a port in use starts none).
+    """
     url = base_url(settings)
     banner = f"Tunewright API listening on {url} (OpenAI base_url: {url}/v1); Ctrl-C to stop"
-    return run_granian(settings, ASGI_TARGET, workers=workers, log_level=log_level, banner=banner, command="serve")
+    hooks = [supervisor.start] if supervisor is not None else []
+    return run_granian(
+        settings, ASGI_TARGET, workers=workers, log_level=log_level, banner=banner, command="serve", on_startup=hooks
+    )
 
 
-def run_granian(settings: Settings, target: str, *, workers: int, log_level: Any, banner: str, command: str) -> int:
+def run_granian(
+    settings: Settings,
+    target: str,
+    *,
+    workers: int,
+    log_level: Any,
+    banner: str,
+    command: str,
+    on_startup: Sequence[Callable[[], None]] = (),
+) -> int:
     """Serve the ASGI app factory `target` on granian until SIGINT/SIGTERM; return the exit status.
 
-    A port that cannot be bound is one line on stderr naming `command` and exit status 1.
+    `on_startup` runs in this process once the port is bound, before granian starts its workers. A port that
+    cannot be bound is one line on stderr naming `command` and exit status 1.
     """
     from granian import Granian
     from granian.constants import Interfaces
@@ -216,6 +224,8 @@ def run_granian(settings: Settings, target: str, *, workers: int, log_level: Any
         print(banner, flush=True)
 
     server.on_startup(announce)
+    for hook in on_startup:
+        server.on_startup(hook)
     try:
         server.serve()
     except (OSError, RuntimeError) as exc:

@@ -18,6 +18,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from tunewright.clients.cli.datadir import open_data
+from tunewright.clients.cli.serve import silence_progress_bars
 
 if TYPE_CHECKING:
     import argparse
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Nothing may reach a model hub: every base model is a local directory or an installed package.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    silence_progress_bars()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tunewright.modeling.registry import import_packaged_models_in_background
     from tunewright.trainer.worker import build_worker

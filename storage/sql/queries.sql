@@ -233,8 +233,11 @@ SELECT created_at, id FROM jobs WHERE id = :id AND project_id = :project_id
 SELECT status, COUNT(*) AS n FROM jobs GROUP BY status
 
 -- name: insert_event
+-- Events are immutable and their ids random: the same id again is a retry of a write whose commit the server
+-- applied but whose answer was lost (a worker waiting out a database outage), so it is a no-op.
 INSERT INTO job_events (id, job_id, project_id, created_at, level, message, type, data)
 VALUES (:id, :job_id, :project_id, :created_at, :level, :message, :type, :data)
+ON CONFLICT (id) DO NOTHING
 
 -- name: event_cursor
 SELECT created_at, id FROM job_events WHERE id = :id AND job_id = :job_id AND project_id = :project_id
@@ -363,6 +366,9 @@ SET {set}
 WHERE id = :id AND lease_owner = :worker_id AND attempts = :attempt
   AND status IN ('validating_files', 'queued', 'running')
 RETURNING id
+
+-- name: queue_holder
+SELECT status, lease_owner FROM jobs WHERE id = :id
 
 -- name: queue_depth
 SELECT COUNT(*) AS n FROM jobs

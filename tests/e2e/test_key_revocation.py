@@ -15,8 +15,8 @@ import pytest
 from fixtures.app import OPERATOR_KEY, make_tenant
 from fixtures.server import server_env, start_serve, stop_server
 
-from tunewright.storage.registry import open_stores
 from tunewright.storage.metadata_tenants import KEY_CACHE_TTL_S
+from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
 
 if TYPE_CHECKING:

@@ -108,6 +108,45 @@ def test_healthz_answers_ok_and_503_when_a_store_fails(http, stores, monkeypatch
     assert response.json()["problems"] == ["blobs: connection refused"]
 
 
+def test_healthz_and_metrics_report_the_trainers_that_serve_supervises(settings, stores, tmp_path):
+    from litestar.testing import TestClient
+
+    from tunewright.api.app import create_app
+    from tunewright.storage.supervision import STALE_S, TrainerStatus, write_status
+
+    path = tmp_path / "run" / "serve-1.json"
+    app = create_app(settings, stores, sweep=False, trainer_status=path)
+    with TestClient(app, base_url="http://testserver.local") as client:
+
+        def health(running, restarts=0, age=0.0):
+            write_status(
+                path, TrainerStatus(expected=2, running=running, restarts=restarts, updated_at=time.time() - age)
+            )
+            response = client.get("/healthz")
+            return response.status_code, response.json()
+
+        assert health(2) == (200, {"status": "ok", "trainers": {"expected": 2, "running": 2, "restarts": 0}})
+        # A dead trainer keeps the API in its load balancer: 200, degraded.
+        assert health(1, restarts=3) == (
+            200,
+            {
+                "status": "degraded",
+                "problems": ["trainers: 1 of 2 running"],
+                "trainers": {"expected": 2, "running": 1, "restarts": 3},
+            },
+        )
+        metrics = client.get("/metrics").text
+        assert "tunewright_trainer_restarts_total 3.0" in metrics
+        assert "tunewright_trainer_expected_processes 2.0" in metrics
+        assert "tunewright_trainer_running_processes 1.0" in metrics
+        # A supervisor that stopped reporting vouches for no trainer.
+        status, body = health(2, age=STALE_S + 5)
+        assert (status, body["status"], body["trainers"]["running"]) == (200, "degraded", 0)
+        assert body["problems"][0].startswith("trainers: no status from the supervisor for ")
+        path.unlink()
+        assert client.get("/healthz").json()["problems"] == ["trainers: no status from the supervisor"]
+
+
 def test_metrics_count_requests_by_route_template_and_jobs_by_status(http, client_a, tenants):
     client_a.files.list()
     http.get("/v1/files/file-unknown", headers=auth(tenants["a"].key))

@@ -198,7 +198,7 @@ def test_heartbeat_extends_the_lease(queue: SQLJobQueue, store: SQLMetadataStore
 
 
 def test_expired_lease_is_reclaimed_and_the_first_worker_loses_it(
-    queue: SQLJobQueue, store: SQLMetadataStore, clock: Clock
+    queue: SQLJobQueue, store: SQLMetadataStore, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     job = make_job(store)
     first = claim(queue, "w1")
@@ -209,7 +209,12 @@ def test_expired_lease_is_reclaimed_and_the_first_worker_loses_it(
     second = claim(queue, "w2")
     assert second is not None
     assert (second.job_id, second.status, second.attempt) == (job.id, "running", 2)
-    assert not queue.heartbeat(first, lease_s=LEASE_S)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tunewright.storage.queue"):
+        assert not queue.heartbeat(first, lease_s=LEASE_S)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"worker w1 lost its lease on job {job.id} (now running, held by w2)")
+    ]
     assert not queue.complete(first, status="succeeded")
     assert not queue.release(first)
     assert queue.heartbeat(second, lease_s=LEASE_S)
@@ -232,17 +237,27 @@ def test_expired_lease_of_the_same_worker_is_a_new_attempt(
 
 
 @pytest.mark.parametrize("status", ["cancelled", "paused"])
-def test_cancel_or_pause_by_the_api_ends_the_lease(queue: SQLJobQueue, store: SQLMetadataStore, status: str) -> None:
+def test_cancel_or_pause_by_the_api_ends_the_lease(
+    queue: SQLJobQueue, store: SQLMetadataStore, status: str, caplog: pytest.LogCaptureFixture
+) -> None:
     job = make_job(store)
     taken = claim(queue)
     assert taken is not None
     store.transition_job(job.id, project_id=job.project_id, allowed=["validating_files"], status="running")
     store.transition_job(job.id, project_id=job.project_id, allowed=["running"], status=status)
-    assert not queue.heartbeat(taken, lease_s=LEASE_S)
-    assert not queue.complete(taken, status="succeeded")
-    assert not queue.release(taken)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tunewright.storage.queue"):
+        assert not queue.heartbeat(taken, lease_s=LEASE_S)
+        assert not queue.complete(taken, status="succeeded")
+        assert not queue.release(taken)
     assert store.get_job(job.id, project_id=job.project_id).status == status
     assert claim(queue, "w2") is None
+    # A pause or a cancel is the normal way a job leaves its worker: said at INFO, not as a lost lease.
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"job {job.id} was {status}: worker w1 stops it"),
+        ("INFO", f"job {job.id} was {status}: worker w1 stops it (before succeeded)"),
+        ("INFO", f"job {job.id} was {status}: worker w1 stops it (before queued)"),
+    ]
 
 
 def test_release_to_queued_makes_the_job_claimable_again(queue: SQLJobQueue, store: SQLMetadataStore) -> None:
