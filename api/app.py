@@ -17,16 +17,17 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from tunewright.api.auth import current_principal
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
+from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.metrics import Metrics, serve_with_context
 from tunewright.api.sweeper import sweeper_lifespan
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from litestar.types import ControllerRouterHandler, Receive, Scope, Send
 
-    from tunewright.inference.engine import GenerationEvent, GenerationRequest, InferenceEngine
+    from tunewright.inference.engine import EventSink, GenerationRequest, InferenceEngine
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
@@ -108,9 +109,9 @@ class LazyEngine:
         """See `InferenceEngine.context_length`."""
         return self.built().context_length(base_model)
 
-    def generate(self, request: GenerationRequest, *, cancelled: threading.Event) -> Iterator[GenerationEvent]:
-        """See `InferenceEngine.generate`."""
-        return self.built().generate(request, cancelled=cancelled)
+    def submit(self, request: GenerationRequest, sink: EventSink, *, cancelled: threading.Event) -> None:
+        """See `InferenceEngine.submit`."""
+        self.built().submit(request, sink, cancelled=cancelled)
 
     def forget(self, adapter_name: str) -> None:
         """See `InferenceEngine.forget`; nothing to drop before the engine is built."""
@@ -155,6 +156,7 @@ def create_app(
                 metrics=metrics,
                 started_at=int(time.time()),
                 trainer_status=trainer_status,
+                event_streams=StreamSlots(settings.max_event_streams_per_key),
             ),
         },
         exception_handlers=exception_handlers(),

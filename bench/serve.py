@@ -4,7 +4,7 @@ Every arm runs greedy requests of 32 new tokens (stop tokens banned, so every ro
 batches of 8 (`inference_max_batch`); tokens/s counts generated tokens over the wall time from submitting the
 requests together to the last event:
 
-- **base**: 8 requests on the base model alone through `LocalEngine.generate`;
+- **base**: 8 requests on the base model alone through `LocalEngine.submit`;
 - **1-adapter**: the same 8 requests all on one adapter;
 - **8-adapters**: the same 8 requests, each on its own adapter;
 - **64-adapters**: 64 requests over 64 adapters (all loaded beforehand: `adapter_cache_count` 64), 8 at a time;
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server import load_average
+
+from tunewright.inference.engine import generate
 
 if TYPE_CHECKING:
     from tunewright.inference.engine import AdapterRef, GenerationRequest
@@ -133,7 +135,7 @@ def together(engine: LocalEngine, reqs: list[GenerationRequest]) -> float:
     """Submit all requests at once; return generated tokens/s."""
 
     def one(req: GenerationRequest) -> int:
-        return sum(len(event.token_ids) for event in engine.generate(req, cancelled=threading.Event()))
+        return sum(len(event.token_ids) for event in generate(engine, req, cancelled=threading.Event()))
 
     start = time.perf_counter()
     with ThreadPoolExecutor(len(reqs)) as pool:
@@ -144,7 +146,7 @@ def together(engine: LocalEngine, reqs: list[GenerationRequest]) -> float:
 def one_by_one(engine: LocalEngine, reqs: list[GenerationRequest]) -> float:
     """Run the requests one at a time; return generated tokens/s."""
     start = time.perf_counter()
-    tokens = sum(sum(len(e.token_ids) for e in engine.generate(r, cancelled=threading.Event())) for r in reqs)
+    tokens = sum(sum(len(e.token_ids) for e in generate(engine, r, cancelled=threading.Event())) for r in reqs)
     return tokens / (time.perf_counter() - start)
 
 
@@ -152,7 +154,7 @@ def cold_load(engine: LocalEngine, ref: AdapterRef, ids: list[int]) -> float:
     """Seconds from a request on a never-loaded adapter to its first token."""
     req = requests(engine, [ids], [ref], tokens=1)[0]
     start = time.perf_counter()
-    next(iter(engine.generate(req, cancelled=threading.Event())))
+    next(iter(generate(engine, req, cancelled=threading.Event())))
     return time.perf_counter() - start
 
 

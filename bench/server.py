@@ -151,7 +151,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _status_kib(pid: int, field: str) -> int:
-    """A `/proc/<pid>/status` field in KiB; 0 once the process is gone."""
+    """A `/proc/<pid>/status` number (KiB for memory fields); 0 once the process is gone."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except (FileNotFoundError, ProcessLookupError):
@@ -182,13 +182,17 @@ class ProcessTree:
         """Sum of VmRSS over the tree, in KiB."""
         return sum(_status_kib(pid, "VmRSS") for pid in self.pids())
 
+    def threads(self) -> int:
+        """Threads of every process of the tree, now."""
+        return sum(_status_kib(pid, "Threads") for pid in self.pids())
+
     def hwm_kib(self) -> dict[int, int]:
         """VmHWM (peak resident set since start) of each process of the tree, in KiB."""
         return {pid: _status_kib(pid, "VmHWM") for pid in self.pids()}
 
 
 class RssSampler:
-    """Samples a process tree's RSS on a thread while a block runs; `peak_kib` is the highest sample."""
+    """Samples a process tree's RSS and thread count on a thread while a block runs; `peak_*` are the highest."""
 
     def __init__(self, tree: ProcessTree, *, interval_s: float = 0.01) -> None:
         """Sample `tree` every `interval_s` seconds between `__enter__` and `__exit__`."""
@@ -196,17 +200,21 @@ class RssSampler:
         self.interval_s = interval_s
         self.baseline_kib = 0
         self.peak_kib = 0
+        self.baseline_threads = 0
+        self.peak_threads = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak_kib = max(self.peak_kib, self.tree.rss_kib())
+            self.peak_threads = max(self.peak_threads, self.tree.threads())
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> RssSampler:
         self.baseline_kib = self.tree.rss_kib()
         self.peak_kib = self.baseline_kib
+        self.baseline_threads = self.peak_threads = self.tree.threads()
         self._thread.start()
         return self
 

@@ -1,9 +1,10 @@
 """The ``InferenceEngine`` protocol: what the API asks of whatever generates text (docs/architecture.md "Inference").
 
 The API authenticates, resolves the model name to a ``ModelTarget`` (a base model, or a base model plus one
-tenant's adapter), renders the prompt with the base model's chat template into token ids, and hands the engine
-one ``GenerationRequest``. The engine yields ``GenerationEvent``s from a blocking iterator that the API drives on
-a worker thread: one event per new piece of text of one choice, then that choice's finish. Two implementations:
+tenant's adapter), renders the prompt with the base model's chat template into token ids, and submits one
+``GenerationRequest`` per prompt. The engine hands its ``GenerationEvent``s to the request's ``EventSink`` from
+threads of its own (one event per new piece of text of one choice, then that choice's finish, then the end), so
+no thread of the caller waits on a request however many prompts it has. Two implementations:
 ``inference/local.py`` (transformers in this process, or in a ``tunewright inference`` node, with per-row LoRA)
 and ``inference/remote.py`` (OpenAI-protocol servers with dynamic LoRA loading: ``tunewright inference`` nodes
 or vLLM).
@@ -11,13 +12,13 @@ or vLLM).
 
 from __future__ import annotations
 
+import queue
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Iterator
 
 FinishReason = Literal["stop", "length"]
 
@@ -82,16 +83,18 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """One API request: ``n`` choices of continuations of the same prompt.
+    """``n`` choices of continuations of one prompt (an API request with several prompts submits one per prompt).
 
     Choice ``i`` samples with seed ``params.seed + i`` when a seed is given, so ``n`` choices differ but the
-    same request gives the same texts.
+    same request gives the same texts. ``project_id`` is whose request it is: engines take the waiting work of
+    projects in turn, so one project's large request does not hold back the others.
     """
 
     target: ModelTarget
     prompt_ids: list[int]
     params: SamplingParams
     n: int = 1
+    project_id: str = ""
 
 
 class TopLogprob(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,7 +138,19 @@ class GenerationEvent(msgspec.Struct, frozen=True, kw_only=True):
     finish_reason: FinishReason | None = None
 
 
-@runtime_checkable  # the API's dependency injection checks the engine it is handed against this protocol
+EventItem = GenerationEvent | BaseException | None
+"""What an engine hands a sink: an event, the request's error, or None: the request has ended."""
+
+
+class EventSink(Protocol):
+    """Where an engine delivers one request's output, from its own threads; ``put`` must not block."""
+
+    def put(self, item: EventItem) -> None:
+        """Take the next event; or the request's error (no event follows); or None, last: every row has left."""
+        ...
+
+
+@runtime_checkable  # the API's handlers take it as a dependency, which Litestar checks with isinstance
 class InferenceEngine(Protocol):
     """Generates for base models and their tenants' adapters."""
 
@@ -151,15 +166,18 @@ class InferenceEngine(Protocol):
         """Return the most tokens (prompt + completion) the base model takes."""
         ...
 
-    def generate(self, request: GenerationRequest, *, cancelled: threading.Event) -> Iterator[GenerationEvent]:
-        """Run the request; yield each choice's new text as it is decoded, then its finish.
+    def submit(self, request: GenerationRequest, sink: EventSink, *, cancelled: threading.Event) -> None:
+        """Queue the request; its events go to ``sink`` as each choice's new text is decoded, then its finish.
 
-        Blocking: the API iterates it on a worker thread. Setting ``cancelled`` (the client went away) stops
-        decoding for this request at the next token and frees its place in the batch.
+        May block to check the request (and, for the local engine, to load the model or the adapter), so the
+        API calls it on a worker thread; the generation itself runs on the engine's threads. Setting
+        ``cancelled`` (the client went away) stops decoding for this request at the next token and frees its
+        place in the batch; the sink still gets its None.
 
         Raises:
-            EngineError: the adapter cannot be loaded (``adapter_unavailable``: missing or corrupt; only this
-                request fails), or the prompt does not fit (``context_length_exceeded``).
+            EngineError: the request cannot be served (``model_not_found``, ``context_length_exceeded``,
+                ``adapter_unavailable``, ``engine_unavailable``); nothing reaches the sink then. A failure
+                found later reaches the sink as its error.
         """
         ...
 
@@ -170,3 +188,58 @@ class InferenceEngine(Protocol):
     def close(self) -> None:
         """Stop background threads and free the models."""
         ...
+
+
+def generate(engine: InferenceEngine, request: GenerationRequest, *, cancelled: threading.Event) -> BlockingEvents:
+    """Submit ``request`` and return a blocking iterator of its events (for tools, benchmarks and tests).
+
+    Raises:
+        EngineError: as ``submit`` raises it.
+    """
+    events = BlockingEvents(cancelled)
+    engine.submit(request, events, cancelled=cancelled)
+    return events
+
+
+class BlockingEvents:
+    """A sink read as a blocking iterator; closing it (or dropping it before its end) sets ``cancelled``.
+
+    Once the request is cancelled, events still queued are dropped: the iterator only waits for the engine to
+    confirm that the rows have left, so when it ends the request holds no place in the batch.
+    """
+
+    def __init__(self, cancelled: threading.Event) -> None:
+        """Read what the engine puts; ``cancelled`` is the request's flag."""
+        self._items: queue.SimpleQueue[EventItem] = queue.SimpleQueue()
+        self._cancelled = cancelled
+        self._ended = False
+
+    def put(self, item: EventItem) -> None:
+        """Queue an item (called by the engine's threads)."""
+        self._items.put(item)
+
+    def __iter__(self) -> BlockingEvents:
+        """Return the iterator itself."""
+        return self
+
+    def __next__(self) -> GenerationEvent:
+        """Return the next event; raise the request's error if it failed mid-way."""
+        while not self._ended:
+            item = self._items.get()
+            if item is None or isinstance(item, BaseException):
+                self._ended = True
+                if item is not None:
+                    self.close()
+                    raise item
+            elif not self._cancelled.is_set():
+                return item
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the request (its rows leave the batch at the next step)."""
+        self._cancelled.set()
+
+    def __del__(self) -> None:
+        """An iterator dropped before its end cancels its request."""
+        if not self._ended:
+            self.close()

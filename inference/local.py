@@ -5,8 +5,8 @@ request that needs them. One copy of each base model is loaded, wrapped once for
 tenants' adapters are loaded into it by name through the ``AdapterCache``; a ``Scheduler`` thread per base model
 runs continuous batching over the rows of every request for that base (``inference.scheduler``).
 
-``generate`` does its checks and loads the adapter before it returns, so its ``EngineError``s are raised by the
-call itself, before any event; the iterator it returns then yields the events.
+``submit`` does its checks and loads the adapter before it returns, so its ``EngineError``s are raised by the
+call itself, before any event; the scheduler thread then hands the events to the request's sink.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from tunewright.modeling.loading import load_tokenizer
 from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, model_available, resolve_model_dir
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from tunewright.inference.adapters import AdapterState
-    from tunewright.inference.engine import GenerationEvent, GenerationRequest
+    from tunewright.inference.engine import EventSink, GenerationRequest
     from tunewright.storage.base import BlobStore
     from tunewright.storage.settings import Settings
 
@@ -80,8 +79,8 @@ class LocalEngine:
                 self._context[base_model] = context_length_of(config, tokenizer)
             return self._context[base_model]
 
-    def generate(self, request: GenerationRequest, *, cancelled: threading.Event) -> Iterator[GenerationEvent]:
-        """Check the request, load its adapter, queue its rows; return the iterator of its events.
+    def submit(self, request: GenerationRequest, sink: EventSink, *, cancelled: threading.Event) -> None:
+        """Check the request, load its adapter, queue its rows; the scheduler thread hands its events to ``sink``.
 
         Raises:
             EngineError: ``model_not_found``, ``context_length_exceeded``, ``invalid_value`` (bad ``n`` or
@@ -90,7 +89,7 @@ class LocalEngine:
         self._check(request)
         model = self._model(request.target.base_model)
         adapter = request.target.adapter
-        ticket = Ticket(request=request, adapter=BASE_ADAPTER, cancelled=cancelled)
+        ticket = Ticket(request=request, adapter=BASE_ADAPTER, cancelled=cancelled, sink=sink)
         if adapter is not None:
             cache = self._adapter_cache()
             lease = cache.acquire(adapter, model)
@@ -102,7 +101,6 @@ class LocalEngine:
             if ticket.done is not None:
                 ticket.done()
             raise
-        return EventStream(ticket)
 
     def forget(self, adapter_name: str) -> None:
         """Drop an adapter from memory and disk now; its next request fetches it again (and fails if deleted)."""
@@ -222,41 +220,3 @@ class LocalEngine:
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class EventStream:
-    """A request's events, until its rows have all left the batch; closing it (or dropping it) cancels the request.
-
-    Once the request is cancelled, events still queued are dropped: the iterator only waits for the scheduler
-    to confirm that the rows have left, so when it ends the request holds no place in the batch.
-    """
-
-    def __init__(self, ticket: Ticket) -> None:
-        """Read ``ticket``'s event queue."""
-        self._ticket = ticket
-        self._ended = False
-
-    def __iter__(self) -> EventStream:
-        """Return the stream itself."""
-        return self
-
-    def __next__(self) -> GenerationEvent:
-        """Return the next event; raise the request's ``EngineError`` if it failed mid-way."""
-        while not self._ended:
-            item = self._ticket.events.get()
-            if item is None or isinstance(item, BaseException):
-                self._ended = True
-                self.close()
-                if item is not None:
-                    raise item
-            elif not self._ticket.stopped():
-                return item
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop the request (its rows leave the batch at the next step)."""
-        self._ticket.abandoned.set()
-
-    def __del__(self) -> None:
-        """An iterator dropped before its end cancels its request."""
-        self.close()

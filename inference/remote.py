@@ -23,8 +23,16 @@ server has served yet goes to the server its name hashes to among those serving 
 sends it to the same place; base-model requests go round-robin. A server that refuses the connection is skipped;
 when none can be reached the request fails with ``engine_unavailable`` (503).
 
+Connections: each server has a ``FairPool`` of at most ``TUNEWRIGHT_INFERENCE_CONNECTIONS_PER_SERVER`` threads,
+each streaming one request at a time; requests beyond that wait in the pool's queue, and a free connection goes
+to the waiting project with the fewest requests streaming on that server. Each request names its project as
+OpenAI's ``user``, by which a node shares its batch places among projects the same way (vLLM ignores it).
+
 Cancellation: when ``cancelled`` is set (the API's client went away) the event iterator stops at the next chunk
 and closes the HTTP response; the server sees the disconnect and frees the request's rows.
+
+The message shapes and the completion body are in ``inference/remote_wire.py``; the reading of one streamed
+answer into events in ``inference/remote_stream.py``.
 """
 
 from __future__ import annotations
@@ -42,17 +50,17 @@ import httpx
 import msgspec
 
 from tunewright.inference.adapters import fetch_adapter, folder_name
-from tunewright.inference.detokenize import token_text
-from tunewright.inference.engine import EngineError, GenerationEvent, TokenLogprob, TopLogprob
+from tunewright.inference.engine import EngineError
+from tunewright.inference.fair import FairPool
 from tunewright.inference.models import context_length_of
+from tunewright.inference.remote_stream import CompletionEvents
+from tunewright.inference.remote_wire import ModelList, completion_body, model_not_found, server_error, unavailable
 from tunewright.modeling.loading import load_tokenizer
 from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, resolve_model_dir
 from tunewright.storage.settings import SettingsError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from tunewright.inference.engine import AdapterRef, GenerationRequest, ModelTarget, SamplingParams
+    from tunewright.inference.engine import AdapterRef, EventSink, GenerationRequest, ModelTarget
     from tunewright.storage.base import BlobStore
     from tunewright.storage.settings import Settings
 
@@ -60,109 +68,8 @@ logger = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=30.0)
 """Reads wait long: a server's first request for a base model may load it before the first token."""
-LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=64)
-"""Every running generation holds one connection to its server."""
-TOKEN_ID = "token_id:"  # noqa: S105 - a token of the vocabulary, not a credential
-"""How a server names a token with ``return_tokens_as_token_ids``."""
-
-
-# ------------------------------------------------------------------------------------------ wire
-
-
-class ErrorBody(msgspec.Struct, kw_only=True):
-    """OpenAI's error object (vLLM sends its HTTP status as an integer ``code``)."""
-
-    message: str = "the inference server answered with an error"
-    type: str | None = None
-    param: str | None = None
-    code: str | int | None = None
-
-
-class ErrorEnvelope(msgspec.Struct, kw_only=True):
-    """``{"error": {...}}``, or the flat ``{"object": "error", "message", ...}`` of older vLLM releases."""
-
-    error: ErrorBody | None = None
-    message: str | None = None
-    type: str | None = None
-    param: str | None = None
-    code: str | int | None = None
-
-
-class ChunkLogprobs(msgspec.Struct, kw_only=True):
-    """A legacy completion chunk's ``logprobs``."""
-
-    tokens: list[str] = msgspec.field(default_factory=list)
-    token_logprobs: list[float | None] = msgspec.field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] | None = None
-
-
-class ChunkChoice(msgspec.Struct, kw_only=True):
-    """One choice of a streamed ``text_completion`` chunk."""
-
-    index: int = 0
-    text: str = ""
-    logprobs: ChunkLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class Chunk(msgspec.Struct, kw_only=True):
-    """A streamed ``text_completion`` chunk, or an error frame."""
-
-    choices: list[ChunkChoice] = msgspec.field(default_factory=list)
-    error: ErrorBody | None = None
-
-
-class ModelCard(msgspec.Struct, kw_only=True):
-    """An entry of ``GET /v1/models``."""
-
-    id: str
-    parent: str | None = None
-    max_model_len: int | None = None
-
-
-class ModelList(msgspec.Struct, kw_only=True):
-    """``GET /v1/models``."""
-
-    data: list[ModelCard]
-
-
-# -------------------------------------------------------------------------------------- failures
-
-
-def unavailable(message: str) -> EngineError:
-    """503 ``engine_unavailable``: no server could serve the request (a retry may succeed)."""
-    return EngineError(message, code="engine_unavailable", status=503)
-
-
-def server_error(response: httpx.Response) -> EngineError:
-    """The ``EngineError`` for a server's non-200 answer: its message, code and param, with its status."""
-    if response.status_code == 401:
-        logger.error("inference server %s refused the token (TUNEWRIGHT_INFERENCE_TOKEN)", response.request.url)
-        return unavailable("The inference server refused the API's credentials.")
-    try:
-        body = msgspec.json.decode(response.content, type=ErrorEnvelope)
-    except msgspec.DecodeError:
-        logger.error("inference server answered %d: %.200r", response.status_code, response.content)
-        return EngineError("The inference server answered with an error.", code="server_error", status=500)
-    error = body.error or ErrorBody(
-        message=body.message or ErrorBody.message, type=body.type, param=body.param, code=body.code
-    )
-    return error_of(error, response.status_code)
-
-
-def error_of(error: ErrorBody, status: int) -> EngineError:
-    """An ``EngineError`` from an error object; a code that is not a string becomes the error's type."""
-    code = error.code if isinstance(error.code, str) else (error.type or "server_error")
-    return EngineError(error.message, code=code, status=status if status >= 400 else 500, param=error.param)
-
-
-def _model_not_found(base_model: str) -> EngineError:
-    return EngineError(
-        f"The model `{base_model}` does not exist or you do not have access to it.",
-        code="model_not_found",
-        status=404,
-        param="model",
-    )
+SPARE_CONNECTIONS = 16
+"""Connections beyond the generations' for model lists and adapter unloads, asked from the API's threads."""
 
 
 # ---------------------------------------------------------------------------------------- engine
@@ -175,6 +82,18 @@ class Server:
     url: str
     bases: dict[str, int | None] | None = None
     loaded: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class Job:
+    """A submitted request, waiting for a connection to ``servers[0]`` or streaming from it."""
+
+    request: GenerationRequest
+    sink: EventSink
+    cancelled: threading.Event
+    body: bytes
+    servers: list[Server]
+    """Where it may run, best first; a server that cannot be reached hands it to the next."""
 
 
 class RemoteEngine:
@@ -203,9 +122,15 @@ class RemoteEngine:
         self.urls = [url.rstrip("/") for url in settings.inference_urls]
         token = settings.inference_token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client if client is not None else httpx.Client(timeout=TIMEOUT, limits=LIMITS)
+        per_server = settings.inference_connections_per_server
+        limits = httpx.Limits(max_connections=per_server * len(self.urls) + SPARE_CONNECTIONS)
+        self._client = client if client is not None else httpx.Client(timeout=TIMEOUT, limits=limits)
         self._lock = threading.Lock()
         self._servers = {url: Server(url) for url in self.urls}
+        self._pools = {
+            url: FairPool(self._run, key=project_of, workers=per_server, name=f"inference-{k}")
+            for k, url in enumerate(self.urls)
+        }
         self._tokenizers: dict[str, Any] = {}
         self._context: dict[str, int] = {}
         self._affinity: dict[str, str] = {}
@@ -227,7 +152,7 @@ class RemoteEngine:
         try:
             tokenizer = load_tokenizer(resolve_model_dir(base_model, self.settings))
         except (UnknownModelError, ModelUnavailableError) as exc:
-            raise _model_not_found(base_model) from exc
+            raise model_not_found(base_model) from exc
         with self._lock:
             return self._tokenizers.setdefault(base_model, tokenizer)
 
@@ -251,31 +176,15 @@ class RemoteEngine:
         limits = [server.bases[base_model] for server in self._serving(base_model)]  # type: ignore[index]
         return min([length, *(limit for limit in limits if limit)])
 
-    def generate(self, request: GenerationRequest, *, cancelled: threading.Event) -> Iterator[GenerationEvent]:
-        """Send the request to a server; return the iterator of the events it streams back.
+    def submit(self, request: GenerationRequest, sink: EventSink, *, cancelled: threading.Event) -> None:
+        """Queue the request on its server's pool; that pool's thread streams its events into ``sink``.
 
         Raises:
-            EngineError: the server's error before any event (with its status), ``adapter_unavailable`` when the
-                adapter cannot be loaded, or ``engine_unavailable``.
+            EngineError: ``model_not_found`` when no server serves the base model, ``engine_unavailable`` when
+                none can be asked. The server's own errors (and ``adapter_unavailable``) reach the sink.
         """
-        target = request.target
-        adapter = target.adapter
         body = msgspec.json.encode(completion_body(request))
-        for server in self._candidates(target):
-            try:
-                response = self._complete(server, target, body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                logger.warning("inference server %s cannot be reached: %s", server.url, exc)
-                self._lost(server)
-                continue
-            except httpx.TransportError as exc:
-                logger.warning("inference server %s failed: %s", server.url, exc)
-                raise unavailable("The inference server failed before answering; try again.") from exc
-            if adapter is not None:
-                with self._lock:
-                    self._affinity[adapter.name] = server.url
-            return CompletionEvents(response, cancelled, self.tokenizer(target.base_model), request.params)
-        raise unavailable("No inference server can be reached; try again later.")
+        self._queue(Job(request, sink, cancelled, body, self._candidates(request.target)))
 
     def forget(self, adapter_name: str) -> None:
         """Tell every server to unload the adapter and drop the API's copy of it.
@@ -301,8 +210,75 @@ class RemoteEngine:
             shutil.rmtree(self.adapter_dir / folder_name(adapter_name), ignore_errors=True)
 
     def close(self) -> None:
-        """Close the HTTP connections."""
+        """Fail the requests still waiting for a connection, then close the HTTP connections."""
+        for pool in self._pools.values():
+            for job in pool.close():
+                job.sink.put(closed())
+                job.sink.put(None)
         self._client.close()
+
+    # ---------------------------------------------------------------------------------- connections
+
+    def _queue(self, job: Job) -> None:
+        """Wait for a connection to the job's first server (its project's requests taken in turn).
+
+        Raises:
+            EngineError: ``engine_closed`` once the engine is closed.
+        """
+        try:
+            self._pools[job.servers[0].url].put(job)
+        except RuntimeError:
+            raise closed() from None
+
+    def _run(self, job: Job) -> None:
+        """Stream one job into its sink and end it there, unless it went to another server (on a pool thread)."""
+        if self._stream(job):
+            job.sink.put(None)
+
+    def _stream(self, job: Job) -> bool:
+        """Send the job and hand its events to the sink; return False if another server took it over."""
+        try:
+            if job.cancelled.is_set():
+                return True
+            events = self._open(job)
+            if events is None:
+                return False
+            for event in events:
+                job.sink.put(event)
+        except EngineError as exc:
+            job.sink.put(exc)
+        except Exception:  # a bug must end this request, not the pool's thread with the request hanging
+            logger.exception("generation on %s failed", job.servers[0].url)
+            job.sink.put(
+                EngineError("The inference server's answer could not be read.", code="server_error", status=500)
+            )
+        return True
+
+    def _open(self, job: Job) -> CompletionEvents | None:
+        """Send the job to its server; return its events, or None when it went on to the next server.
+
+        Raises:
+            EngineError: the server's error before any event (with its status), ``adapter_unavailable`` when the
+                adapter cannot be loaded, or ``engine_unavailable``.
+        """
+        server, target = job.servers[0], job.request.target
+        try:
+            response = self._complete(server, target, job.body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            logger.warning("inference server %s cannot be reached: %s", server.url, exc)
+            self._lost(server)
+            if len(job.servers) == 1:
+                raise unavailable("No inference server can be reached; try again later.") from exc
+            job.servers = job.servers[1:]
+            self._queue(job)
+            return None
+        except httpx.TransportError as exc:
+            logger.warning("inference server %s failed: %s", server.url, exc)
+            raise unavailable("The inference server failed before answering; try again.") from exc
+        if target.adapter is not None:
+            with self._lock:
+                self._affinity[target.adapter.name] = server.url
+        return CompletionEvents(response, job.cancelled, self.tokenizer(target.base_model), job.request.params)
 
     # ------------------------------------------------------------------------------------ requests
 
@@ -417,7 +393,7 @@ class RemoteEngine:
             return serving
         if unreachable:
             raise unavailable("No inference server can be reached; try again later.")
-        raise _model_not_found(base_model)
+        raise model_not_found(base_model)
 
     def _discover(self, server: Server) -> None:
         """Ask the server which base models it serves.
@@ -452,32 +428,14 @@ class RemoteEngine:
         return {**self._headers, "Content-Type": "application/json"}
 
 
-def completion_body(request: GenerationRequest) -> dict[str, Any]:
-    """The ``/v1/completions`` body for a generation request: token-id prompt, streamed, tokens named by id."""
-    params = request.params
-    adapter = request.target.adapter
-    body: dict[str, Any] = {
-        "model": adapter.name if adapter is not None else request.target.base_model,
-        "prompt": request.prompt_ids,
-        "max_tokens": params.max_new_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "n": request.n,
-        "stream": True,
-        "logprobs": params.top_logprobs,
-        "return_tokens_as_token_ids": True,
-    }
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if params.presence_penalty:
-        body["presence_penalty"] = params.presence_penalty
-    if params.frequency_penalty:
-        body["frequency_penalty"] = params.frequency_penalty
-    if params.logit_bias:
-        body["logit_bias"] = {str(token): round(bias) for token, bias in params.logit_bias.items()}
-    return body
+def project_of(job: Job) -> str:
+    """Whose request a job is: what a server's connections are shared by."""
+    return job.request.project_id
+
+
+def closed() -> EngineError:
+    """503 ``engine_closed``: the engine is shutting down."""
+    return EngineError("the inference engine is shutting down", code="engine_closed", status=503)
 
 
 def _read(response: httpx.Response) -> bytes:
@@ -492,120 +450,3 @@ def _read(response: httpx.Response) -> bytes:
         raise unavailable("The inference server failed while answering; try again.") from exc
     finally:
         response.close()
-
-
-def token_id(name: str) -> int:
-    """The id in a ``token_id:<id>`` token name.
-
-    Raises:
-        EngineError: the server did not name tokens by id (it ignores ``return_tokens_as_token_ids``).
-    """
-    if not name.startswith(TOKEN_ID):
-        raise _no_token_ids()
-    return int(name.removeprefix(TOKEN_ID))
-
-
-def _no_token_ids() -> EngineError:
-    """The server ignored ``logprobs`` or ``return_tokens_as_token_ids``: its tokens cannot be counted."""
-    return EngineError(
-        "The inference server does not return token ids (`logprobs` with `return_tokens_as_token_ids`).",
-        code="server_error",
-        status=500,
-    )
-
-
-class CompletionEvents:
-    """The events of one streamed completion; closing it (or ``cancelled``) closes the connection.
-
-    ``cancelled`` is checked as each chunk arrives: the server sends one per decoded piece of text, so the
-    connection closes within a token of the API's client leaving, and the server then frees the rows.
-    """
-
-    def __init__(
-        self, response: httpx.Response, cancelled: threading.Event, tokenizer: Any, params: SamplingParams
-    ) -> None:
-        """Read ``response``'s server-sent events; render log-probabilities as ``params`` ask."""
-        self._response = response
-        self._cancelled = cancelled
-        self._tokenizer = tokenizer
-        self._logprobs = params.logprobs or params.top_logprobs > 0
-        self._top = params.top_logprobs
-        self._lines = response.iter_lines()
-
-    def __iter__(self) -> CompletionEvents:
-        """Return the stream itself."""
-        return self
-
-    def __next__(self) -> GenerationEvent:
-        """Return the next choice event; raise the server's ``EngineError`` from an error frame.
-
-        Raises:
-            EngineError: the server's error, or ``engine_unavailable`` when the connection breaks.
-        """
-        while not self._cancelled.is_set():
-            try:
-                line = next(self._lines)
-            except StopIteration:
-                break
-            except httpx.TransportError as exc:
-                self.close()
-                if self._cancelled.is_set():
-                    break
-                raise unavailable("The inference server went away during generation.") from exc
-            if not line.startswith("data:"):
-                continue
-            data = line.removeprefix("data:").strip()
-            if data == "[DONE]":
-                break
-            try:
-                chunk = msgspec.json.decode(data, type=Chunk)
-            except msgspec.DecodeError as exc:
-                self.close()
-                logger.error("inference server sent an unreadable chunk: %.200r", data)
-                raise EngineError(
-                    "The inference server sent an unreadable chunk.", code="server_error", status=500
-                ) from exc
-            if chunk.error is not None:
-                self.close()
-                raise error_of(chunk.error, 500)
-            if chunk.choices:
-                return self._event(chunk.choices[0])
-        self.close()
-        raise StopIteration
-
-    def _event(self, choice: ChunkChoice) -> GenerationEvent:
-        if choice.logprobs is None and choice.text:
-            raise _no_token_ids()
-        logprobs = choice.logprobs or ChunkLogprobs()
-        ids = [token_id(name) for name in logprobs.tokens]
-        entries = None
-        if self._logprobs:
-            tops = logprobs.top_logprobs or [None] * len(ids)
-            entries = [
-                self._entry(tid, logprob, top)
-                for tid, logprob, top in zip(ids, logprobs.token_logprobs, tops, strict=False)
-            ]
-        finish = choice.finish_reason
-        return GenerationEvent(
-            index=choice.index,
-            text=choice.text,
-            token_ids=ids,
-            logprobs=entries,
-            finish_reason=None if finish is None else ("length" if finish == "length" else "stop"),
-        )
-
-    def _entry(self, tid: int, logprob: float | None, top: dict[str, float] | None) -> TokenLogprob:
-        text, raw = token_text(self._tokenizer, tid)
-        alternatives = []
-        # vLLM adds the chosen token to the alternatives when it is not among the best `top_logprobs`
-        for name, value in sorted((top or {}).items(), key=lambda item: -item[1])[: self._top]:
-            alt = token_id(name)
-            alt_text, alt_raw = token_text(self._tokenizer, alt)
-            alternatives.append(TopLogprob(token_id=alt, token=alt_text, logprob=value, bytes=alt_raw))
-        return TokenLogprob(
-            token_id=tid, token=text, logprob=float(logprob or 0.0), bytes=raw, top_logprobs=alternatives
-        )
-
-    def close(self) -> None:
-        """Close the connection (the server sees the disconnect and stops generating)."""
-        self._response.close()

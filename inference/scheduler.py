@@ -1,19 +1,19 @@
 """One scheduler thread per base model: continuous batching of rows from many requests and adapters.
 
-Each choice of each request is a row. Rows wait in a FIFO; between decode steps the thread admits as many as
-``inference_max_batch`` allows, prefills them together (left-padded, each with its adapter name), and merges
-them into the running batch (``KVBatch``). Every step feeds each row its last token, picks the next with the
-row's own ``RowSampler`` and releases new text through the row's ``StopText``. A row leaves the batch when it
-finishes or its request is cancelled (checked before every forward), so its place is free for the next row at
-once. Events reach each request's iterator through its own thread-safe queue; the end of a request is a
-``None`` on that queue, put only after all of its rows have left the batch.
+Each choice of each request is a row. Rows wait in a ``FairQueue`` keyed by project; between decode steps the
+thread admits as many as ``inference_max_batch`` allows, each free place going to the waiting project with the
+fewest rows in the batch (a project whose 2,000 rows fill the batch gets the next free place only when no other
+project waits), prefills them together (left-padded, each with its adapter name), and merges them into the
+running batch (``KVBatch``). Every step feeds each row its
+last token, picks the next with the row's own ``RowSampler`` and releases new text through the row's
+``StopText``. A row leaves the batch when it finishes or its request is cancelled (checked before every
+forward), so its place is free for the next row at once. Events go to each request's ``EventSink``; the end of a
+request is a ``None``, put only after all of its rows have left the batch.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from tunewright.inference.batch import KVBatch, left_padded, new_cache, positions
 from tunewright.inference.detokenize import StopText, decode, token_text
 from tunewright.inference.engine import EngineError, GenerationEvent, TokenLogprob, TopLogprob
+from tunewright.inference.fair import FairQueue
 from tunewright.inference.sampling import RowSampler, row_seed
 
 if TYPE_CHECKING:
@@ -28,13 +29,11 @@ if TYPE_CHECKING:
 
     import torch
 
-    from tunewright.inference.engine import FinishReason, GenerationRequest
+    from tunewright.inference.engine import EventSink, FinishReason, GenerationRequest
     from tunewright.inference.models import BaseModel
     from tunewright.inference.sampling import Choice
 
 logger = logging.getLogger(__name__)
-
-Item = GenerationEvent | BaseException | None
 
 
 @dataclass(eq=False)
@@ -44,21 +43,20 @@ class Ticket:
     request: GenerationRequest
     adapter: str
     cancelled: threading.Event
+    sink: EventSink
     done: Callable[[], None] | None = None
-    events: queue.Queue[Item] = field(default_factory=queue.Queue)
-    abandoned: threading.Event = field(default_factory=threading.Event)
     rows_left: int = 0
     failed: bool = False
 
     def stopped(self) -> bool:
-        """True once the client went away, the iterator was closed or one of its rows failed."""
-        return self.failed or self.cancelled.is_set() or self.abandoned.is_set()
+        """True once the request was cancelled or one of its rows failed."""
+        return self.failed or self.cancelled.is_set()
 
     def fail(self, error: BaseException) -> None:
-        """Report an error to the iterator (once); the request's other rows leave at the next step."""
+        """Report an error to the sink (once); the request's other rows leave at the next step."""
         if not self.failed:
             self.failed = True
-            self.events.put(error)
+            self.sink.put(error)
 
 
 @dataclass(eq=False)
@@ -83,7 +81,7 @@ class Scheduler:
         self.model = model
         self.max_batch = max_batch
         self._cond = threading.Condition()
-        self._waiting: collections.deque[Row] = collections.deque()
+        self._waiting: FairQueue[Row] = FairQueue(key=lambda row: row.ticket.request.project_id)
         self._admitted: list[Row] = []
         self._rows: list[Row] = []
         self._batch: KVBatch | None = None
@@ -147,7 +145,7 @@ class Scheduler:
     def _admit(self) -> list[Row]:
         with self._cond:
             room = self.max_batch - len(self._rows)
-            self._admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            self._admitted = self._waiting.take(room)
             return self._admitted
 
     def _prefill(self, rows: list[Row]) -> None:
@@ -236,7 +234,7 @@ class Scheduler:
             finish_reason=finish_reason,
         )
         row.pending, row.pending_logprobs = [], []
-        row.ticket.events.put(event)
+        row.ticket.sink.put(event)
 
     def _logprob(self, choice: Choice) -> TokenLogprob:
         tokenizer = self.model.tokenizer
@@ -252,9 +250,7 @@ class Scheduler:
     def _drop_stopped(self) -> None:
         """Remove the rows (running or waiting) of requests that were cancelled or abandoned."""
         with self._cond:
-            waiting = [row for row in self._waiting if row.ticket.stopped()]
-            for row in waiting:
-                self._waiting.remove(row)
+            waiting = self._waiting.remove(lambda row: row.ticket.stopped())
         running = [row for row in self._rows if row.ticket.stopped()]
         if running:
             self._remove(running)
@@ -265,6 +261,8 @@ class Scheduler:
         """Take rows out of the batch (their cache rows too) and tell their requests."""
         gone = set(map(id, rows))
         with self._cond:
+            for row in rows:
+                self._waiting.done(row)
             keep = [k for k, row in enumerate(self._rows) if id(row) not in gone]
             self._rows = [self._rows[k] for k in keep]
             if not keep:
@@ -278,15 +276,15 @@ class Scheduler:
         ticket = row.ticket
         ticket.rows_left -= 1
         if ticket.rows_left == 0:
-            ticket.events.put(None)
+            ticket.sink.put(None)
             if ticket.done is not None:
                 ticket.done()
 
     def _fail_all(self, error: EngineError) -> None:
         """End every running and waiting request with ``error`` (the batch is lost)."""
         with self._cond:
-            rows = [*self._rows, *self._admitted, *self._waiting]
-            self._rows, self._admitted, self._waiting, self._batch = [], [], collections.deque(), None
+            rows = [*self._rows, *self._admitted, *self._waiting.clear()]
+            self._rows, self._admitted, self._batch = [], [], None
         for row in rows:
             row.ticket.fail(error)
             self._row_left(row)

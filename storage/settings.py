@@ -69,6 +69,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     inference_token: str | None = None
     inference_adapter_dir: str | None = None
     inference_max_batch: PositiveInt = 8
+    inference_connections_per_server: PositiveInt = 64
+    max_choices_per_request: PositiveInt = 2048
+    max_event_streams_per_key: PositiveInt = 16
     default_max_tokens: PositiveInt = 256
     adapter_cache_count: PositiveInt = 16
     adapter_cache_bytes: PositiveInt = 2 * 1024 * 1024 * 1024

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, post
+from litestar import Controller, post
+from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.chat import service
 from tunewright.api.chat.schemas import CreateChatCompletionRequest, CreateChatCompletionResponse
-from tunewright.api.inference_common import StreamingOperation
+from tunewright.api.generation import StreamingOperation
+from tunewright.inference.engine import InferenceEngine
+from tunewright.storage.base import Stores
+from tunewright.storage.settings import Settings
 
 
 class ChatCompletionsController(Controller):
@@ -24,12 +26,14 @@ class ChatCompletionsController(Controller):
     @post("/", status_code=200, operation_class=StreamingOperation)
     async def create_chat_completion(
         self,
-        request: Request[Any, Any, Any],
         principal: Caller,
+        stores: NamedDependency[Stores],
+        settings: NamedDependency[Settings],
+        engine: NamedDependency[InferenceEngine],
         data: JSONBody[CreateChatCompletionRequest],
     ) -> CreateChatCompletionResponse | Stream:
         """Generate a chat completion; `stream: true` answers `chat.completion.chunk` server-sent events."""
-        return await service.create_chat_completion(request.app.state, data, principal)
+        return await service.create_chat_completion(stores, settings, engine, data, principal)
 
 
 ROUTES = [ChatCompletionsController]

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
-from tunewright.api.inference_common import (
+from tunewright.api.metering import CompletionUsage
+from tunewright.api.parameters import (
     ChatCompletionStreamOptions,
     ChoiceCount,
-    CompletionUsage,
     MaxTokens,
     Metadata,
     Penalty,

@@ -27,44 +27,32 @@ from tunewright.api.chat.schemas import (
     TopLogprob,
 )
 from tunewright.api.errors import echo
-from tunewright.api.inference_common import (
-    EventRelay,
-    Meter,
-    call_engine,
-    collect,
-    completion_budget,
-    engine_of,
-    invalid,
-    logit_bias_ids,
-    open_stream,
-    resolve_target,
-    sse,
-    stop_tuple,
-    unsupported,
-)
-from tunewright.inference.engine import GenerationRequest, SamplingParams
+from tunewright.api.generation import EventRelay, call_engine, collect, open_stream, resolve_target, sse
+from tunewright.api.metering import Meter
+from tunewright.api.parameters import check_choices, completion_budget, invalid, sampling_params, unsupported
+from tunewright.inference.engine import GenerationRequest
 from tunewright.modeling.chat import ChatTemplateError, render_chat, template_tools
 from tunewright.storage.ids import new_id
 
 if TYPE_CHECKING:
-    from litestar.datastructures import State
     from litestar.response import Stream
 
     from tunewright.api.auth import Principal
-    from tunewright.api.inference_common import CompletionUsage
+    from tunewright.api.metering import CompletionUsage
     from tunewright.inference.engine import GenerationEvent, InferenceEngine, TokenLogprob
+    from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
 
 async def create_chat_completion(
-    state: State, data: CreateChatCompletionRequest, principal: Principal
+    stores: Stores, settings: Settings, engine: InferenceEngine, data: CreateChatCompletionRequest, principal: Principal
 ) -> CreateChatCompletionResponse | Stream:
     """Answer one chat completion request, as one JSON object or (`stream: true`) as server-sent events."""
     streamed = bool(data.stream)
-    meter = Meter(state.stores, principal, data.model, "chat.completions", streamed)
+    meter = Meter(stores, principal, data.model, "chat.completions", streamed)
     check_request(data)
-    engine = await anyio.to_thread.run_sync(engine_of, state)
-    prepare_request = partial(prepare, state, engine, data, project_id=principal.project_id or "")
+    check_choices(1, data.n or 1, settings.max_choices_per_request)
+    prepare_request = partial(prepare, stores, settings, engine, data, project_id=principal.project_id or "")
     request = await anyio.to_thread.run_sync(prepare_request)
     meter.base_model, meter.prompt_tokens = request.target.base_model, len(request.prompt_ids)
     relay = EventRelay(engine, [request])
@@ -103,14 +91,11 @@ def check_request(data: CreateChatCompletionRequest) -> None:
         raise invalid("logprobs", "`logprobs` must be true when `top_logprobs` is set.")
 
 
-def prepare(state: State, engine: InferenceEngine, data: CreateChatCompletionRequest, *, project_id: str) -> Any:
-    """Resolve the model, render the chat into token ids and size the completion (on a worker thread).
-
-    Returns:
-        The engine's `GenerationRequest`.
-    """
-    settings: Settings = state.settings
-    target = resolve_target(state.stores, settings, data.model, project_id=project_id)
+def prepare(
+    stores: Stores, settings: Settings, engine: InferenceEngine, data: CreateChatCompletionRequest, *, project_id: str
+) -> GenerationRequest:
+    """Resolve the model, render the chat into token ids and size the completion (on a worker thread)."""
+    target = resolve_target(stores, settings, data.model, project_id=project_id)
     tokenizer = call_engine(engine.tokenizer, target.base_model)
     prompt_ids = render(tokenizer, data)
     requested = data.max_completion_tokens or data.max_tokens or None
@@ -121,19 +106,14 @@ def prepare(state: State, engine: InferenceEngine, data: CreateChatCompletionReq
         context=call_engine(engine.context_length, target.base_model),
         param="messages",
     )
-    params = SamplingParams(
+    params = sampling_params(
+        data,
         max_new_tokens=budget,
-        temperature=1.0 if data.temperature in (None, UNSET) else data.temperature,
-        top_p=1.0 if data.top_p in (None, UNSET) else data.top_p,
-        seed=None if data.seed in (None, UNSET) else data.seed,
-        stop=stop_tuple(data.stop),
-        presence_penalty=data.presence_penalty or 0.0,
-        frequency_penalty=data.frequency_penalty or 0.0,
-        logit_bias=logit_bias_ids(data.logit_bias, len(tokenizer)),
+        vocab_size=len(tokenizer),
         logprobs=bool(data.logprobs),
         top_logprobs=data.top_logprobs or 0,
     )
-    return GenerationRequest(target=target, prompt_ids=prompt_ids, params=params, n=data.n or 1)
+    return GenerationRequest(target=target, prompt_ids=prompt_ids, params=params, n=data.n or 1, project_id=project_id)
 
 
 def render(tokenizer: Any, data: CreateChatCompletionRequest) -> list[int]:

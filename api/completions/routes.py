@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, post
+from litestar import Controller, post
+from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.completions import service
 from tunewright.api.completions.schemas import CreateCompletionRequest, CreateCompletionResponse
-from tunewright.api.inference_common import StreamingOperation
+from tunewright.api.generation import StreamingOperation
+from tunewright.inference.engine import InferenceEngine
+from tunewright.storage.base import Stores
+from tunewright.storage.settings import Settings
 
 
 class CompletionsController(Controller):
@@ -24,12 +26,14 @@ class CompletionsController(Controller):
     @post("/", status_code=200, operation_class=StreamingOperation)
     async def create_completion(
         self,
-        request: Request[Any, Any, Any],
         principal: Caller,
+        stores: NamedDependency[Stores],
+        settings: NamedDependency[Settings],
+        engine: NamedDependency[InferenceEngine],
         data: JSONBody[CreateCompletionRequest],
     ) -> CreateCompletionResponse | Stream:
         """Complete one or more prompts; `stream: true` answers `text_completion` server-sent events."""
-        return await service.create_completion(request.app.state, data, principal)
+        return await service.create_completion(stores, settings, engine, data, principal)
 
 
 ROUTES = [CompletionsController]

@@ -8,6 +8,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
+import msgspec
 from msgspec import UNSET
 
 from tunewright.api.completions.schemas import (
@@ -16,31 +17,20 @@ from tunewright.api.completions.schemas import (
     CreateCompletionRequest,
     CreateCompletionResponse,
 )
-from tunewright.api.inference_common import (
-    EventRelay,
-    Meter,
-    call_engine,
-    collect,
-    completion_budget,
-    engine_of,
-    invalid,
-    logit_bias_ids,
-    open_stream,
-    resolve_target,
-    sse,
-    stop_tuple,
-    unsupported,
-)
-from tunewright.inference.engine import GenerationRequest, SamplingParams
+from tunewright.api.generation import EventRelay, call_engine, collect, open_stream, resolve_target, sse
+from tunewright.api.metering import Meter
+from tunewright.api.parameters import check_choices, completion_budget, invalid, sampling_params, unsupported
+from tunewright.inference.engine import GenerationRequest
 from tunewright.storage.ids import new_id
 
 if TYPE_CHECKING:
-    from litestar.datastructures import State
     from litestar.response import Stream
 
     from tunewright.api.auth import Principal
-    from tunewright.api.inference_common import CompletionUsage
+    from tunewright.api.metering import CompletionUsage
     from tunewright.inference.engine import GenerationEvent, InferenceEngine, ModelTarget, TokenLogprob
+    from tunewright.storage.base import Stores
+    from tunewright.storage.settings import Settings
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 
@@ -54,15 +44,16 @@ class Prepared:
 
 
 async def create_completion(
-    state: State, data: CreateCompletionRequest, principal: Principal
+    stores: Stores, settings: Settings, engine: InferenceEngine, data: CreateCompletionRequest, principal: Principal
 ) -> CreateCompletionResponse | Stream:
     """Answer one completion request, as one JSON object or (`stream: true`) as server-sent events."""
-    meter = Meter(state.stores, principal, data.model, "completions", bool(data.stream))
-    check_request(data)
-    engine = await anyio.to_thread.run_sync(engine_of, state)
-    resolve = partial(resolve_target, state.stores, state.settings, data.model, project_id=principal.project_id or "")
-    target = await anyio.to_thread.run_sync(resolve)
-    return await complete(engine, data, target, meter)
+    meter = Meter(stores, principal, data.model, "completions", bool(data.stream))
+    check_request(data, max_choices=settings.max_choices_per_request)
+    project_id = principal.project_id or ""
+    target = await anyio.to_thread.run_sync(
+        partial(resolve_target, stores, settings, data.model, project_id=project_id)
+    )
+    return await complete(engine, data, target, meter, project_id=project_id)
 
 
 async def complete(
@@ -71,10 +62,14 @@ async def complete(
     target: ModelTarget,
     meter: Meter,
     *,
+    project_id: str,
     token_ids: bool = False,
 ) -> CreateCompletionResponse | Stream:
-    """Run a checked request on `target`; `token_ids` names logprobs' tokens `token_id:<id>` (inference nodes)."""
-    prepared = await anyio.to_thread.run_sync(partial(prepare, engine, data, target))
+    """Run a checked request on `target` for `project_id` (whose turn its rows take in the engine).
+
+    `token_ids` names logprobs' tokens `token_id:<id>` (inference nodes).
+    """
+    prepared = await anyio.to_thread.run_sync(partial(prepare, engine, data, target, project_id=project_id))
     meter.base_model = target.base_model
     meter.prompt_tokens = sum(len(r.prompt_ids) for r in prepared.requests)
     relay = EventRelay(engine, prepared.requests)
@@ -84,13 +79,14 @@ async def complete(
     return answer.response(await collect(relay, meter), meter.usage())
 
 
-def check_request(data: CreateCompletionRequest) -> None:
-    """Refuse the fields we cannot honour where ignoring them would change the result.
+def check_request(data: CreateCompletionRequest, *, max_choices: int) -> None:
+    """Refuse the fields we cannot honour where ignoring them would change the result, and too many choices.
 
     Raises:
         InvalidRequestError: naming the field.
     """
     n = data.n or 1
+    check_choices(prompt_count(data.prompt), max(n, data.best_of or 0), max_choices)
     if data.suffix not in (None, UNSET):
         raise unsupported("suffix")
     if data.best_of not in (None, UNSET):
@@ -104,30 +100,33 @@ def check_request(data: CreateCompletionRequest) -> None:
         raise invalid("stream_options", "`stream_options` is only allowed when `stream` is true.")
 
 
-def prepare(engine: InferenceEngine, data: CreateCompletionRequest, target: ModelTarget) -> Prepared:
+def prepare(
+    engine: InferenceEngine, data: CreateCompletionRequest, target: ModelTarget, *, project_id: str
+) -> Prepared:
     """Tokenize each prompt and size its completion (on a worker thread)."""
     tokenizer = call_engine(engine.tokenizer, target.base_model)
     context = call_engine(engine.context_length, target.base_model)
-    logprobs = data.logprobs not in (None, UNSET)
     requested = data.max_tokens or None
+    top = data.logprobs if isinstance(data.logprobs, int) else None
+    shared = sampling_params(
+        data, max_new_tokens=1, vocab_size=len(tokenizer), logprobs=top is not None, top_logprobs=top or 0
+    )
     requests, texts = [], []
     for ids, text in prompts(tokenizer, data.prompt):
         budget = completion_budget(len(ids), requested, default=DEFAULT_MAX_TOKENS, context=context, param="prompt")
-        params = SamplingParams(
-            max_new_tokens=budget,
-            temperature=1.0 if data.temperature in (None, UNSET) else data.temperature,
-            top_p=1.0 if data.top_p in (None, UNSET) else data.top_p,
-            seed=None if data.seed in (None, UNSET) else data.seed,
-            stop=stop_tuple(data.stop),
-            presence_penalty=data.presence_penalty or 0.0,
-            frequency_penalty=data.frequency_penalty or 0.0,
-            logit_bias=logit_bias_ids(data.logit_bias, len(tokenizer)),
-            logprobs=logprobs,
-            top_logprobs=(data.logprobs or 0) if logprobs else 0,
+        params = msgspec.structs.replace(shared, max_new_tokens=budget)
+        requests.append(
+            GenerationRequest(target=target, prompt_ids=ids, params=params, n=data.n or 1, project_id=project_id)
         )
-        requests.append(GenerationRequest(target=target, prompt_ids=ids, params=params, n=data.n or 1))
         texts.append(text)
     return Prepared(requests=requests, texts=texts)
+
+
+def prompt_count(prompt: Any) -> int:
+    """How many prompts `prompt` holds (a string, or an array of token ids, is one), before tokenizing any."""
+    if prompt is None or isinstance(prompt, str) or all(isinstance(p, int) for p in prompt):
+        return 1
+    return len(prompt)
 
 
 def prompts(tokenizer: Any, prompt: Any) -> list[tuple[list[int], str]]:

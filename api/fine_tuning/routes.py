@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from tunewright.api.auth import Caller, Principal, require_project, require_project_or_admin
 from tunewright.api.dependencies import AppSettings, AppStores
 from tunewright.api.fine_tuning import events_stream, permissions, service
+from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.fine_tuning.schemas import (
     CreateFineTuningCheckpointPermissionRequest,
     CreateFineTuningJobRequest,
@@ -99,6 +101,7 @@ class JobsController(Controller):
         self,
         stores: AppStores,
         principal: Caller,
+        event_streams: NamedDependency[StreamSlots],
         fine_tuning_job_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[int] = 20,
@@ -107,7 +110,9 @@ class JobsController(Controller):
         """A job's events, newest first; `stream=true`: server-sent events, oldest first, until the job ends."""
         project_id = principal.project_id or ""
         if stream:
-            return events_stream.event_stream(stores, fine_tuning_job_id, project_id=project_id, after=after)
+            return events_stream.event_stream(
+                stores, event_streams, fine_tuning_job_id, key_id=principal.key_id, project_id=project_id, after=after
+            )
         service.get_job(stores, fine_tuning_job_id, project_id=project_id)
         page = stores.metadata.list_events(
             fine_tuning_job_id, project_id=project_id, after=after, limit=check_limit(limit, maximum=100)

@@ -21,13 +21,14 @@ import hmac
 import os
 from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar, MediaType, Request, Response, get, post
-from litestar.datastructures import State
+from litestar import Litestar, MediaType, Response, Router, get, post
+from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from tunewright.api.completions.schemas import CreateCompletionResponse
+from tunewright.api.dependencies import providers
 from tunewright.api.errors import AuthenticationError, exception_handlers
 from tunewright.api.node import service
 from tunewright.api.node.schemas import (
@@ -36,60 +37,74 @@ from tunewright.api.node.schemas import (
     NodeCompletionRequest,
     UnloadLoRAAdapterRequest,
 )
+from tunewright.inference.engine import InferenceEngine
 from tunewright.inference.local import LocalEngine
 from tunewright.storage.registry import open_blob_store
-from tunewright.storage.settings import load_settings
+from tunewright.storage.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
+    from litestar.types import Guard
 
     from tunewright.storage.base import BlobStore
-    from tunewright.storage.settings import Settings
 
 
-def require_token(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-    """The bearer token must equal the node's (none configured: open).
+def token_guard(expected: str | None) -> Guard:
+    """The guard a node's routes share: the bearer token must equal `expected` (None: open)."""
 
-    Raises:
-        AuthenticationError: 401 `invalid_inference_token`.
-    """
-    expected: str | None = connection.app.state.settings.inference_token
-    if expected is None:
-        return
-    scheme, _, given = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise AuthenticationError("Missing or invalid inference token.", code="invalid_inference_token")
+    def require_token(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+        """Compare the bearer token in constant time.
+
+        Raises:
+            AuthenticationError: 401 `invalid_inference_token`.
+        """
+        if expected is None:
+            return
+        scheme, _, given = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            raise AuthenticationError("Missing or invalid inference token.", code="invalid_inference_token")
+
+    return require_token
 
 
-@post("/v1/completions", status_code=200, guards=[require_token])
-async def create_completion(state: State, data: JSONBody[NodeCompletionRequest]) -> CreateCompletionResponse | Stream:
+@post("/v1/completions", status_code=200)
+async def create_completion(
+    engine: NamedDependency[InferenceEngine],
+    registry: NamedDependency[service.AdapterRegistry],
+    settings: NamedDependency[Settings],
+    data: JSONBody[NodeCompletionRequest],
+) -> CreateCompletionResponse | Stream:
     """Complete token-id (or text) prompts on a base model or a loaded adapter."""
-    return await service.create_completion(state.engine, state.registry, data)
+    return await service.create_completion(engine, registry, data, max_choices=settings.max_choices_per_request)
 
 
-@get("/v1/models", guards=[require_token], sync_to_thread=True)
-def list_models(state: State) -> ModelCardList:
+@get("/v1/models", sync_to_thread=True)
+def list_models(registry: NamedDependency[service.AdapterRegistry]) -> ModelCardList:
     """The base models on this machine and the loaded adapters."""
-    return ModelCardList(data=state.registry.cards())
+    return ModelCardList(data=registry.cards())
 
 
-@post("/v1/load_lora_adapter", status_code=200, guards=[require_token], sync_to_thread=True)
-def load_lora_adapter(state: State, data: LoadLoRAAdapterRequest) -> Response[str]:
+@post("/v1/load_lora_adapter", status_code=200, sync_to_thread=True)
+def load_lora_adapter(
+    registry: NamedDependency[service.AdapterRegistry], data: LoadLoRAAdapterRequest
+) -> Response[str]:
     """Serve an adapter under a name (loaded into memory on its first request)."""
-    return Response(state.registry.load(data), media_type=MediaType.TEXT)
+    return Response(registry.load(data), media_type=MediaType.TEXT)
 
 
-@post("/v1/unload_lora_adapter", status_code=200, guards=[require_token], sync_to_thread=True)
-def unload_lora_adapter(state: State, data: UnloadLoRAAdapterRequest) -> Response[str]:
+@post("/v1/unload_lora_adapter", status_code=200, sync_to_thread=True)
+def unload_lora_adapter(
+    registry: NamedDependency[service.AdapterRegistry], data: UnloadLoRAAdapterRequest
+) -> Response[str]:
     """Stop serving an adapter (its model was deleted); rows already running on it finish."""
-    return Response(state.registry.unload(data.lora_name), media_type=MediaType.TEXT)
+    return Response(registry.unload(data.lora_name), media_type=MediaType.TEXT)
 
 
-@get("/metrics", guards=[require_token], sync_to_thread=False, media_type=MediaType.TEXT)
-def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+@get("/metrics", sync_to_thread=False, media_type=MediaType.TEXT)
+def metrics(gauges: NamedDependency[CollectorRegistry]) -> Response[bytes]:
     """Prometheus text exposition of the node's gauges."""
-    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(gauges), media_type=CONTENT_TYPE_LATEST)
 
 
 @get(["/healthz", "/health"], sync_to_thread=False)
@@ -111,15 +126,18 @@ def node_metrics(engine: LocalEngine) -> CollectorRegistry:
 def create_node(settings: Settings, blobs: BlobStore, engine: LocalEngine | None = None) -> Litestar:
     """The node's app over one `LocalEngine` (a new one over `blobs` unless given; closed at shutdown)."""
     node_engine = engine if engine is not None else LocalEngine(settings, blobs)
+    guarded = Router(
+        path="/",
+        route_handlers=[create_completion, list_models, load_lora_adapter, unload_lora_adapter, metrics],
+        guards=[token_guard(settings.inference_token)],
+    )
     return Litestar(
-        route_handlers=[create_completion, list_models, load_lora_adapter, unload_lora_adapter, metrics, healthz],
-        state=State(
-            {
-                "settings": settings,
-                "engine": node_engine,
-                "registry": service.AdapterRegistry(settings, blobs, node_engine),
-                "metrics": node_metrics(node_engine),
-            }
+        route_handlers=[guarded, healthz],
+        dependencies=providers(
+            engine=node_engine,
+            registry=service.AdapterRegistry(settings, blobs, node_engine),
+            settings=settings,
+            gauges=node_metrics(node_engine),
         ),
         exception_handlers=exception_handlers(),
         on_shutdown=[node_engine.close],

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tunewright.api.completions.service import check_request, complete
 from tunewright.api.errors import InvalidRequestError, NotFoundError
-from tunewright.api.inference_common import Meter
+from tunewright.api.metering import Meter
 from tunewright.api.node.schemas import ModelCard
 from tunewright.inference.adapters import ADAPTER_FILES
 from tunewright.inference.engine import AdapterRef, ModelTarget
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from tunewright.api.completions.schemas import CreateCompletionResponse
     from tunewright.api.node.schemas import LoadLoRAAdapterRequest, NodeCompletionRequest
+    from tunewright.inference.engine import InferenceEngine
     from tunewright.inference.local import LocalEngine
     from tunewright.storage.base import BlobStore
     from tunewright.storage.settings import Settings
@@ -174,13 +175,19 @@ class AdapterRegistry:
 
 
 async def create_completion(
-    engine: LocalEngine, registry: AdapterRegistry, data: NodeCompletionRequest
+    engine: InferenceEngine, registry: AdapterRegistry, data: NodeCompletionRequest, *, max_choices: int
 ) -> CreateCompletionResponse | Stream:
-    """Run one completion on the node (usage reported in the answer; the API meters it)."""
-    check_request(data)
+    """Run one completion on the node (usage reported in the answer; the API meters it).
+
+    The API names the request's project as `user`: the node's scheduler shares its batch places among projects by it.
+    """
+    check_request(data, max_choices=max_choices)
     target = registry.target(data.model)
     meter = Meter(None, None, data.model, "completions", bool(data.stream))
-    return await complete(engine, data, target, meter, token_ids=bool(data.return_tokens_as_token_ids))
+    project_id = data.user if isinstance(data.user, str) else ""
+    return await complete(
+        engine, data, target, meter, project_id=project_id, token_ids=bool(data.return_tokens_as_token_ids)
+    )
 
 
 def _invalid(param: str, message: str) -> InvalidRequestError:

@@ -1,15 +1,17 @@
 """/v1/chat/completions through the real openai SDK on the tiny model: base and fine-tuned, streamed and not.
 
 Every test runs on SQLite + local files and on PostgreSQL + S3 (moto over HTTP). Fine-tuned models are trained
-by the real worker; the engine is the app's own (built on the first request, closed at shutdown).
+by the real worker; the engine is a `LocalEngine` handed to the app, so tests can look into it (the legacy
+completions suite runs on the engine the app builds itself on first use).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import openai
 import pytest
 from fixtures.chat import no_eos, rendered_prompt_tokens, stream_then_disconnect
@@ -17,7 +19,12 @@ from fixtures.contract import schema_for, validate, validate_error, validate_ope
 from fixtures.training import TINY, run_worker, training_settings
 from litestar.testing import TestClient
 
+from tunewright.api.app import create_app
+from tunewright.inference.local import LocalEngine
 from tunewright.storage.records import ModelRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -28,6 +35,18 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, tiny_dir: Path) -> Any:
     return training_settings(request, tmp_path, backend, tiny_dir)
+
+
+@pytest.fixture
+def engine(settings: Any, stores: Any) -> Iterator[LocalEngine]:
+    built = LocalEngine(settings, stores.blobs)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def app(settings: Any, stores: Any, engine: LocalEngine) -> Any:
+    return create_app(settings, stores, engine=engine, sweep=False)
 
 
 def auth(tenant: Any) -> dict[str, str]:
@@ -183,6 +202,18 @@ def test_invalid_or_unsupported_parameters_are_400_naming_them(http, tenants, ex
     assert (raw.json()["error"]["param"], raw.json()["error"]["code"]) == (param, code)
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # a check before any store or model is read
+def test_more_choices_than_the_server_generates_per_request_are_400_naming_n(settings, stores, tenants):
+    app = create_app(msgspec.structs.replace(settings, max_choices_per_request=4), stores, sweep=False)
+    with TestClient(app, base_url="http://testserver.local") as http:
+        raw = post(http, tenants["a"], {"model": TINY, "messages": HELLO, "n": 5})
+        assert post(http, tenants["a"], {"model": TINY, "messages": HELLO, "n": 4, "max_tokens": 1}).status_code == 200
+    assert raw.status_code == 400, raw.text
+    validate_error(raw.json())
+    assert (raw.json()["error"]["param"], raw.json()["error"]["code"]) == ("n", "invalid_value")
+    assert "at most 4" in raw.json()["error"]["message"]
+
+
 def test_an_image_part_is_refused_naming_it(client_a):
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]
     with pytest.raises(openai.BadRequestError) as err:
@@ -245,7 +276,7 @@ def test_unknown_foreign_and_deleted_models_are_404_model_not_found(client_a, cl
 
 
 def test_fine_tuned_checkpoint_and_shared_models_answer_their_own_tenants_only(
-    client_a, client_b, sdk, http, stores, settings, tenants, app, tokenizer
+    client_a, client_b, sdk, http, stores, settings, tenants, engine, tokenizer
 ):
     job = train(client_a, stores, settings, n_epochs=2)
     model = job.fine_tuned_model
@@ -273,12 +304,12 @@ def test_fine_tuned_checkpoint_and_shared_models_answer_their_own_tenants_only(
     client_a.fine_tuning.checkpoints.permissions.create(model, project_ids=[tenants["a2"].project_id])
     assert client_a2.chat.completions.create(model=model, messages=HELLO, max_tokens=2).model == model
 
-    assert checkpoint in app.state.engine.built().adapter_states()
+    assert checkpoint in engine.adapter_states()
     client_a.models.delete(model)  # its checkpoint models go with it
     for name in (model, checkpoint):
         with pytest.raises(openai.NotFoundError):
             client_a.chat.completions.create(model=name, messages=HELLO)
-        assert name not in app.state.engine.built().adapter_states()
+        assert name not in engine.adapter_states()
 
 
 def test_each_request_records_one_usage_row(client_a, stores, tenants, tokenizer):
@@ -294,7 +325,7 @@ def test_each_request_records_one_usage_row(client_a, stores, tenants, tokenizer
     assert all(r.latency_ms >= 0 and r.id.startswith("usage_") for r in rows)
 
 
-def test_a_client_that_disconnects_mid_stream_stops_generation(app, http, stores, tenants, tokenizer):
+def test_a_client_that_disconnects_mid_stream_stops_generation(app, engine, stores, tenants, tokenizer):
     """Driven through raw ASGI: the client sends `http.disconnect` after three body frames."""
     import time
 
@@ -302,7 +333,7 @@ def test_a_client_that_disconnects_mid_stream_stops_generation(app, http, stores
     frames = stream_then_disconnect(app, tenants["a"].key, body)
     assert b"[DONE]" not in b"".join(frames)
     deadline = time.monotonic() + 30
-    while app.state.engine.built().active_rows():
+    while engine.active_rows():
         assert time.monotonic() < deadline, "generation kept running after the client left"
         time.sleep(0.05)
     (row,) = stores.metadata.list_usage(project_id=tenants["a"].project_id)

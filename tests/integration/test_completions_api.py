@@ -6,14 +6,17 @@ Every test runs on SQLite + local files and on PostgreSQL + S3 (moto over HTTP).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from fixtures.chat import no_eos
+from fixtures.chat import ThreadPeak, no_eos
 from fixtures.contract import schema_for, validate, validate_error, validate_operation
 from fixtures.training import TINY, run_worker, training_settings
+
+from tunewright.inference.local import LocalEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -22,6 +25,7 @@ PROMPT = "The capital of France is"
 # OpenAI streams `finish_reason: null` until a choice ends, and `usage: null` on every chunk but the last when
 # `include_usage` is set; `CreateCompletionResponse` (also the chunk schema) allows neither null.
 DEVIATION_STREAM_NULLS = "streamed `text_completion` chunks carry null `finish_reason` and `usage`"
+ANYIO_WORKER_THREADS = 40  # anyio's default limit of worker threads, which the handlers share
 
 
 @pytest.fixture
@@ -102,6 +106,26 @@ def test_streaming_sends_text_chunks_usage_then_done(client_a, http, tenants, to
         validate(chunk, schema_for("CreateCompletionResponse"))
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # the engine's threads: the stores play no part
+def test_many_prompts_start_no_thread_per_prompt(client_a, tenants, monkeypatch):
+    client_a.completions.create(model=TINY, prompt=PROMPT, max_tokens=1)  # the model and the worker threads are up
+    projects = []
+    submit = LocalEngine.submit
+
+    def recording(engine: LocalEngine, request: Any, sink: Any, *, cancelled: Any) -> None:
+        projects.append(request.project_id)
+        submit(engine, request, sink, cancelled=cancelled)
+
+    monkeypatch.setattr(LocalEngine, "submit", recording)
+    prompts = [f"Prompt number {k}:" for k in range(300)]
+    before = threading.active_count()
+    with ThreadPeak() as threads:
+        reply = client_a.completions.create(model=TINY, prompt=prompts, max_tokens=3)
+    assert [choice.index for choice in reply.choices] == list(range(300))
+    assert threads.most - before <= ANYIO_WORKER_THREADS + 1  # the sampler; never one per prompt
+    assert projects == [tenants["a"].project_id] * 300  # whose turn the rows take in the scheduler
+
+
 @pytest.mark.parametrize(
     ("extra", "param", "code"),
     [
@@ -115,6 +139,9 @@ def test_streaming_sends_text_chunks_usage_then_done(client_a, http, tenants, to
         ({"prompt": ["a", [1, 2]]}, "prompt", "invalid_value"),
         ({"prompt": [[10**6]]}, "prompt", "invalid_value"),
         ({"max_tokens": 100_000}, "prompt", "context_length_exceeded"),
+        ({"prompt": ["a"] * 2049}, "prompt", "invalid_value"),  # more than TUNEWRIGHT_MAX_CHOICES_PER_REQUEST
+        ({"prompt": ["a"] * 17, "n": 128}, "n", "invalid_value"),
+        ({"prompt": [[1]] * 1025, "n": 2, "best_of": 2}, "n", "invalid_value"),
         ({"bar": 1}, "bar", "unknown_parameter"),
     ],
 )

@@ -23,10 +23,10 @@ from litestar.testing import TestClient
 
 from tunewright.api.app import create_app
 from tunewright.storage.base import Stores
-from tunewright.storage.registry import open_blob_store
 from tunewright.storage.db import PostgresDatabase, SQLiteDatabase
 from tunewright.storage.metadata import SQLMetadataStore
 from tunewright.storage.queue import SQLJobQueue
+from tunewright.storage.registry import open_blob_store
 from tunewright.trainer.backends.peft import PeftTrainingBackend
 from tunewright.trainer.worker import Worker
 

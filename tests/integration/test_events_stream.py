@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import anyio
 import httpx
+import msgspec
 import pytest
 from fixtures.contract import schema_for, validate, validate_error, validate_operation
+from litestar.testing import TestClient
 
+from tunewright.api.app import create_app
 from tunewright.api.fine_tuning import events_stream
 from tunewright.clients.cli.serve import DEFAULT_ORGANIZATION, DEFAULT_PROJECT
 from tunewright.storage.events import make_event
@@ -231,16 +235,8 @@ def test_a_silent_stream_sends_keep_alive_comments(
     assert data[-1] == "[DONE]"
 
 
-def test_a_client_disconnect_ends_the_stream_and_its_polling(app, http, tenants, client_a, training_file, fast_polls):
-    """Drive the ASGI app by hand: the client goes away after the first frame of a job that never ends."""
-    job = client_a.fine_tuning.jobs.create(model=BASE, training_file=training_file.id)
-    polls = []
-    poll = events_stream.poll
-
-    def counting_poll(*args):
-        polls.append(time.monotonic())
-        return poll(*args)
-
+def stream_until_first_frame(app, path, key):
+    """Drive the ASGI app by hand: ask for the event stream, go away after its first frame; return what was sent."""
     sent = []
 
     async def run_until_disconnect():
@@ -260,7 +256,6 @@ def test_a_client_disconnect_ends_the_stream_and_its_polling(app, http, tenants,
             if message["type"] == "http.response.body" and message.get("body"):
                 first_body.set()
 
-        path = events_path(job.id)
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -271,7 +266,7 @@ def test_a_client_disconnect_ends_the_stream_and_its_polling(app, http, tenants,
             "raw_path": path.encode(),
             "query_string": b"stream=true",
             "root_path": "",
-            "headers": [(b"host", b"testserver.local"), (b"authorization", f"Bearer {tenants['a'].key}".encode())],
+            "headers": [(b"host", b"testserver.local"), (b"authorization", f"Bearer {key}".encode())],
             "client": ("127.0.0.1", 50000),
             "server": ("testserver.local", 80),
             "state": {},
@@ -279,9 +274,23 @@ def test_a_client_disconnect_ends_the_stream_and_its_polling(app, http, tenants,
         with anyio.fail_after(10):
             await app(scope, receive, send)
 
+    anyio.run(run_until_disconnect)
+    return sent
+
+
+def test_a_client_disconnect_ends_the_stream_and_its_polling(app, http, tenants, client_a, training_file, fast_polls):
+    """The client goes away after the first frame of a job that never ends."""
+    job = client_a.fine_tuning.jobs.create(model=BASE, training_file=training_file.id)
+    polls = []
+    poll = events_stream.poll
+
+    def counting_poll(*args):
+        polls.append(time.monotonic())
+        return poll(*args)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(events_stream, "poll", counting_poll)
-        anyio.run(run_until_disconnect)
+        sent = stream_until_first_frame(app, events_path(job.id), tenants["a"].key)
         ended_at = len(polls)
         time.sleep(0.2)  # ten poll intervals: a loop still running would poll again
         assert len(polls) == ended_at, "the stream kept polling after the client left"
@@ -289,6 +298,51 @@ def test_a_client_disconnect_ends_the_stream_and_its_polling(app, http, tenants,
     first = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert first.startswith(b"data: ")
     assert json.loads(first.split(b"\n\n")[0].removeprefix(b"data: "))["id"].startswith("ftevent-")
+
+
+def test_a_key_holds_at_most_its_open_streams_until_one_ends_or_its_client_leaves(
+    settings, stores, tenants, client_a, training_file, monkeypatch, fast_polls
+):
+    app = create_app(msgspec.structs.replace(settings, max_event_streams_per_key=1), stores, sweep=False)
+    job = client_a.fine_tuning.jobs.create(model=BASE, training_file=training_file.id)
+    path, headers = events_path(job.id), auth(tenants["a"])
+    opened = threading.Semaphore(0)
+    acquire = events_stream.StreamSlots.acquire
+
+    def signalling_acquire(slots, key_id):
+        release = acquire(slots, key_id)
+        opened.release()
+        return release
+
+    monkeypatch.setattr(events_stream.StreamSlots, "acquire", signalling_acquire)
+    assert stream_until_first_frame(app, path, tenants["a"].key)[0]["status"] == 200  # then its client leaves
+    with TestClient(app, base_url="http://testserver.local") as http:
+        streaming = threading.Thread(
+            target=http.get, args=(path,), kwargs={"params": {"stream": "true"}, "headers": headers}
+        )
+        streaming.start()
+        assert opened.acquire(timeout=10)  # the stream whose client left
+        assert opened.acquire(timeout=10)  # this one: the stream that left gave its slot back
+        refused = http.get(path, params={"stream": "true"}, headers=headers)
+        finish(stores, job.id, tenants["a"].project_id, status="cancelled")
+        streaming.join(15)
+        assert not streaming.is_alive()
+        assert http.get(path, params={"stream": "true"}, headers=headers).status_code == 200
+    assert refused.status_code == 429, refused.text
+    validate_error(refused.json())
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_stream_dropped_before_its_first_frame_gives_its_slot_back(stores, tenants, client_a, training_file):
+    job = client_a.fine_tuning.jobs.create(model=BASE, training_file=training_file.id)
+    slots, tenant = events_stream.StreamSlots(1), tenants["a"]
+    response = events_stream.event_stream(
+        stores, slots, job.id, key_id=tenant.key_id, project_id=tenant.project_id, after=None
+    )
+    assert slots.open(tenant.key_id) == 1
+    del response  # never sent: its frames never started
+    gc.collect()
+    assert slots.open(tenant.key_id) == 0
 
 
 @pytest.mark.e2e

@@ -22,6 +22,7 @@ from tunewright.inference.engine import (
     GenerationRequest,
     ModelTarget,
     SamplingParams,
+    generate,
 )
 from tunewright.inference.local import LocalEngine
 
@@ -126,7 +127,7 @@ def collect(events: Iterator[GenerationEvent]) -> dict[int, Result]:
 
 
 def run(engine: LocalEngine, req: GenerationRequest) -> dict[int, Result]:
-    return collect(engine.generate(req, cancelled=threading.Event()))
+    return collect(generate(engine, req, cancelled=threading.Event()))
 
 
 def text_of(engine: LocalEngine, req: GenerationRequest) -> str:
@@ -198,7 +199,7 @@ def test_the_end_of_turn_token_stops_and_is_not_emitted(engine: LocalEngine, tok
 
 
 def test_logprobs_come_with_every_token(engine: LocalEngine) -> None:
-    events = list(engine.generate(request(engine, logprobs=True, top_logprobs=3), cancelled=threading.Event()))
+    events = list(generate(engine, request(engine, logprobs=True, top_logprobs=3), cancelled=threading.Event()))
     for event in events:
         assert event.logprobs is not None
         assert len(event.logprobs) == len(event.token_ids)
@@ -211,7 +212,7 @@ def test_logprobs_come_with_every_token(engine: LocalEngine) -> None:
 
 def test_cancel_mid_generation_ends_the_iterator_and_frees_the_rows(engine: LocalEngine) -> None:
     cancelled = threading.Event()
-    events = engine.generate(request(engine, n=2, max_new_tokens=400, temperature=1.0, seed=1), cancelled=cancelled)
+    events = generate(engine, request(engine, n=2, max_new_tokens=400, temperature=1.0, seed=1), cancelled=cancelled)
     first = next(events)
     assert first.finish_reason is None
     cancelled.set()
@@ -233,7 +234,7 @@ def test_a_corrupt_adapter_fails_only_its_request(
     results: list[str] = []
 
     def base_request() -> None:
-        events = engine.generate(request(engine, max_new_tokens=30), cancelled=threading.Event())
+        events = generate(engine, request(engine, max_new_tokens=30), cancelled=threading.Event())
         started.set()
         results.append("".join(event.text for event in events))
 
@@ -241,7 +242,7 @@ def test_a_corrupt_adapter_fails_only_its_request(
     thread.start()
     started.wait()
     with pytest.raises(EngineError) as caught:
-        engine.generate(request(engine, broken), cancelled=threading.Event())
+        generate(engine, request(engine, broken), cancelled=threading.Event())
     thread.join()
     assert caught.value.code == "adapter_unavailable"
     assert caught.value.status == 500
@@ -253,7 +254,7 @@ def test_a_corrupt_adapter_fails_only_its_request(
 def test_a_missing_adapter_is_unavailable(engine: LocalEngine) -> None:
     missing = AdapterRef(name="ft:tiny-llama:acme::gone", blob_prefix="proj_test/adapters/gone/final")
     with pytest.raises(EngineError) as caught:
-        engine.generate(request(engine, missing), cancelled=threading.Event())
+        generate(engine, request(engine, missing), cancelled=threading.Event())
     assert (caught.value.code, caught.value.status) == ("adapter_unavailable", 500)
 
 
@@ -268,7 +269,7 @@ def test_forget_then_deleting_the_blobs_makes_the_next_request_fail(
     assert not any((settings.data_path / "adapter-cache").iterdir())
     stores.blobs.delete_prefix(adapter.blob_prefix + "/")
     with pytest.raises(EngineError) as caught:
-        engine.generate(request(engine, adapter), cancelled=threading.Event())
+        generate(engine, request(engine, adapter), cancelled=threading.Event())
     assert caught.value.code == "adapter_unavailable"
 
 
@@ -287,7 +288,7 @@ def test_lru_eviction_keeps_two_loaded_and_serves_all_three(engine: LocalEngine,
 def test_a_prompt_that_cannot_fit_the_context_is_refused(engine: LocalEngine) -> None:
     limit = engine.context_length(TINY)
     with pytest.raises(EngineError) as caught:
-        engine.generate(request(engine, max_new_tokens=limit), cancelled=threading.Event())
+        generate(engine, request(engine, max_new_tokens=limit), cancelled=threading.Event())
     assert (caught.value.code, caught.value.status, caught.value.param) == ("context_length_exceeded", 400, "messages")
     assert engine.active_rows() == 0
 
@@ -313,9 +314,9 @@ def test_rows_joining_and_leaving_a_running_batch_keep_their_text(
     doomed = request(engine, None, text=PROMPTS[0], max_new_tokens=400, temperature=1.0, seed=9)
     alone = [run(engine, long), run(engine, short)]
     cancelled = threading.Event()
-    first = engine.generate(long, cancelled=threading.Event())
+    first = generate(engine, long, cancelled=threading.Event())
     head = next(first)  # the long request is running: the others join its batch mid-way
-    third = engine.generate(doomed, cancelled=cancelled)
+    third = generate(engine, doomed, cancelled=cancelled)
     next(third)
     second = run(engine, short)
     cancelled.set()
@@ -470,7 +471,7 @@ def test_an_adapter_beyond_plain_lora_is_refused(
     (directory / "adapter_config.json").write_text(json.dumps(config))
     odd = store_adapter(stores, directory, "odd")
     with pytest.raises(EngineError) as caught:
-        engine.generate(request(engine, odd), cancelled=threading.Event())
+        generate(engine, request(engine, odd), cancelled=threading.Event())
     assert (caught.value.code, caught.value.status) == ("adapter_unavailable", 500)
     assert field in str(caught.value) or "bias" in str(caught.value)
     assert run(engine, request(engine))[0].finish_reason in ("stop", "length")

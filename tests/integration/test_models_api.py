@@ -115,7 +115,7 @@ class ForgetfulEngine:
     def context_length(self, base_model):
         raise AssertionError("deleting a model renders nothing")
 
-    def generate(self, request, *, cancelled):
+    def submit(self, request, sink, *, cancelled):
         raise AssertionError("deleting a model generates nothing")
 
     def forget(self, adapter_name):

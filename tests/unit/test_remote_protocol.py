@@ -7,23 +7,33 @@ added to the alternatives), built as the HTTP responses the client would read.
 
 from __future__ import annotations
 
+import json
+import queue
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
 import pytest
+from fixtures.app import make_settings
 
 from tunewright.inference.engine import (
     AdapterRef,
+    BlockingEvents,
     EngineError,
     GenerationRequest,
     ModelTarget,
     SamplingParams,
 )
-from tunewright.inference.remote import CompletionEvents, completion_body, server_error
+from tunewright.inference.remote import RemoteEngine
+from tunewright.inference.remote_stream import CompletionEvents
+from tunewright.inference.remote_wire import completion_body, server_error
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 URL = "http://node:8000/v1/completions"
+WAIT_S = 30  # a safety net against a hang, never a measurement
 
 
 def response(status: int, body: Any) -> httpx.Response:
@@ -61,9 +71,10 @@ def test_the_completion_body_names_the_adapter_and_asks_for_token_ids():
     )
     adapter = AdapterRef(name="ft:tiny:acme:x:abc", blob_prefix="p/a")
     request = GenerationRequest(
-        target=ModelTarget(base_model="tiny", adapter=adapter), prompt_ids=[1, 2], params=params, n=2
+        target=ModelTarget(base_model="tiny", adapter=adapter), prompt_ids=[1, 2], params=params, n=2, project_id="p1"
     )
     body = completion_body(request)
+    assert body["user"] == "p1"  # a node shares its batch places among projects by it
     assert body["model"] == "ft:tiny:acme:x:abc"
     assert body["prompt"] == [1, 2] and body["n"] == 2 and body["max_tokens"] == 5
     assert body["stream"] is True and body["return_tokens_as_token_ids"] is True
@@ -75,7 +86,7 @@ def test_the_completion_body_names_the_adapter_and_asks_for_token_ids():
         )
     )
     assert plain["model"] == "tiny" and plain["logprobs"] == 0
-    assert not {"seed", "stop", "logit_bias", "presence_penalty"} & set(plain)
+    assert not {"seed", "stop", "logit_bias", "presence_penalty", "user"} & set(plain)
 
 
 def events(answer: httpx.Response, tokenizer: Any, **params: Any) -> list[Any]:
@@ -153,3 +164,61 @@ def test_a_cancelled_request_stops_reading(tokenizer):
         {"choices": [{"index": 0, "text": "x", "logprobs": {"tokens": ["token_id:5"], "token_logprobs": [0]}}]}
     )
     assert list(CompletionEvents(answer, cancelled, tokenizer, SamplingParams(max_new_tokens=1))) == []
+
+
+def test_the_engine_streams_at_most_its_connections_per_server_and_the_next_goes_to_the_other_project(
+    tmp_path, tiny_dir
+):
+    """Six requests of one project and one of another on a server with two connections: two stream at a time,
+    and the first connection that frees goes to the other project's request, ahead of the older five."""
+    started: queue.Queue[str] = queue.Queue()
+    gates: dict[str, threading.Semaphore] = {}
+    done = b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "tiny"}]})
+        project = json.loads(request.content)["user"]
+
+        def body() -> Iterator[bytes]:
+            started.put(project)
+            gates.setdefault(project, threading.Semaphore(0)).acquire(timeout=WAIT_S)
+            yield done
+
+        return httpx.Response(200, content=body())
+
+    for project in ("a", "b"):
+        gates[project] = threading.Semaphore(0)
+    settings = make_settings(
+        tmp_path,
+        base_models={"tiny": str(tiny_dir)},
+        inference_engine="remote",
+        inference_urls=["http://node:8000"],
+        inference_connections_per_server=2,
+    )
+    engine = RemoteEngine(settings, client=httpx.Client(transport=httpx.MockTransport(answer)))
+    sinks = {project: BlockingEvents(threading.Event()) for project in ("a", "b")}
+    try:
+        for project in ("a",) * 6 + ("b",):
+            request = GenerationRequest(
+                target=ModelTarget(base_model="tiny"),
+                prompt_ids=[1],
+                params=SamplingParams(max_new_tokens=1),
+                project_id=project,
+            )
+            engine.submit(request, sinks[project], cancelled=threading.Event())
+        first = [started.get(timeout=WAIT_S) for _ in range(2)]
+        assert first == ["a", "a"]
+        assert [t.name for t in threading.enumerate()].count("inference-0-3") == 0  # a third never started
+        gates["a"].release()
+        assert started.get(timeout=WAIT_S) == "b"
+        for _ in range(5):
+            gates["a"].release()
+        gates["b"].release()
+        assert [started.get(timeout=WAIT_S) for _ in range(4)] == ["a"] * 4
+        assert started.empty()
+    finally:
+        for gate in gates.values():
+            for _ in range(6):
+                gate.release()
+        engine.close()

@@ -1,0 +1,82 @@
+"""Usage of /v1/chat/completions and /v1/completions: the wire `usage` object and one usage row per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+import anyio.to_thread
+
+from tunewright.api.schemas import Response
+from tunewright.storage.ids import new_id
+from tunewright.storage.records import UsageRecord
+
+if TYPE_CHECKING:
+    from tunewright.api.auth import Principal
+    from tunewright.inference.engine import GenerationEvent
+    from tunewright.storage.base import Stores
+
+logger = logging.getLogger(__name__)
+
+
+class CompletionUsage(Response):
+    """`CompletionUsage`: real token counts of the request (the prompt once, every choice's completion)."""
+
+    completion_tokens: int
+    prompt_tokens: int
+    total_tokens: int
+
+
+@dataclass
+class Meter:
+    """Counts one request's tokens and writes its usage row (without `stores`, only counts: an inference node)."""
+
+    stores: Stores | None
+    principal: Principal | None
+    model: str
+    endpoint: Literal["chat.completions", "completions"]
+    streamed: bool
+    started: float = field(default_factory=time.monotonic)
+    base_model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ran: bool = False
+
+    def count(self, event: GenerationEvent) -> None:
+        """Add an event's tokens."""
+        self.ran = True
+        self.completion_tokens += len(event.token_ids)
+
+    def usage(self) -> CompletionUsage:
+        """The wire `usage` object."""
+        return CompletionUsage(
+            completion_tokens=self.completion_tokens,
+            prompt_tokens=self.prompt_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+        )
+
+    async def record(self) -> None:
+        """Write the usage row (shielded: it runs when a dropped stream is being cancelled too)."""
+        if not self.ran or self.stores is None or self.principal is None:
+            return
+        record = UsageRecord(
+            id=new_id("usage"),
+            project_id=self.principal.project_id or "",
+            api_key_id=self.principal.key_id,
+            model=self.model,
+            base_model=self.base_model,
+            endpoint=self.endpoint,
+            streamed=self.streamed,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=round((time.monotonic() - self.started) * 1000),
+            created_at=int(time.time()),
+        )
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(self.stores.metadata.insert_usage, record)
+            except Exception:  # the answer is already out; a lost row is logged, not raised
+                logger.exception("could not record usage of %s", self.model)
