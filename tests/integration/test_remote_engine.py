@@ -22,6 +22,7 @@ import pytest
 from fixtures.app import backend_settings
 from fixtures.chat import no_eos, rendered_prompt_tokens, stream_then_disconnect
 from fixtures.contract import validate_error, validate_operation
+from fixtures.models import SMOLLM2
 from fixtures.s3 import FAKE_AWS_ENV
 from fixtures.server import VENV_BIN, free_port, stop_server
 from fixtures.training import TINY, TRAINING_SETTINGS, run_worker
@@ -323,19 +324,36 @@ def test_the_node_loads_adapters_by_name_as_vllm_does(node, client_a, settings, 
 
 
 @pytest.mark.parametrize("backend", ["embedded"])  # base model only: the stores play no part
-def test_a_client_that_disconnects_mid_stream_stops_the_nodes_generation(app, node, stores, tenants, tokenizer):
-    """Driven through raw ASGI: the client sends `http.disconnect` after three body frames."""
-    body = {"model": TINY, "messages": HELLO, "max_tokens": 400, "stream": True, "logit_bias": no_eos(tokenizer)}
-    busy: list[float] = []
-    frames = stream_then_disconnect(app, tenants["a"].key, body, before_leaving=lambda: busy.append(active_rows(node)))
-    assert busy == [1]
-    assert b"[DONE]" not in b"".join(frames)
-    deadline = time.monotonic() + 30
-    while active_rows(node):
-        assert time.monotonic() < deadline, "the node kept generating after the client left"
-        time.sleep(0.05)
-    (row,) = stores.metadata.list_usage(project_id=tenants["a"].project_id)
-    assert 0 < row.completion_tokens < 400
+def test_a_client_that_disconnects_mid_stream_stops_the_nodes_generation(
+    settings, stores, tenants, tmp_path, smollm2_dir
+):
+    """Driven through raw ASGI: the client sends `http.disconnect` after three body frames.
+
+    The node serves SmolLM2, which takes seconds for 400 tokens on a CPU: the tiny model can finish them all
+    between the client's third frame and the look at the node, and then the test would prove nothing.
+    """
+    slow = msgspec.structs.replace(settings, base_models={**settings.base_models, SMOLLM2: str(smollm2_dir)})
+    url, process = start_node(slow, tmp_path)
+    engine = remote_engine(slow, url)
+    try:
+        app = create_app(slow, stores, engine=engine, sweep=False)
+        ban_eos = no_eos(engine.tokenizer(SMOLLM2))
+        body = {"model": SMOLLM2, "messages": HELLO, "max_tokens": 400, "stream": True, "logit_bias": ban_eos}
+        busy: list[float] = []
+        frames = stream_then_disconnect(
+            app, tenants["a"].key, body, before_leaving=lambda: busy.append(active_rows(url))
+        )
+        assert busy == [1]
+        assert b"[DONE]" not in b"".join(frames)
+        deadline = time.monotonic() + 30
+        while active_rows(url):
+            assert time.monotonic() < deadline, "the node kept generating after the client left"
+            time.sleep(0.05)
+        (row,) = stores.metadata.list_usage(project_id=tenants["a"].project_id)
+        assert 0 < row.completion_tokens < 400
+    finally:
+        engine.close()
+        stop_server(process)
 
 
 def test_an_unreachable_node_is_a_503_envelope(settings, stores, tenants):
