@@ -29,9 +29,8 @@ from tunewright.training_files.formats import DataFormat, detect_format, validat
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Iterator
 
-    from tunewright.inference.engine import GenerationRequest
+    from tunewright.inference.engine import EventSink, GenerationRequest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,7 +84,7 @@ def asset_examples() -> list[tuple[str, dict[str, Any]]]:
 
 
 class RecordingEngine:
-    """The real local engine's tokenizer and context; `generate` records the prompt and ends the choice."""
+    """The real local engine's tokenizer and context; `submit` records the prompt and ends the choice."""
 
     def __init__(self, engine: LocalEngine) -> None:
         self.engine = engine
@@ -97,9 +96,10 @@ class RecordingEngine:
     def context_length(self, base_model: str) -> int:
         return self.engine.context_length(base_model)
 
-    def generate(self, request: GenerationRequest, *, cancelled: threading.Event) -> Iterator[GenerationEvent]:
+    def submit(self, request: GenerationRequest, sink: EventSink, *, cancelled: threading.Event) -> None:
         self.prompts.append(list(request.prompt_ids))
-        yield GenerationEvent(index=0, finish_reason="stop")
+        sink.put(GenerationEvent(index=0, finish_reason="stop"))
+        sink.put(None)
 
     def forget(self, adapter_name: str) -> None:
         self.engine.forget(adapter_name)
