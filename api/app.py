@@ -44,7 +44,8 @@ _FEATURE_MODULES = {
 
 
 # Read handlers run inline on the event loop (`sync_to_thread=False`): a read is one indexed query that
-# never waits on a lock (SQLite WAL, PostgreSQL MVCC) and costs less than a hop to a worker thread.
+# never waits on a lock (SQLite WAL, PostgreSQL MVCC) and costs less than a hop to a worker thread. The jobs list,
+# the hottest read, hops on PostgreSQL only, where the read is a network round trip (`store_read`).
 # Handlers that write, touch blobs or validate files run on worker threads.
 
 

@@ -90,6 +90,11 @@ class BlobStore(Protocol):
 class MetadataStore(TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, Protocol):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""
 
+    reads_wait_on_network: bool
+    """True when a read is a round trip to a server (PostgreSQL): the API's hot read paths then run it on a
+    worker thread, so the event loop serves other requests while it waits. An SQLite read costs less inline than
+    the hop (bench/README.md)."""
+
     def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied. Idempotent and safe to run concurrently."""
         ...

@@ -9,7 +9,15 @@ import msgspec
 from tunewright.storage.db import JOBS_CHANNEL
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.metadata_base import SQLStoreBase, now
-from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, JobStatus, ModelRecord, Page
+from tunewright.storage.records import (
+    CheckpointRecord,
+    JobEventRecord,
+    JobListingRecord,
+    JobRecord,
+    JobStatus,
+    ModelRecord,
+    Page,
+)
 from tunewright.storage.rows import from_row, to_params
 
 if TYPE_CHECKING:
@@ -41,7 +49,7 @@ class JobsMixin(SQLStoreBase):
 
     def list_jobs(
         self, *, project_id: str, after: str | None, limit: int, metadata: dict[str, str] | None
-    ) -> Page[JobRecord]:
+    ) -> Page[JobListingRecord]:
         """Jobs of a project, newest first, optionally filtered by metadata pairs.
 
         `metadata=None` keeps every job; `{}` keeps jobs without metadata; otherwise a job is kept when its
@@ -54,7 +62,7 @@ class JobsMixin(SQLStoreBase):
         with self.database.reading() as conn:
             return self._page(
                 conn,
-                JobRecord,
+                JobListingRecord,
                 query="list_jobs",
                 cursor_query="job_cursor",
                 scope={"project_id": project_id},

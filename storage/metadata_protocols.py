@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         CheckpointRecord,
         FileRecord,
         JobEventRecord,
+        JobListingRecord,
         JobRecord,
         ModelRecord,
         OrganizationRecord,
@@ -243,8 +244,8 @@ class JobStore(Protocol):
 
     def list_jobs(
         self, *, project_id: str, after: str | None, limit: int, metadata: dict[str, str] | None
-    ) -> Page[JobRecord]:
-        """Jobs of a project, newest first, filtered by metadata.
+    ) -> Page[JobListingRecord]:
+        """Jobs of a project, newest first, filtered by metadata; JSON columns left as JSON text.
 
         `metadata` keeps jobs whose metadata holds every pair given (an empty dict keeps jobs without metadata).
         """

@@ -165,6 +165,35 @@ class JobRecord(msgspec.Struct, kw_only=True):
     attempts: int = 0
 
 
+class JobListingRecord(msgspec.Struct, frozen=True):
+    """A job as a list page shows it: the columns the wire object needs, JSON columns still JSON text.
+
+    List pages are the API's hot path: decoding the JSON columns into Python values only for the API to encode
+    them again cost more than the query, so the API copies this text to the wire as it is. Built positionally
+    from the row (the list query selects these fields, in this order).
+    """
+
+    id: str
+    created_at: int
+    status: str
+    model: str
+    organization_id: str
+    training_file: str
+    validation_file: str | None
+    seed: int
+    suffix: str | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    trained_tokens: int | None
+    estimated_finish: int | None
+    hyperparameters: str  # JSON text (object)
+    method: str  # JSON text (object)
+    result_files: str  # JSON text (array of file ids)
+    error: str | None  # JSON text (object)
+    metadata: str | None  # JSON text (object of strings)
+    integrations: str | None  # JSON text (array)
+
+
 class JobEventRecord(msgspec.Struct, kw_only=True):
     """A `fine_tuning.job.event`."""
 

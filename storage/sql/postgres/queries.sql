@@ -10,7 +10,8 @@ SELECT pg_notify(:channel, '')
 SELECT * FROM uploads WHERE id = :id AND project_id = :project_id FOR UPDATE
 
 -- name: list_jobs
-SELECT * FROM jobs
+-- {columns}: the fields of JobListingRecord, in order.
+SELECT {columns} FROM jobs
 WHERE project_id = :project_id
   AND (created_at, id) {cmp} (:after_created_at, :after_id)
   AND (CAST(:metadata AS JSONB) IS NULL OR jobs.metadata @> CAST(:metadata AS JSONB))

@@ -2,7 +2,8 @@
 -- row locks of the PostgreSQL versions are not needed here.
 
 -- name: list_jobs
-SELECT * FROM jobs
+-- {columns}: the fields of JobListingRecord, in order.
+SELECT {columns} FROM jobs
 WHERE project_id = :project_id
   AND (created_at, id) {cmp} (:after_created_at, :after_id)
   AND (:metadata IS NULL OR NOT EXISTS (
