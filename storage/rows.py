@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, JobStatus
+from tunewright.storage.records import (
+    CheckpointRecord,
+    JobEventRecord,
+    JobRecord,
+    JobStatus,
+    WebhookDeliveryRecord,
+    WebhookEndpointRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +27,8 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     JobRecord: frozenset({"hyperparameters", "method", "result_files", "error", "metadata", "integrations"}),
     JobEventRecord: frozenset({"data"}),
     CheckpointRecord: frozenset({"metrics"}),
+    WebhookEndpointRecord: frozenset({"event_types"}),
+    WebhookDeliveryRecord: frozenset({"attempt_log"}),
 }
 
 
