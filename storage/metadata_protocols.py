@@ -421,6 +421,10 @@ class WebhookStore(Protocol):
         """Record an attempt and the delivery's new status, ending the lease. False if the lease was lost."""
         ...
 
+    def release_webhook_delivery(self, claimed: ClaimedDelivery) -> None:
+        """End a lease without recording an attempt, so the delivery is due again at once."""
+        ...
+
     def count_webhook_backlog(self) -> int:
         """Deliveries of every project still pending (for /metrics)."""
         ...

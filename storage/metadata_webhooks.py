@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunewright.storage.errors import LimitExceeded, NotFound
 from tunewright.storage.metadata_base import SQLStoreBase
+from tunewright.storage.outbox import signing_secrets
 from tunewright.storage.records import (
     ClaimedDelivery,
     Page,
@@ -113,6 +114,9 @@ class WebhooksMixin(SQLStoreBase):
         previous one while a rotation keeps it.
         """
         params = {"owner": owner, "now": now, "expires_at": now + lease_s, "limit": limit}
+        with self.database.reading() as conn:  # the common case, nothing due, takes no write lock
+            if conn.run("webhook_due", {"now": now}).fetchone() is None:
+                return []
         with self.database.transaction(immediate=True) as conn:
             rows = conn.run("webhook_claim", params).fetchall()
             if not rows:
@@ -123,7 +127,7 @@ class WebhooksMixin(SQLStoreBase):
             ClaimedDelivery(
                 delivery=delivery,
                 url=endpoints[delivery.endpoint_id]["url"],
-                secrets=_signing_secrets(endpoints[delivery.endpoint_id], now),
+                secrets=_signing_secrets(endpoints[delivery.endpoint_id], now=now),
                 owner=owner,
             )
             for delivery in deliveries
@@ -159,6 +163,11 @@ class WebhooksMixin(SQLStoreBase):
         with self.database.transaction(immediate=True) as conn:
             return conn.run("finish_webhook_attempt", params).fetchone() is not None
 
+    def release_webhook_delivery(self, claimed: ClaimedDelivery) -> None:
+        """End a lease without recording an attempt (a sender stopping mid-attempt): the delivery is due again."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("release_webhook_delivery", {"id": claimed.delivery.id, "owner": claimed.owner})
+
     def count_webhook_backlog(self) -> int:
         """Deliveries of every project not yet acknowledged nor given up on (for /metrics)."""
         with self.database.reading() as conn:
@@ -180,9 +189,8 @@ def _endpoints(conn: Connection, endpoint_ids: set[str]) -> dict[str, Mapping[st
     return {row["id"]: row for row in conn.execute(sql, params).fetchall()}
 
 
-def _signing_secrets(endpoint: Mapping[str, Any], now: float) -> tuple[str, ...]:
-    """The current secret, then the previous one while its grace lasts."""
-    previous, until = endpoint["previous_secret"], endpoint["previous_secret_expires_at"]
-    if previous and until is not None and until > now:
-        return (endpoint["secret"], previous)
-    return (endpoint["secret"],)
+def _signing_secrets(endpoint: Mapping[str, Any], *, now: float) -> tuple[str, ...]:
+    """The secrets that sign an attempt to `endpoint` (a row) at `now`."""
+    return signing_secrets(
+        endpoint["secret"], endpoint["previous_secret"], endpoint["previous_secret_expires_at"], now=now
+    )

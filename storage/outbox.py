@@ -32,6 +32,13 @@ EVENT_TYPES: tuple[str, ...] = tuple(JOB_EVENT_TYPES.values())
 """Every event type an endpoint may subscribe to."""
 
 
+def signing_secrets(secret: str, previous: str | None, previous_until: int | None, *, now: float) -> tuple[str, ...]:
+    """The secrets that sign an attempt at `now`: the current one, then the previous one while its grace lasts."""
+    if previous and previous_until is not None and previous_until > now:
+        return (secret, previous)
+    return (secret,)
+
+
 class _Event(msgspec.Struct, kw_only=True):
     """The body of a fine-tuning webhook event, in OpenAI's shape and key order."""
 

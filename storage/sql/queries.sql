@@ -455,6 +455,11 @@ WHERE endpoint_id = :endpoint_id AND project_id = :project_id
 ORDER BY created_at {dir}, id {dir}
 LIMIT :limit
 
+-- name: webhook_due
+SELECT id FROM webhook_deliveries
+WHERE status = 'pending' AND next_attempt_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+LIMIT 1
+
 -- name: webhook_claimed_endpoints
 -- {ids} is filled with the placeholders of the endpoints of the deliveries just claimed.
 SELECT id, url, secret, previous_secret, previous_secret_expires_at FROM webhook_endpoints WHERE id IN ({ids})
@@ -466,6 +471,9 @@ SET status = :status, attempts = attempts + 1, next_attempt_at = :next_attempt_a
     lease_expires_at = NULL, finished_at = :finished_at, attempt_log = :attempt_log
 WHERE id = :id AND lease_owner = :owner AND status = 'pending'
 RETURNING id
+
+-- name: release_webhook_delivery
+UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = :id AND lease_owner = :owner
 
 -- name: webhook_backlog
 SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'pending'

@@ -301,3 +301,16 @@ def test_finished_deliveries_are_swept_after_their_retention(metadata_store: SQL
     assert metadata_store.delete_finished_webhook_deliveries(finished_before=1000, limit=10) == 0
     assert metadata_store.delete_finished_webhook_deliveries(finished_before=1001, limit=10) == 1
     assert [d.status for d in deliveries(metadata_store, endpoint)] == ["pending"]  # pending ones stay
+
+
+def test_a_released_lease_makes_the_delivery_due_at_once(metadata_store: SQLMetadataStore) -> None:
+    make_endpoint(metadata_store, "proj_a", OPENAI_EVENTS)
+    job = make_job(metadata_store, status="queued")
+    metadata_store.transition_job(job.id, project_id="proj_a", allowed=["queued"], status="cancelled")
+    now = time.time()
+    stopping = _one_claim(metadata_store, "stopping", now, lease_s=3600)
+    metadata_store.release_webhook_delivery(stopping)
+    again = _one_claim(metadata_store, "other", now)
+    assert (again.delivery.id, again.delivery.attempts) == (stopping.delivery.id, 0)
+    metadata_store.release_webhook_delivery(stopping)  # no longer the holder: nothing happens
+    assert metadata_store.claim_webhook_deliveries("third", now=now, lease_s=10, limit=5) == []
