@@ -19,6 +19,7 @@ from tunewright.storage.metadata_protocols import (
     TenantStore,
     UploadStore,
     UsageStore,
+    WebhookStore,
 )
 from tunewright.storage.records import JobStatus
 
@@ -87,7 +88,7 @@ class BlobStore(Protocol):
         ...
 
 
-class MetadataStore(TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, Protocol):
+class MetadataStore(TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, Protocol):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""
 
     reads_wait_on_network: bool
@@ -132,7 +133,10 @@ class JobQueue(Protocol):
     def release(
         self, claim: Claim, *, status: JobStatus = JobStatus.QUEUED, event: JobEventRecord | None = None
     ) -> bool:
-        """Give the job back (status `queued` or `paused`), clearing the lease. False if the lease was lost."""
+        """Give the job back (status `queued` or `paused`), clearing the lease. False if the lease was lost.
+
+        A `paused` job's webhook deliveries are written in the same transaction.
+        """
         ...
 
     def update(
@@ -154,7 +158,8 @@ class JobQueue(Protocol):
     ) -> bool:
         """Finish the job (`succeeded` or `failed`) with `changes`, clearing the lease. False if lost.
 
-        `files` and `models` are published in the same transaction (and their blobs' intents ended).
+        `files` and `models` are published in the same transaction (and their blobs' intents ended), and so
+        are the webhook deliveries of the job's end (`storage/outbox.py`).
         """
         ...
 

@@ -9,6 +9,7 @@ import msgspec
 from tunewright.storage.db import JOBS_CHANNEL
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.metadata_base import SQLStoreBase, now
+from tunewright.storage.outbox import enqueue_job_webhooks
 from tunewright.storage.records import (
     CheckpointRecord,
     JobEventRecord,
@@ -84,6 +85,8 @@ class JobsMixin(SQLStoreBase):
     ) -> JobRecord:
         """Compare-and-set the job's status (see `MetadataStore.transition_job`), in one transaction.
 
+        The webhook deliveries the new status sends (cancelled, paused) are written in that transaction too.
+
         Raises:
             NotFound: no such job in the project.
             StateConflict: the status was not in `allowed` (`current` says what it was).
@@ -101,6 +104,7 @@ class JobsMixin(SQLStoreBase):
                 raise self._missing_or_conflict(conn, job_id, project_id)
             if event is not None:
                 conn.run("insert_event", to_params(event))
+            enqueue_job_webhooks(conn, job_id=job_id, project_id=project_id, status=status, now=values["updated_at"])
         return record
 
     @staticmethod

@@ -264,6 +264,65 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     created_at: int
 
 
+class WebhookEndpointRecord(msgspec.Struct, kw_only=True):
+    """A project's webhook endpoint: where events go, which ones, and the secrets that sign them.
+
+    The secrets are kept as they are (a signature needs them); `previous_secret` still signs until
+    `previous_secret_expires_at` after a rotation that kept it.
+    """
+
+    id: str
+    project_id: str
+    created_at: int
+    updated_at: int
+    name: str
+    url: str
+    event_types: list[str]
+    secret: str
+    previous_secret: str | None = None
+    previous_secret_expires_at: int | None = None
+
+
+class WebhookDeliveryStatus(StrEnum):
+    """Where one delivery stands: waiting for its next attempt, acknowledged, or given up on."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class WebhookDeliveryRecord(msgspec.Struct, kw_only=True):
+    """One event to one endpoint, from the outbox: `id` is the `webhook-id` every attempt carries.
+
+    `payload` is the exact JSON body sent on every attempt; `attempt_log` holds the latest attempts as
+    `{attempted_at, status_code, error, duration_ms}`.
+    """
+
+    id: str
+    endpoint_id: str
+    project_id: str
+    event_id: str
+    event_type: str
+    payload: str
+    created_at: int
+    status: str = WebhookDeliveryStatus.PENDING
+    attempts: int = 0
+    next_attempt_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    finished_at: int | None = None
+    attempt_log: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class ClaimedDelivery(msgspec.Struct, kw_only=True, frozen=True):
+    """A delivery a sender leased for one attempt: what to send, where, and the secrets that sign it now."""
+
+    delivery: WebhookDeliveryRecord
+    url: str
+    secrets: tuple[str, ...]
+    owner: str
+
+
 class Claim(msgspec.Struct, kw_only=True):
     """A worker's hold on a job: valid while `lease_expires_at` is in the future and the owner matches."""
 

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobListingRecord, JobRecord, JobStatus
+from tunewright.storage.records import (
+    CheckpointRecord,
+    JobEventRecord,
+    JobListingRecord,
+    JobRecord,
+    JobStatus,
+    WebhookDeliveryRecord,
+    WebhookEndpointRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +28,8 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     JobRecord: frozenset({"hyperparameters", "method", "result_files", "error", "metadata", "integrations"}),
     JobEventRecord: frozenset({"data"}),
     CheckpointRecord: frozenset({"metrics"}),
+    WebhookEndpointRecord: frozenset({"event_types"}),
+    WebhookDeliveryRecord: frozenset({"attempt_log"}),
 }
 POSITIONAL_RECORDS: frozenset[type[msgspec.Struct]] = frozenset({JobListingRecord})
 """Records built from a tuple row as it is (their JSON columns stay JSON text)."""

@@ -43,3 +43,24 @@ WHERE j.status IN ('validating_files', 'queued', 'running')
 ORDER BY t.last_claimed_at NULLS FIRST, j.created_at, j.id
 LIMIT 1
 FOR NO KEY UPDATE OF j SKIP LOCKED
+
+-- ---------------------------------------------------------------------------------------- webhooks
+-- storage/outbox.py and storage/metadata_webhooks.py, PostgreSQL versions.
+
+-- name: webhook_endpoints_for_event
+-- FOR KEY SHARE: an endpoint deleted meanwhile waits for this transaction, then its cascade takes the new rows.
+SELECT id FROM webhook_endpoints
+WHERE project_id = :project_id AND event_types @> jsonb_build_array(CAST(:event_type AS TEXT))
+ORDER BY created_at, id
+FOR KEY SHARE
+
+-- name: webhook_claim
+-- Due deliveries without a live lease, oldest due first, leased to :owner for one attempt. SKIP LOCKED: senders
+-- in several API processes claim at once and never take the same row.
+UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_at = :expires_at
+WHERE id IN (SELECT id FROM webhook_deliveries
+             WHERE status = 'pending' AND next_attempt_at <= :now
+               AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+             ORDER BY next_attempt_at, id LIMIT :limit
+             FOR UPDATE SKIP LOCKED)
+RETURNING *

@@ -33,3 +33,22 @@ WHERE j.status IN ('validating_files', 'queued', 'running')
          AND held.lease_expires_at > :now) < :cap
 ORDER BY t.last_claimed_at NULLS FIRST, j.created_at, j.id
 LIMIT 1
+
+-- ---------------------------------------------------------------------------------------- webhooks
+-- storage/outbox.py and storage/metadata_webhooks.py, SQLite versions: writers run in BEGIN IMMEDIATE, which
+-- already serializes them.
+
+-- name: webhook_endpoints_for_event
+SELECT id FROM webhook_endpoints
+WHERE project_id = :project_id
+  AND EXISTS (SELECT 1 FROM json_each(webhook_endpoints.event_types) WHERE value = :event_type)
+ORDER BY created_at, id
+
+-- name: webhook_claim
+-- Due deliveries without a live lease, oldest due first, leased to :owner for one attempt.
+UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_at = :expires_at
+WHERE id IN (SELECT id FROM webhook_deliveries
+             WHERE status = 'pending' AND next_attempt_at <= :now
+               AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+             ORDER BY next_attempt_at, id LIMIT :limit)
+RETURNING *
