@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from tunewright.api.auth import current_principal
+from tunewright.api.bodies import APIRequest
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
@@ -160,6 +161,7 @@ def create_app(
             ),
         },
         exception_handlers=exception_handlers(),
+        request_class=APIRequest,
         lifespan=[sweeper_lifespan] if sweep else [],
         on_shutdown=[own_engine.close] if own_engine is not None else [],
         openapi_config=OpenAPIConfig(

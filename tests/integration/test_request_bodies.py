@@ -1,0 +1,73 @@
+"""Request bodies every JSON route shares: how they are decoded and which are refused before any rule runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fixtures.app import OPERATOR_KEY
+from fixtures.contract import validate_error
+
+pytestmark = pytest.mark.integration
+
+ADMIN_PREFIX = "/v1/organization/"
+
+
+def json_routes(app: Any) -> list[str]:
+    """Every route whose handler takes a JSON `data` body (multipart routes read the stream and take none)."""
+    paths = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if "data" in handler.parsed_fn_signature.parameters and "POST" in handler.http_methods:
+                paths.append(route.path_format.replace("{", "").replace("}", ""))
+    return sorted(set(paths))
+
+
+def route_headers(path: str, tenants: dict[str, Any]) -> dict[str, str]:
+    """A key the route takes: the operator's on the admin routes, project `a`'s elsewhere."""
+    key = OPERATOR_KEY if path.startswith(ADMIN_PREFIX) else tenants["a"].key
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_the_json_routes_are_the_ones_expected(app):
+    assert len(json_routes(app)) >= 9  # uploads, jobs, permissions, chat, completions, admin projects
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000, b'[{"a": ' * 50_000, b'{"a": ' * 100_000, b'{"model": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"],
+    ids=["open-arrays", "open-mixed", "open-members", "closed-arrays"],
+)
+def test_deeply_nested_json_is_400_invalid_json_on_every_json_route(app, http, tenants, body):
+    for path in json_routes(app):
+        headers = {**route_headers(path, tenants), "content-type": "application/json"}
+        response = http.post(path, headers=headers, content=body)
+        assert response.status_code == 400, (path, response.text)
+        validate_error(response.json())
+        error = response.json()["error"]
+        assert error["code"] == "invalid_json", path
+        assert error["type"] == "invalid_request_error"
+        assert error["param"] is None
+        assert "body is nested too deeply" in error["message"]
+
+
+def test_json_nested_just_within_the_decoder_is_never_a_server_error(app, http, tenants):
+    for path in json_routes(app):
+        headers = {**route_headers(path, tenants), "content-type": "application/json"}
+        for depth in range(940, 1000, 3):  # around the interpreter's recursion limit, where decoding stops
+            body = b'{"metadata": ' + b"[" * depth + b"]" * depth + b"}"
+            response = http.post(path, headers=headers, content=body)
+            assert response.status_code < 500, (path, depth, response.text)
+            validate_error(response.json())
+
+
+def test_deeply_nested_json_is_400_on_an_inference_node(settings, stores):
+    from litestar.testing import TestClient
+
+    from tunewright.api.node.routes import create_node
+
+    with TestClient(create_node(settings, stores.blobs)) as node:
+        for path in ("/v1/completions", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            response = node.post(path, headers={"content-type": "application/json"}, content=b"[" * 100_000)
+            assert response.status_code == 400, (path, response.text)
+            assert response.json()["error"]["code"] == "invalid_json"
