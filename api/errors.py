@@ -118,6 +118,13 @@ class UnsupportedMediaTypeError(APIError):
     default_code = "unsupported_media_type"
 
 
+def unsupported_media_type(content_type: str, accepted: str) -> UnsupportedMediaTypeError:
+    """The 415 for a body sent as `content_type` (empty: sent without one) to a route that reads `accepted`."""
+    return UnsupportedMediaTypeError(
+        f"Unsupported content type '{echo(content_type or 'none')}': this endpoint takes {accepted}."
+    )
+
+
 class RateLimitError(APIError):
     """429: too many requests."""
 

@@ -14,8 +14,8 @@ from multipart import MultipartSegment, ParserError, PushMultipartParser, parse_
 from tunewright.api.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
-    UnsupportedMediaTypeError,
     echo,
+    unsupported_media_type,
 )
 
 if TYPE_CHECKING:
@@ -43,9 +43,7 @@ class FormResult:
 def _boundary(request: Request[Any, Any, Any]) -> str:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != "multipart/form-data":
-        raise UnsupportedMediaTypeError(
-            f"Unsupported content type '{echo(content_type or 'none')}': this endpoint takes multipart/form-data."
-        )
+        raise unsupported_media_type(content_type, "multipart/form-data")
     boundary = options.get("boundary")
     if not boundary:
         raise InvalidRequestError("The multipart/form-data body has no boundary.", code="invalid_value")

@@ -71,3 +71,43 @@ def test_deeply_nested_json_is_400_on_an_inference_node(settings, stores):
             response = node.post(path, headers={"content-type": "application/json"}, content=b"[" * 100_000)
             assert response.status_code == 400, (path, response.text)
             assert response.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonl"],
+)
+def test_a_json_route_refuses_other_content_types_with_415(app, http, tenants, content_type):
+    for path in json_routes(app):
+        headers = route_headers(path, tenants)
+        if content_type is not None:
+            headers["content-type"] = content_type
+        response = http.post(path, headers=headers, content=b"{}")
+        assert response.status_code == 415, (path, response.text)
+        validate_error(response.json())
+        error = response.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == (
+            "invalid_request_error",
+            "unsupported_media_type",
+            None,
+        )
+        assert f"'{content_type.split(';')[0] if content_type else 'none'}'" in error["message"]
+        assert "application/json" in error["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+def test_a_json_route_reads_application_json_with_or_without_a_charset(app, http, tenants, content_type):
+    for path in json_routes(app):
+        headers = {**route_headers(path, tenants), "content-type": content_type}
+        response = http.post(path, headers=headers, content=b"{}")
+        assert response.status_code not in (415, 500), (path, response.text)
+        validate_error(response.json())  # `{}` misses required fields, or names an unknown object
+
+
+def test_multipart_routes_still_take_only_multipart(http, tenants, client_a):
+    upload = client_a.uploads.create(bytes=3, filename="a.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    headers = {"Authorization": f"Bearer {tenants['a'].key}", "content-type": "application/json"}
+    for path in ("/v1/files", f"/v1/uploads/{upload.id}/parts"):
+        response = http.post(path, headers=headers, content=b"{}")
+        assert response.status_code == 415, (path, response.text)
+        assert response.json()["error"]["code"] == "unsupported_media_type"
