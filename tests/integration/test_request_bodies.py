@@ -111,3 +111,44 @@ def test_multipart_routes_still_take_only_multipart(http, tenants, client_a):
         response = http.post(path, headers=headers, content=b"{}")
         assert response.status_code == 415, (path, response.text)
         assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def multipart(*parts: tuple[list[bytes], bytes]) -> bytes:
+    """A multipart/form-data body (boundary `B`) of parts given as (header lines, content)."""
+    body = b"".join(
+        b"--B\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n" + data + b"\r\n" for lines, data in parts
+    )
+    return body + b"--B--\r\n"
+
+
+def file_part(field: str, filename: bytes, extra: tuple[bytes, ...] = ()) -> tuple[list[bytes], bytes]:
+    """A file part of `field` named `filename`, after the `extra` header lines."""
+    disposition = b'Content-Disposition: form-data; name="%s"; filename="%s"' % (field.encode(), filename)
+    return [*extra, disposition], b'{"a": 1}\n'
+
+
+HEADER_ABUSE = {
+    "100 KB filename": lambda field: multipart(file_part(field, b"f" * 100_000)),
+    "500 part headers": lambda field: multipart(
+        file_part(field, b"a.jsonl", tuple(b"X-H%d: v" % i for i in range(500)))
+    ),
+    "100 KB header of a text part": lambda field: multipart(
+        ([b'Content-Disposition: form-data; name="purpose"', b"X-Long: " + b"v" * 100_000], b"fine-tune"),
+        file_part(field, b"a.jsonl"),
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(HEADER_ABUSE))
+def test_multipart_part_headers_over_the_limits_are_400_naming_the_file_field(http, tenants, client_a, shape):
+    upload = client_a.uploads.create(bytes=9, filename="a.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    headers = {"Authorization": f"Bearer {tenants['a'].key}", "content-type": "multipart/form-data; boundary=B"}
+    for path, field in (("/v1/files", "file"), (f"/v1/uploads/{upload.id}/parts", "data")):
+        response = http.post(path, headers=headers, content=HEADER_ABUSE[shape](field))
+        assert response.status_code == 400, (path, response.text)
+        validate_error(response.json())
+        error = response.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "invalid_value", field)
+        assert f"'{field}'" in error["message"]
+        assert "over the limits" in error["message"]
+    assert client_a.files.list().data == []  # nothing was stored
