@@ -20,6 +20,7 @@ from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.metrics import Metrics, serve_with_context
+from tunewright.api.openapi import SchemaRouter
 from tunewright.api.sweeper import sweeper_lifespan
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def create_app(
             title="Tunewright",
             version="0.1.0",
             description="OpenAI-compatible files, uploads, fine-tuning and models API.",
-            path="/",
+            openapi_router=SchemaRouter(path="/", route_handlers=[], include_in_schema=False),
             render_plugins=[JsonRenderPlugin(path="/openapi.json")],
             use_handler_docstrings=True,
         ),

@@ -69,6 +69,45 @@ def test_unknown_route_and_wrong_method_use_the_envelope(http, tenants):
     assert wrong.json()["error"]["code"] == "method_not_allowed"
 
 
+UNKNOWN_PATHS = (
+    "/nope",
+    "/nope.json",
+    "/openapi.yaml",
+    "/v2/files",
+    "/v1",
+    "/v1/nope",
+    "/v1/files/file-x/nope/deeper",
+    "/v1/fine_tuning/jobs/ftjob-x/nope",
+)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "HEAD"])
+def test_unknown_paths_in_and_outside_v1_are_404_in_the_envelope(http, tenants, method):
+    for path in UNKNOWN_PATHS:
+        for headers in ({}, auth(tenants["a"].key)):
+            response = http.request(method, path, headers=headers)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.headers["content-type"] == "application/json"
+            if method != "HEAD":
+                validate_error(response.json())
+                assert response.json()["error"]["code"] == "unknown_url"
+                assert response.json()["error"]["message"] == f"Invalid URL ({method} {path})"
+
+
+def test_a_wrong_method_on_a_known_path_is_405_in_the_envelope(http, tenants):
+    for method, path in (
+        ("PUT", "/v1/files"),
+        ("PATCH", "/v1/fine_tuning/jobs"),
+        ("DELETE", "/healthz"),
+        ("POST", "/metrics"),
+        ("POST", "/openapi.json"),
+    ):
+        response = http.request(method, path, headers=auth(tenants["a"].key))
+        assert response.status_code == 405, (method, path, response.text)
+        validate_error(response.json())
+        assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_every_response_carries_a_request_id(http, tenants):
     for response in (
         http.get("/v1/files", headers=auth(tenants["a"].key)),
