@@ -196,6 +196,28 @@ def test_metrics_count_requests_by_route_template_and_jobs_by_status(http, clien
     assert "tunewright_queue_depth_jobs" in text
 
 
+def http_series(text):
+    prefixes = ("tunewright_http_requests_total{", "tunewright_http_request_duration_seconds_count{")
+    return [line for line in text.splitlines() if line.startswith(prefixes)]
+
+
+def test_made_up_methods_and_paths_add_no_metrics_series(http, tenants):
+    http.get("/v1/nowhere-0")
+    http.request("FOO0", "/v1/files")
+    http.request("BAR0", "/made-up-0")
+    before = http_series(http.get("/metrics").text)
+    for i in range(1, 40):
+        http.request(f"FOO{i}", "/v1/files", headers=auth(tenants["a"].key))
+        http.request(f"BAR{i}", f"/made-up-{i}")
+        http.get(f"/v1/nowhere-{i}/deeper-{i}")
+        http.get(f"/x{i}")
+    after = http_series(http.get("/metrics").text)
+    assert len(after) == len(before) + 2, after  # the new series: the scrape of /metrics itself
+    assert any('method="other",route="unmatched",status="405"' in line for line in after)
+    assert any('method="other",route="unmatched",status="404"' in line for line in after)
+    assert not any("FOO" in line or "BAR" in line or "made-up" in line or "nowhere" in line for line in after)
+
+
 def test_openapi_document_lists_the_api(http):
     document = http.get("/openapi.json").json()
     assert document["openapi"].startswith("3.1")
