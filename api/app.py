@@ -15,10 +15,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from tunewright.api.auth import current_principal
+from tunewright.api.bodies import APIRequest
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.metrics import Metrics, serve_with_context
+from tunewright.api.openapi import SchemaRouter
 from tunewright.api.sweeper import sweeper_lifespan
 from tunewright.api.webhooks.sender import webhook_sender_lifespan
 
@@ -165,6 +167,7 @@ def create_app(
             ),
         },
         exception_handlers=exception_handlers(),
+        request_class=APIRequest,
         lifespan=[
             *([sweeper_lifespan] if sweep else []),
             *([webhook_sender_lifespan] if send_webhooks and "webhooks" in features else []),
@@ -174,7 +177,7 @@ def create_app(
             title="Tunewright",
             version="0.1.0",
             description="OpenAI-compatible files, uploads, fine-tuning and models API.",
-            path="/",
+            openapi_router=SchemaRouter(path="/", route_handlers=[], include_in_schema=False),
             render_plugins=[JsonRenderPlugin(path="/openapi.json")],
             use_handler_docstrings=True,
         ),

@@ -41,6 +41,7 @@ class APIError(Exception):
     type: ClassVar[str] = "invalid_request_error"
     default_code: ClassVar[str | None] = None
     retryable: ClassVar[bool] = True
+    closes_connection: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -105,10 +106,15 @@ class ConflictError(APIError):
 
 
 class PayloadTooLargeError(APIError):
-    """413: the body is larger than the route accepts."""
+    """413: the body is larger than the route accepts.
+
+    Refused before the body is read (or part way): the unread rest would be taken for the next request on a
+    kept-alive connection, so the response says `Connection: close` and the server closes it.
+    """
 
     status_code = 413
     default_code = "payload_too_large"
+    closes_connection = True
 
 
 class UnsupportedMediaTypeError(APIError):
@@ -116,6 +122,13 @@ class UnsupportedMediaTypeError(APIError):
 
     status_code = 415
     default_code = "unsupported_media_type"
+
+
+def unsupported_media_type(content_type: str, accepted: str) -> UnsupportedMediaTypeError:
+    """The 415 for a body sent as `content_type` (empty: sent without one) to a route that reads `accepted`."""
+    return UnsupportedMediaTypeError(
+        f"Unsupported content type '{echo(content_type or 'none')}': this endpoint takes {accepted}."
+    )
 
 
 class RateLimitError(APIError):
@@ -165,6 +178,8 @@ def error_response(error: APIError, request_id: str | None = None) -> Response[A
     headers = dict(error.headers)
     if not error.retryable:
         headers["x-should-retry"] = "false"
+    if error.closes_connection:
+        headers["connection"] = "close"
     return Response(content=error.body(), status_code=error.status_code, media_type=MediaType.JSON, headers=headers)
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from multipart import MultipartSegment, ParserError, PushMultipartParser, parse_options_header
+from multipart import MultipartError, MultipartSegment, ParserLimitReached, PushMultipartParser, parse_options_header
 
 from tunewright.api.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
-    UnsupportedMediaTypeError,
     echo,
+    unsupported_media_type,
 )
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from tunewright.api.streaming import ThreadedSink
 
 MAX_TEXT_FIELD = 64 * 1024
+MAX_PART_HEADER_BYTES = 8192
+MAX_PART_HEADERS = 16
 FORM_OVERHEAD = 1024 * 1024
 
 
@@ -43,9 +45,7 @@ class FormResult:
 def _boundary(request: Request[Any, Any, Any]) -> str:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != "multipart/form-data":
-        raise UnsupportedMediaTypeError(
-            f"Unsupported content type '{echo(content_type or 'none')}': this endpoint takes multipart/form-data."
-        )
+        raise unsupported_media_type(content_type, "multipart/form-data")
     boundary = options.get("boundary")
     if not boundary:
         raise InvalidRequestError("The multipart/form-data body has no boundary.", code="invalid_value")
@@ -158,7 +158,9 @@ async def read_form(
     """
     boundary = _boundary(request)
     length = _check_length(request, max_file_bytes + FORM_OVERHEAD)
-    parser = PushMultipartParser(boundary, content_length=length, max_header_size=8192, max_header_count=16)
+    parser = PushMultipartParser(
+        boundary, content_length=length, max_header_size=MAX_PART_HEADER_BYTES, max_header_count=MAX_PART_HEADERS
+    )
     error: Exception | None = None
     async with anyio.create_task_group() as task_group:
         reader = _FormReader(
@@ -184,7 +186,16 @@ async def _pump(request: Request[Any, Any, Any], parser: PushMultipartParser, re
             if chunk:
                 await _feed(parser, chunk, reader)
         await _feed(parser, b"", reader)
-    except ParserError as exc:
+    except ParserLimitReached as exc:  # a header line or count past the limits: a 100 KB filename, say
+        field = reader.file_field
+        raise InvalidRequestError(
+            f"A part of the multipart/form-data body has headers over the limits ({exc}): each part, the "
+            f"'{field}' part included, may carry at most {MAX_PART_HEADERS} headers of up to "
+            f"{MAX_PART_HEADER_BYTES} bytes each (its filename included).",
+            param=field,
+            code="invalid_value",
+        ) from exc
+    except MultipartError as exc:
         raise InvalidRequestError(f"Malformed multipart/form-data body: {exc}", code="invalid_value") from exc
     if not parser.closed:
         raise InvalidRequestError("The multipart/form-data body ended early.", code="invalid_value")

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
 
 
+# Label values come from a fixed set, so clients cannot grow the series without bound: every path no route
+# matches is one route, and every method HTTP does not define (`FOO /v1/files`) is one method.
+UNMATCHED_ROUTE = "unmatched"
+OTHER_METHOD = "other"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
 class StoreCollector:
     """Reads job counts and queue depth from the metadata database at scrape time."""
 
@@ -126,6 +133,7 @@ async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, recei
     try:
         await app(scope, receive, send_wrapper)
     finally:
-        route = scope.get("path_template") or "unmatched"
-        metrics.requests.labels(route, scope["method"], str(status)).inc()
-        metrics.latency.labels(route, scope["method"]).observe(time.monotonic() - started)
+        route = scope.get("path_template") or UNMATCHED_ROUTE
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
+        metrics.requests.labels(route, method, str(status)).inc()
+        metrics.latency.labels(route, method).observe(time.monotonic() - started)

@@ -57,6 +57,7 @@ _FRAMING_LINE = msgspec.json.Decoder(_AnyObject)
 # The same rule for a run of complete lines joined into one array: one C call instead of one per line. Both
 # decoders accept exactly the same lines, so the verdict never depends on how the bytes were chunked.
 _FRAMING_LINES = msgspec.json.Decoder(list[_AnyObject])
+NESTED_TOO_DEEPLY = "not valid JSON: nested too deeply"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,12 @@ class _Scan:
             data_format = detect_format(obj)
             if data_format is not None:
                 self._check_file_format(data_format)
-            self._extend(validate_example(obj, self.lines))
+            try:
+                problems = validate_example(obj, self.lines)
+            except RecursionError:  # a value the decoder just managed to nest, too deep to echo or walk again
+                self.fail(self.lines, NESTED_TOO_DEEPLY)
+                return
+            self._extend(problems)
 
     def _decode(self, raw: bytes) -> dict[str, Any] | None:
         try:
@@ -175,7 +181,7 @@ class _Scan:
             self.fail(self.lines, f"not valid JSON: {decode_reason(exc)}")
             return None
         except RecursionError:
-            self.fail(self.lines, "not valid JSON: nested too deeply")
+            self.fail(self.lines, NESTED_TOO_DEEPLY)
             return None
         if not isinstance(obj, dict):
             self.fail(self.lines, f"expected a JSON object, got {json_type(obj)}")

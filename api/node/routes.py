@@ -27,6 +27,7 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+from tunewright.api.bodies import APIRequest
 from tunewright.api.completions.schemas import CreateCompletionResponse
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import AuthenticationError, exception_handlers
@@ -87,7 +88,7 @@ def list_models(registry: NamedDependency[service.AdapterRegistry]) -> ModelCard
 
 @post("/v1/load_lora_adapter", status_code=200, sync_to_thread=True)
 def load_lora_adapter(
-    registry: NamedDependency[service.AdapterRegistry], data: LoadLoRAAdapterRequest
+    registry: NamedDependency[service.AdapterRegistry], data: JSONBody[LoadLoRAAdapterRequest]
 ) -> Response[str]:
     """Serve an adapter under a name (loaded into memory on its first request)."""
     return Response(registry.load(data), media_type=MediaType.TEXT)
@@ -95,7 +96,7 @@ def load_lora_adapter(
 
 @post("/v1/unload_lora_adapter", status_code=200, sync_to_thread=True)
 def unload_lora_adapter(
-    registry: NamedDependency[service.AdapterRegistry], data: UnloadLoRAAdapterRequest
+    registry: NamedDependency[service.AdapterRegistry], data: JSONBody[UnloadLoRAAdapterRequest]
 ) -> Response[str]:
     """Stop serving an adapter (its model was deleted); rows already running on it finish."""
     return Response(registry.unload(data.lora_name), media_type=MediaType.TEXT)
@@ -140,6 +141,7 @@ def create_node(settings: Settings, blobs: BlobStore, engine: LocalEngine | None
             gauges=node_metrics(node_engine),
         ),
         exception_handlers=exception_handlers(),
+        request_class=APIRequest,
         on_shutdown=[node_engine.close],
         openapi_config=None,
         debug=False,

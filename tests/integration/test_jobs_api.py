@@ -129,6 +129,27 @@ def test_malformed_json_is_400_invalid_json(http, tenants):
     validate_error(response.json())
 
 
+def test_a_training_line_nested_to_the_decoders_limit_is_a_line_located_400(client_a, http, tenants):
+    good = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    turns = b'[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]'
+    for depth in range(940, 1001, 4):  # the decoder takes these; the format rules then recurse deeper
+        line = b'{"tools": ' + b'{"a": ' * depth + b"1" + b"}" * depth + b', "messages": ' + turns + b"}\n"
+        uploaded = http.post(
+            "/v1/files",
+            headers=auth(tenants["a"]),
+            files={"file": ("t.jsonl", good * 11 + line)},
+            data={"purpose": "fine-tune"},
+        )
+        if uploaded.status_code != 200:  # too deep for the upload's framing check already
+            assert uploaded.status_code == 400, (depth, uploaded.text)
+            assert "line 12: not valid JSON: nested too deeply" in uploaded.json()["error"]["message"]
+            continue
+        with pytest.raises(openai.BadRequestError) as err:
+            client_a.fine_tuning.jobs.create(model=BASE, training_file=uploaded.json()["id"])
+        assert err.value.code == "invalid_training_file", depth
+        assert "line 12" in err.value.message, depth
+
+
 def test_another_projects_file_gets_the_same_message_as_a_missing_one(client_a, client_b, training_file):
     messages = []
     for file_id in (training_file.id, "file-missing"):

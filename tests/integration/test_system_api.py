@@ -69,6 +69,45 @@ def test_unknown_route_and_wrong_method_use_the_envelope(http, tenants):
     assert wrong.json()["error"]["code"] == "method_not_allowed"
 
 
+UNKNOWN_PATHS = (
+    "/nope",
+    "/nope.json",
+    "/openapi.yaml",
+    "/v2/files",
+    "/v1",
+    "/v1/nope",
+    "/v1/files/file-x/nope/deeper",
+    "/v1/fine_tuning/jobs/ftjob-x/nope",
+)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "HEAD"])
+def test_unknown_paths_in_and_outside_v1_are_404_in_the_envelope(http, tenants, method):
+    for path in UNKNOWN_PATHS:
+        for headers in ({}, auth(tenants["a"].key)):
+            response = http.request(method, path, headers=headers)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.headers["content-type"] == "application/json"
+            if method != "HEAD":
+                validate_error(response.json())
+                assert response.json()["error"]["code"] == "unknown_url"
+                assert response.json()["error"]["message"] == f"Invalid URL ({method} {path})"
+
+
+def test_a_wrong_method_on_a_known_path_is_405_in_the_envelope(http, tenants):
+    for method, path in (
+        ("PUT", "/v1/files"),
+        ("PATCH", "/v1/fine_tuning/jobs"),
+        ("DELETE", "/healthz"),
+        ("POST", "/metrics"),
+        ("POST", "/openapi.json"),
+    ):
+        response = http.request(method, path, headers=auth(tenants["a"].key))
+        assert response.status_code == 405, (method, path, response.text)
+        validate_error(response.json())
+        assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_every_response_carries_a_request_id(http, tenants):
     for response in (
         http.get("/v1/files", headers=auth(tenants["a"].key)),
@@ -155,6 +194,28 @@ def test_metrics_count_requests_by_route_template_and_jobs_by_status(http, clien
     assert 'route="/v1/files/{file_id}",status="404"' in text
     assert "tunewright_http_request_duration_seconds_bucket" in text
     assert "tunewright_queue_depth_jobs" in text
+
+
+def http_series(text):
+    prefixes = ("tunewright_http_requests_total{", "tunewright_http_request_duration_seconds_count{")
+    return [line for line in text.splitlines() if line.startswith(prefixes)]
+
+
+def test_made_up_methods_and_paths_add_no_metrics_series(http, tenants):
+    http.get("/v1/nowhere-0")
+    http.request("FOO0", "/v1/files")
+    http.request("BAR0", "/made-up-0")
+    before = http_series(http.get("/metrics").text)
+    for i in range(1, 40):
+        http.request(f"FOO{i}", "/v1/files", headers=auth(tenants["a"].key))
+        http.request(f"BAR{i}", f"/made-up-{i}")
+        http.get(f"/v1/nowhere-{i}/deeper-{i}")
+        http.get(f"/x{i}")
+    after = http_series(http.get("/metrics").text)
+    assert len(after) == len(before) + 2, after  # the new series: the scrape of /metrics itself
+    assert any('method="other",route="unmatched",status="405"' in line for line in after)
+    assert any('method="other",route="unmatched",status="404"' in line for line in after)
+    assert not any("FOO" in line or "BAR" in line or "made-up" in line or "nowhere" in line for line in after)
 
 
 def test_openapi_document_lists_the_api(http):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +340,39 @@ def test_deeply_nested_json_is_a_line_located_error_not_a_crash() -> None:
     assert message is not None
     assert "line 12" in message
     assert "nested too deeply" in message
+
+
+def _nested_lines(depth: int) -> dict[str, bytes]:
+    """Lines holding a value nested `depth` deep where the format rules echo it: `tools` and a `weight`."""
+    arrays = b"[" * depth + b"]" * depth
+    objects = b'{"a": ' * depth + b"1" + b"}" * depth
+    turns = b'[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"'
+    return {
+        "tools": b'{"tools": ' + objects + b', "messages": ' + turns + b"}]}",
+        "weight": b'{"messages": ' + turns + b', "weight": ' + arrays + b"}]}",
+    }
+
+
+def _verdicts_near_the_recursion_limit() -> set[str]:
+    good = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    found = set()
+    for depth in range(900, 1001):  # the decoder stops near the recursion limit; the rules then recurse further
+        for line in _nested_lines(depth).values():
+            message = _checked(good * 11 + line + b"\n", check_format=True)
+            assert message is not None
+            assert "line 12" in message
+            found.add(message)
+    return found
+
+
+def test_values_nested_just_within_the_decoder_fail_the_format_rules_by_line_not_by_crash() -> None:
+    assert "training_file line 12: not valid JSON: nested too deeply" in _verdicts_near_the_recursion_limit()
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(_verdicts_near_the_recursion_limit()))
+    worker.start()  # the API checks files on worker threads, whose stacks start at another depth
+    worker.join()
+    assert results
+    assert results[0]
 
 
 @pytest.mark.parametrize("number", [b"1e999", b"9" * 5000])
