@@ -9,7 +9,15 @@ import msgspec
 from tunewright.storage.db import JOBS_CHANNEL
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.metadata_base import SQLStoreBase, now
-from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, JobStatus, ModelRecord, Page
+from tunewright.storage.records import (
+    TERMINAL_STATUSES,
+    CheckpointRecord,
+    JobEventRecord,
+    JobRecord,
+    JobStatus,
+    ModelRecord,
+    Page,
+)
 from tunewright.storage.rows import from_row, to_params
 
 if TYPE_CHECKING:
@@ -93,6 +101,10 @@ class JobsMixin(SQLStoreBase):
                 raise self._missing_or_conflict(conn, job_id, project_id)
             if event is not None:
                 conn.run("insert_event", to_params(event))
+            if status in TERMINAL_STATUSES:
+                # A separate statement, after the row lock: it sees every step the worker committed before.
+                conn.run("settle_trained_tokens", {"id": job_id})
+                record = from_row(JobRecord, conn.run("get_job", {"id": job_id, "project_id": project_id}).fetchone())
         return record
 
     @staticmethod

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from fixtures.queue import LEASE_S, ROOMY, Clock, claim, make_event, make_job, make_step
 
 from tunewright.storage.db import PostgresDatabase, SQLiteDatabase
-from tunewright.storage.ids import new_id, new_model_slot
+from tunewright.storage.ids import new_id
 from tunewright.storage.metadata import SQLMetadataStore
 from tunewright.storage.queue import SQLJobQueue
-from tunewright.storage.records import FileRecord, JobEventRecord, JobRecord, ModelRecord
+from tunewright.storage.records import FileRecord, JobRecord, ModelRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,71 +24,10 @@ if TYPE_CHECKING:
     from tunewright.storage.db import Database
     from tunewright.storage.records import Claim
 
-LEASE_S = 30.0
-ROOMY = 1000  # a per-project cap that never binds
-
-
-class Clock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def queue(database: Database, clock: Clock) -> SQLJobQueue:
-    return SQLJobQueue(database, clock=clock)
-
 
 @pytest.fixture
 def store(metadata_store: SQLMetadataStore) -> SQLMetadataStore:
     return metadata_store
-
-
-_created = itertools.count(1_700_000_000)
-
-
-def make_event(job: JobRecord, message: str = "Created fine-tuning job") -> JobEventRecord:
-    ids = {"id": new_id("event"), "job_id": job.id, "project_id": job.project_id}
-    return JobEventRecord(**ids, created_at=int(time.time()), level="info", message=message)
-
-
-def make_job(store: SQLMetadataStore, project_id: str = "proj_a", **fields: Any) -> JobRecord:
-    """Insert a job; `created_at` grows by a second per job so FIFO order is the order of the calls."""
-    values: dict[str, Any] = {
-        "id": new_id("job"),
-        "project_id": project_id,
-        "organization_id": "org-test",
-        "created_at": next(_created),
-        "model": "tiny",
-        "base_model": "tiny",
-        "status": "validating_files",
-        "training_file": "file-train",
-        "validation_file": None,
-        "hyperparameters": {"n_epochs": "auto"},
-        "method": {"type": "supervised"},
-        "seed": 42,
-        "model_slot": new_model_slot(),
-        **fields,
-    }
-    job = JobRecord(**values)
-    store.insert_job(job, make_event(job))
-    return job
-
-
-def claim(queue: SQLJobQueue, worker: str = "w1", cap: int = ROOMY) -> Claim | None:
-    return queue.claim(worker, lease_s=LEASE_S, max_running_per_project=cap)
 
 
 def claimed_ids(queue: SQLJobQueue, n: int, cap: int = ROOMY, clock: Clock | None = None) -> list[str | None]:
@@ -292,13 +231,14 @@ def test_complete_sets_status_fields_event_and_finished_at(
     job = make_job(store)
     taken = claim(queue)
     assert taken is not None
+    assert queue.update(taken, usage=make_step(job, 1, 1000))
+    assert queue.update(taken, usage=make_step(job, 2, 234))
     event = make_event(job, "The job has successfully completed")
     done = queue.complete(
         taken,
         status="succeeded",
         event=event,
         fine_tuned_model="ft:tiny:org:x:abc",
-        trained_tokens=1234,
         result_files=["file-results"],
     )
     assert done
