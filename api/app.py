@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
-DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin")
+DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin", "usage")
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
     "uploads": "tunewright.api.uploads.routes",
@@ -40,6 +40,7 @@ _FEATURE_MODULES = {
     "chat": "tunewright.api.chat.routes",
     "completions": "tunewright.api.completions.routes",
     "admin": "tunewright.api.admin.routes",
+    "usage": "tunewright.api.usage.routes",
 }
 
 
