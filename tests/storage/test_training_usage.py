@@ -6,6 +6,7 @@ can never disagree.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,9 +14,12 @@ from fixtures.queue import LEASE_S, Clock, claim, make_event, make_job, make_ste
 
 from tunewright.storage.queue import SQLJobQueue
 from tunewright.storage.records import JobStatus
+from tunewright.storage.rows import to_params
 
 if TYPE_CHECKING:
+    from tunewright.storage.db import Database
     from tunewright.storage.metadata import SQLMetadataStore
+    from tunewright.storage.records import JobRecord
 
 
 def billed_steps(store: SQLMetadataStore, job_id: str) -> list[tuple[int, int]]:
@@ -115,3 +119,37 @@ def test_a_worker_cannot_set_trained_tokens(queue: SQLJobQueue, metadata_store: 
     assert taken is not None
     with pytest.raises(ValueError, match="trained_tokens"):
         queue.complete(taken, status="succeeded", trained_tokens=5)
+
+
+def test_a_cancel_waiting_on_a_step_in_flight_counts_that_step(
+    metadata_store: SQLMetadataStore, database: Database
+) -> None:
+    """The step's transaction holds the job's row when the cancel arrives: the cancel waits, then counts it."""
+    job = make_job(metadata_store, status="running")
+    locked, release = threading.Event(), threading.Event()
+
+    def step_in_flight() -> None:
+        with database.transaction(immediate=True) as conn:
+            conn.execute("UPDATE jobs SET updated_at = updated_at WHERE id = :id", {"id": job.id})
+            conn.run("insert_training_usage", to_params(make_step(job, 1, 77)))
+            locked.set()
+            release.wait(10)
+
+    cancelled: list[JobRecord] = []
+
+    def cancel() -> None:
+        cancelled.append(
+            metadata_store.transition_job(job.id, project_id="proj_a", allowed=("running",), status="cancelled")
+        )
+
+    worker = threading.Thread(target=step_in_flight)
+    worker.start()
+    assert locked.wait(10)
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    canceller.join(0.5)
+    assert canceller.is_alive()  # it waits for the step's transaction
+    release.set()
+    worker.join(10)
+    canceller.join(10)
+    assert cancelled[0].trained_tokens == 77
