@@ -20,6 +20,7 @@ from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.metrics import Metrics, serve_with_context
 from tunewright.api.sweeper import sweeper_lifespan
+from tunewright.api.webhooks.sender import webhook_sender_lifespan
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
-DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin", "usage")
+DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin", "webhooks", "usage")
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
     "uploads": "tunewright.api.uploads.routes",
@@ -40,12 +41,14 @@ _FEATURE_MODULES = {
     "chat": "tunewright.api.chat.routes",
     "completions": "tunewright.api.completions.routes",
     "admin": "tunewright.api.admin.routes",
+    "webhooks": "tunewright.api.webhooks.routes",
     "usage": "tunewright.api.usage.routes",
 }
 
 
 # Read handlers run inline on the event loop (`sync_to_thread=False`): a read is one indexed query that
-# never waits on a lock (SQLite WAL, PostgreSQL MVCC) and costs less than a hop to a worker thread.
+# never waits on a lock (SQLite WAL, PostgreSQL MVCC) and costs less than a hop to a worker thread. The jobs list,
+# the hottest read, hops on PostgreSQL only, where the read is a network round trip (`store_read`).
 # Handlers that write, touch blobs or validate files run on worker threads.
 
 
@@ -132,11 +135,13 @@ def create_app(
     features: Sequence[str] = DEFAULT_FEATURES,
     *,
     sweep: bool = True,
+    send_webhooks: bool = True,
     trainer_status: Path | None = None,
 ) -> Litestar:
     """Build the API for `settings` over `stores`; `features` picks the route groups to mount.
 
-    `sweep` runs the housekeeping loop (expired uploads and files) while the app serves. Without an `engine`,
+    `sweep` runs the housekeeping loop (expired uploads and files) while the app serves; `send_webhooks` runs the
+    webhook outbox's sender (api/webhooks/sender.py) when the `webhooks` feature is mounted. Without an `engine`,
     the one `settings` names is built on the first completion request and closed when the app shuts down (one
     handed in belongs to the caller).
     `trainer_status` is the status file of the `serve` that supervises the trainers (/healthz, /metrics).
@@ -161,7 +166,10 @@ def create_app(
             ),
         },
         exception_handlers=exception_handlers(),
-        lifespan=[sweeper_lifespan] if sweep else [],
+        lifespan=[
+            *([sweeper_lifespan] if sweep else []),
+            *([webhook_sender_lifespan] if send_webhooks and "webhooks" in features else []),
+        ],
         on_shutdown=[own_engine.close] if own_engine is not None else [],
         openapi_config=OpenAPIConfig(
             title="Tunewright",

@@ -1,4 +1,4 @@
-"""Prometheus metrics: requests by route template and status, latency, jobs by status, queue depth, trainers."""
+"""Prometheus metrics: requests by route and status, latency, jobs by status, queue depth, trainers, webhooks."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class StoreCollector:
         self._stores = stores
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Yield `tunewright_jobs` by status and `tunewright_queue_depth_jobs`."""
+        """Yield `tunewright_jobs` by status, `tunewright_queue_depth_jobs` and the webhook backlog."""
         jobs = GaugeMetricFamily("tunewright_jobs", "Fine-tuning jobs by status", labels=["status"])
         for status, count in sorted(self._stores.metadata.count_jobs_by_status().items()):
             jobs.add_metric([status], count)
@@ -36,6 +36,11 @@ class StoreCollector:
         depth = GaugeMetricFamily("tunewright_queue_depth_jobs", "Jobs waiting for a worker")
         depth.add_metric([], self._stores.queue.depth())
         yield depth
+        backlog = GaugeMetricFamily(
+            "tunewright_webhook_backlog_deliveries", "Webhook deliveries not yet acknowledged nor given up on"
+        )
+        backlog.add_metric([], self._stores.metadata.count_webhook_backlog())
+        yield backlog
 
 
 class TrainerCollector:
@@ -77,6 +82,19 @@ class Metrics:
             "tunewright_http_request_duration_seconds",
             "HTTP request latency by route template",
             ["route", "method"],
+            registry=self.registry,
+        )
+        # Webhooks, counted by the sender of this process; `outcome` takes the few values of delivery.Outcome.
+        self.webhook_attempts = Counter(
+            "tunewright_webhook_delivery_attempts_total",
+            "Webhook delivery attempts by outcome (succeeded, http_error, network_error, refused)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "tunewright_webhook_deliveries_total",
+            "Webhook deliveries ended, by outcome (succeeded, or failed: given up after the retry window)",
+            ["outcome"],
             registry=self.registry,
         )
         self.registry.register(StoreCollector(stores))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from tunewright.storage.metadata_protocols import (
     TenantStore,
     UploadStore,
     UsageStore,
+    WebhookStore,
 )
 from tunewright.storage.records import JobStatus
 
@@ -88,8 +89,13 @@ class BlobStore(Protocol):
         ...
 
 
-class MetadataStore(TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, Protocol):
+class MetadataStore(TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, Protocol):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""
+
+    reads_wait_on_network: bool
+    """True when a read is a round trip to a server (PostgreSQL): the API's hot read paths then run it on a
+    worker thread, so the event loop serves other requests while it waits. An SQLite read costs less inline than
+    the hop (bench/README.md)."""
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied. Idempotent and safe to run concurrently."""
@@ -128,7 +134,10 @@ class JobQueue(Protocol):
     def release(
         self, claim: Claim, *, status: JobStatus = JobStatus.QUEUED, event: JobEventRecord | None = None
     ) -> bool:
-        """Give the job back (status `queued` or `paused`), clearing the lease. False if the lease was lost."""
+        """Give the job back (status `queued` or `paused`), clearing the lease. False if the lease was lost.
+
+        A `paused` job's webhook deliveries are written in the same transaction.
+        """
         ...
 
     def update(
@@ -160,8 +169,9 @@ class JobQueue(Protocol):
     ) -> bool:
         """Finish the job (`succeeded` or `failed`) with `changes`, clearing the lease. False if lost.
 
-        `files` and `models` are published in the same transaction (and their blobs' intents ended), and
-        `trained_tokens` is set to the sum of the job's training usage (null when it trained no step).
+        `files` and `models` are published in the same transaction (and their blobs' intents ended), and so
+        are the webhook deliveries of the job's end (`storage/outbox.py`); `trained_tokens` is set to the sum of
+        the job's training usage (null when it trained no step).
         """
         ...
 

@@ -121,6 +121,8 @@ class Database(ABC):
     """Connections with transactions, named queries, migrations and notifications."""
 
     dialect: ClassVar[str]
+    reads_wait_on_network: ClassVar[bool] = False
+    """True when every statement is a round trip to a server (see `MetadataStore.reads_wait_on_network`)."""
 
     def query(self, name: str) -> str:
         """Return the SQL of the named query for this dialect. `KeyError` if there is none."""
@@ -423,7 +425,12 @@ class _PostgresConnection(Connection):
         try:
             cursor = self.raw.cursor(row_factory=tuple_row)
             cursor.execute(to_pyformat(sql), params)
-            return tuple(column.name for column in cursor.description or ()), cursor.fetchall()
+            result = cursor.pgresult
+            if result is None:
+                return (), []
+            # The names straight from the result: `cursor.description` builds a Column (type lookups) per column.
+            names = tuple(bytes(result.fname(i) or b"").decode() for i in range(result.nfields))
+            return names, cursor.fetchall()
         except psycopg.Error as exc:
             raise (_postgres_error(exc) or exc) from exc
 
@@ -447,6 +454,7 @@ class PostgresDatabase(Database):
     """PostgreSQL through a `ResilientPool` of autocommit connections (transactions are explicit)."""
 
     dialect = "postgres"
+    reads_wait_on_network = True
 
     def __init__(self, url: str, *, pool_size: int = 8, timeout_s: float = 10.0) -> None:
         self.url = url

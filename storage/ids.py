@@ -30,6 +30,9 @@ PREFIXES: dict[str, str] = {
     "service_account": "svc_acct_",
     "request": "req_",
     "usage": "usage_",
+    "webhook_endpoint": "whe_",
+    "webhook_delivery": "wh_",
+    "webhook_event": "evt_",
 }
 
 

@@ -39,6 +39,11 @@ class SQLStoreBase:
         """Work on `database` (not migrated here: call `migrate()` where the schema is owned)."""
         self.database = database
 
+    @property
+    def reads_wait_on_network(self) -> bool:
+        """See `MetadataStore.reads_wait_on_network`."""
+        return self.database.reads_wait_on_network
+
     def ping(self) -> None:
         """Raise `Unavailable` if the database does not answer."""
         self.database.ping()
@@ -67,9 +72,9 @@ class SQLStoreBase:
             applied.append(name)
         return applied
 
-    def _list_sql(self, name: str, order: str) -> str:
-        """Return the list query `name` with its `{cmp}`/`{dir}` tokens filled for `order`."""
-        return _ordered_sql(self.database.query(name), order)
+    def _list_sql(self, name: str, order: str, cls: type[msgspec.Struct]) -> str:
+        """Return the list query `name` with its `{cmp}`/`{dir}` tokens filled for `order`, `{columns}` for `cls`."""
+        return _ordered_sql(self.database.query(name), order, cls)
 
     def _page(
         self,
@@ -103,7 +108,7 @@ class SQLStoreBase:
             "after_id": bound[1],
             "limit": limit + 1,
         }
-        names, rows = conn.fetch_tuples(self._list_sql(query, order), params)
+        names, rows = conn.fetch_tuples(self._list_sql(query, order, cls), params)
         return Page(items=from_tuples(cls, names, rows[:limit]), has_more=len(rows) > limit)
 
     def _update(
@@ -133,8 +138,9 @@ class SQLStoreBase:
 
 
 @functools.lru_cache(maxsize=256)
-def _ordered_sql(sql: str, order: str) -> str:
+def _ordered_sql(sql: str, order: str, cls: type[msgspec.Struct]) -> str:
     if order not in ("asc", "desc"):
         raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
     cmp, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
-    return sql.replace("{cmp}", cmp).replace("{dir}", direction)
+    columns = ", ".join(cls.__struct_fields__)
+    return sql.replace("{cmp}", cmp).replace("{dir}", direction).replace("{columns}", columns)

@@ -9,10 +9,12 @@ import msgspec
 from tunewright.storage.db import JOBS_CHANNEL
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.metadata_base import SQLStoreBase, now
+from tunewright.storage.outbox import enqueue_job_webhooks
 from tunewright.storage.records import (
     TERMINAL_STATUSES,
     CheckpointRecord,
     JobEventRecord,
+    JobListingRecord,
     JobRecord,
     JobStatus,
     ModelRecord,
@@ -49,7 +51,7 @@ class JobsMixin(SQLStoreBase):
 
     def list_jobs(
         self, *, project_id: str, after: str | None, limit: int, metadata: dict[str, str] | None
-    ) -> Page[JobRecord]:
+    ) -> Page[JobListingRecord]:
         """Jobs of a project, newest first, optionally filtered by metadata pairs.
 
         `metadata=None` keeps every job; `{}` keeps jobs without metadata; otherwise a job is kept when its
@@ -62,7 +64,7 @@ class JobsMixin(SQLStoreBase):
         with self.database.reading() as conn:
             return self._page(
                 conn,
-                JobRecord,
+                JobListingRecord,
                 query="list_jobs",
                 cursor_query="job_cursor",
                 scope={"project_id": project_id},
@@ -83,6 +85,8 @@ class JobsMixin(SQLStoreBase):
         **changes: Any,
     ) -> JobRecord:
         """Compare-and-set the job's status (see `MetadataStore.transition_job`), in one transaction.
+
+        The webhook deliveries the new status sends (cancelled, paused) are written in that transaction too.
 
         Raises:
             NotFound: no such job in the project.
@@ -105,6 +109,7 @@ class JobsMixin(SQLStoreBase):
                 # A separate statement, after the row lock: it sees every step the worker committed before.
                 conn.run("settle_trained_tokens", {"id": job_id})
                 record = from_row(JobRecord, conn.run("get_job", {"id": job_id, "project_id": project_id}).fetchone())
+            enqueue_job_webhooks(conn, job_id=job_id, project_id=project_id, status=status, now=values["updated_at"])
         return record
 
     @staticmethod

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from tunewright.storage.records import (
         ApiKeyRecord,
         CheckpointRecord,
+        ClaimedDelivery,
         FileRecord,
         JobEventRecord,
+        JobListingRecord,
         JobRecord,
         ModelRecord,
         OrganizationRecord,
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
         UsageRecord,
         UsageTotal,
         UsageWindow,
+        WebhookDeliveryRecord,
+        WebhookEndpointRecord,
     )
 
 
@@ -249,8 +253,8 @@ class JobStore(Protocol):
 
     def list_jobs(
         self, *, project_id: str, after: str | None, limit: int, metadata: dict[str, str] | None
-    ) -> Page[JobRecord]:
-        """Jobs of a project, newest first, filtered by metadata.
+    ) -> Page[JobListingRecord]:
+        """Jobs of a project, newest first, filtered by metadata; JSON columns left as JSON text.
 
         `metadata` keeps jobs whose metadata holds every pair given (an empty dict keeps jobs without metadata).
         """
@@ -269,8 +273,9 @@ class JobStore(Protocol):
         """Compare-and-set a job's status.
 
         If the job's status is in `allowed`, set `status` (and `changes`, and clear the lease when the new
-        status is not `running`), add `event`, return the new row. A job that ends here (cancelled) gets
-        `trained_tokens` = the sum of its training usage (null when it trained no step), in the same transaction.
+        status is not `running`), add `event` and the webhook deliveries the new status sends
+        (`storage/outbox.py`), return the new row. A job that ends here (cancelled) gets `trained_tokens` =
+        the sum of its training usage (null when it trained no step), in the same transaction.
 
         Raises:
             NotFound: no such job in the project.
@@ -406,4 +411,63 @@ class UsageStore(Protocol):
 
     def storage_totals(self, window: UsageWindow, *, group_by: Sequence[str]) -> list[StorageTotal]:
         """Daily stored bytes in `window` summed per bucket and group (`project_id`), as byte-days."""
+        ...
+
+
+class WebhookStore(Protocol):
+    """A project's webhook endpoints and the outbox of deliveries to them (written by `storage/outbox.py`)."""
+
+    def create_webhook_endpoint(self, record: WebhookEndpointRecord, *, max_per_project: int) -> None:
+        """Insert an endpoint. `LimitExceeded` if its project already has `max_per_project`."""
+        ...
+
+    def get_webhook_endpoint(self, endpoint_id: str, *, project_id: str) -> WebhookEndpointRecord:
+        """Return an endpoint of this project. `NotFound`."""
+        ...
+
+    def list_webhook_endpoints(self, *, project_id: str, after: str | None, limit: int) -> Page[WebhookEndpointRecord]:
+        """Endpoints of a project, newest first."""
+        ...
+
+    def update_webhook_endpoint(self, endpoint_id: str, *, project_id: str, **changes: Any) -> WebhookEndpointRecord:
+        """Set `name`, `url`, `event_types`, the secrets or `updated_at`; return the new row. `NotFound`."""
+        ...
+
+    def delete_webhook_endpoint(self, endpoint_id: str, *, project_id: str) -> WebhookEndpointRecord:
+        """Delete an endpoint and its deliveries; return it. `NotFound`."""
+        ...
+
+    def list_webhook_deliveries(
+        self, endpoint_id: str, *, project_id: str, status: str | None, after: str | None, limit: int
+    ) -> Page[WebhookDeliveryRecord]:
+        """Deliveries to an endpoint of this project, newest first (`status`: only those). `NotFound`."""
+        ...
+
+    def claim_webhook_deliveries(self, owner: str, *, now: float, lease_s: float, limit: int) -> list[ClaimedDelivery]:
+        """Lease up to `limit` due deliveries to `owner` for one attempt; never one another sender holds."""
+        ...
+
+    def finish_webhook_attempt(
+        self,
+        claimed: ClaimedDelivery,
+        *,
+        status: str,
+        next_attempt_at: float | None,
+        finished_at: int | None,
+        attempt: dict[str, Any],
+        keep_attempts: int,
+    ) -> bool:
+        """Record an attempt and the delivery's new status, ending the lease. False if the lease was lost."""
+        ...
+
+    def release_webhook_delivery(self, claimed: ClaimedDelivery) -> None:
+        """End a lease without recording an attempt, so the delivery is due again at once."""
+        ...
+
+    def count_webhook_backlog(self) -> int:
+        """Deliveries of every project still pending (for /metrics)."""
+        ...
+
+    def delete_finished_webhook_deliveries(self, *, finished_before: int, limit: int) -> int:
+        """Delete deliveries finished before `finished_before`; return how many (for the sweeper)."""
         ...

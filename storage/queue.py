@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tunewright.storage.db import JOBS_CHANNEL
+from tunewright.storage.outbox import enqueue_job_webhooks
 from tunewright.storage.records import Claim, FileRecord, JobRecord, JobStatus, ModelRecord
 from tunewright.storage.rows import encode_columns, to_params
 
@@ -153,7 +154,8 @@ class SQLJobQueue:
 
         `files` and `models` (the results file, the fine-tuned model) are inserted in the same transaction,
         and the intents of their blobs (`files`' own, plus `published_blobs`) are ended there too: a job that
-        lost its lease publishes nothing, and its blobs stay recorded as intents for the sweeper.
+        lost its lease publishes nothing, and its blobs stay recorded as intents for the sweeper. The webhook
+        deliveries of the job's end are written in that transaction too (`storage/outbox.py`).
         `finished_at` is set to now unless `changes` gives it; `trained_tokens` is set to the sum of the job's
         training usage (null when it trained no step), in the same transaction.
 
@@ -196,9 +198,10 @@ class SQLJobQueue:
         publication: _Publication | None = None,
         usage: TrainingUsageRecord | None = None,
     ) -> bool:
-        """One transaction: the guarded job update, then the events, usage and publication if it matched."""
+        """One transaction: the guarded job update, then the events, usage, publication and webhooks if it matched."""
         lease = {"lease_owner": None, "lease_expires_at": None} if clear_lease else {}
-        columns = encode_columns(JobRecord, {**values, **lease, "updated_at": int(self._clock())})
+        now = self._clock()
+        columns = encode_columns(JobRecord, {**values, **lease, "updated_at": int(now)})
         assignments = ", ".join(f"{column} = :set_{column}" for column in columns)
         sql = self._database.query("queue_finish").replace("{set}", assignments)
         params = {**_guard(claim), **{f"set_{column}": value for column, value in columns.items()}}
@@ -214,6 +217,10 @@ class SQLJobQueue:
                 conn.run("settle_trained_tokens", {"id": claim.job_id})
             if publication is not None:
                 _publish(conn, publication)
+            if "status" in values:
+                enqueue_job_webhooks(
+                    conn, job_id=claim.job_id, project_id=claim.project_id, status=values["status"], now=now
+                )
             if clear_lease:
                 conn.notify(JOBS_CHANNEL)
         if clear_lease:

@@ -165,6 +165,35 @@ class JobRecord(msgspec.Struct, kw_only=True):
     attempts: int = 0
 
 
+class JobListingRecord(msgspec.Struct, frozen=True):
+    """A job as a list page shows it: the columns the wire object needs, JSON columns still JSON text.
+
+    List pages are the API's hot path: decoding the JSON columns into Python values only for the API to encode
+    them again cost more than the query, so the API copies this text to the wire as it is. Built positionally
+    from the row (the list query selects these fields, in this order).
+    """
+
+    id: str
+    created_at: int
+    status: str
+    model: str
+    organization_id: str
+    training_file: str
+    validation_file: str | None
+    seed: int
+    suffix: str | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    trained_tokens: int | None
+    estimated_finish: int | None
+    hyperparameters: str  # JSON text (object)
+    method: str  # JSON text (object)
+    result_files: str  # JSON text (array of file ids)
+    error: str | None  # JSON text (object)
+    metadata: str | None  # JSON text (object of strings)
+    integrations: str | None  # JSON text (array)
+
+
 class JobEventRecord(msgspec.Struct, kw_only=True):
     """A `fine_tuning.job.event`."""
 
@@ -308,6 +337,65 @@ class StorageTotal(msgspec.Struct, kw_only=True):
     bucket: int
     project_id: str | None = None
     byte_days: int = 0
+
+
+class WebhookEndpointRecord(msgspec.Struct, kw_only=True):
+    """A project's webhook endpoint: where events go, which ones, and the secrets that sign them.
+
+    The secrets are kept as they are (a signature needs them); `previous_secret` still signs until
+    `previous_secret_expires_at` after a rotation that kept it.
+    """
+
+    id: str
+    project_id: str
+    created_at: int
+    updated_at: int
+    name: str
+    url: str
+    event_types: list[str]
+    secret: str
+    previous_secret: str | None = None
+    previous_secret_expires_at: int | None = None
+
+
+class WebhookDeliveryStatus(StrEnum):
+    """Where one delivery stands: waiting for its next attempt, acknowledged, or given up on."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class WebhookDeliveryRecord(msgspec.Struct, kw_only=True):
+    """One event to one endpoint, from the outbox: `id` is the `webhook-id` every attempt carries.
+
+    `payload` is the exact JSON body sent on every attempt; `attempt_log` holds the latest attempts as
+    `{attempted_at, status_code, error, duration_ms}`.
+    """
+
+    id: str
+    endpoint_id: str
+    project_id: str
+    event_id: str
+    event_type: str
+    payload: str
+    created_at: int
+    status: str = WebhookDeliveryStatus.PENDING
+    attempts: int = 0
+    next_attempt_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    finished_at: int | None = None
+    attempt_log: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class ClaimedDelivery(msgspec.Struct, kw_only=True, frozen=True):
+    """A delivery a sender leased for one attempt: what to send, where, and the secrets that sign it now."""
+
+    delivery: WebhookDeliveryRecord
+    url: str
+    secrets: tuple[str, ...]
+    owner: str
 
 
 class Claim(msgspec.Struct, kw_only=True):

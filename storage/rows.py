@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, JobStatus
+from tunewright.storage.records import (
+    CheckpointRecord,
+    JobEventRecord,
+    JobListingRecord,
+    JobRecord,
+    JobStatus,
+    WebhookDeliveryRecord,
+    WebhookEndpointRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -20,7 +28,11 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     JobRecord: frozenset({"hyperparameters", "method", "result_files", "error", "metadata", "integrations"}),
     JobEventRecord: frozenset({"data"}),
     CheckpointRecord: frozenset({"metrics"}),
+    WebhookEndpointRecord: frozenset({"event_types"}),
+    WebhookDeliveryRecord: frozenset({"attempt_log"}),
 }
+POSITIONAL_RECORDS: frozenset[type[msgspec.Struct]] = frozenset({JobListingRecord})
+"""Records built from a tuple row as it is (their JSON columns stay JSON text)."""
 
 
 def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
@@ -48,9 +60,12 @@ def from_tuples(cls: type[R], names: Sequence[str], rows: Iterable[Sequence[Any]
     """Build records from rows given as tuples in the order of `names`, decoding the JSON columns.
 
     The list pages' path: it skips the dict per row that `from_row` starts from (building those dicts and
-    copying them cost more than the query).
+    copying them cost more than the query). A positional record (`JobListingRecord`) whose fields the query
+    selected in order is built straight from each tuple.
     """
     json_columns = JSON_COLUMNS.get(cls, frozenset())
+    if cls in POSITIONAL_RECORDS and tuple(names) == cls.__struct_fields__:
+        return [cls(*row) for row in rows]  # the query selected the fields in order: no dict, no names
     json_at = [(index, name) for index, name in enumerate(names) if name in json_columns]
     decode = msgspec.json.decode
     records = []

@@ -99,6 +99,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_max_tokens: PositiveInt = 256
     adapter_cache_count: PositiveInt = 16
     adapter_cache_bytes: PositiveInt = 2 * 1024 * 1024 * 1024
+    webhook_allow_private: bool = False
+    webhook_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    webhook_retry_base_s: Annotated[float, Meta(gt=0)] = 10.0
+    webhook_retry_max_s: Annotated[float, Meta(gt=0)] = 3600.0
+    webhook_retry_window_s: PositiveInt = 24 * 3600
+    webhook_poll_s: Annotated[float, Meta(gt=0)] = 1.0
+    webhook_concurrency: PositiveInt = 8
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Housekeeping over the stores: expired uploads and files, orphan blobs, open S3 uploads, stored-bytes snapshots.
+"""Housekeeping over the stores: expired uploads and files, orphan blobs, stale multipart uploads, old webhooks.
 
 Each sweep selects by age alone, so several API replicas (and `tunewright serve` at start) can sweep at once
 without touching each other's work in flight. The daily snapshot of each project's stored bytes (metering) is an
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 BATCH = 500
 """Rows one pass of a sweep handles at most; the next pass takes the rest."""
+WEBHOOK_RETENTION_S = 30 * 24 * 3600
+"""How long a webhook delivery that was acknowledged or given up on stays listed."""
 
 
 class FileInUse(Conflict):
@@ -101,6 +103,12 @@ def sweep_stale_multipart(stores: Stores, *, older_than_s: int, now: float | Non
     return 0 if abort is None else int(abort(older_than_s, now=now))
 
 
+def sweep_webhook_deliveries(stores: Stores, *, now: int | None = None) -> int:
+    """Delete webhook deliveries that ended more than `WEBHOOK_RETENTION_S` ago; pending ones always stay."""
+    now = int(time.time()) if now is None else now
+    return stores.metadata.delete_finished_webhook_deliveries(finished_before=now - WEBHOOK_RETENTION_S, limit=BATCH)
+
+
 def sweep_once(stores: Stores, settings: Settings) -> None:
     """One pass of every periodic sweep, then the stored-bytes snapshot; failures are logged, never raised."""
     for name, sweep in (
@@ -108,6 +116,7 @@ def sweep_once(stores: Stores, settings: Settings) -> None:
         ("files", lambda: sweep_expired_files(stores)),
         ("orphan blobs", lambda: sweep_orphan_blobs(stores, older_than_s=settings.orphan_blob_age_s)),
         ("multipart uploads", lambda: sweep_stale_multipart(stores, older_than_s=settings.orphan_blob_age_s)),
+        ("webhook deliveries", lambda: sweep_webhook_deliveries(stores)),
     ):
         try:
             removed = sweep()

@@ -19,4 +19,5 @@ pytest_plugins = [
     "fixtures.models",
     "fixtures.training",
     "fixtures.disk",
+    "fixtures.webhooks",
 ]

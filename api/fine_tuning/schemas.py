@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from tunewright.api.schemas import Request, Response
 from tunewright.storage.records import JobStatus
 
 if TYPE_CHECKING:
-    from tunewright.storage.records import CheckpointRecord, JobEventRecord, JobRecord, PermissionRecord
+    from tunewright.storage.records import (
+        CheckpointRecord,
+        JobEventRecord,
+        JobListingRecord,
+        JobRecord,
+        PermissionRecord,
+    )
 
 Auto = Literal["auto"]
 BatchSize = Auto | Annotated[int, Meta(ge=1, le=256)]
@@ -146,18 +153,11 @@ class FineTuningJob(Response):
 
     @classmethod
     def from_record(cls, record: JobRecord) -> FineTuningJob:
-        """The only mapping from a JobRecord to the wire."""
-        error = record.error
+        """The mapping from a JobRecord to the wire (`from_listing` is the same for list pages)."""
         return cls(
             id=record.id,
             created_at=record.created_at,
-            error=FineTuningJobError(
-                code=str(error.get("code") or "error"),
-                message=str(error.get("message") or ""),
-                param=error.get("param"),
-            )
-            if error
-            else None,
+            error=_job_error(record.error),
             fine_tuned_model=record.fine_tuned_model,
             finished_at=record.finished_at,
             hyperparameters=record.hyperparameters,
@@ -175,6 +175,51 @@ class FineTuningJob(Response):
             metadata=record.metadata,
             user_provided_suffix=record.suffix,
         )
+
+    @classmethod
+    def from_listing(cls, listing: JobListingRecord) -> FineTuningJob:
+        """`from_record` for a list page's row: its JSON text goes to the wire as it is (`msgspec.Raw`).
+
+        The fields typed as objects then hold `Raw`; msgspec encodes it without looking. Encoded, the two
+        mappings give the same JSON (tests/unit/test_job_listing.py).
+        """
+        method = listing.method
+        return cls(
+            id=listing.id,
+            created_at=listing.created_at,
+            error=_job_error(msgspec.json.decode(listing.error)) if listing.error is not None else None,
+            fine_tuned_model=listing.fine_tuned_model,
+            finished_at=listing.finished_at,
+            hyperparameters=msgspec.Raw(listing.hyperparameters),  # type: ignore[arg-type]
+            model=listing.model,
+            organization_id=listing.organization_id,
+            result_files=msgspec.Raw(listing.result_files),  # type: ignore[arg-type]
+            status=listing.status,
+            trained_tokens=listing.trained_tokens,
+            training_file=listing.training_file,
+            validation_file=listing.validation_file,
+            seed=listing.seed,
+            integrations=msgspec.Raw(listing.integrations) if listing.integrations is not None else [],  # type: ignore[arg-type]
+            estimated_finish=listing.estimated_finish if listing.status == JobStatus.RUNNING else UNSET,
+            method=msgspec.Raw(method) if method not in _EMPTY_OBJECTS else UNSET,  # type: ignore[arg-type]
+            metadata=msgspec.Raw(listing.metadata) if listing.metadata is not None else None,  # type: ignore[arg-type]
+            user_provided_suffix=listing.suffix,
+        )
+
+
+_EMPTY_OBJECTS = frozenset({"{}", "null", ""})
+"""JSON text of a `method` the wire leaves out (`from_record`: `record.method or UNSET`)."""
+
+
+def _job_error(error: dict[str, Any] | None) -> FineTuningJobError | None:
+    """A job's stored error as the wire shows it (None when it has none)."""
+    if not error:
+        return None
+    return FineTuningJobError(
+        code=str(error.get("code") or "error"),
+        message=str(error.get("message") or ""),
+        param=error.get("param"),
+    )
 
 
 class FineTuningJobEvent(Response):

@@ -463,3 +463,82 @@ WHERE u.day >= :start AND u.day < :end
   AND (CAST(:organization_id AS TEXT) IS NULL OR p.organization_id = :organization_id){filters}
 GROUP BY 1{group}
 ORDER BY 1{group}
+
+-- ---------------------------------------------------------------------------------------- webhooks
+-- storage/metadata_webhooks.py and storage/outbox.py. webhook_endpoints_for_event and webhook_claim differ
+-- per dialect (sqlite/queries.sql, postgres/queries.sql).
+
+-- name: insert_webhook_endpoint
+INSERT INTO webhook_endpoints (id, project_id, created_at, updated_at, name, url, event_types, secret,
+                               previous_secret, previous_secret_expires_at)
+VALUES (:id, :project_id, :created_at, :updated_at, :name, :url, :event_types, :secret,
+        :previous_secret, :previous_secret_expires_at)
+
+-- name: count_webhook_endpoints
+SELECT COUNT(*) AS n FROM webhook_endpoints WHERE project_id = :project_id
+
+-- name: get_webhook_endpoint
+SELECT * FROM webhook_endpoints WHERE id = :id AND project_id = :project_id
+
+-- name: webhook_endpoint_cursor
+SELECT created_at, id FROM webhook_endpoints WHERE id = :id AND project_id = :project_id
+
+-- name: list_webhook_endpoints
+SELECT * FROM webhook_endpoints
+WHERE project_id = :project_id AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: update_webhook_endpoint
+UPDATE webhook_endpoints SET {set} WHERE id = :id AND project_id = :project_id RETURNING *
+
+-- name: delete_webhook_endpoint
+DELETE FROM webhook_endpoints WHERE id = :id AND project_id = :project_id RETURNING *
+
+-- name: insert_webhook_delivery
+INSERT INTO webhook_deliveries (id, endpoint_id, project_id, event_id, event_type, payload, created_at, status,
+                                attempts, next_attempt_at, lease_owner, lease_expires_at, finished_at, attempt_log)
+VALUES (:id, :endpoint_id, :project_id, :event_id, :event_type, :payload, :created_at, :status,
+        :attempts, :next_attempt_at, :lease_owner, :lease_expires_at, :finished_at, :attempt_log)
+
+-- name: webhook_delivery_cursor
+SELECT created_at, id FROM webhook_deliveries
+WHERE id = :id AND endpoint_id = :endpoint_id AND project_id = :project_id
+
+-- name: list_webhook_deliveries
+SELECT * FROM webhook_deliveries
+WHERE endpoint_id = :endpoint_id AND project_id = :project_id
+  AND (CAST(:status AS TEXT) IS NULL OR status = :status)
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: webhook_due
+SELECT id FROM webhook_deliveries
+WHERE status = 'pending' AND next_attempt_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+LIMIT 1
+
+-- name: webhook_claimed_endpoints
+-- {ids} is filled with the placeholders of the endpoints of the deliveries just claimed.
+SELECT id, url, secret, previous_secret, previous_secret_expires_at FROM webhook_endpoints WHERE id IN ({ids})
+
+-- name: finish_webhook_attempt
+-- Only the sender holding the lease may record the attempt; a delivery whose endpoint was deleted is gone.
+UPDATE webhook_deliveries
+SET status = :status, attempts = attempts + 1, next_attempt_at = :next_attempt_at, lease_owner = NULL,
+    lease_expires_at = NULL, finished_at = :finished_at, attempt_log = :attempt_log
+WHERE id = :id AND lease_owner = :owner AND status = 'pending'
+RETURNING id
+
+-- name: release_webhook_delivery
+UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = :id AND lease_owner = :owner
+
+-- name: webhook_backlog
+SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'pending'
+
+-- name: delete_finished_webhook_deliveries
+DELETE FROM webhook_deliveries
+WHERE id IN (SELECT id FROM webhook_deliveries
+             WHERE status <> 'pending' AND finished_at < :finished_before
+             ORDER BY finished_at, id LIMIT :limit)
+RETURNING id

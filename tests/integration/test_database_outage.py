@@ -94,6 +94,12 @@ def test_requests_after_a_postgres_restart_get_fresh_connections(pg_api, pg_clus
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = 'outage' AND pid <> pg_backend_pid()"
         )
+        # pg_terminate_backend only signals: wait until the backends are gone, as idle connections dropped by
+        # a timeout are long before their next use (a query racing the kill itself may still get its 503).
+        deadline = time.monotonic() + 30
+        while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'outage'").fetchone()[0]:
+            assert time.monotonic() < deadline, "the terminated backends did not exit"
+            time.sleep(0.02)
     statuses = [http.get("/v1/fine_tuning/jobs", headers=headers).status_code for _ in range(8)]
     assert statuses == [200] * 8
 

@@ -376,10 +376,10 @@ def test_list_jobs_newest_first_with_cursor(metadata_store: SQLMetadataStore) ->
     jobs = by_creation([add_job(metadata_store, created_at=1000) for _ in range(3)])
     foreign = add_job(metadata_store, B)
     first = metadata_store.list_jobs(project_id=A, after=None, limit=2, metadata=None)
-    assert first.items == [jobs[2], jobs[1]]
+    assert [j.id for j in first.items] == [jobs[2].id, jobs[1].id]
     assert first.has_more
     rest = metadata_store.list_jobs(project_id=A, after=jobs[1].id, limit=2, metadata=None)
-    assert rest.items == [jobs[0]]
+    assert [j.id for j in rest.items] == [jobs[0].id]
     assert not rest.has_more
     with pytest.raises(InvalidCursor):
         metadata_store.list_jobs(project_id=A, after=foreign.id, limit=2, metadata=None)
@@ -407,11 +407,56 @@ def test_metadata_filter_pages_correctly(metadata_store: SQLMetadataStore) -> No
     for i in range(3):
         add_job(metadata_store, created_at=1000 + i, metadata={"t": "n"})
     page = metadata_store.list_jobs(project_id=A, after=None, limit=2, metadata={"t": "y"})
-    assert page.items == [tagged[2], tagged[1]]
+    assert [j.id for j in page.items] == [tagged[2].id, tagged[1].id]
     assert page.has_more
     page = metadata_store.list_jobs(project_id=A, after=tagged[1].id, limit=2, metadata={"t": "y"})
-    assert page.items == [tagged[0]]
+    assert [j.id for j in page.items] == [tagged[0].id]
     assert not page.has_more
+
+
+def test_job_listing_encodes_as_the_record(metadata_store: SQLMetadataStore) -> None:
+    """A list page's job (JSON columns as text) gives the wire the same JSON as the job's record."""
+    from tunewright.api.fine_tuning.schemas import FineTuningJob
+
+    jobs = [
+        add_job(metadata_store, created_at=1000),
+        add_job(
+            metadata_store,
+            created_at=1001,
+            status="running",
+            estimated_finish=5000,
+            metadata={"team": "nlp", "run": "1"},
+            integrations=[{"type": "wandb", "wandb": {"project": "x"}}],
+            suffix="s",
+        ),
+        add_job(metadata_store, created_at=1002, status="queued", estimated_finish=5000, method={}),
+        add_job(
+            metadata_store,
+            created_at=1003,
+            status="failed",
+            finished_at=1010,
+            error={"message": "bad line", "param": "training_file"},
+            result_files=["file-r1", "file-r2"],
+            integrations=[],
+            metadata={},
+        ),
+        add_job(
+            metadata_store,
+            created_at=1004,
+            status="succeeded",
+            fine_tuned_model="ft:base:org:s:AbCd1234",
+            trained_tokens=123,
+            validation_file="file-v",
+            error={"code": "x", "message": "m", "param": None},
+        ),
+    ]
+    listed = metadata_store.list_jobs(project_id=A, after=None, limit=10, metadata=None).items
+    records = {job.id: metadata_store.get_job(job.id, project_id=A) for job in jobs}
+    assert len(listed) == len(jobs)
+    for listing in listed:
+        from_listing = msgspec.json.decode(msgspec.json.encode(FineTuningJob.from_listing(listing)))
+        from_record = msgspec.json.decode(msgspec.json.encode(FineTuningJob.from_record(records[listing.id])))
+        assert from_listing == from_record
 
 
 def test_insert_job_writes_its_first_event(metadata_store: SQLMetadataStore) -> None:

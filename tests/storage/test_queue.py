@@ -10,7 +10,8 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from fixtures.queue import LEASE_S, ROOMY, Clock, claim, make_event, make_job, make_step
+from fixtures.queue import LEASE_S, ROOMY, Clock, claim, make_step
+from fixtures.stores import make_event, make_job
 
 from tunewright.storage.db import PostgresDatabase, SQLiteDatabase
 from tunewright.storage.ids import new_id

@@ -10,7 +10,8 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
-from fixtures.queue import LEASE_S, Clock, claim, make_event, make_job, make_step
+from fixtures.queue import LEASE_S, Clock, claim, make_step
+from fixtures.stores import make_event, make_job
 
 from tunewright.storage.queue import SQLJobQueue
 from tunewright.storage.records import JobStatus

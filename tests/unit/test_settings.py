@@ -55,6 +55,13 @@ def test_env_strings_are_converted_to_field_types() -> None:
     assert settings.s3_endpoint_url == "http://x:9000"
 
 
+def test_webhook_settings_refuse_private_targets_unless_told() -> None:
+    assert load_settings({}).webhook_allow_private is False
+    settings = load_settings({"TUNEWRIGHT_WEBHOOK_ALLOW_PRIVATE": "true", "TUNEWRIGHT_WEBHOOK_RETRY_BASE_S": "0.01"})
+    assert (settings.webhook_allow_private, settings.webhook_retry_base_s) == (True, 0.01)
+    assert load_settings({}).webhook_retry_window_s == 24 * 3600
+
+
 def test_unrelated_tunewright_variables_are_ignored() -> None:
     env = {"TUNEWRIGHT_TEST_DATABASE_URL": "postgresql://x/y", "TUNEWRIGHT_API_KEY": "sk-x"}
     assert load_settings(env).database_url.startswith("sqlite:///")
@@ -71,6 +78,8 @@ def test_unrelated_tunewright_variables_are_ignored() -> None:
         ({"TUNEWRIGHT_BLOB_URL": "/var/blobs"}, "TUNEWRIGHT_BLOB_URL"),
         ({"TUNEWRIGHT_HEARTBEAT_S": "60", "TUNEWRIGHT_LEASE_S": "60"}, "TUNEWRIGHT_HEARTBEAT_S"),
         ({"TUNEWRIGHT_BASE_MODELS": "tiny"}, "TUNEWRIGHT_BASE_MODELS"),
+        ({"TUNEWRIGHT_WEBHOOK_ALLOW_PRIVATE": "maybe"}, "TUNEWRIGHT_WEBHOOK_ALLOW_PRIVATE"),
+        ({"TUNEWRIGHT_WEBHOOK_TIMEOUT_S": "0"}, "TUNEWRIGHT_WEBHOOK_TIMEOUT_S"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], named: str) -> None:

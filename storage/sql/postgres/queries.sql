@@ -10,7 +10,8 @@ SELECT pg_notify(:channel, '')
 SELECT * FROM uploads WHERE id = :id AND project_id = :project_id FOR UPDATE
 
 -- name: list_jobs
-SELECT * FROM jobs
+-- {columns}: the fields of JobListingRecord, in order.
+SELECT {columns} FROM jobs
 WHERE project_id = :project_id
   AND (created_at, id) {cmp} (:after_created_at, :after_id)
   AND (CAST(:metadata AS JSONB) IS NULL OR jobs.metadata @> CAST(:metadata AS JSONB))
@@ -53,3 +54,24 @@ FROM (SELECT project_id, bytes FROM files UNION ALL SELECT project_id, bytes FRO
 GROUP BY project_id
 ON CONFLICT (project_id, day) DO UPDATE
 SET bytes = GREATEST(storage_usage.bytes, excluded.bytes), updated_at = excluded.updated_at
+
+-- ---------------------------------------------------------------------------------------- webhooks
+-- storage/outbox.py and storage/metadata_webhooks.py, PostgreSQL versions.
+
+-- name: webhook_endpoints_for_event
+-- FOR KEY SHARE: an endpoint deleted meanwhile waits for this transaction, then its cascade takes the new rows.
+SELECT id FROM webhook_endpoints
+WHERE project_id = :project_id AND event_types @> jsonb_build_array(CAST(:event_type AS TEXT))
+ORDER BY created_at, id
+FOR KEY SHARE
+
+-- name: webhook_claim
+-- Due deliveries without a live lease, oldest due first, leased to :owner for one attempt. SKIP LOCKED: senders
+-- in several API processes claim at once and never take the same row.
+UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_at = :expires_at
+WHERE id IN (SELECT id FROM webhook_deliveries
+             WHERE status = 'pending' AND next_attempt_at <= :now
+               AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+             ORDER BY next_attempt_at, id LIMIT :limit
+             FOR UPDATE SKIP LOCKED)
+RETURNING *

@@ -2,7 +2,8 @@
 -- row locks of the PostgreSQL versions are not needed here.
 
 -- name: list_jobs
-SELECT * FROM jobs
+-- {columns}: the fields of JobListingRecord, in order.
+SELECT {columns} FROM jobs
 WHERE project_id = :project_id
   AND (created_at, id) {cmp} (:after_created_at, :after_id)
   AND (:metadata IS NULL OR NOT EXISTS (
@@ -45,3 +46,22 @@ WHERE true
 GROUP BY project_id
 ON CONFLICT (project_id, day) DO UPDATE
 SET bytes = MAX(storage_usage.bytes, excluded.bytes), updated_at = excluded.updated_at
+
+-- ---------------------------------------------------------------------------------------- webhooks
+-- storage/outbox.py and storage/metadata_webhooks.py, SQLite versions: writers run in BEGIN IMMEDIATE, which
+-- already serializes them.
+
+-- name: webhook_endpoints_for_event
+SELECT id FROM webhook_endpoints
+WHERE project_id = :project_id
+  AND EXISTS (SELECT 1 FROM json_each(webhook_endpoints.event_types) WHERE value = :event_type)
+ORDER BY created_at, id
+
+-- name: webhook_claim
+-- Due deliveries without a live lease, oldest due first, leased to :owner for one attempt.
+UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_at = :expires_at
+WHERE id IN (SELECT id FROM webhook_deliveries
+             WHERE status = 'pending' AND next_attempt_at <= :now
+               AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+             ORDER BY next_attempt_at, id LIMIT :limit)
+RETURNING *
