@@ -51,6 +51,15 @@ def bracket_map(query: MultiDict[Any], name: str) -> dict[str, str] | None:
     return found if present else None
 
 
+def query_list(query: MultiDict[Any], name: str) -> tuple[str, ...] | None:
+    """Collect an array parameter sent as `name[]=a&name[]=b` (the SDK's encoding) or `name=a&name=b`.
+
+    Returns None when the parameter is absent.
+    """
+    values = tuple(str(value) for key, value in query.multi_items() if key in (name, name + "[]"))
+    return values or None
+
+
 def edge_ids(items: Sequence[Any]) -> tuple[str | None, str | None]:
     """First and last id of a page, or (None, None) when it is empty."""
     if not items:

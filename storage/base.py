@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         FileRecord,
         JobEventRecord,
         ModelRecord,
+        TrainingUsageRecord,
     )
 
 
@@ -140,9 +141,19 @@ class JobQueue(Protocol):
         ...
 
     def update(
-        self, claim: Claim, *, status: str | None = None, events: Sequence[JobEventRecord] = (), **changes: Any
+        self,
+        claim: Claim,
+        *,
+        status: str | None = None,
+        events: Sequence[JobEventRecord] = (),
+        usage: TrainingUsageRecord | None = None,
+        **changes: Any,
     ) -> bool:
-        """While the lease is held: set `changes` (and `status`) and add `events`, keeping the lease. False if lost."""
+        """While the lease is held: set `changes` (and `status`), add `events` and a step's `usage`.
+
+        The lease is kept. False, and nothing written, if lost. A step's usage already recorded is not recorded
+        again (a step replayed after a crash is billed once).
+        """
         ...
 
     def complete(
@@ -159,7 +170,8 @@ class JobQueue(Protocol):
         """Finish the job (`succeeded` or `failed`) with `changes`, clearing the lease. False if lost.
 
         `files` and `models` are published in the same transaction (and their blobs' intents ended), and so
-        are the webhook deliveries of the job's end (`storage/outbox.py`).
+        are the webhook deliveries of the job's end (`storage/outbox.py`); `trained_tokens` is set to the sum of
+        the job's training usage (null when it trained no step).
         """
         ...
 

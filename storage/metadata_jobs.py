@@ -11,6 +11,7 @@ from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.metadata_base import SQLStoreBase, now
 from tunewright.storage.outbox import enqueue_job_webhooks
 from tunewright.storage.records import (
+    TERMINAL_STATUSES,
     CheckpointRecord,
     JobEventRecord,
     JobListingRecord,
@@ -104,6 +105,10 @@ class JobsMixin(SQLStoreBase):
                 raise self._missing_or_conflict(conn, job_id, project_id)
             if event is not None:
                 conn.run("insert_event", to_params(event))
+            if status in TERMINAL_STATUSES:
+                # A separate statement, after the row lock: it sees every step the worker committed before.
+                conn.run("settle_trained_tokens", {"id": job_id})
+                record = from_row(JobRecord, conn.run("get_job", {"id": job_id, "project_id": project_id}).fetchone())
             enqueue_job_webhooks(conn, job_id=job_id, project_id=project_id, status=status, now=values["updated_at"])
         return record
 

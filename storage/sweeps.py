@@ -1,8 +1,9 @@
 """Housekeeping over the stores: expired uploads and files, orphan blobs, stale multipart uploads, old webhooks.
 
 Each sweep selects by age alone, so several API replicas (and `tunewright serve` at start) can sweep at once
-without touching each other's work in flight. The API runs `sweep_once` every `sweep_every_s` seconds
-(api/sweeper.py); `serve` runs the crash leftovers' sweeps before it starts.
+without touching each other's work in flight. The daily snapshot of each project's stored bytes (metering) is an
+upsert that keeps the day's most, so replicas taking it at once agree. The API runs `sweep_once` every
+`sweep_every_s` seconds (api/sweeper.py); `serve` runs the crash leftovers' sweeps before it starts.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def sweep_webhook_deliveries(stores: Stores, *, now: int | None = None) -> int:
 
 
 def sweep_once(stores: Stores, settings: Settings) -> None:
-    """One pass of every periodic sweep; failures are logged, never raised."""
+    """One pass of every periodic sweep, then the stored-bytes snapshot; failures are logged, never raised."""
     for name, sweep in (
         ("uploads", lambda: sweep_expired_uploads(stores, ttl_s=settings.upload_ttl_s)),
         ("files", lambda: sweep_expired_files(stores)),
@@ -124,3 +125,7 @@ def sweep_once(stores: Stores, settings: Settings) -> None:
             continue
         if removed:
             logger.info("swept %d expired %s", removed, name)
+    try:
+        stores.metadata.snapshot_storage(now=int(time.time()))
+    except Exception:
+        logger.exception("snapshot of stored bytes failed")

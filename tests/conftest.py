@@ -13,6 +13,7 @@ pytest_plugins = [
     "fixtures.postgres",
     "fixtures.pg_cluster",
     "fixtures.stores",
+    "fixtures.queue",
     "fixtures.app",
     "fixtures.server",
     "fixtures.models",

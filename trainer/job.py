@@ -214,9 +214,10 @@ def stopped_outcome(handle: JobHandle, session: Session | None = None) -> str:
     status = handle.stores.metadata.get_job(handle.job.id, project_id=handle.job.project_id).status
     if status == JobStatus.PAUSED:
         if session is not None:
+            if session.unwritten_step is not None:
+                # Before the resume point: a crash in between replays the step, and it is billed once.
+                handle.stores.metadata.keep_paused_step(*session.unwritten_step)
             session.save_resume_point()
-            if session.unwritten_event is not None:
-                handle.stores.metadata.add_event(session.unwritten_event)
             handle.stores.metadata.add_event(handle.event(f"Saved the job's progress at step {session.progress.step}"))
         return "paused"
     if status == JobStatus.CANCELLED:
@@ -243,7 +244,6 @@ def publish(session: Session) -> str:
         models=[model],
         published_blobs=keys,
         fine_tuned_model=name,
-        trained_tokens=session.progress.trained_tokens,
         result_files=[results.id],
         estimated_finish=None,
         error=None,
@@ -255,7 +255,7 @@ def publish(session: Session) -> str:
 
 
 def fail(handle: JobHandle, code: str, message: str, param: str | None = None) -> str:
-    """Complete the job as failed with ``error = {code, message, param}``; nothing is billed."""
+    """Complete the job as failed with ``error = {code, message, param}``; the steps it trained stay billed."""
     error = {"code": code, "message": message, "param": param}
     done = handle.stores.queue.complete(
         handle.claim,

@@ -1,9 +1,10 @@
 """Resume points: everything a job needs to go on after a pause, a released lease or a dead worker.
 
 A resume point holds the adapter's weights, the optimizer and schedule states, the RNG states and a
-``TrainingProgress`` (steps done, billed tokens so far, each step's metrics for the results file, the published
-checkpoints). It is private to the job: one blob per job, replaced by each save (a blob put is atomic on every
-store), deleted when the job ends. Because batches are planned from the job seed and the epoch
+``TrainingProgress`` (steps done, each step's metrics for the results file, the published checkpoints). Billed
+tokens are not kept here: each step's usage row is written with its metrics event (storage/queue.py). A resume
+point is private to the job: one blob per job, replaced by each save (a blob put is atomic on every store),
+deleted when the job ends. Because batches are planned from the job seed and the epoch
 (``batching.plan_batches``), restoring the step count is enough to replay the data order of an uninterrupted run.
 """
 
@@ -49,14 +50,12 @@ class TrainingProgress(msgspec.Struct, kw_only=True):
 
     Attributes:
         step: Optimizer steps done.
-        trained_tokens: Billable tokens of the steps done, each step counted once.
         steps: Each step's metrics, in order.
         checkpoints: The published checkpoints still kept.
         resumes: How many times the job has been resumed.
     """
 
     step: int = 0
-    trained_tokens: int = 0
     steps: list[StepRecord] = msgspec.field(default_factory=list)
     checkpoints: list[PublishedCheckpoint] = msgspec.field(default_factory=list)
     resumes: int = 0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tunewright.storage.errors import Conflict
 from tunewright.storage.events import make_event
 from tunewright.storage.keys import adapter_blob_prefix, resume_blob_key
+from tunewright.storage.records import TrainingUsageRecord
 from tunewright.trainer.batching import plan_batches
 from tunewright.trainer.collate import collate_examples, collate_preferences
 from tunewright.trainer.loop import StepGroup
@@ -75,7 +76,7 @@ class Session:
     validation_full: list[Any] = field(default_factory=list)
     validation_sample: list[Any] = field(default_factory=list)
     stop_reason: str | None = None
-    unwritten_event: Any = None
+    unwritten_step: tuple[Any, TrainingUsageRecord] | None = None
     started: float = field(default_factory=time.monotonic)
     start_step: int = 0
     last_resume_save: float = field(default_factory=time.monotonic)
@@ -157,7 +158,6 @@ class Session:
         """Record a finished optimizer step; return False to stop training (see the module docstring)."""
         handle = self.handle
         self.progress.step = metrics.step
-        self.progress.trained_tokens += self.tokens_of_step(metrics.step)
         epoch_end = metrics.step % self.prepared.steps_per_epoch == 0 or metrics.step == self.prepared.total_steps
         valid = self.validate(metrics.step, epoch_end=epoch_end)
         record = StepRecord(
@@ -169,9 +169,13 @@ class Session:
         )
         self.progress.steps.append(record)
         event = self.metrics_event(metrics, valid)
-        held = handle.stores.queue.update(handle.claim, events=[event], estimated_finish=self.estimated_finish())
+        usage = self.step_usage(metrics.step)
+        held = handle.stores.queue.update(
+            handle.claim, events=[event], usage=usage, estimated_finish=self.estimated_finish()
+        )
         if not held:
-            self.unwritten_event = event  # a pause keeps this step: its event is written with the resume point
+            # A pause keeps this step: its event and usage are written with the resume point.
+            self.unwritten_step = (event, usage)
             self.stop_reason = "lost"
             return False
         if epoch_end:
@@ -185,6 +189,19 @@ class Session:
         if (epoch_end or self.resume_due(metrics.step)) and metrics.step < self.prepared.total_steps:
             self.save_resume_point()
         return True
+
+    def step_usage(self, step: int) -> TrainingUsageRecord:
+        """The training usage of 1-based optimizer ``step``: the tokens of the examples it trained on."""
+        job = self.handle.job
+        return TrainingUsageRecord(
+            job_id=job.id,
+            step=step,
+            project_id=job.project_id,
+            model=job.model,
+            base_model=job.base_model,
+            trained_tokens=self.tokens_of_step(step),
+            created_at=int(time.time()),
+        )
 
     def validate(self, step: int, *, epoch_end: bool) -> dict[str, float]:
         """Validation metrics for this step: the whole file at an epoch end, a sample every N steps."""

@@ -1,6 +1,6 @@
 """The `tunewright` command: parse arguments, load settings once, hand them to one command group.
 
-Every command group lives in its own module (`serve`, `migrate`, `keys`, `models`) and exposes
+Every command group lives in its own module (`serve`, `migrate`, `keys`, `models`, `usage`, …) and exposes
 `register(subcommands)`, which adds its parser and sets `handler(args, settings) -> int`.
 """
 
@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tunewright.clients.cli import inference, jobs, keys, migrate, models, serve, worker
+from tunewright.clients.cli import inference, jobs, keys, migrate, models, serve, usage, worker
 from tunewright.storage.errors import StorageError
 from tunewright.storage.settings import Settings, SettingsError, load_settings
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML settings file (default: $TUNEWRIGHT_CONFIG); environment variables win over it",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (serve, migrate, keys, models, jobs, worker, inference):
+    for group in (serve, migrate, keys, models, jobs, worker, inference, usage):
         group.register(subcommands)
     return parser
 

@@ -406,6 +406,64 @@ WHERE project_id = :project_id AND created_at >= :created_after
 ORDER BY created_at, id
 LIMIT :limit
 
+-- name: insert_training_usage
+-- One row per step: a step replayed after a crash (from an older resume point) is already billed.
+INSERT INTO training_usage (job_id, step, project_id, model, base_model, trained_tokens, created_at)
+VALUES (:job_id, :step, :project_id, :model, :base_model, :trained_tokens, :created_at)
+ON CONFLICT (job_id, step) DO NOTHING
+
+-- name: settle_trained_tokens
+-- A job that ends has trained the tokens its training usage holds (NULL when it trained no step).
+UPDATE jobs
+SET trained_tokens = (SELECT CAST(SUM(trained_tokens) AS BIGINT) FROM training_usage WHERE job_id = :id)
+WHERE id = :id
+
+-- name: hold_paused_job
+-- Locks a paused job's row (and says whether it is still paused) before its last step is recorded.
+UPDATE jobs SET updated_at = updated_at WHERE id = :id AND project_id = :project_id AND status = 'paused'
+RETURNING id
+
+-- name: list_training_usage
+SELECT * FROM training_usage WHERE project_id = :project_id AND job_id = :job_id ORDER BY step
+
+-- name: list_storage_usage
+SELECT * FROM storage_usage WHERE project_id = :project_id ORDER BY day
+
+-- The *_totals queries sum one organization's rows (every organization's when :organization_id is NULL) per
+-- bucket and group. {select} is `, u.project_id AS project_id, …` and {group} `, u.project_id, …`: the grouped
+-- columns, from a whitelist in storage/metadata_usage.py (or nothing); {filters} holds `AND u.model IN (…)`
+-- clauses. The (project_id, created_at) indexes serve them: one range scan per project of the organization.
+
+-- name: usage_totals
+SELECT (u.created_at - :origin) / :width AS bucket{select},
+       CAST(SUM(u.prompt_tokens) AS BIGINT) AS input_tokens,
+       CAST(SUM(u.completion_tokens) AS BIGINT) AS output_tokens,
+       COUNT(*) AS requests
+FROM usage AS u JOIN projects AS p ON p.id = u.project_id
+WHERE u.created_at >= :start AND u.created_at < :end
+  AND (CAST(:organization_id AS TEXT) IS NULL OR p.organization_id = :organization_id){filters}
+GROUP BY 1{group}
+ORDER BY 1{group}
+
+-- name: training_totals
+SELECT (u.created_at - :origin) / :width AS bucket{select},
+       CAST(SUM(u.trained_tokens) AS BIGINT) AS trained_tokens,
+       COUNT(DISTINCT u.job_id) AS jobs
+FROM training_usage AS u JOIN projects AS p ON p.id = u.project_id
+WHERE u.created_at >= :start AND u.created_at < :end
+  AND (CAST(:organization_id AS TEXT) IS NULL OR p.organization_id = :organization_id){filters}
+GROUP BY 1{group}
+ORDER BY 1{group}
+
+-- name: storage_totals
+SELECT (u.day - :origin) / :width AS bucket{select},
+       CAST(SUM(u.bytes) AS BIGINT) AS byte_days
+FROM storage_usage AS u JOIN projects AS p ON p.id = u.project_id
+WHERE u.day >= :start AND u.day < :end
+  AND (CAST(:organization_id AS TEXT) IS NULL OR p.organization_id = :organization_id){filters}
+GROUP BY 1{group}
+ORDER BY 1{group}
+
 -- ---------------------------------------------------------------------------------------- webhooks
 -- storage/metadata_webhooks.py and storage/outbox.py. webhook_endpoints_for_event and webhook_claim differ
 -- per dialect (sqlite/queries.sql, postgres/queries.sql).

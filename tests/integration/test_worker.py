@@ -63,6 +63,16 @@ def all_events(client: Any, job_id: str) -> list[Any]:
     return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100))))  # every page
 
 
+def usage_steps(stores: Any, job_id: str, project_id: str) -> list[int]:
+    """The steps a job's training usage billed, in order (each at most once: they are the rows' key)."""
+    return [row.step for row in stores.metadata.list_training_usage(job_id, project_id=project_id)]
+
+
+def usage_tokens(stores: Any, job_id: str, project_id: str) -> int:
+    """The tokens a job's training usage billed."""
+    return sum(row.trained_tokens for row in stores.metadata.list_training_usage(job_id, project_id=project_id))
+
+
 def billed_tokens(tiny_dir: Path, name: str, epochs: int, method: str = "supervised") -> int:
     """What the job must bill, computed independently of the worker: the file's tokens times the epochs."""
     lines = (ASSETS / name).read_bytes().splitlines()
@@ -83,6 +93,8 @@ def test_a_job_trains_and_publishes_its_model_results_and_checkpoints(
     assert done.status == "succeeded"
     assert done.fine_tuned_model == f"ft:{TINY}:acme:math:{done.fine_tuned_model.rsplit(':', 1)[1]}"
     assert done.trained_tokens == billed_tokens(tiny_dir, "valid_chat.jsonl", 2)
+    assert done.trained_tokens == usage_tokens(stores, job.id, tenants["a"].project_id)
+    assert usage_steps(stores, job.id, tenants["a"].project_id) == [1, 2, 3, 4, 5, 6]
     assert done.finished_at is not None
     assert done.error is None
     assert done.hyperparameters.n_epochs == 2
@@ -156,7 +168,7 @@ def test_validation_file_metrics_reach_events_csv_and_checkpoints(client_a, stor
     assert checkpoint.metrics.full_valid_loss == pytest.approx(metrics[5].data["full_valid_loss"])
 
 
-def test_a_large_file_breaking_a_format_rule_fails_in_the_worker_with_the_line(client_a, stores, settings, tmp_path):
+def test_a_large_file_breaking_a_format_rule_fails_in_the_worker_with_the_line(client_a, stores, settings, tenants):
     settings.sync_validate_max_bytes = 0  # every file is "large": the worker checks it
     job = create(client_a, upload(client_a, "missing_assistant.jsonl"))
     assert job.status == "validating_files"
@@ -166,7 +178,8 @@ def test_a_large_file_breaking_a_format_rule_fails_in_the_worker_with_the_line(c
     assert failed.error.code == "invalid_training_file"
     assert failed.error.param == "training_file"
     assert failed.error.message.startswith("training_file line ")
-    assert failed.trained_tokens is None
+    assert failed.trained_tokens is None  # it trained nothing, so it bills nothing
+    assert usage_steps(stores, job.id, tenants["a"].project_id) == []
     assert failed.fine_tuned_model is None
     assert all_events(client_a, job.id)[-1].level == "error"
 
@@ -206,7 +219,11 @@ def test_cancel_mid_training_stops_and_keeps_no_model(client_a, stores, settings
     cancelled = client_a.fine_tuning.jobs.retrieve(job.id)
     assert cancelled.status == "cancelled"
     assert cancelled.fine_tuned_model is None
-    assert len(metrics_events(stores, job.id, tenants["a"].project_id)) < 150
+    recorded = metrics_events(stores, job.id, tenants["a"].project_id)
+    assert len(recorded) < 150
+    # It bills the steps it recorded before the cancel, and its trained_tokens say so.
+    assert usage_steps(stores, job.id, tenants["a"].project_id) == [event.data["step"] for event in recorded]
+    assert cancelled.trained_tokens == usage_tokens(stores, job.id, tenants["a"].project_id) > 0
     assert any(e.message.startswith("Checkpoint created at step 6") for e in all_events(client_a, job.id))
     assert client_a.fine_tuning.jobs.checkpoints.list(job.id).data == []
     assert [model.id for model in client_a.models.list().data if model.id.startswith("ft:")] == []
@@ -239,6 +256,8 @@ def test_pause_then_resume_reaches_the_same_adapter_as_an_uninterrupted_run(clie
         assert a[name].equal(b[name]), name
     done = client_a.fine_tuning.jobs.retrieve(paused.id)
     assert done.trained_tokens == client_a.fine_tuning.jobs.retrieve(straight.id).trained_tokens
+    assert usage_steps(stores, paused.id, project) == list(range(1, 25))  # the step the pause cut included
+    assert done.trained_tokens == usage_tokens(stores, paused.id, project)
     curve = [event.data["train_loss"] for event in metrics_events(stores, straight.id, project)]
     resumed = [event.data["train_loss"] for event in metrics_events(stores, paused.id, project)]
     assert resumed == curve
@@ -263,6 +282,11 @@ def test_a_killed_worker_loses_nothing_and_tokens_are_counted_once(
     assert int(resumed[0].split()[3].split("/")[0]) >= 3  # resume points every 3 steps
     done = client_a.fine_tuning.jobs.retrieve(job.id)
     assert done.trained_tokens == billed_tokens(tiny_dir, "valid_chat.jsonl", 25)
+    # The steps the killed worker did after its last resume point were trained again, and billed once.
+    project = tenants["a"].project_id
+    assert usage_steps(stores, job.id, project) == list(range(1, 151))
+    assert done.trained_tokens == usage_tokens(stores, job.id, project)
+    assert len(metrics_events(stores, job.id, project)) >= 150
 
 
 def test_sigterm_finishes_the_step_and_gives_the_job_back(

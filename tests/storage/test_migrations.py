@@ -55,6 +55,7 @@ def open_empty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
 def test_migrate_applies_everything_once(open_empty: Callable[[], Database]) -> None:
     store = SQLMetadataStore(open_empty())
     assert ALL[:4] == ["0001_initial", "0002_blob_intents", "0003_usage", "0004_upload_reservations"]
+    assert "0005_metering" in ALL
     assert "0006_webhooks" in ALL
     assert sorted(ALL) == ALL
     assert store.migrate() == ALL

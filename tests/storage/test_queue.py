@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from fixtures.queue import LEASE_S, ROOMY, Clock, claim, make_step
 from fixtures.stores import make_event, make_job
 
 from tunewright.storage.db import PostgresDatabase, SQLiteDatabase
@@ -24,40 +25,10 @@ if TYPE_CHECKING:
     from tunewright.storage.db import Database
     from tunewright.storage.records import Claim
 
-LEASE_S = 30.0
-ROOMY = 1000  # a per-project cap that never binds
-
-
-class Clock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def queue(database: Database, clock: Clock) -> SQLJobQueue:
-    return SQLJobQueue(database, clock=clock)
-
 
 @pytest.fixture
 def store(metadata_store: SQLMetadataStore) -> SQLMetadataStore:
     return metadata_store
-
-
-def claim(queue: SQLJobQueue, worker: str = "w1", cap: int = ROOMY) -> Claim | None:
-    return queue.claim(worker, lease_s=LEASE_S, max_running_per_project=cap)
 
 
 def claimed_ids(queue: SQLJobQueue, n: int, cap: int = ROOMY, clock: Clock | None = None) -> list[str | None]:
@@ -261,13 +232,14 @@ def test_complete_sets_status_fields_event_and_finished_at(
     job = make_job(store)
     taken = claim(queue)
     assert taken is not None
+    assert queue.update(taken, usage=make_step(job, 1, 1000))
+    assert queue.update(taken, usage=make_step(job, 2, 234))
     event = make_event(job, "The job has successfully completed")
     done = queue.complete(
         taken,
         status="succeeded",
         event=event,
         fine_tuned_model="ft:tiny:org:x:abc",
-        trained_tokens=1234,
         result_files=["file-results"],
     )
     assert done

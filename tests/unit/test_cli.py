@@ -258,7 +258,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for command in ("serve", "migrate", "keys", "models"):
+    for command in ("serve", "migrate", "keys", "models", "usage"):
         assert command in out
 
 
@@ -286,3 +286,127 @@ def test_keys_create_refuses_an_archived_project_and_bad_flags(cli: Any, stores:
     for flags in (("--project", "q", "--admin"), ("--project", "   "), ("--project", "q", "--name", " ")):
         assert cli("keys", "create", "--org", "acme", *flags).code == 2
     assert stores.metadata.find_project(organization_id=organization.id, name="q") is None  # nothing created
+
+
+USAGE_PRICES = """
+[prices."tiny"]
+input = 0.10
+output = 0.40
+training = 3.0
+[prices.storage]
+gb_month = 0.3
+"""
+JAN_1 = 1_735_689_600  # 2025-01-01T00:00:00Z
+
+
+def seed_usage(stores: Stores, project_id: str, key_id: str) -> None:
+    """Inference, training and storage usage of one project on 2025-01-01."""
+    from tunewright.storage.ids import new_id
+    from tunewright.storage.records import FileRecord, TrainingUsageRecord, UsageRecord
+    from tunewright.storage.rows import to_params
+
+    metadata = stores.metadata
+    for prompt, completion in ((600, 200), (400, 300)):
+        metadata.insert_usage(
+            UsageRecord(
+                id=new_id("usage"),
+                project_id=project_id,
+                api_key_id=key_id,
+                model="ft:tiny:acme:x:abcdefgh",
+                base_model="tiny",
+                endpoint="chat.completions",
+                streamed=False,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                latency_ms=1,
+                created_at=JAN_1 + 36_000,
+            )
+        )
+    step = TrainingUsageRecord(
+        job_id=f"ftjob-{project_id}",
+        step=1,
+        project_id=project_id,
+        model="tiny",
+        base_model="tiny",
+        trained_tokens=2000,
+        created_at=JAN_1 + 39_600,
+    )
+    with metadata.database.transaction() as conn:
+        conn.run("insert_training_usage", to_params(step))
+    metadata.insert_file(
+        FileRecord(
+            id=new_id("file"),
+            project_id=project_id,
+            bytes=2**30,
+            created_at=JAN_1,
+            filename="f",
+            purpose="fine-tune",
+            blob_key="k",
+            sha256="0" * 64,
+        )
+    )
+    metadata.snapshot_storage(now=JAN_1 + 43_200)
+
+
+def test_usage_prints_each_projects_usage_and_cost_for_the_period(cli: Any, stores: Stores, tmp_path: Path) -> None:
+    assert cli("keys", "create", "--org", "acme", "--project", "research").code == 0
+    assert cli("keys", "create", "--org", "globex", "--project", "ops").code == 0
+    projects = {
+        stores.metadata.get_project(key.project_id, organization_id=None).name: key
+        for key in stores.metadata.list_all_api_keys()
+    }
+    seed_usage(stores, projects["research"].project_id, projects["research"].id)
+    seed_usage(stores, projects["ops"].project_id, projects["ops"].id)
+    config = tmp_path / "prices.toml"
+    config.write_text(USAGE_PRICES)
+
+    result = cli("--config", str(config), "usage", "--start", "2025-01-01", "--end", "2025-01-02", "--org", "acme")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert (
+        lines[0]
+        == "Usage from 2025-01-01 00:00:00 to 2025-01-02 00:00:00 (UTC), costs in USD from the configured prices"
+    )
+    assert lines[1].split() == [
+        "ORG",
+        "PROJECT",
+        "PROJECT",
+        "ID",
+        "REQUESTS",
+        "INPUT",
+        "TOKENS",
+        "OUTPUT",
+        "TOKENS",
+        "TRAINED",
+        "TOKENS",
+        "GiB-HOURS",
+        "COST",
+        "(USD)",
+    ]
+    # 1000 x 0.10 + 500 x 0.40 + 2000 x 3.00 per million tokens, and 1 GiB for a day at 0.30 a GiB-month.
+    assert lines[2].split() == [
+        "acme",
+        "research",
+        projects["research"].project_id,
+        "2",
+        "1000",
+        "500",
+        "2000",
+        "24.000",
+        "0.016300",
+    ]
+    assert lines[3].split() == ["TOTAL", "2", "1000", "500", "2000", "24.000", "0.016300"]
+    everyone = cli("--config", str(config), "usage", "--start", str(JAN_1), "--end", "2025-01-02T00:00:00Z")
+    assert [line.split()[0] for line in everyone.out.splitlines()[2:]] == ["acme", "globex", "TOTAL"]
+    assert everyone.out.splitlines()[-1].split()[-1] == "0.032600"
+
+
+def test_usage_of_an_empty_period_and_bad_periods(cli: Any) -> None:
+    result = cli("usage", "--start", "2020-01-01", "--end", "2020-02-01")
+    assert result.code == 0
+    assert result.out.splitlines()[-1] == "no usage in this period"
+    assert cli("usage", "--start", "2020-02-01", "--end", "2020-01-01").code == 2
+    bad = cli("usage", "--start", "yesterday")
+    assert bad.code == 2
+    assert bad.err.startswith("tunewright: usage: ")
+    assert cli("usage", "--org", "nobody").code == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tunewright.storage.settings import DEFAULT_BASE_MODELS, Settings, SettingsError, load_settings
+from tunewright.storage.settings import DEFAULT_BASE_MODELS, Price, Settings, SettingsError, load_settings
 
 
 def write_toml(tmp_path: Path, text: str) -> str:
@@ -150,3 +150,52 @@ def test_production_urls_are_accepted() -> None:
     )
     assert settings.database_url.startswith("postgresql://")
     assert settings.blob_url == "s3://bucket/prefix"
+
+
+PRICES = """
+[prices."tiny-llama"]
+input = 0.10
+output = 0.40
+training = 3
+[prices.default]
+input = 0.05
+[prices.storage]
+gb_month = 0.02
+"""
+
+
+def test_prices_come_from_toml_tables_with_a_default_and_a_storage_price(tmp_path: Path) -> None:
+    settings = load_settings({}, write_toml(tmp_path, PRICES))
+    tiny = settings.model_price("tiny-llama")
+    assert (tiny.input, tiny.output, tiny.training) == (0.10, 0.40, 3.0)
+    other = settings.model_price("smollm2-135m-instruct")
+    assert (other.input, other.output, other.training) == (0.05, 0.0, 0.0)
+    assert settings.storage_price == 0.02
+
+
+def test_without_prices_everything_is_free() -> None:
+    settings = load_settings({})
+    assert settings.model_price("tiny-llama") == Price()
+    assert settings.storage_price == 0.0
+
+
+def test_prices_cannot_come_from_the_environment() -> None:
+    with pytest.raises(SettingsError, match=r"^TUNEWRIGHT_PRICES: prices are read from the TOML config only"):
+        load_settings({"TUNEWRIGHT_PRICES": "tiny=1"})
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[prices."tiny"]\ninput = -1\n', r'^\[prices\."tiny"\]\.input in the config file: Expected `float` >= 0'),
+        ('[prices."tiny"]\ninputs = 1\n', r'^\[prices\."tiny"\] in the config file: .*unknown field `inputs`'),
+        ('[prices."tiny"]\ninput = "cheap"\n', r'^\[prices\."tiny"\]\.input in the config file: Expected `float`'),
+        ("prices = 3\n", r"^prices in the config file: expected tables"),
+        ("[prices.storage]\ninput = 1\n", r"the storage price is `gb_month` only"),
+        ("[prices.default]\ngb_month = 1\n", r"`gb_month` belongs in \[prices.storage\]"),
+        ('[prices."ft:tiny:acme::abc"]\ninput = 1\n', r"fine-tuned models are billed at their base model's prices"),
+    ],
+)
+def test_a_bad_price_is_one_line_naming_its_table(tmp_path: Path, toml: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings({}, write_toml(tmp_path, toml))

@@ -44,6 +44,17 @@ ORDER BY t.last_claimed_at NULLS FIRST, j.created_at, j.id
 LIMIT 1
 FOR NO KEY UPDATE OF j SKIP LOCKED
 
+-- ------------------------------------------------------------------------------------------- usage
+
+-- name: snapshot_storage
+-- Each project's stored bytes now; the day keeps the most it has seen.
+INSERT INTO storage_usage (project_id, day, bytes, updated_at)
+SELECT project_id, :day, CAST(SUM(bytes) AS BIGINT), :now
+FROM (SELECT project_id, bytes FROM files UNION ALL SELECT project_id, bytes FROM upload_parts) AS stored
+GROUP BY project_id
+ON CONFLICT (project_id, day) DO UPDATE
+SET bytes = GREATEST(storage_usage.bytes, excluded.bytes), updated_at = excluded.updated_at
+
 -- ---------------------------------------------------------------------------------------- webhooks
 -- storage/outbox.py and storage/metadata_webhooks.py, PostgreSQL versions.
 

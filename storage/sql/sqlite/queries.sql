@@ -34,6 +34,19 @@ WHERE j.status IN ('validating_files', 'queued', 'running')
 ORDER BY t.last_claimed_at NULLS FIRST, j.created_at, j.id
 LIMIT 1
 
+-- ------------------------------------------------------------------------------------------- usage
+
+-- name: snapshot_storage
+-- Each project's stored bytes now; the day keeps the most it has seen (SQLite's scalar MAX). `WHERE true`
+-- tells SQLite's parser that ON CONFLICT belongs to the INSERT, not to a join.
+INSERT INTO storage_usage (project_id, day, bytes, updated_at)
+SELECT project_id, :day, SUM(bytes), :now
+FROM (SELECT project_id, bytes FROM files UNION ALL SELECT project_id, bytes FROM upload_parts) AS stored
+WHERE true
+GROUP BY project_id
+ON CONFLICT (project_id, day) DO UPDATE
+SET bytes = MAX(storage_usage.bytes, excluded.bytes), updated_at = excluded.updated_at
+
 -- ---------------------------------------------------------------------------------------- webhooks
 -- storage/outbox.py and storage/metadata_webhooks.py, SQLite versions: writers run in BEGIN IMMEDIATE, which
 -- already serializes them.
