@@ -19,6 +19,7 @@ from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.metrics import Metrics, serve_with_context
+from tunewright.api.nul_guard import NulCheckedRequest, refuse_nul_in_query
 from tunewright.api.sweeper import sweeper_lifespan
 
 if TYPE_CHECKING:
@@ -160,6 +161,8 @@ def create_app(
             ),
         },
         exception_handlers=exception_handlers(),
+        request_class=NulCheckedRequest,
+        before_request=refuse_nul_in_query,
         lifespan=[sweeper_lifespan] if sweep else [],
         on_shutdown=[own_engine.close] if own_engine is not None else [],
         openapi_config=OpenAPIConfig(
