@@ -174,6 +174,10 @@ def test_logprobs_come_per_token(client_a):
         ({"frequency_penalty": 2.5}, "frequency_penalty", "invalid_value"),
         ({"logit_bias": {"5": 101}}, "logit_bias", "invalid_value"),
         ({"logit_bias": {"x": 1}}, "logit_bias", "invalid_value"),
+        ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "invalid_value"),  # "²": str.isdigit(), yet no int
+        ({"logit_bias": {"\u0661": 1}}, "logit_bias", "invalid_value"),  # Arabic-Indic one: int() reads 1
+        ({"logit_bias": {"\uff11": 1}}, "logit_bias", "invalid_value"),  # fullwidth one
+        ({"logit_bias": {" 1": 1}}, "logit_bias", "invalid_value"),
         ({"max_tokens": 0}, "max_tokens", "invalid_value"),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "invalid_value"),
         ({"top_logprobs": 2}, "logprobs", "invalid_value"),
