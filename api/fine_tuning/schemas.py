@@ -29,7 +29,7 @@ TargetModules = Literal["all-linear"] | Annotated[list[ModuleName], Meta(min_len
 
 
 class LoraHyperparameters(Request):
-    """Tunewright's LoRA extensions, accepted inside `method.<type>.hyperparameters` and echoed back."""
+    """Tunewright's LoRA extensions, accepted in `method.<type>.hyperparameters` and the legacy `hyperparameters`."""
 
     lora_rank: Annotated[int, Meta(ge=1, le=256)] | UnsetType = UNSET
     lora_alpha: Annotated[float, Meta(gt=0, le=4096)] | UnsetType = UNSET
@@ -37,8 +37,8 @@ class LoraHyperparameters(Request):
     lora_target_modules: TargetModules | UnsetType = UNSET
 
 
-class Hyperparameters(Request):
-    """The legacy top-level `hyperparameters` (deprecated by OpenAI in favour of `method`)."""
+class Hyperparameters(LoraHyperparameters):
+    """The legacy top-level `hyperparameters` (deprecated by OpenAI in favour of `method`) plus the LoRA extensions."""
 
     batch_size: BatchSize | UnsetType = UNSET
     learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET

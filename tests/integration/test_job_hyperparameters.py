@@ -132,3 +132,32 @@ def test_the_worker_fails_a_job_whose_modules_the_api_could_not_check_naming_the
     assert failed.error.code == "invalid_value"
     assert failed.error.param == f"{METHOD_PATH}.lora_target_modules"
     assert "'not_a_module'" in failed.error.message
+
+
+def test_the_legacy_hyperparameters_take_the_lora_settings_through_the_sdk(client_a, training_file):
+    lora = {"lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1, "lora_target_modules": ["q_proj", "v_proj"]}
+    job = client_a.fine_tuning.jobs.create(
+        model=TINY, training_file=training_file.id, hyperparameters={"n_epochs": 1, **lora}
+    )
+    assert job.method.type == "supervised"
+    method_hyper = job.method.supervised.hyperparameters.to_dict()
+    assert {key: method_hyper[key] for key in lora} == lora  # what the worker trains with
+    assert {key: job.hyperparameters.to_dict()[key] for key in lora} == lora
+
+
+@pytest.mark.parametrize(
+    ("hyper", "param", "code"),
+    [
+        ({"lora_rank": 0}, "hyperparameters.lora_rank", "invalid_value"),
+        ({"lora_dropout": 1.0}, "hyperparameters.lora_dropout", "invalid_value"),
+        ({"lora_target_modules": ["../x"]}, "hyperparameters.lora_target_modules[0]", "invalid_value"),
+        ({"lora_target_modules": ["not_a_module"]}, "hyperparameters.lora_target_modules", "invalid_value"),
+        ({"lora_warmup": 3}, "hyperparameters.lora_warmup", "unknown_parameter"),
+    ],
+)
+def test_the_legacy_hyperparameters_check_the_lora_settings_as_the_method_does(
+    client_a, training_file, hyper, param, code
+):
+    with pytest.raises(openai.BadRequestError) as err:
+        client_a.fine_tuning.jobs.create(model=TINY, training_file=training_file.id, hyperparameters=hyper)
+    assert (err.value.param, err.value.code) == (param, code), err.value.message
