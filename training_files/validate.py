@@ -65,7 +65,7 @@ _FRAMING_LINES = msgspec.json.Decoder(list[_AnyObject])
 # read as 0, `e`, `E` and `+` as e, the rest blank) hold no such number; a line that shows one is decoded in
 # full, as the format rules decode it. A shape inside a string ("e123", "+331") only costs that full decode.
 _NUMBER_SHAPES = bytes(
-    ord("0") if chr(byte).isdigit() and byte < 128 else ord("e") if byte in b"eE+" else ord(" ") for byte in range(256)
+    ord("0") if byte in b"0123456789" else ord("e") if byte in b"eE+" else ord(" ") for byte in range(256)
 )
 _LONG_EXPONENT = b"e000"
 _LONG_DIGITS = b"0" * 300
@@ -128,10 +128,9 @@ def _parse(raw: bytes, text: str, *, framing_only: bool) -> Any:
     if framing_only:
         with contextlib.suppress(msgspec.ValidationError):  # valid JSON, not an object: the full decode names it
             _FRAMING_LINE.decode(text)
-            if _may_hold_a_huge_number(raw):
-                msgspec.json.decode(text)  # "Number out of range", as the format rules' decode says
-            return {}
-    return msgspec.json.decode(text)
+            if not _may_hold_a_huge_number(raw):
+                return {}
+    return msgspec.json.decode(text)  # a number out of range raises here, as in the format rules' decode
 
 
 class _Scan:
