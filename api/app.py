@@ -15,11 +15,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from tunewright.api.auth import current_principal
-from tunewright.api.bodies import APIRequest
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.metrics import Metrics, serve_with_context
+from tunewright.api.nul_guard import NulCheckedRequest, refuse_nul_in_query
 from tunewright.api.openapi import SchemaRouter
 from tunewright.api.sweeper import sweeper_lifespan
 from tunewright.api.webhooks.sender import webhook_sender_lifespan
@@ -168,7 +168,8 @@ def create_app(
             ),
         },
         exception_handlers=exception_handlers(),
-        request_class=APIRequest,
+        request_class=NulCheckedRequest,
+        before_request=refuse_nul_in_query,
         lifespan=[
             *([sweeper_lifespan] if sweep else []),
             *([webhook_sender_lifespan] if send_webhooks and "webhooks" in features else []),

@@ -191,6 +191,8 @@ def _handle_api_error(request: Request[Any, Any, Any], exc: APIError) -> Respons
     return error_response(exc, _request_id(request))
 
 
+NUL_MESSAGE = "Text values cannot contain NUL (\\u0000) characters."
+
 INVALID_JSON_MESSAGE = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP "
     "library correctly. The OpenAI API expects a JSON payload.)"
@@ -251,7 +253,9 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
 
 def _handle_storage(request: Request[Any, Any, Any], exc: storage_errors.StorageError) -> Response[Any]:
     error: APIError
-    if isinstance(exc, storage_errors.NotFound):
+    if isinstance(exc, storage_errors.UnstorableText):  # before NotFound: a lookup's caller turned it into its 404
+        error = InvalidRequestError(NUL_MESSAGE, code="invalid_value")
+    elif isinstance(exc, storage_errors.NotFound):
         error = NotFoundError(str(exc) or "Not found.", code="not_found")
     elif isinstance(exc, storage_errors.InvalidCursor):
         error = InvalidRequestError(

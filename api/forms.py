@@ -17,6 +17,7 @@ from tunewright.api.errors import (
     echo,
     unsupported_media_type,
 )
+from tunewright.api.nul_guard import refuse_nul
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -98,6 +99,7 @@ class _FormReader:
             if self.seen_file:
                 raise InvalidRequestError(f"Only one '{name}' part is allowed.", param=name, code="invalid_value")
             self.seen_file = True
+            refuse_nul(segment.filename or "", name)
             self.result.filename = segment.filename or "upload"
             self.sink = self.open_sink(dict(self.result.fields), self.result.filename)
             self.sink.start(self.task_group)
@@ -128,11 +130,13 @@ class _FormReader:
             self.sink = None
         elif self.segment is not None:
             try:
-                self.result.fields[self.segment.name] = self.text.decode("utf-8")
+                value = self.text.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InvalidRequestError(
                     f"The form field '{self.segment.name}' is not valid UTF-8.", param=self.segment.name
                 ) from exc
+            refuse_nul(value, self.segment.name)
+            self.result.fields[self.segment.name] = value
         self.segment = None
 
     async def abort(self, error: BaseException) -> None:

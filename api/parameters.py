@@ -58,7 +58,7 @@ def check_choices(prompts: int, n: int, limit: int) -> None:
 
 
 def logit_bias_ids(bias: dict[str, int] | None | UnsetType, vocab_size: int) -> dict[int, float]:
-    """Turn `{"<token id>": bias}` into `{id: bias}`: keys token ids of the vocabulary, biases -100 to 100.
+    """Turn `{"<token id>": bias}` into `{id: bias}`: keys ASCII decimal token ids, biases -100 to 100.
 
     Checked here rather than on the field, so that the error names `logit_bias` (not `logit_bias[...]`).
 
@@ -69,7 +69,9 @@ def logit_bias_ids(bias: dict[str, int] | None | UnsetType, vocab_size: int) -> 
         return {}
     out: dict[int, float] = {}
     for key, value in bias.items():
-        if not key.isdigit() or int(key) >= vocab_size:
+        # ASCII digits only: str.isdigit() also holds for superscripts (int() fails) and other scripts' digits
+        # (int() reads the Arabic-Indic one as 1).
+        if not (key.isascii() and key.isdigit()) or int(key) >= vocab_size:
             raise invalid("logit_bias", f"{echo(key)} is not a token id of this model (0 to {vocab_size - 1}).")
         if not -100 <= value <= 100:
             raise invalid("logit_bias", f"the bias of token {key} must be between -100 and 100 (got {value}).")

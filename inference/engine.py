@@ -66,8 +66,9 @@ class ModelTarget(msgspec.Struct, frozen=True, kw_only=True):
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     """One choice's decoding settings. ``temperature == 0`` is greedy; ``seed`` makes sampling reproducible.
 
-    ``stop`` strings end a choice (not included in its text); ``logit_bias`` maps token ids to additive biases;
-    ``top_logprobs`` > 0 implies ``logprobs``.
+    Temperatures under ``sampling.GREEDY_BELOW`` (1e-5) are greedy too. ``stop`` strings end a choice (not
+    included in its text); ``logit_bias`` maps token ids to additive biases; ``top_logprobs`` > 0 implies
+    ``logprobs``.
     """
 
     max_new_tokens: int

@@ -84,11 +84,17 @@ class RowSampler:
         return out
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures under this are greedy (as in vLLM): dividing float32 logits by a vanishing temperature gives
+infinities (and a temperature under float32's range divides by zero), while the distribution it stands for puts
+all its mass on the argmax anyway."""
+
+
 def select_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """Return a token id: argmax at temperature 0, else a draw from the temperature-scaled top-p distribution."""
+    """Return a token id: argmax at (near) temperature 0, else a draw from the temperature-scaled top-p distribution."""
     import torch
 
-    if params.temperature <= 0:
+    if params.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits / params.temperature, dim=-1)
     if params.top_p < 1.0:

@@ -190,8 +190,9 @@ class Scheduler:
                 if self._choose(row, logits[k]):
                     finished.append(row)
             except (RuntimeError, ValueError) as exc:  # e.g. non-finite probabilities: this request only
-                logger.warning("sampling failed for a row: %s", exc)
-                row.ticket.fail(EngineError(f"sampling failed: {exc}", code="server_error", status=500))
+                logger.warning("sampling failed for a row: %s", exc)  # the details stay in the log
+                message = "The server could not sample a token for this request."
+                row.ticket.fail(EngineError(message, code="server_error", status=500))
                 finished.append(row)
         if finished:
             self._remove(finished)

@@ -92,6 +92,16 @@ def model_available(model_id: str, settings: Settings) -> bool:
     return True
 
 
+def local_model_dir(model_id: str, settings: Settings) -> Path | None:
+    """The base model's directory when its files are on this machine already, else None (nothing is imported)."""
+    if not model_available(model_id, settings) or packaged_model_pending(model_id, settings):
+        return None
+    try:
+        return resolve_model_dir(model_id, settings)
+    except (UnknownModelError, ModelUnavailableError):
+        return None
+
+
 def packaged_model_pending(model_id: str, settings: Settings) -> bool:
     """Whether the base model comes from a package and is not imported yet: its first use waits for the import."""
     source = settings.base_models.get(model_id, "")

@@ -26,7 +26,9 @@ JSON columns come back as text on both dialects (JSONB is read with a text loade
 Errors: a unique violation raises `Conflict` (abandon the transaction: PostgreSQL has aborted it); a refused
 connection, an exhausted pool, a database file that cannot be opened or a lock held past the busy timeout
 raise `DatabaseUnavailable` (an `Unavailable`); a full disk raises `DatabaseFull` (both an `InsufficientStorage`
-and a `DatabaseUnavailable`). Other driver errors pass through unchanged. PostgreSQL connections come from
+and a `DatabaseUnavailable`). A text parameter holding NUL raises `UnstorableText` (a `NotFound`) on both
+dialects before the driver sees it: PostgreSQL cannot take such text at all, and a lookup by it can match
+nothing. Other driver errors pass through unchanged. PostgreSQL connections come from
 `storage/pg_pool.py`, which replaces the connections that a server restart closed and fails fast while the
 server is down.
 """
@@ -52,7 +54,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.string import TextLoader
 
 from tunewright.storage.disk import create_private_file, make_private_dir
-from tunewright.storage.errors import Conflict, DatabaseFull, DatabaseUnavailable, StorageError
+from tunewright.storage.errors import Conflict, DatabaseFull, DatabaseUnavailable, StorageError, UnstorableText
 from tunewright.storage.pg_pool import ResilientPool
 from tunewright.storage.queries import load_migrations, load_queries, split_script, to_pyformat
 
@@ -81,6 +83,12 @@ class Cursor(Protocol):
     def fetchall(self) -> Any:
         """Return the remaining rows as a `list[dict[str, Any]]`."""
         ...
+
+
+def refuse_nul(params: Mapping[str, Any] | None) -> None:
+    """Raise `UnstorableText` if a text parameter holds NUL (see the module docstring)."""
+    if params and any(type(value) is str and "\x00" in value for value in params.values()):
+        raise UnstorableText("text parameters cannot contain NUL (\\u0000)")
 
 
 class Connection(ABC):
@@ -270,12 +278,14 @@ class _SQLiteConnection(Connection):
         self.after_commit: list[Callable[[], None]] = []
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Cursor:
+        refuse_nul(params)
         try:
             return _DictCursor(self.raw.execute(sql, params or {}))
         except sqlite3.Error as exc:
             raise (_sqlite_error(exc) or exc) from exc
 
     def fetch_tuples(self, sql: str, params: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        refuse_nul(params)
         try:
             cursor = self.raw.execute(sql, params)
             return tuple(map(_first, cursor.description or ())), cursor.fetchall()
@@ -414,6 +424,7 @@ class _PostgresConnection(Connection):
         self.raw = raw
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Cursor:
+        refuse_nul(params)
         try:
             if params is None:
                 return self.raw.execute(sql)  # without params psycopg sends the text as is
@@ -422,6 +433,7 @@ class _PostgresConnection(Connection):
             raise (_postgres_error(exc) or exc) from exc
 
     def fetch_tuples(self, sql: str, params: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        refuse_nul(params)
         try:
             cursor = self.raw.cursor(row_factory=tuple_row)
             cursor.execute(to_pyformat(sql), params)

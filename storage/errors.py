@@ -11,6 +11,15 @@ class NotFound(StorageError):  # noqa: N818 - the name reads as the condition, a
     """The object does not exist in this project (or at all)."""
 
 
+class UnstorableText(NotFound):
+    """A text parameter holds a NUL character (U+0000).
+
+    PostgreSQL cannot store or compare such text, and SQLite is held to the same rule, so no stored object
+    has it: a lookup by it finds nothing (hence a `NotFound`). The API refuses NUL in the values it writes
+    before they get here; one that gets here anyway is a 400, never a driver error.
+    """
+
+
 class Conflict(StorageError):  # noqa: N818
     """The write would break a uniqueness or state rule."""
 

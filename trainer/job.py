@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tunewright.modeling.chat import ChatTemplateError
+from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
 from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, packaged_model_pending
 from tunewright.storage.errors import DatabaseUnavailable
 from tunewright.storage.keys import adapter_blob_prefix
@@ -83,6 +84,9 @@ def _run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str
         return fail(handle, **exc.to_error())
     except (UnknownModelError, ModelUnavailableError) as exc:
         return fail(handle, "model_not_available", f"The base model '{handle.job.base_model}' is not available: {exc}")
+    except UnknownTargetModulesError as exc:  # the API checks them when the model's files are on its machine
+        param = f"method.{handle.job.method['type']}.hyperparameters.lora_target_modules"
+        return fail(handle, "invalid_value", str(exc), param=param)
     except ChatTemplateError as exc:
         return fail(
             handle,
@@ -138,6 +142,7 @@ def start_session(handle: JobHandle, prepared: PreparedJob, backend: TrainingBac
         parent = parent_adapter(handle, Path(tmp))
         if parent is not None:
             hyper = msgspec.structs.replace(hyper, **parent_lora_settings(parent))
+        check_target_modules(prepared.model_dir, hyper.lora_target_modules, handle.job.base_model)
         model, _ = backend.load(prepared.model_dir, hyper, seed=handle.job.seed, device=device)
         if parent is not None:
             load_adapter_weights(model, parent)

@@ -46,7 +46,7 @@ def got(value: Any) -> str:
 
 def decode_reason(exc: msgspec.DecodeError) -> str:
     """Turn a msgspec decode error into a short reason for "not valid JSON: <reason>"."""
-    text = str(exc).removeprefix("JSON is malformed: ")
+    text = str(exc).removeprefix("JSON is malformed: ").split(" - at `$", 1)[0]  # msgspec's path says nothing here
     return "unexpected end of data" if text == "Input data was truncated" else text
 
 

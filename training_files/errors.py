@@ -18,6 +18,11 @@ DatasetParam = Literal["training_file", "validation_file"]
 ECHO_LIMIT = 200
 """Echoed user values are cut at this many characters."""
 
+_CONTROL_ESCAPES = {code: f"\\u{code:04x}" for code in (*range(0x20), 0x7F)}
+"""Control characters in a message (echoed values, keys in field paths) written as JSON writes them: the message
+is stored as a failed job's error and event, PostgreSQL can store neither NUL nor a JSON `\\u0000`, and a line
+break would split it in a log."""
+
 
 def echo(value: Any) -> str:
     """Render a user-supplied JSON value for an error message, cut at ``ECHO_LIMIT`` characters.
@@ -96,7 +101,7 @@ class DatasetError(Exception):
     def __init__(self, details: Iterable[object], *, param: DatasetParam = "training_file") -> None:
         self.param: DatasetParam = param
         self.code = "invalid_validation_file" if param == "validation_file" else "invalid_training_file"
-        self.details = tuple(str(detail) for detail in details)
+        self.details = tuple(str(detail).translate(_CONTROL_ESCAPES) for detail in details)
         self.message = f"{param} {'; '.join(self.details)}"
         super().__init__(self.message)
 

@@ -59,6 +59,24 @@ _FRAMING_LINE = msgspec.json.Decoder(_AnyObject)
 _FRAMING_LINES = msgspec.json.Decoder(list[_AnyObject])
 NESTED_TOO_DEEPLY = "not valid JSON: nested too deeply"
 
+# Skipping a number checks its syntax, not its value, so the framing decoders accept `1e999`, which the full
+# decode refuses ("Number out of range"): a file would pass upload and fail job creation. A number that a
+# float cannot hold has an exponent of three digits or more (`1e999`, `-1E+400`), or hundreds of digits (an
+# integer past Python's digit limit, a float past 1.8e308 written out), so bytes showing neither shape (digits
+# read as 0, `e`, `E` and `+` as e, the rest blank) hold no such number; a line that shows one is decoded in
+# full, as the format rules decode it. A shape inside a string ("e123", "+331") only costs that full decode.
+_NUMBER_SHAPES = bytes(
+    ord("0") if byte in b"0123456789" else ord("e") if byte in b"eE+" else ord(" ") for byte in range(256)
+)
+_LONG_EXPONENT = b"e000"
+_LONG_DIGITS = b"0" * 300
+
+
+def _may_hold_a_huge_number(data: bytes) -> bool:
+    """Whether `data` may hold a JSON number too large for a float (see `_NUMBER_SHAPES`)."""
+    shapes = data.translate(_NUMBER_SHAPES)
+    return _LONG_EXPONENT in shapes or _LONG_DIGITS in shapes
+
 
 @dataclass(frozen=True, slots=True)
 class JsonlSummary:
@@ -106,13 +124,14 @@ class DatasetReport:
             raise DatasetError(self.problems, param=self.param)
 
 
-def _parse(text: str, *, framing_only: bool) -> Any:
-    """Decode one line; framing only returns `{}` for any object (its values are checked for syntax, not built)."""
+def _parse(raw: bytes, text: str, *, framing_only: bool) -> Any:
+    """Decode one line (`text`, from `raw`); framing only returns `{}` for any object (values checked, not built)."""
     if framing_only:
         with contextlib.suppress(msgspec.ValidationError):  # valid JSON, not an object: the full decode names it
             _FRAMING_LINE.decode(text)
-            return {}
-    return msgspec.json.decode(text)
+            if not _may_hold_a_huge_number(raw):
+                return {}
+    return msgspec.json.decode(text)  # a number out of range raises here, as in the format rules' decode
 
 
 class _Scan:
@@ -176,7 +195,7 @@ class _Scan:
             self.fail(self.lines, "not valid UTF-8")
             return None
         try:
-            obj = _parse(text, framing_only=not self.check_format)
+            obj = _parse(raw, text, framing_only=not self.check_format)
         except msgspec.DecodeError as exc:
             self.fail(self.lines, f"not valid JSON: {decode_reason(exc)}")
             return None
@@ -320,7 +339,7 @@ class JsonlChecker:
             objects = _FRAMING_LINES.decode(b"".join((b"[", memoryview(joined)[:-2], b"]")))
         except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
             return False
-        if len(objects) != lines:
+        if len(objects) != lines or _may_hold_a_huge_number(region):
             return False
         self._scan.lines += lines
         self._scan.examples += lines

@@ -11,6 +11,7 @@ from tunewright.api.auth import Caller, require_project
 from tunewright.api.chat import service
 from tunewright.api.chat.schemas import CreateChatCompletionRequest, CreateChatCompletionResponse
 from tunewright.api.generation import StreamingOperation
+from tunewright.api.nul_guard import ALLOW_NUL_IN_BODY
 from tunewright.inference.engine import InferenceEngine
 from tunewright.storage.base import Stores
 from tunewright.storage.settings import Settings
@@ -23,7 +24,7 @@ class ChatCompletionsController(Controller):
     guards = [require_project]
     tags = ["Chat"]
 
-    @post("/", status_code=200, operation_class=StreamingOperation)
+    @post("/", status_code=200, operation_class=StreamingOperation, opt={ALLOW_NUL_IN_BODY: True})
     async def create_chat_completion(
         self,
         principal: Caller,

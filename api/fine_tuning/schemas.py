@@ -21,28 +21,35 @@ if TYPE_CHECKING:
 
 Auto = Literal["auto"]
 BatchSize = Auto | Annotated[int, Meta(ge=1, le=256)]
-LearningRateMultiplier = Auto | Annotated[float, Meta(gt=0)]
+MAX_LEARNING_RATE_MULTIPLIER = 10.0
+"""OpenAI sets no upper bound; ours keeps the learning rate (a family's base rate, 1e-3 or 2e-3, times the
+multiplier) at most 0.02, already far past where LoRA trains, and refuses the huge values (1e308, and `1e999`,
+which JSON decoding reads as infinity) that would end the job in non-finite weights."""
+LearningRateMultiplier = Auto | Annotated[float, Meta(gt=0, le=MAX_LEARNING_RATE_MULTIPLIER)]
 NEpochs = Auto | Annotated[int, Meta(ge=1, le=50)]
 Beta = Auto | Annotated[float, Meta(gt=0, le=2)]
 Suffix = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Seed = Annotated[int, Meta(ge=0, le=2_147_483_647)]
-
-
-class Hyperparameters(Request):
-    """The legacy top-level `hyperparameters` (deprecated by OpenAI in favour of `method`)."""
-
-    batch_size: BatchSize | UnsetType = UNSET
-    learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET
-    n_epochs: NEpochs | UnsetType = UNSET
+ModuleName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")]
+"""A module's dotted name or suffix (`q_proj`, `self_attn.q_proj`), as PEFT matches it; nothing path-like."""
+TargetModules = Literal["all-linear"] | Annotated[list[ModuleName], Meta(min_length=1, max_length=64)]
 
 
 class LoraHyperparameters(Request):
-    """Tunewright's LoRA extensions, accepted inside `method.<type>.hyperparameters` and echoed back."""
+    """Tunewright's LoRA extensions, accepted in `method.<type>.hyperparameters` and the legacy `hyperparameters`."""
 
     lora_rank: Annotated[int, Meta(ge=1, le=256)] | UnsetType = UNSET
     lora_alpha: Annotated[float, Meta(gt=0, le=4096)] | UnsetType = UNSET
     lora_dropout: Annotated[float, Meta(ge=0, lt=1)] | UnsetType = UNSET
-    lora_target_modules: Literal["all-linear"] | list[Annotated[str, Meta(min_length=1)]] | UnsetType = UNSET
+    lora_target_modules: TargetModules | UnsetType = UNSET
+
+
+class Hyperparameters(LoraHyperparameters):
+    """The legacy top-level `hyperparameters` (deprecated by OpenAI in favour of `method`) plus the LoRA extensions."""
+
+    batch_size: BatchSize | UnsetType = UNSET
+    learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET
+    n_epochs: NEpochs | UnsetType = UNSET
 
 
 class SupervisedHyperparameters(LoraHyperparameters):

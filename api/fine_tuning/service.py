@@ -10,6 +10,8 @@ import msgspec
 from msgspec import UNSET
 
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
+from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
+from tunewright.modeling.registry import local_model_dir
 from tunewright.storage.errors import NotFound, StateConflict
 from tunewright.storage.events import make_event
 from tunewright.storage.ids import new_id, new_model_slot
@@ -152,6 +154,24 @@ def _check_method_shape(data: CreateFineTuningJobRequest) -> None:
             )
 
 
+def check_lora_targets(settings: Settings, base_model: str, method: dict[str, Any], *, legacy: bool) -> None:
+    """Refuse `lora_target_modules` that name no linear layer of the base model, when its files are here.
+
+    A model whose files are not on this machine (a packaged model not imported yet, a worker-only model) is
+    checked by the worker before it loads the model.
+    """
+    method_type = method["type"]
+    targets = method[method_type]["hyperparameters"].get("lora_target_modules")
+    model_dir = local_model_dir(base_model, settings) if isinstance(targets, list) else None
+    if model_dir is None:
+        return
+    try:
+        check_target_modules(model_dir, targets, base_model)
+    except UnknownTargetModulesError as exc:
+        param = "hyperparameters" if legacy else f"method.{method_type}.hyperparameters"
+        raise InvalidRequestError(str(exc), param=f"{param}.lora_target_modules", code="invalid_value") from None
+
+
 def precheck_dataset(stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str) -> None:
     """Run the format rules synchronously on a small file; a problem is a 400 naming its lines."""
     if file.bytes > settings.sync_validate_max_bytes:
@@ -170,6 +190,7 @@ def create_job(stores: Stores, settings: Settings, data: CreateFineTuningJobRequ
     project_id = principal.project_id or ""
     base_model = resolve_base_model(stores, settings, data.model, project_id=project_id)
     method, hyperparameters = build_method(data)
+    check_lora_targets(settings, base_model, method, legacy=data.method is UNSET)
     training = check_training_file(stores, data.training_file, param="training_file", project_id=project_id)
     validation_id = data.validation_file if isinstance(data.validation_file, str) else None
     validation = (

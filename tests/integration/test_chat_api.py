@@ -109,6 +109,17 @@ def test_n_choices_are_numbered_and_the_same_seed_gives_the_same_texts(client_a)
     assert len(set(first)) > 1  # choice i samples with seed + i
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # the engine's sampling: the stores play no part
+def test_a_vanishing_temperature_or_top_p_samples_as_greedy(client_a, http, tenants, tokenizer):
+    body = {"model": TINY, "messages": HELLO, "max_tokens": 8, "seed": 5, "logit_bias": no_eos(tokenizer)}
+    greedy = client_a.chat.completions.create(**body, temperature=0).choices[0].message.content
+    for extra in ({"temperature": 1e-45}, {"temperature": 1e-300}, {"temperature": 5e-324}, {"top_p": 1e-45}):
+        reply = client_a.chat.completions.create(**body, **extra)
+        assert reply.choices[0].message.content == greedy, extra
+    huge = post(http, tenants["a"], {**body, "temperature": 1e308})
+    assert (huge.status_code, huge.json()["error"]["param"]) == (400, "temperature")
+
+
 def test_a_stop_sequence_ends_the_text_before_it(client_a, tokenizer):
     body = {"model": TINY, "messages": HELLO, "seed": 3, "max_tokens": 12, "logit_bias": no_eos(tokenizer)}
     text = client_a.chat.completions.create(**body).choices[0].message.content
@@ -174,6 +185,10 @@ def test_logprobs_come_per_token(client_a):
         ({"frequency_penalty": 2.5}, "frequency_penalty", "invalid_value"),
         ({"logit_bias": {"5": 101}}, "logit_bias", "invalid_value"),
         ({"logit_bias": {"x": 1}}, "logit_bias", "invalid_value"),
+        ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "invalid_value"),  # "²": str.isdigit(), yet no int
+        ({"logit_bias": {"\u0661": 1}}, "logit_bias", "invalid_value"),  # Arabic-Indic one: int() reads 1
+        ({"logit_bias": {"\uff11": 1}}, "logit_bias", "invalid_value"),  # fullwidth one
+        ({"logit_bias": {" 1": 1}}, "logit_bias", "invalid_value"),
         ({"max_tokens": 0}, "max_tokens", "invalid_value"),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "invalid_value"),
         ({"top_logprobs": 2}, "logprobs", "invalid_value"),

@@ -136,6 +136,9 @@ def test_many_prompts_start_no_thread_per_prompt(client_a, tenants, monkeypatch)
         ({"logprobs": 6}, "logprobs", "invalid_value"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
         ({"temperature": -1}, "temperature", "invalid_value"),
+        ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "invalid_value"),  # "²": str.isdigit(), yet no int
+        ({"logit_bias": {"\u0661": 1}}, "logit_bias", "invalid_value"),  # Arabic-Indic one: int() reads 1
+        ({"logit_bias": {"-1": 1}}, "logit_bias", "invalid_value"),
         ({"prompt": ["a", [1, 2]]}, "prompt", "invalid_value"),
         ({"prompt": [[10**6]]}, "prompt", "invalid_value"),
         ({"max_tokens": 100_000}, "prompt", "context_length_exceeded"),

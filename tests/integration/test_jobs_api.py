@@ -310,3 +310,50 @@ def test_null_edge_ids_deviation_is_the_only_one_on_empty_pages(http, tenants):
     raw = http.get("/v1/files", headers=auth(tenants["a"])).json()
     validate_operation(raw, "listFiles", allow=(DEVIATION_NULL_EDGE_IDS,))
     assert raw["first_id"] is None
+
+
+def huge_number_file() -> bytes:
+    good = b'{"prompt": "a", "completion": "b"}\n'
+    return good * 11 + b'{"prompt": "a", "completion": "b", "n": 1e999}\n' + good
+
+
+def test_a_number_too_large_for_a_float_is_refused_at_upload_naming_the_line(client_a, tmp_path):
+    with pytest.raises(openai.BadRequestError) as err:
+        client_a.files.create(file=("t.jsonl", huge_number_file()), purpose="fine-tune")
+    assert err.value.message.endswith(" line 12: not valid JSON: Number out of range")
+    assert err.value.code == "invalid_training_file"
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(huge_number_file())
+    with pytest.raises(openai.BadRequestError) as err:
+        client_a.uploads.upload_file_chunked(file=path, mime_type="text/jsonl", purpose="fine-tune", part_size=100)
+    assert err.value.message.endswith(" line 12: not valid JSON: Number out of range")
+    assert client_a.files.list().data == []
+
+
+def test_a_stored_file_with_a_number_too_large_for_a_float_fails_job_creation_the_same_way(client_a, stores, tenants):
+    import hashlib
+    import io
+
+    from tunewright.storage.keys import file_blob_key
+    from tunewright.storage.records import FileRecord
+
+    # A file stored without the check (before it existed): job creation refuses it with the same words.
+    data, project_id = huge_number_file(), tenants["a"].project_id
+    key = file_blob_key(project_id, "file-old")
+    stores.blobs.put(key, io.BytesIO(data))
+    stores.metadata.insert_file(
+        FileRecord(
+            id="file-old",
+            project_id=project_id,
+            bytes=len(data),
+            created_at=1,
+            filename="old.jsonl",
+            purpose="fine-tune",
+            blob_key=key,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+    )
+    with pytest.raises(openai.BadRequestError) as err:
+        client_a.fine_tuning.jobs.create(model=BASE, training_file="file-old")
+    assert err.value.message.endswith("training_file line 12: not valid JSON: Number out of range")
+    assert (err.value.param, err.value.code) == ("training_file", "invalid_training_file")

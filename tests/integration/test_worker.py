@@ -184,6 +184,21 @@ def test_a_large_file_breaking_a_format_rule_fails_in_the_worker_with_the_line(c
     assert all_events(client_a, job.id)[-1].level == "error"
 
 
+def test_a_value_echoed_from_the_data_with_control_characters_is_stored_escaped(client_a, stores, settings):
+    settings.sync_validate_max_bytes = 0  # the worker checks the file and stores the message
+    bad = (
+        b'{"messages": [{"role": "us\\u0000er\\n", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+        b'{"messages": [{"role": "user", "content": "a", "k\\u0000": 1}, {"role": "assistant", "content": "b"}]}\n'
+    )
+    job = create(client_a, upload(client_a, "t.jsonl", (ASSETS / "valid_chat.jsonl").read_bytes() + bad))
+    assert run_worker(settings, stores) == ["failed"]
+    failed = client_a.fine_tuning.jobs.retrieve(job.id)
+    assert failed.error.code == "invalid_training_file"
+    assert "(got 'us\\u0000er\\u000a')" in failed.error.message
+    assert "messages[0].k\\u0000 is not allowed" in failed.error.message
+    assert all_events(client_a, job.id)[-1].message == failed.error.message
+
+
 def test_an_example_with_every_target_cut_by_the_context_fails_naming_lines(client_a, stores, settings):
     settings.max_context_tokens = 8  # the system and user turns alone are longer
     job = create(client_a, upload(client_a, "valid_chat.jsonl"))

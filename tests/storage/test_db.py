@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tunewright.storage.db import JOBS_CHANNEL, Database, PostgresDatabase, SQLiteDatabase, open_database
-from tunewright.storage.errors import Conflict, Unavailable
+from tunewright.storage.errors import Conflict, NotFound, Unavailable, UnstorableText
+from tunewright.storage.metadata import SQLMetadataStore
 from tunewright.storage.queries import load_migrations, load_queries, parse_queries, split_script, to_pyformat
 
 if TYPE_CHECKING:
@@ -49,6 +50,17 @@ def test_unique_violation_is_a_conflict(database: Database) -> None:
         _insert_org(database, "org-2", "a")
     _insert_org(database, "org-3", "c")  # the connection is usable afterwards
     assert _org_ids(database) == ["org-1", "org-3"]
+
+
+def test_text_holding_nul_is_refused_on_both_dialects_and_finds_nothing(database: Database) -> None:
+    with pytest.raises(UnstorableText):
+        _insert_org(database, "org-\x00", "a")
+    with pytest.raises(UnstorableText), database.transaction() as conn:
+        conn.fetch_tuples("SELECT id FROM organizations WHERE id = :id", {"id": "org-\x00"})
+    with pytest.raises(NotFound):  # a lookup by such text: the object does not exist
+        SQLMetadataStore(database).get_organization("org-\x00")
+    _insert_org(database, "org-1", "a")  # the connection is usable afterwards
+    assert _org_ids(database) == ["org-1"]
 
 
 def test_rows_are_dicts_and_json_is_text(database: Database) -> None:

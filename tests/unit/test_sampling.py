@@ -28,6 +28,12 @@ def test_greedy_picks_the_argmax() -> None:
     assert row.choose(logits(1.0, 3.0, 2.0)).token_id == 1
 
 
+@pytest.mark.parametrize("temperature", [9e-6, 1e-45, 1e-300, 5e-324])
+def test_a_vanishing_temperature_is_greedy_rather_than_non_finite(temperature: float) -> None:
+    row = sampler(seed=3, temperature=temperature, logit_bias={2: 100.0})
+    assert [row.choose(logits(1.0, 3.0, 2.0)).token_id for _ in range(3)] == [2, 2, 2]
+
+
 def test_logit_bias_moves_the_choice_and_ignores_ids_outside_the_vocabulary() -> None:
     row = sampler(temperature=0, logit_bias={2: 5.0, VOCAB + 3: 100.0})
     assert row.choose(logits(1.0, 3.0, 2.0)).token_id == 2

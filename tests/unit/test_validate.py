@@ -375,14 +375,16 @@ def test_values_nested_just_within_the_decoder_fail_the_format_rules_by_line_not
     assert results[0]
 
 
-@pytest.mark.parametrize("number", [b"1e999", b"9" * 5000])
-def test_out_of_range_numbers_get_one_verdict_whatever_the_chunking(number: bytes) -> None:
+@pytest.mark.parametrize(
+    "number", [b"1e999", b"-1e999", b"1E+400", b"1.8e308", b"2e00000000308", b"1" * 400 + b".0", b"9" * 5000]
+)
+def test_a_number_too_large_for_a_float_is_refused_at_upload_as_at_job_creation(number: bytes) -> None:
     good = b'{"prompt": "a", "completion": "b"}\n'
     data = good * 11 + b'{"prompt": "a", "completion": "b", "n": ' + number + b"}\n" + good
     from tunewright.training_files.validate import JsonlChecker
 
     verdicts = set()
-    for size in (7, 64, len(data)):
+    for size in (7, 64, len(data)):  # the per-line path and the fast path over whole runs of lines
         checker = JsonlChecker()
         try:
             for start in range(0, len(data), size):
@@ -391,7 +393,26 @@ def test_out_of_range_numbers_get_one_verdict_whatever_the_chunking(number: byte
             verdicts.add(None)
         except DatasetError as exc:
             verdicts.add(exc.message)
-    assert len(verdicts) == 1  # upload checks syntax only, identically for any chunking
-    full = _checked(data, check_format=True)  # job creation decodes the values and names the line
+    full = _checked(data, check_format=True)  # job creation decodes the values
+    assert verdicts == {full}
     assert full is not None
-    assert full.startswith("training_file line 12: not valid JSON")
+    assert full.startswith("training_file line 12: not valid JSON: ")
+    assert "out of range" in full
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"1e308",
+        b"-1.7976931348623157e308",
+        b"1e-999",
+        b"1" * 400,
+        b'"e999 and 0e000 in text"',
+        b'"' + b"7" * 400 + b'"',
+    ],
+)
+def test_numbers_a_float_holds_and_look_alikes_in_strings_pass_both_checks(value: bytes) -> None:
+    good = b'{"prompt": "a", "completion": "b"}\n'
+    data = good * 11 + b'{"prompt": "a", "completion": "b", "n": ' + value + b"}\n"
+    assert _checked(data) is None
+    assert _checked(data, check_format=True) is None
