@@ -54,7 +54,7 @@ def open_empty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
 
 def test_migrate_applies_everything_once(open_empty: Callable[[], Database]) -> None:
     store = SQLMetadataStore(open_empty())
-    assert ALL == ["0001_initial", "0002_blob_intents", "0003_usage", "0004_upload_reservations"]
+    assert ALL == ["0001_initial", "0002_blob_intents", "0003_usage", "0004_upload_reservations", "0007_rate_limits"]
     assert store.migrate() == ALL
     assert store.migrate() == []
     assert SQLMetadataStore(open_empty()).migrate() == []
