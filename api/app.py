@@ -19,6 +19,7 @@ from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.metrics import Metrics, serve_with_context
+from tunewright.api.ratelimits.limiter import RateLimiter, build_counters
 from tunewright.api.sweeper import sweeper_lifespan
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
-DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin")
+DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin", "ratelimits")
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
     "uploads": "tunewright.api.uploads.routes",
@@ -40,6 +41,7 @@ _FEATURE_MODULES = {
     "chat": "tunewright.api.chat.routes",
     "completions": "tunewright.api.completions.routes",
     "admin": "tunewright.api.admin.routes",
+    "ratelimits": "tunewright.api.ratelimits.routes",
 }
 
 
@@ -143,8 +145,15 @@ def create_app(
     """
     own_engine = LazyEngine(partial(build_engine, settings, stores)) if engine is None else None
     metrics = Metrics(stores, trainer_status)
+    limiter = RateLimiter(settings, stores, build_counters(settings, metrics), metrics)
     # For the guards, middleware and lifespan, which dependency injection does not reach.
-    state = {"settings": settings, "stores": stores, "metrics": metrics, "engine": engine or own_engine}
+    state = {
+        "settings": settings,
+        "stores": stores,
+        "metrics": metrics,
+        "engine": engine or own_engine,
+        "limiter": limiter,
+    }
     return TunewrightApp(
         route_handlers=_routes(features),
         state=State(state),
@@ -155,6 +164,7 @@ def create_app(
                 settings=settings,
                 engine=engine or own_engine,
                 metrics=metrics,
+                limiter=limiter,
                 started_at=int(time.time()),
                 trainer_status=trainer_status,
                 event_streams=StreamSlots(settings.max_event_streams_per_key),
@@ -162,7 +172,7 @@ def create_app(
         },
         exception_handlers=exception_handlers(),
         lifespan=[sweeper_lifespan] if sweep else [],
-        on_shutdown=[own_engine.close] if own_engine is not None else [],
+        on_shutdown=[limiter.close, *([own_engine.close] if own_engine is not None else [])],
         openapi_config=OpenAPIConfig(
             title="Tunewright",
             version="0.1.0",

@@ -75,6 +75,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_max_tokens: PositiveInt = 256
     adapter_cache_count: PositiveInt = 16
     adapter_cache_bytes: PositiveInt = 2 * 1024 * 1024 * 1024
+    rate_limits: bool = True
+    rate_limit_requests_per_minute: PositiveInt = 1000
+    rate_limit_tokens_per_minute: PositiveInt = 1_000_000
+    rate_limit_requests_per_day: NonNegativeInt = 0
+    key_requests_per_minute: NonNegativeInt = 6000
+    redis_url: str | None = None
+    redis_key_prefix: str = "tunewright"
+    redis_timeout_s: Annotated[float, Meta(gt=0)] = 0.1
+    redis_retry_s: Annotated[float, Meta(gt=0)] = 2.0
 
     def __post_init__(self) -> None:
         """Fill the URLs that default to places under `data_dir`; configured base models add to the built-ins."""
@@ -92,6 +101,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.heartbeat_s >= self.lease_s:
             raise SettingsError("TUNEWRIGHT_HEARTBEAT_S: must be shorter than TUNEWRIGHT_LEASE_S")
         self._check_inference()
+        if not self.redis_url:
+            self.redis_url = None
+        elif not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"TUNEWRIGHT_REDIS_URL: expected redis://…, rediss://… or unix://…, got {self.redis_url!r}"
+            )
 
     def _check_inference(self) -> None:
         """Node URLs are http(s) URLs; the remote engine needs at least one; an empty token is no token."""

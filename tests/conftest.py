@@ -18,4 +18,5 @@ pytest_plugins = [
     "fixtures.models",
     "fixtures.training",
     "fixtures.disk",
+    "fixtures.redis",
 ]

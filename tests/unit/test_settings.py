@@ -71,6 +71,9 @@ def test_unrelated_tunewright_variables_are_ignored() -> None:
         ({"TUNEWRIGHT_BLOB_URL": "/var/blobs"}, "TUNEWRIGHT_BLOB_URL"),
         ({"TUNEWRIGHT_HEARTBEAT_S": "60", "TUNEWRIGHT_LEASE_S": "60"}, "TUNEWRIGHT_HEARTBEAT_S"),
         ({"TUNEWRIGHT_BASE_MODELS": "tiny"}, "TUNEWRIGHT_BASE_MODELS"),
+        ({"TUNEWRIGHT_REDIS_URL": "127.0.0.1:6379"}, "TUNEWRIGHT_REDIS_URL"),
+        ({"TUNEWRIGHT_RATE_LIMIT_REQUESTS_PER_MINUTE": "0"}, "TUNEWRIGHT_RATE_LIMIT_REQUESTS_PER_MINUTE"),
+        ({"TUNEWRIGHT_REDIS_TIMEOUT_S": "0"}, "TUNEWRIGHT_REDIS_TIMEOUT_S"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], named: str) -> None:
@@ -141,3 +144,18 @@ def test_production_urls_are_accepted() -> None:
     )
     assert settings.database_url.startswith("postgresql://")
     assert settings.blob_url == "s3://bucket/prefix"
+
+
+def test_rate_limit_settings_from_env() -> None:
+    settings = load_settings(
+        {
+            "TUNEWRIGHT_RATE_LIMITS": "false",
+            "TUNEWRIGHT_REDIS_URL": "redis://127.0.0.1:6379/3",
+            "TUNEWRIGHT_RATE_LIMIT_TOKENS_PER_MINUTE": "5000",
+            "TUNEWRIGHT_KEY_REQUESTS_PER_MINUTE": "0",
+        }
+    )
+    assert settings.rate_limits is False
+    assert settings.redis_url == "redis://127.0.0.1:6379/3"
+    assert (settings.rate_limit_tokens_per_minute, settings.key_requests_per_minute) == (5000, 0)
+    assert load_settings({"TUNEWRIGHT_REDIS_URL": ""}).redis_url is None
