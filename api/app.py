@@ -21,6 +21,7 @@ from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.metrics import Metrics, serve_with_context
 from tunewright.api.nul_guard import NulCheckedRequest, refuse_nul_in_query
 from tunewright.api.openapi import SchemaRouter
+from tunewright.api.ratelimits.limiter import RateLimiter, build_counters
 from tunewright.api.sweeper import sweeper_lifespan
 from tunewright.api.webhooks.sender import webhook_sender_lifespan
 
@@ -34,7 +35,18 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
-DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin", "webhooks", "usage")
+DEFAULT_FEATURES = (
+    "files",
+    "uploads",
+    "fine_tuning",
+    "models",
+    "chat",
+    "completions",
+    "admin",
+    "webhooks",
+    "usage",
+    "ratelimits",
+)
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
     "uploads": "tunewright.api.uploads.routes",
@@ -45,6 +57,7 @@ _FEATURE_MODULES = {
     "admin": "tunewright.api.admin.routes",
     "webhooks": "tunewright.api.webhooks.routes",
     "usage": "tunewright.api.usage.routes",
+    "ratelimits": "tunewright.api.ratelimits.routes",
 }
 
 
@@ -150,8 +163,15 @@ def create_app(
     """
     own_engine = LazyEngine(partial(build_engine, settings, stores)) if engine is None else None
     metrics = Metrics(stores, trainer_status)
+    limiter = RateLimiter(settings, stores, build_counters(settings, metrics), metrics)
     # For the guards, middleware and lifespan, which dependency injection does not reach.
-    state = {"settings": settings, "stores": stores, "metrics": metrics, "engine": engine or own_engine}
+    state = {
+        "settings": settings,
+        "stores": stores,
+        "metrics": metrics,
+        "engine": engine or own_engine,
+        "limiter": limiter,
+    }
     return TunewrightApp(
         route_handlers=_routes(features),
         state=State(state),
@@ -162,6 +182,7 @@ def create_app(
                 settings=settings,
                 engine=engine or own_engine,
                 metrics=metrics,
+                limiter=limiter,
                 started_at=int(time.time()),
                 trainer_status=trainer_status,
                 event_streams=StreamSlots(settings.max_event_streams_per_key),
@@ -174,7 +195,7 @@ def create_app(
             *([sweeper_lifespan] if sweep else []),
             *([webhook_sender_lifespan] if send_webhooks and "webhooks" in features else []),
         ],
-        on_shutdown=[own_engine.close] if own_engine is not None else [],
+        on_shutdown=[limiter.close, *([own_engine.close] if own_engine is not None else [])],
         openapi_config=OpenAPIConfig(
             title="Tunewright",
             version="0.1.0",

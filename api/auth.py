@@ -5,7 +5,9 @@ Guards run before the body is read, so a bad key is a 401 whatever the body hold
 their one indexed lookup inline: Litestar would run a sync guard through a worker thread, and that hop costs
 more than the query (bench/README.md has the figures). The guards let the store answer a usable key from
 memory for `KEY_CACHE_TTL_S` (half a second): on PostgreSQL the lookup is a round trip on every request
-otherwise, and a key revoked in any process is still refused everywhere within that bound.
+otherwise, and a key revoked in any process is still refused everywhere within that bound. Once the key is known,
+the guard takes one request from its per-minute limit (api/ratelimits/limiter.py), except on the inference
+routes, which are limited per project and model by their service.
 """
 
 from __future__ import annotations
@@ -117,7 +119,11 @@ async def _touch(stores: Stores, principal: Principal) -> None:
     await anyio.to_thread.run_sync(stores.metadata.touch_api_key, principal.key_id, now)
 
 
-async def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+MODEL_LIMITS = "model_rate_limits"
+"""`opt` key of the inference routes: limited per project and model by their service, not per key here."""
+
+
+async def _principal(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> Principal:
     app_state = connection.app.state
     principal = authenticate(
         _bearer(connection),
@@ -126,14 +132,16 @@ async def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principa
         organization_header=connection.headers.get("openai-organization"),
         max_age_s=KEY_CACHE_TTL_S,
     )
+    if not handler.opt.get(MODEL_LIMITS):
+        await app_state.limiter.check_key(principal)
     await _touch(app_state.stores, principal)
     connection.state.principal = principal
     return principal
 
 
-async def require_project(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_project(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard for project routes: a project or service-account key."""
-    principal = await _principal(connection)
+    principal = await _principal(connection, handler)
     if principal.project_id is None:
         raise PermissionDeniedError(
             "This route needs a project API key; admin keys act on /v1/organization routes only."
@@ -146,14 +154,14 @@ async def require_project(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
         )
 
 
-async def require_project_or_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_project_or_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard for routes both a project key and an admin key may use (checkpoint permissions)."""
-    await _principal(connection)
+    await _principal(connection, handler)
 
 
-async def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard for /v1/organization routes: an organization admin key or the operator key."""
-    principal = await _principal(connection)
+    principal = await _principal(connection, handler)
     if not principal.is_admin:
         raise PermissionDeniedError("You have insufficient permissions for this operation: it needs an admin key.")
 

@@ -50,13 +50,16 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
     ) -> None:
-        """Build the error; `code` defaults to the class's."""
+        """Build the error; `code` defaults to the class's, `retryable` (`x-should-retry`) too."""
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = dict(headers or {})
+        if retryable is not None:
+            self.retryable = retryable  # type: ignore[misc]  # this error's own answer to the class default
 
     def body(self) -> dict[str, Any]:
         """The JSON body."""
@@ -137,6 +140,12 @@ class RateLimitError(APIError):
     status_code = 429
     type = "requests"
     default_code = "rate_limit_exceeded"
+
+
+class TokensRateLimitError(RateLimitError):
+    """429 on a tokens-per-minute limit (OpenAI's `type` says which kind of limit was reached)."""
+
+    type = "tokens"
 
 
 class ServerError(APIError):

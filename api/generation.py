@@ -200,10 +200,14 @@ class RelaySink:
 
 
 async def collect(relay: EventRelay, meter: Meter) -> list[GenerationEvent]:
-    """Run the relay to its end and return every event (a non-streamed answer); meter it either way."""
+    """Run the relay to its end and return every event (a non-streamed answer); meter it either way.
+
+    A request the engine refuses at once is metered too: its rate-limit charge is settled (no usage row, since
+    nothing was generated).
+    """
     events: list[GenerationEvent] = []
-    await relay.start()
     try:
+        await relay.start()
         while (event := await relay.next()) is not None:
             meter.count(event)
             events.append(event)
@@ -216,13 +220,15 @@ async def collect(relay: EventRelay, meter: Meter) -> list[GenerationEvent]:
 async def open_stream(relay: EventRelay, meter: Meter, frames: Frames) -> EventStream:
     """Start the relay and wait for its first event, then answer with the SSE stream of `frames`.
 
-    A failure before any output (an adapter that cannot load) is still an ordinary error response.
+    A failure before any output (an adapter that cannot load) is still an ordinary error response, after the
+    request's rate-limit charge is settled.
     """
-    await relay.start()
     try:
+        await relay.start()
         await relay.peek()
     except BaseException:
         relay.close()
+        await meter.record()
         raise
     return EventStream(_stream(relay, meter, frames), media_type=MEDIA_TYPE, headers=HEADERS)
 

@@ -16,6 +16,7 @@ from tunewright.storage.records import UsageRecord
 
 if TYPE_CHECKING:
     from tunewright.api.auth import Principal
+    from tunewright.api.ratelimits.limiter import Admission
     from tunewright.inference.engine import GenerationEvent
     from tunewright.storage.base import Stores
 
@@ -44,6 +45,7 @@ class Meter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ran: bool = False
+    admission: Admission | None = None
 
     def count(self, event: GenerationEvent) -> None:
         """Add an event's tokens."""
@@ -59,7 +61,10 @@ class Meter:
         )
 
     async def record(self) -> None:
-        """Write the usage row (shielded: it runs when a dropped stream is being cancelled too)."""
+        """Settle the rate-limit charge and write the usage row (shielded: a dropped stream's cancel runs it too)."""
+        if self.admission is not None:
+            with anyio.CancelScope(shield=True):
+                await self.admission.settle(self.prompt_tokens + self.completion_tokens)
         if not self.ran or self.stores is None or self.principal is None:
             return
         record = UsageRecord(

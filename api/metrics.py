@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 UNMATCHED_ROUTE = "unmatched"
 OTHER_METHOD = "other"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+RESPONSE_HEADERS = "response_headers"
+"""Key of the request's scope state holding `(name, value)` byte pairs that the answer must carry, whatever it
+turns out to be (the rate-limit headers of an admitted request that then fails, or streams)."""
 
 
 class StoreCollector:
@@ -104,6 +107,22 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.ratelimit_rejections = Counter(
+            "tunewright_ratelimit_rejections_total",
+            "Requests refused with 429 by a rate limit, by limit and base model ('' for per-key limits)",
+            ["limit", "model"],
+            registry=self.registry,
+        )
+        self.ratelimit_redis_errors = Counter(
+            "tunewright_ratelimit_redis_errors_total",
+            "Rate-limit counter commands that failed (Redis unreachable, slow or erroring)",
+            registry=self.registry,
+        )
+        self.ratelimit_unchecked = Counter(
+            "tunewright_ratelimit_unchecked_requests_total",
+            "Requests let through without a rate-limit check because Redis was failing (fail open)",
+            registry=self.registry,
+        )
         self.registry.register(StoreCollector(stores))  # type: ignore[arg-type]
         if trainer_status is not None:
             self.registry.register(TrainerCollector(trainer_status))  # type: ignore[arg-type]
@@ -127,7 +146,8 @@ async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, recei
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
-            message["headers"] = [*message.get("headers", []), header]  # type: ignore[typeddict-unknown-key]
+            extra = state.get(RESPONSE_HEADERS, ())
+            message["headers"] = [*message.get("headers", []), header, *extra]  # type: ignore[typeddict-unknown-key]
         await send(message)
 
     try:

@@ -16,6 +16,7 @@ from tunewright.storage.metadata_protocols import (
     FileStore,
     JobStore,
     ModelStore,
+    RateLimitStore,
     TenantStore,
     UploadStore,
     UsageStore,
@@ -89,7 +90,9 @@ class BlobStore(Protocol):
         ...
 
 
-class MetadataStore(TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, Protocol):
+class MetadataStore(
+    TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, RateLimitStore, Protocol
+):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""
 
     reads_wait_on_network: bool
@@ -111,8 +114,8 @@ class JobQueue(Protocol):
 
     Claimable: status `validating_files` or `queued` with no live lease, and `running` jobs whose lease
     expired (the worker died). Fair: the project that was served longest ago goes first (round-robin across
-    projects), FIFO by `(created_at, id)` inside a project; a project already running
-    `max_running_per_project` jobs under live leases is skipped.
+    projects), FIFO by `(created_at, id)` inside a project; a project already running its cap of jobs under
+    live leases is skipped: its own `max_running_jobs` when set, else `max_running_per_project`.
     """
 
     def claim(self, worker_id: str, *, lease_s: float, max_running_per_project: int) -> Claim | None:

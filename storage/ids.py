@@ -71,6 +71,11 @@ def new_model_slot() -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(8))
 
 
+def rate_limit_id(model: str) -> str:
+    """Return the id of a project's rate limit on `model` (OpenAI's `rl-<model>`, the same in every project)."""
+    return "rl-" + model
+
+
 def new_request_id() -> str:
     """Return a request id for `x-request-id`."""
     return "req_" + secrets.token_hex(16)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         Page,
         PermissionRecord,
         ProjectRecord,
+        RateLimitRecord,
         ServiceAccountRecord,
         StorageTotal,
         StorageUsageRecord,
@@ -59,8 +60,15 @@ class TenantStore(Protocol):
         """Return the organization with this slug, if any."""
         ...
 
-    def create_project(self, *, organization_id: str, name: str, external_key_id: str | None = None) -> ProjectRecord:
-        """Insert an active project."""
+    def create_project(
+        self,
+        *,
+        organization_id: str,
+        name: str,
+        external_key_id: str | None = None,
+        max_running_jobs: int | None = None,
+    ) -> ProjectRecord:
+        """Insert an active project (`max_running_jobs` None: the deployment's cap applies)."""
         ...
 
     def get_project(self, project_id: str, *, organization_id: str | None) -> ProjectRecord:
@@ -78,7 +86,10 @@ class TenantStore(Protocol):
         ...
 
     def update_project(self, project_id: str, *, organization_id: str, **changes: Any) -> ProjectRecord:
-        """Set `name`, `external_key_id`, `status`, `archived_at`; return the new row. `NotFound`."""
+        """Set `name`, `external_key_id`, `status`, `archived_at`, `max_running_jobs`; return the new row.
+
+        Raises `NotFound`.
+        """
         ...
 
     def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
@@ -470,4 +481,24 @@ class WebhookStore(Protocol):
 
     def delete_finished_webhook_deliveries(self, *, finished_before: int, limit: int) -> int:
         """Delete deliveries finished before `finished_before`; return how many (for the sweeper)."""
+        ...
+
+
+class RateLimitStore(Protocol):
+    """The rate limits admins set per project and base model (defaults live in the settings, not here)."""
+
+    def list_rate_limits(self, *, project_id: str) -> list[RateLimitRecord]:
+        """The limits set for the project's models, by model; models never set have no row."""
+        ...
+
+    def set_rate_limit(
+        self,
+        *,
+        project_id: str,
+        model: str,
+        max_requests_per_1_minute: int | None = None,
+        max_tokens_per_1_minute: int | None = None,
+        max_requests_per_1_day: int | None = None,
+    ) -> RateLimitRecord:
+        """Set the limits given (None keeps the current value) for one model of a project; return the row."""
         ...

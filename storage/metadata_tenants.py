@@ -21,7 +21,7 @@ from tunewright.storage.rows import from_row, to_params
 if TYPE_CHECKING:
     from tunewright.storage.db import Database
 
-_PROJECT_CHANGES = ("name", "external_key_id", "status", "archived_at")
+_PROJECT_CHANGES = ("name", "external_key_id", "status", "archived_at", "max_running_jobs")
 
 KEY_CACHE_TTL_S = 0.5
 """How long `find_usable_api_key(..., max_age_s=...)` may answer from memory (the API passes this).
@@ -94,7 +94,14 @@ class TenantsMixin(SQLStoreBase):
             row = conn.run("find_organization", {"slug": slug}).fetchone()
         return None if row is None else from_row(OrganizationRecord, row)
 
-    def create_project(self, *, organization_id: str, name: str, external_key_id: str | None = None) -> ProjectRecord:
+    def create_project(
+        self,
+        *,
+        organization_id: str,
+        name: str,
+        external_key_id: str | None = None,
+        max_running_jobs: int | None = None,
+    ) -> ProjectRecord:
         """Insert an active project."""
         record = ProjectRecord(
             id=new_id("project"),
@@ -102,6 +109,7 @@ class TenantsMixin(SQLStoreBase):
             name=name,
             created_at=now(),
             external_key_id=external_key_id,
+            max_running_jobs=max_running_jobs,
         )
         with self.database.transaction(immediate=True) as conn:
             conn.run("insert_project", to_params(record))
@@ -139,7 +147,10 @@ class TenantsMixin(SQLStoreBase):
             )
 
     def update_project(self, project_id: str, *, organization_id: str, **changes: Any) -> ProjectRecord:
-        """Set `name`, `external_key_id`, `status`, `archived_at`; return the new row. `NotFound`."""
+        """Set `name`, `external_key_id`, `status`, `archived_at`, `max_running_jobs`; return the new row.
+
+        Raises `NotFound`.
+        """
         if not changes:
             return self.get_project(project_id, organization_id=organization_id)
         with self.database.transaction(immediate=True) as conn:

@@ -7,11 +7,11 @@ recovery path. A claim sets the lease and counts the attempt; every later write 
 whose job the API cancelled or paused, finds its writes refused and stops.
 
 Fairness: the project served longest ago goes first (`queue_turns.last_claimed_at`; never served first),
-FIFO by `(created_at, id)` inside a project, and a project already holding `max_running_per_project` live
-leases is skipped. Both the order and the cap read rows that a concurrent claim is about to change, so
-claims take turns: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's transaction-scoped advisory lock
-(`queue_lock`). On PostgreSQL the picked job row is also locked `FOR NO KEY UPDATE SKIP LOCKED`, so a claim
-steps over a job that the API is cancelling instead of waiting for it.
+FIFO by `(created_at, id)` inside a project, and a project already holding its cap of live leases is skipped
+(the project's own `max_running_jobs`, else `max_running_per_project`). Both the order and the cap read rows
+that a concurrent claim is about to change, so claims take turns: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
+transaction-scoped advisory lock (`queue_lock`). On PostgreSQL the picked job row is also locked
+`FOR NO KEY UPDATE SKIP LOCKED`, so a claim steps over a job that the API is cancelling instead of waiting for it.
 
 The SQL lives in `sql/queries.sql` and `sql/<dialect>/queries.sql` under `queue_*` names.
 """

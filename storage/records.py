@@ -61,6 +61,18 @@ class ProjectRecord(msgspec.Struct, kw_only=True):
     status: str = "active"  # active | archived
     archived_at: int | None = None
     external_key_id: str | None = None
+    max_running_jobs: int | None = None  # None: the deployment's `max_running_jobs_per_project`
+
+
+class RateLimitRecord(msgspec.Struct, kw_only=True):
+    """Limits an admin set for one base model of one project; None: the deployment's default."""
+
+    project_id: str
+    model: str
+    max_requests_per_1_minute: int | None = None
+    max_tokens_per_1_minute: int | None = None
+    max_requests_per_1_day: int | None = None
+    updated_at: int = 0
 
 
 class ServiceAccountRecord(msgspec.Struct, kw_only=True):

@@ -107,6 +107,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_poll_s: Annotated[float, Meta(gt=0)] = 1.0
     webhook_concurrency: PositiveInt = 8
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    rate_limits: bool = True
+    rate_limit_requests_per_minute: PositiveInt = 1000
+    rate_limit_tokens_per_minute: PositiveInt = 1_000_000
+    rate_limit_requests_per_day: NonNegativeInt = 0
+    key_requests_per_minute: NonNegativeInt = 6000
+    redis_url: str | None = None
+    redis_key_prefix: str = "tunewright"
+    redis_timeout_s: Annotated[float, Meta(gt=0)] = 0.1
+    redis_retry_s: Annotated[float, Meta(gt=0)] = 2.0
 
     def __post_init__(self) -> None:
         """Fill the URLs that default to places under `data_dir`; configured base models add to the built-ins."""
@@ -125,6 +134,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise SettingsError("TUNEWRIGHT_HEARTBEAT_S: must be shorter than TUNEWRIGHT_LEASE_S")
         self._check_inference()
         self._check_prices()
+        if not self.redis_url:
+            self.redis_url = None
+        elif not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"TUNEWRIGHT_REDIS_URL: expected redis://…, rediss://… or unix://…, got {self.redis_url!r}"
+            )
 
     def _check_inference(self) -> None:
         """Node URLs are http(s) URLs; the remote engine needs at least one; an empty token is no token."""

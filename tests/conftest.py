@@ -20,4 +20,5 @@ pytest_plugins = [
     "fixtures.training",
     "fixtures.disk",
     "fixtures.webhooks",
+    "fixtures.redis",
 ]

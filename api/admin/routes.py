@@ -75,7 +75,7 @@ class ProjectsController(Controller):
         project_id: FromPath[str],
         data: JSONBody[ProjectUpdateRequest],
     ) -> Project:
-        """Change a project's `name` or `external_key_id`."""
+        """Change a project's `name`, `external_key_id` or (an extension) `max_running_jobs`."""
         return Project.from_record(service.update_project(stores, principal, project_id, data))
 
     @post("/{project_id:str}/archive", status_code=200, sync_to_thread=True)

@@ -8,9 +8,9 @@ Field order, `object` strings and nullability follow OpenAI's OpenAPI document (
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
 from tunewright.api.schemas import Request, Response
 
@@ -36,6 +36,9 @@ ProjectResidency = Literal[
 
 ServiceAccountRole = Literal["owner", "member", "none"]
 
+# Jobs of one project that may train at once (an extension; null: TUNEWRIGHT_MAX_RUNNING_JOBS_PER_PROJECT).
+MaxRunningJobs = Annotated[int, Meta(ge=1, le=10_000)]
+
 
 class ProjectStatus(StrEnum):
     """`Project.status`."""
@@ -57,13 +60,19 @@ class ProjectCreateRequest(Request, kw_only=True):
     name: str
     residency: ProjectResidency | None | UnsetType = UNSET
     external_key_id: str | None | UnsetType = UNSET
+    max_running_jobs: MaxRunningJobs | None | UnsetType = UNSET
 
 
 class ProjectUpdateRequest(Request, kw_only=True):
-    """`ProjectUpdateRequest`: only the fields sent change; `external_key_id: null` clears it."""
+    """`ProjectUpdateRequest`: only the fields sent change; `external_key_id: null` clears it.
+
+    `max_running_jobs` is an extension: the project's cap of jobs training at once; null returns it to the
+    deployment's `TUNEWRIGHT_MAX_RUNNING_JOBS_PER_PROJECT`.
+    """
 
     name: str | None | UnsetType = UNSET
     external_key_id: str | None | UnsetType = UNSET
+    max_running_jobs: MaxRunningJobs | None | UnsetType = UNSET
 
 
 class Project(Response, kw_only=True):
@@ -71,6 +80,8 @@ class Project(Response, kw_only=True):
 
     `organization_id` is an addition (OpenAI's `Project` has no organization: its admin keys see one): the
     operator key lists every organization's projects, and each says whose it is, named as on a job.
+    `max_running_jobs` is another: the project's own cap of jobs training at once, null when the deployment's
+    `TUNEWRIGHT_MAX_RUNNING_JOBS_PER_PROJECT` applies.
     """
 
     id: str
@@ -82,6 +93,7 @@ class Project(Response, kw_only=True):
     external_key_id: str | None
     residency: ProjectResidency | UnsetType = UNSET
     organization_id: str
+    max_running_jobs: int | None
 
     @classmethod
     def from_record(cls, record: ProjectRecord) -> Project:
@@ -94,6 +106,7 @@ class Project(Response, kw_only=True):
             status=record.status,
             external_key_id=record.external_key_id,
             organization_id=record.organization_id,
+            max_running_jobs=record.max_running_jobs,
         )
 
 

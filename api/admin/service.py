@@ -115,7 +115,8 @@ def scoped_project(stores: Stores, principal: Principal, project_id: str) -> tup
     return organization, project
 
 
-def _refuse_archived(project: ProjectRecord, action: str) -> None:
+def refuse_archived(project: ProjectRecord, action: str) -> None:
+    """400 `project_archived`: archived projects cannot `action`."""
     if project.status == ProjectStatus.ARCHIVED:
         raise InvalidRequestError(
             f"Project {project.id} is archived: archived projects cannot {action}.",
@@ -158,7 +159,10 @@ def create_project(stores: Stores, principal: Principal, data: ProjectCreateRequ
         )
     external_key_id = None if data.external_key_id is UNSET else data.external_key_id
     return stores.metadata.create_project(
-        organization_id=organization.id, name=_check_name(data.name), external_key_id=external_key_id
+        organization_id=organization.id,
+        name=_check_name(data.name),
+        external_key_id=external_key_id,
+        max_running_jobs=None if data.max_running_jobs is UNSET else data.max_running_jobs,
     )
 
 
@@ -168,14 +172,19 @@ def get_project(stores: Stores, principal: Principal, project_id: str) -> Projec
 
 
 def update_project(stores: Stores, principal: Principal, project_id: str, data: ProjectUpdateRequest) -> ProjectRecord:
-    """Change the fields sent (`name` may not be null; `external_key_id: null` clears it)."""
+    """Change the fields sent (`name` may not be null; `external_key_id: null` clears it).
+
+    `max_running_jobs: null` returns the project to the deployment's cap.
+    """
     organization, project = scoped_project(stores, principal, project_id)
-    _refuse_archived(project, "be modified")
+    refuse_archived(project, "be modified")
     changes: dict[str, Any] = {}
     if data.name is not UNSET:
         changes["name"] = _check_name(data.name)
     if data.external_key_id is not UNSET:
         changes["external_key_id"] = data.external_key_id
+    if data.max_running_jobs is not UNSET:
+        changes["max_running_jobs"] = data.max_running_jobs
     return _update(stores, project, organization, changes)
 
 
@@ -323,7 +332,7 @@ def create_service_account(
 ) -> ProjectServiceAccountCreateResponse:
     """Create a service account and its first key; the secret is returned here only, stored hashed."""
     organization, project = scoped_project(stores, principal, project_id)
-    _refuse_archived(project, "get new service accounts")
+    refuse_archived(project, "get new service accounts")
     if data.create_service_account_only:
         raise InvalidRequestError(
             "Invalid 'create_service_account_only': service accounts are always created with an API key here "
@@ -371,7 +380,7 @@ def get_service_account(stores: Stores, principal: Principal, project_id: str, a
 def delete_service_account(stores: Stores, principal: Principal, project_id: str, account_id: str) -> None:
     """Delete a service account; its keys are revoked in the same transaction."""
     project = scoped_project(stores, principal, project_id)[1]
-    _refuse_archived(project, "have their service accounts changed")
+    refuse_archived(project, "have their service accounts changed")
     try:
         stores.metadata.delete_service_account(account_id, project_id=project.id)
     except NotFound:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from litestar import Controller, post
+from typing import Any
+
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from tunewright.api.auth import Caller, require_project
+from tunewright.api.auth import MODEL_LIMITS, Caller, require_project
 from tunewright.api.chat import service
 from tunewright.api.chat.schemas import CreateChatCompletionRequest, CreateChatCompletionResponse
 from tunewright.api.generation import StreamingOperation
 from tunewright.api.nul_guard import ALLOW_NUL_IN_BODY
+from tunewright.api.ratelimits.limiter import AppLimiter, Quota
 from tunewright.inference.engine import InferenceEngine
 from tunewright.storage.base import Stores
 from tunewright.storage.settings import Settings
@@ -24,17 +27,20 @@ class ChatCompletionsController(Controller):
     guards = [require_project]
     tags = ["Chat"]
 
-    @post("/", status_code=200, operation_class=StreamingOperation, opt={ALLOW_NUL_IN_BODY: True})
+    @post("/", status_code=200, operation_class=StreamingOperation, opt={ALLOW_NUL_IN_BODY: True, MODEL_LIMITS: True})
     async def create_chat_completion(
         self,
+        request: Request[Any, Any, Any],
         principal: Caller,
+        limiter: AppLimiter,
         stores: NamedDependency[Stores],
         settings: NamedDependency[Settings],
         engine: NamedDependency[InferenceEngine],
         data: JSONBody[CreateChatCompletionRequest],
     ) -> CreateChatCompletionResponse | Stream:
         """Generate a chat completion; `stream: true` answers `chat.completion.chunk` server-sent events."""
-        return await service.create_chat_completion(stores, settings, engine, data, principal)
+        limits = Quota(limiter, request.scope["state"])  # type: ignore[typeddict-item]
+        return await service.create_chat_completion(stores, settings, engine, data, principal, limits)
 
 
 ROUTES = [ChatCompletionsController]

@@ -30,6 +30,7 @@ from tunewright.api.errors import echo
 from tunewright.api.generation import EventRelay, call_engine, collect, open_stream, resolve_target, sse
 from tunewright.api.metering import Meter
 from tunewright.api.parameters import check_choices, completion_budget, invalid, sampling_params, unsupported
+from tunewright.api.ratelimits.limiter import charged_tokens
 from tunewright.inference.engine import GenerationRequest
 from tunewright.modeling.chat import ChatTemplateError, render_chat, template_tools
 from tunewright.storage.ids import new_id
@@ -39,15 +40,24 @@ if TYPE_CHECKING:
 
     from tunewright.api.auth import Principal
     from tunewright.api.metering import CompletionUsage
+    from tunewright.api.ratelimits.limiter import Quota
     from tunewright.inference.engine import GenerationEvent, InferenceEngine, TokenLogprob
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
 
 async def create_chat_completion(
-    stores: Stores, settings: Settings, engine: InferenceEngine, data: CreateChatCompletionRequest, principal: Principal
+    stores: Stores,
+    settings: Settings,
+    engine: InferenceEngine,
+    data: CreateChatCompletionRequest,
+    principal: Principal,
+    limits: Quota,
 ) -> CreateChatCompletionResponse | Stream:
-    """Answer one chat completion request, as one JSON object or (`stream: true`) as server-sent events."""
+    """Answer one chat completion request, as one JSON object or (`stream: true`) as server-sent events.
+
+    The request is admitted against the project's rate limits once its prompt is rendered and its budget known.
+    """
     streamed = bool(data.stream)
     meter = Meter(stores, principal, data.model, "chat.completions", streamed)
     check_request(data)
@@ -55,6 +65,7 @@ async def create_chat_completion(
     prepare_request = partial(prepare, stores, settings, engine, data, project_id=principal.project_id or "")
     request = await anyio.to_thread.run_sync(prepare_request)
     meter.base_model, meter.prompt_tokens = request.target.base_model, len(request.prompt_ids)
+    meter.admission = await limits.admit(principal, request.target.base_model, charged_tokens([request]))
     relay = EventRelay(engine, [request])
     answer = ChatAnswer(data, n=request.n)
     if streamed:

@@ -20,14 +20,18 @@ from tunewright.api.completions.schemas import (
 from tunewright.api.generation import EventRelay, call_engine, collect, open_stream, resolve_target, sse
 from tunewright.api.metering import Meter
 from tunewright.api.parameters import check_choices, completion_budget, invalid, sampling_params, unsupported
+from tunewright.api.ratelimits.limiter import charged_tokens
 from tunewright.inference.engine import GenerationRequest
 from tunewright.storage.ids import new_id
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from litestar.response import Stream
 
     from tunewright.api.auth import Principal
     from tunewright.api.metering import CompletionUsage
+    from tunewright.api.ratelimits.limiter import Admission, Quota
     from tunewright.inference.engine import GenerationEvent, InferenceEngine, ModelTarget, TokenLogprob
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
@@ -44,16 +48,28 @@ class Prepared:
 
 
 async def create_completion(
-    stores: Stores, settings: Settings, engine: InferenceEngine, data: CreateCompletionRequest, principal: Principal
+    stores: Stores,
+    settings: Settings,
+    engine: InferenceEngine,
+    data: CreateCompletionRequest,
+    principal: Principal,
+    limits: Quota,
 ) -> CreateCompletionResponse | Stream:
-    """Answer one completion request, as one JSON object or (`stream: true`) as server-sent events."""
+    """Answer one completion request, as one JSON object or (`stream: true`) as server-sent events.
+
+    The request is admitted against the project's rate limits once its prompts are tokenized.
+    """
     meter = Meter(stores, principal, data.model, "completions", bool(data.stream))
     check_request(data, max_choices=settings.max_choices_per_request)
     project_id = principal.project_id or ""
     target = await anyio.to_thread.run_sync(
         partial(resolve_target, stores, settings, data.model, project_id=project_id)
     )
-    return await complete(engine, data, target, meter, project_id=project_id)
+
+    async def admit(prepared: Prepared) -> Admission | None:
+        return await limits.admit(principal, target.base_model, charged_tokens(prepared.requests))
+
+    return await complete(engine, data, target, meter, project_id=project_id, admit=admit)
 
 
 async def complete(
@@ -64,14 +80,18 @@ async def complete(
     *,
     project_id: str,
     token_ids: bool = False,
+    admit: Callable[[Prepared], Awaitable[Admission | None]] | None = None,
 ) -> CreateCompletionResponse | Stream:
     """Run a checked request on `target` for `project_id` (whose turn its rows take in the engine).
 
-    `token_ids` names logprobs' tokens `token_id:<id>` (inference nodes).
+    `token_ids` names logprobs' tokens `token_id:<id>` (inference nodes); `admit` takes the prepared request
+    from the rate limits (the API's, not a node's).
     """
     prepared = await anyio.to_thread.run_sync(partial(prepare, engine, data, target, project_id=project_id))
     meter.base_model = target.base_model
     meter.prompt_tokens = sum(len(r.prompt_ids) for r in prepared.requests)
+    if admit is not None:
+        meter.admission = await admit(prepared)
     relay = EventRelay(engine, prepared.requests)
     answer = CompletionAnswer(data, prepared, token_ids=token_ids)
     if data.stream:

@@ -28,8 +28,8 @@ SELECT * FROM organizations WHERE id = :id
 SELECT * FROM organizations WHERE slug = :slug
 
 -- name: insert_project
-INSERT INTO projects (id, organization_id, name, created_at, status, archived_at, external_key_id)
-VALUES (:id, :organization_id, :name, :created_at, :status, :archived_at, :external_key_id)
+INSERT INTO projects (id, organization_id, name, created_at, status, archived_at, external_key_id, max_running_jobs)
+VALUES (:id, :organization_id, :name, :created_at, :status, :archived_at, :external_key_id, :max_running_jobs)
 
 -- name: get_project
 SELECT * FROM projects
@@ -51,6 +51,23 @@ WHERE (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization
   AND (created_at, id) {cmp} (:after_created_at, :after_id)
 ORDER BY created_at {dir}, id {dir}
 LIMIT :limit
+
+-- name: list_rate_limits
+SELECT * FROM project_rate_limits WHERE project_id = :project_id ORDER BY model
+
+-- name: upsert_rate_limit
+-- Only the limits sent change: a NULL parameter keeps what the row held (or the default, for a new row).
+INSERT INTO project_rate_limits (project_id, model, max_requests_per_1_minute, max_tokens_per_1_minute,
+                                 max_requests_per_1_day, updated_at)
+VALUES (:project_id, :model, :max_requests_per_1_minute, :max_tokens_per_1_minute, :max_requests_per_1_day,
+        :updated_at)
+ON CONFLICT (project_id, model) DO UPDATE SET
+    max_requests_per_1_minute = COALESCE(excluded.max_requests_per_1_minute,
+                                         project_rate_limits.max_requests_per_1_minute),
+    max_tokens_per_1_minute = COALESCE(excluded.max_tokens_per_1_minute, project_rate_limits.max_tokens_per_1_minute),
+    max_requests_per_1_day = COALESCE(excluded.max_requests_per_1_day, project_rate_limits.max_requests_per_1_day),
+    updated_at = excluded.updated_at
+RETURNING *
 
 -- name: insert_api_key
 INSERT INTO api_keys (id, organization_id, project_id, name, kind, secret_hash, redacted_value, created_at,

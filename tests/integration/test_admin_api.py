@@ -1,7 +1,7 @@
 """/v1/organization/projects (projects, project keys, service accounts) through the real openai SDK.
 
-The contract copy under tests/contract/ holds no admin operations yet, so wire shapes are checked here by
-their exact key sets, taken from OpenAI's `Project`, `ProjectApiKey`, `ProjectServiceAccount*` schemas.
+Wire shapes are checked by their exact key sets, taken from OpenAI's `Project`, `ProjectApiKey`,
+`ProjectServiceAccount*` schemas, and project bodies against the contract copy under tests/contract/.
 """
 
 from __future__ import annotations
@@ -12,15 +12,26 @@ from typing import Any
 import openai
 import pytest
 from fixtures.app import BASE_URL, OPERATOR_KEY, Tenant, make_key
-from fixtures.contract import validate_error
+from fixtures.contract import validate_error, validate_operation
 from litestar.testing import TestClient
 
 from tunewright.storage.base import Stores
 
 pytestmark = pytest.mark.integration
 
-# OpenAI's `Project` fields plus `organization_id`, an additive extension (README "Differences from OpenAI's API").
-PROJECT_KEYS = {"id", "object", "name", "created_at", "archived_at", "status", "external_key_id", "organization_id"}
+# OpenAI's `Project` fields plus `organization_id` and `max_running_jobs`, additive extensions
+# (docs/openai-compatibility.md).
+PROJECT_KEYS = {
+    "id",
+    "object",
+    "name",
+    "created_at",
+    "archived_at",
+    "status",
+    "external_key_id",
+    "organization_id",
+    "max_running_jobs",
+}
 LIST_KEYS = {"object", "data", "first_id", "last_id", "has_more"}
 API_KEY_KEYS = {
     "object",
@@ -103,8 +114,10 @@ def test_project_bodies_mirror_openai_schemas(http, admin_key):
     assert status == 200
     assert set(created) == PROJECT_KEYS  # nullable fields sent as null; `residency` (optional) left out
     assert created["external_key_id"] is None
+    validate_operation(created, "create-project")
     status, listed = raw(http, admin_key, "GET", "/organization/projects", params={"limit": 1})
     assert status == 200
+    validate_operation(listed, "list-projects")
     assert set(listed) == LIST_KEYS
     assert listed["object"] == "list"
     assert listed["has_more"] is True
@@ -122,6 +135,19 @@ def test_after_the_last_id_gives_an_empty_page_and_a_foreign_cursor_is_400(admin
     with pytest.raises(openai.BadRequestError) as err:
         projects.list(limit=101)
     assert (err.value.param, err.value.code) == ("limit", "invalid_value")
+
+
+def test_a_projects_concurrent_jobs_cap_is_set_through_the_admin_api(admin, stores):
+    projects = admin.admin.organization.projects
+    made = projects.create(name="capped", extra_body={"max_running_jobs": 3})
+    assert made.max_running_jobs == 3  # the extension field, echoed
+    assert stores.metadata.get_project(made.id, organization_id=None).max_running_jobs == 3
+    assert projects.update(made.id, extra_body={"max_running_jobs": 1}).max_running_jobs == 1
+    assert projects.update(made.id, name="renamed").max_running_jobs == 1  # untouched when not sent
+    assert projects.update(made.id, extra_body={"max_running_jobs": None}).max_running_jobs is None  # the default
+    with pytest.raises(openai.BadRequestError) as err:
+        projects.update(made.id, extra_body={"max_running_jobs": 0})
+    assert (err.value.param, err.value.code) == ("max_running_jobs", "invalid_value")
 
 
 def test_project_key_on_admin_routes_is_403(admin_client, tenants):

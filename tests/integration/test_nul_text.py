@@ -74,6 +74,13 @@ PATH_ID_ROUTES: list[tuple[str, str, dict[str, Any], bool]] = [
         {},
         True,
     ),
+    ("GET", "/v1/organization/projects/{project_id:str}/rate_limits", {}, True),
+    (
+        "POST",
+        "/v1/organization/projects/{project_id:str}/rate_limits/{rate_limit_id:str}",
+        {"json": {"max_requests_per_1_minute": 10}},
+        True,
+    ),
     ("GET", "/v1/webhook_endpoints/{webhook_endpoint_id:str}", {}, False),
     ("POST", "/v1/webhook_endpoints/{webhook_endpoint_id:str}", {"json": {"name": "n"}}, False),
     ("DELETE", "/v1/webhook_endpoints/{webhook_endpoint_id:str}", {}, False),
@@ -109,6 +116,11 @@ JSON_BODIES: list[tuple[str, dict[str, Any], bool]] = [
     ("/v1/organization/projects", {"name": "p"}, True),
     ("/v1/organization/projects/{project_id:str}", {"name": "p"}, True),
     ("/v1/organization/projects/{project_id:str}/service_accounts", {"name": "p"}, True),
+    (
+        "/v1/organization/projects/{project_id:str}/rate_limits/{rate_limit_id:str}",
+        {"max_requests_per_1_minute": 10},
+        True,
+    ),
     (
         "/v1/webhook_endpoints",
         {"name": "n", "url": "https://example.com/hook", "event_types": ["fine_tuning.job.succeeded"]},

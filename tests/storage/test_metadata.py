@@ -818,3 +818,18 @@ def test_an_organizations_model_is_found_by_its_organization_only(metadata_store
     assert metadata_store.get_organization_model(model.id, organization_id=model.organization_id) == model
     with pytest.raises(NotFound):
         metadata_store.get_organization_model(model.id, organization_id="org-other")
+
+
+def test_rate_limits_change_only_what_is_set_and_stay_in_their_project(metadata_store: SQLMetadataStore) -> None:
+    assert metadata_store.list_rate_limits(project_id=A) == []
+    first = metadata_store.set_rate_limit(project_id=A, model="tiny", max_requests_per_1_minute=5)
+    assert (first.max_requests_per_1_minute, first.max_tokens_per_1_minute, first.max_requests_per_1_day) == (
+        5,
+        None,
+        None,
+    )
+    second = metadata_store.set_rate_limit(project_id=A, model="tiny", max_tokens_per_1_minute=900)
+    assert (second.max_requests_per_1_minute, second.max_tokens_per_1_minute) == (5, 900)
+    metadata_store.set_rate_limit(project_id=A, model="base", max_requests_per_1_day=7)
+    assert [r.model for r in metadata_store.list_rate_limits(project_id=A)] == ["base", "tiny"]
+    assert metadata_store.list_rate_limits(project_id=B) == []

@@ -57,6 +57,7 @@ def test_migrate_applies_everything_once(open_empty: Callable[[], Database]) -> 
     assert ALL[:4] == ["0001_initial", "0002_blob_intents", "0003_usage", "0004_upload_reservations"]
     assert "0005_metering" in ALL
     assert "0006_webhooks" in ALL
+    assert "0007_rate_limits" in ALL
     assert sorted(ALL) == ALL
     assert store.migrate() == ALL
     assert store.migrate() == []

@@ -116,6 +116,20 @@ def test_cap_counts_jobs_the_worker_moved_to_running(queue: SQLJobQueue, store: 
     assert claim(queue, cap=2) is not None
 
 
+def test_a_projects_own_cap_overrides_the_deployments(queue: SQLJobQueue, store: SQLMetadataStore) -> None:
+    org = store.create_organization(name="Caps", slug="caps").id
+    roomy = store.create_project(organization_id=org, name="roomy", max_running_jobs=3)
+    tight = store.create_project(organization_id=org, name="tight", max_running_jobs=1)
+    r = [make_job(store, roomy.id) for _ in range(4)]
+    t = [make_job(store, tight.id) for _ in range(2)]
+    d = [make_job(store, "proj_default") for _ in range(3)]  # no project row: the deployment's cap (2)
+    taken = claimed_ids(queue, 9, cap=2)
+    assert sorted(i for i in taken if i) == sorted([*[j.id for j in r[:3]], t[0].id, *[j.id for j in d[:2]]])
+    assert taken[-3:] == [None, None, None]
+    store.update_project(tight.id, organization_id=org, max_running_jobs=2)
+    assert claimed_ids(queue, 1, cap=2) == [t[1].id]
+
+
 def test_paused_and_terminal_jobs_are_never_claimed(queue: SQLJobQueue, store: SQLMetadataStore) -> None:
     for status in ("paused", "succeeded", "failed", "cancelled"):
         make_job(store, status=status)

@@ -80,6 +80,9 @@ def test_unrelated_tunewright_variables_are_ignored() -> None:
         ({"TUNEWRIGHT_BASE_MODELS": "tiny"}, "TUNEWRIGHT_BASE_MODELS"),
         ({"TUNEWRIGHT_WEBHOOK_ALLOW_PRIVATE": "maybe"}, "TUNEWRIGHT_WEBHOOK_ALLOW_PRIVATE"),
         ({"TUNEWRIGHT_WEBHOOK_TIMEOUT_S": "0"}, "TUNEWRIGHT_WEBHOOK_TIMEOUT_S"),
+        ({"TUNEWRIGHT_REDIS_URL": "127.0.0.1:6379"}, "TUNEWRIGHT_REDIS_URL"),
+        ({"TUNEWRIGHT_RATE_LIMIT_REQUESTS_PER_MINUTE": "0"}, "TUNEWRIGHT_RATE_LIMIT_REQUESTS_PER_MINUTE"),
+        ({"TUNEWRIGHT_REDIS_TIMEOUT_S": "0"}, "TUNEWRIGHT_REDIS_TIMEOUT_S"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], named: str) -> None:
@@ -199,3 +202,18 @@ def test_prices_cannot_come_from_the_environment() -> None:
 def test_a_bad_price_is_one_line_naming_its_table(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings({}, write_toml(tmp_path, toml))
+
+
+def test_rate_limit_settings_from_env() -> None:
+    settings = load_settings(
+        {
+            "TUNEWRIGHT_RATE_LIMITS": "false",
+            "TUNEWRIGHT_REDIS_URL": "redis://127.0.0.1:6379/3",
+            "TUNEWRIGHT_RATE_LIMIT_TOKENS_PER_MINUTE": "5000",
+            "TUNEWRIGHT_KEY_REQUESTS_PER_MINUTE": "0",
+        }
+    )
+    assert settings.rate_limits is False
+    assert settings.redis_url == "redis://127.0.0.1:6379/3"
+    assert (settings.rate_limit_tokens_per_minute, settings.key_requests_per_minute) == (5000, 0)
+    assert load_settings({"TUNEWRIGHT_REDIS_URL": ""}).redis_url is None

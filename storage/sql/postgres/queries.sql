@@ -28,7 +28,8 @@ LIMIT :limit
 SELECT pg_advisory_xact_lock(7470337312)
 
 -- name: queue_pick
--- The project served longest ago (never served first), then FIFO; projects at their cap are skipped.
+-- The project served longest ago (never served first), then FIFO; projects at their cap (their own, else
+-- the deployment's) are skipped.
 -- SKIP LOCKED steps over a job another transaction (a cancel, a heartbeat) holds; NO KEY UPDATE leaves
 -- job_events inserts (FOR KEY SHARE on the job) unblocked.
 SELECT j.id, j.project_id
@@ -39,7 +40,8 @@ WHERE j.status IN ('validating_files', 'queued', 'running')
   AND (SELECT COUNT(*) FROM jobs AS held
        WHERE held.project_id = j.project_id
          AND held.status IN ('validating_files', 'queued', 'running')
-         AND held.lease_expires_at > :now) < :cap
+         AND held.lease_expires_at > :now)
+      < COALESCE((SELECT p.max_running_jobs FROM projects AS p WHERE p.id = j.project_id), :cap)
 ORDER BY t.last_claimed_at NULLS FIRST, j.created_at, j.id
 LIMIT 1
 FOR NO KEY UPDATE OF j SKIP LOCKED
