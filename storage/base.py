@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 import msgspec
 
 from tunewright.storage.metadata_protocols import (
+    AuditStore,
     FileStore,
     JobStore,
     ModelStore,
@@ -88,7 +89,9 @@ class BlobStore(Protocol):
         ...
 
 
-class MetadataStore(TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, Protocol):
+class MetadataStore(
+    TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, AuditStore, Protocol
+):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""
 
     reads_wait_on_network: bool

@@ -314,6 +314,27 @@ class WebhookDeliveryRecord(msgspec.Struct, kw_only=True):
     attempt_log: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
+class AuditLogRecord(msgspec.Struct, kw_only=True):
+    """One audit log entry (storage/audit.py): what changed (`type`, `details`), by which key, when.
+
+    `details` is the event's payload in OpenAI's shape for its type (`{"id": …, "data": …}`, `{"id": …,
+    "changes_requested": …}`); `project_name` is the project's name when the entry was written. The `actor_*`
+    columns are None when no key acted (a change made straight on the store).
+    """
+
+    id: str
+    organization_id: str | None
+    project_id: str | None
+    project_name: str | None
+    type: str
+    effective_at: int
+    actor_kind: str | None
+    actor_key_id: str | None
+    actor_service_account_id: str | None
+    resource_id: str | None
+    details: dict[str, Any]
+
+
 class ClaimedDelivery(msgspec.Struct, kw_only=True, frozen=True):
     """A delivery a sender leased for one attempt: what to send, where, and the secrets that sign it now."""
 

@@ -102,6 +102,7 @@ SELECT * FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id
 
 -- name: revoke_service_account_keys
 UPDATE api_keys SET revoked_at = :now WHERE service_account_id = :service_account_id AND revoked_at IS NULL
+RETURNING id, organization_id, project_id
 
 -- name: insert_service_account
 INSERT INTO service_accounts (id, project_id, name, role, created_at)
@@ -307,6 +308,7 @@ WHERE job_id = :job_id AND project_id = :project_id AND fine_tuned_model_checkpo
 INSERT INTO permissions (id, model, owner_project_id, project_id, created_at)
 VALUES (:id, :model, :owner_project_id, :project_id, :created_at)
 ON CONFLICT (model, project_id) DO NOTHING
+RETURNING id
 
 -- name: permission_cursor
 SELECT created_at, id FROM permissions
@@ -484,3 +486,29 @@ WHERE id IN (SELECT id FROM webhook_deliveries
              WHERE status <> 'pending' AND finished_at < :finished_before
              ORDER BY finished_at, id LIMIT :limit)
 RETURNING id
+
+-- ---------------------------------------------------------------------------------------- audit log
+
+-- name: audit_project
+SELECT organization_id, name FROM projects WHERE id = :id
+
+-- name: insert_audit_log
+INSERT INTO audit_logs (id, organization_id, project_id, project_name, type, effective_at, actor_kind, actor_key_id,
+                        actor_service_account_id, resource_id, details)
+VALUES (:id, :organization_id, :project_id, :project_name, :type, :effective_at, :actor_kind, :actor_key_id,
+        :actor_service_account_id, :resource_id, :details)
+
+-- name: audit_log_cursor
+-- A NULL organization is the operator key without an organization header: every organization's entries.
+SELECT effective_at AS created_at, id FROM audit_logs
+WHERE id = :id AND (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization_id)
+
+-- name: list_audit_logs
+-- {filters} holds `AND …` clauses built from an AuditLogFilter (storage/metadata_audit.py), each with its own
+-- placeholders.
+SELECT {columns} FROM audit_logs
+WHERE (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization_id)
+  AND (effective_at, id) {cmp} (:after_created_at, :after_id)
+  {filters}
+ORDER BY effective_at {dir}, id {dir}
+LIMIT :limit
