@@ -16,12 +16,12 @@ import openai
 import pytest
 from fixtures.chat import no_eos, rendered_prompt_tokens, stream_then_disconnect
 from fixtures.contract import schema_for, validate, validate_error, validate_operation
+from fixtures.models import make_model
 from fixtures.training import TINY, run_worker, training_settings
 from litestar.testing import TestClient
 
 from tunewright.api.app import create_app
 from tunewright.inference.local import LocalEngine
-from tunewright.storage.records import ModelRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -244,25 +244,8 @@ def test_harmless_fields_are_accepted(client_a, tokenizer):
 # ------------------------------------------------------------------------------------ model access
 
 
-def fake_model(stores: Any, tenant: Any) -> str:
-    name = f"ft:{TINY}:{tenant.organization_slug}:sfx:Zz9yXw8v"
-    stores.metadata.insert_model(
-        ModelRecord(
-            id=name,
-            project_id=tenant.project_id,
-            organization_id=tenant.organization_id,
-            created=1_700_000_000,
-            owned_by=tenant.organization_slug,
-            base_model=TINY,
-            job_id="ftjob-test",
-            adapter_key=f"{tenant.project_id}/adapters/ftjob-test",
-        )
-    )
-    return name
-
-
 def test_unknown_foreign_and_deleted_models_are_404_model_not_found(client_a, client_b, stores, tenants):
-    name = fake_model(stores, tenants["a"])
+    name = make_model(stores, tenants["a"], name=f"ft:{TINY}:acme:sfx:Zz9yXw8v", base=TINY)
     for client, model in ((client_a, "gpt-nope"), (client_b, name)):
         with pytest.raises(openai.NotFoundError) as err:
             client.chat.completions.create(model=model, messages=HELLO)
