@@ -34,7 +34,17 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
-DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin", "webhooks")
+DEFAULT_FEATURES = (
+    "files",
+    "uploads",
+    "fine_tuning",
+    "models",
+    "chat",
+    "completions",
+    "admin",
+    "webhooks",
+    "audit_logs",
+)
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
     "uploads": "tunewright.api.uploads.routes",
@@ -44,6 +54,7 @@ _FEATURE_MODULES = {
     "completions": "tunewright.api.completions.routes",
     "admin": "tunewright.api.admin.routes",
     "webhooks": "tunewright.api.webhooks.routes",
+    "audit_logs": "tunewright.api.audit_logs.routes",
 }
 
 

@@ -158,7 +158,10 @@ def create_project(stores: Stores, principal: Principal, data: ProjectCreateRequ
         )
     external_key_id = None if data.external_key_id is UNSET else data.external_key_id
     return stores.metadata.create_project(
-        organization_id=organization.id, name=_check_name(data.name), external_key_id=external_key_id
+        organization_id=organization.id,
+        name=_check_name(data.name),
+        external_key_id=external_key_id,
+        actor=principal.actor,
     )
 
 
@@ -176,7 +179,7 @@ def update_project(stores: Stores, principal: Principal, project_id: str, data: 
         changes["name"] = _check_name(data.name)
     if data.external_key_id is not UNSET:
         changes["external_key_id"] = data.external_key_id
-    return _update(stores, project, organization, changes)
+    return _update(stores, principal, project, organization, changes)
 
 
 def archive_project(stores: Stores, principal: Principal, project_id: str) -> ProjectRecord:
@@ -185,14 +188,20 @@ def archive_project(stores: Stores, principal: Principal, project_id: str) -> Pr
     if project.status == ProjectStatus.ARCHIVED:
         return project
     changes = {"status": str(ProjectStatus.ARCHIVED), "archived_at": int(time.time())}
-    return _update(stores, project, organization, changes)
+    return _update(stores, principal, project, organization, changes)
 
 
 def _update(
-    stores: Stores, project: ProjectRecord, organization: OrganizationRecord, changes: dict[str, Any]
+    stores: Stores,
+    principal: Principal,
+    project: ProjectRecord,
+    organization: OrganizationRecord,
+    changes: dict[str, Any],
 ) -> ProjectRecord:
     try:
-        return stores.metadata.update_project(project.id, organization_id=organization.id, **changes)
+        return stores.metadata.update_project(
+            project.id, organization_id=organization.id, actor=principal.actor, **changes
+        )
     except NotFound:
         raise project_not_found(project.id) from None
 
@@ -303,7 +312,9 @@ def delete_api_key(stores: Stores, principal: Principal, project_id: str, key_id
             code="invalid_value",
         )
     try:
-        stores.metadata.revoke_api_key(key_id, organization_id=organization.id, project_id=project.id)
+        stores.metadata.revoke_api_key(
+            key_id, organization_id=organization.id, project_id=project.id, actor=principal.actor
+        )
     except NotFound:
         raise api_key_not_found(key_id) from None
 
@@ -347,7 +358,7 @@ def create_service_account(
         service_account_id=account.id,
         now=now,
     )
-    stores.metadata.create_service_account(account, key)
+    stores.metadata.create_service_account(account, key, actor=principal.actor)
     return ProjectServiceAccountCreateResponse.from_record(account, key=key, secret=secret)
 
 
@@ -373,6 +384,6 @@ def delete_service_account(stores: Stores, principal: Principal, project_id: str
     project = scoped_project(stores, principal, project_id)[1]
     _refuse_archived(project, "have their service accounts changed")
     try:
-        stores.metadata.delete_service_account(account_id, project_id=project.id)
+        stores.metadata.delete_service_account(account_id, project_id=project.id, actor=principal.actor)
     except NotFound:
         raise service_account_not_found(account_id) from None
