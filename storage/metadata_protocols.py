@@ -28,12 +28,14 @@ if TYPE_CHECKING:
         JobEventRecord,
         JobListingRecord,
         JobRecord,
+        JobTimes,
         ModelRecord,
         OrganizationRecord,
         Page,
         PermissionRecord,
         ProjectRecord,
         ServiceAccountRecord,
+        TrainedTokens,
         UploadPartRecord,
         UploadRecord,
         UsageRecord,
@@ -329,6 +331,18 @@ class JobStore(Protocol):
 
     def count_jobs_by_status(self) -> dict[str, int]:
         """Jobs of all projects counted by status (for /metrics)."""
+        ...
+
+    def training_tokens_by_project(self) -> list[TrainedTokens]:
+        """Tokens trained per project and base model, projects in the order of their first job (for /metrics)."""
+        ...
+
+    def job_times(self, *, wait_bounds: Sequence[int], duration_bounds: Sequence[int]) -> JobTimes:
+        """Every job's queue wait and every ended job's duration by final status, in buckets (for /metrics).
+
+        A queue wait runs from the job's creation to its first `running`; a duration from its first `running`
+        (or its creation, if it never ran) to its end. Bounds are in seconds.
+        """
         ...
 
 

@@ -163,6 +163,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     attempts: int = 0
+    started_at: int | None = None  # when it first became `running`
 
 
 class JobListingRecord(msgspec.Struct, frozen=True):
@@ -312,6 +313,33 @@ class WebhookDeliveryRecord(msgspec.Struct, kw_only=True):
     lease_expires_at: float | None = None
     finished_at: int | None = None
     attempt_log: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class TimeHistogram(msgspec.Struct, kw_only=True):
+    """Durations counted into buckets, as a Prometheus histogram reads them (non-cumulative here).
+
+    `counts[i]` are the durations up to `bounds[i]` seconds (above the bound before), the last count those above
+    every bound; `total_s` is their sum.
+    """
+
+    bounds: tuple[int, ...]
+    counts: list[int]
+    total_s: int
+
+
+class JobTimes(msgspec.Struct, kw_only=True):
+    """Jobs' queue waits (created to first `running`) and, by final status, their durations (for /metrics)."""
+
+    queue_wait: TimeHistogram
+    duration: dict[str, TimeHistogram]
+
+
+class TrainedTokens(msgspec.Struct, kw_only=True, frozen=True):
+    """Tokens trained by the jobs of one project on one base model (their `trained_tokens`)."""
+
+    project_id: str
+    base_model: str
+    tokens: int
 
 
 class AuditLogRecord(msgspec.Struct, kw_only=True):

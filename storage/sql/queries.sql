@@ -233,6 +233,26 @@ SELECT created_at, id FROM jobs WHERE id = :id AND project_id = :project_id
 -- name: count_jobs_by_status
 SELECT status, COUNT(*) AS n FROM jobs GROUP BY status
 
+-- name: training_tokens_by_project
+-- Projects in the order of their first job, so that the first ones to get their own metrics label are the oldest.
+SELECT project_id, base_model, SUM(trained_tokens) AS tokens, MIN(created_at) AS first_job
+FROM jobs WHERE trained_tokens IS NOT NULL
+GROUP BY project_id, base_model
+ORDER BY first_job, project_id, base_model
+
+-- name: job_queue_wait_buckets
+-- {bucket} is a CASE naming the bucket of `seconds` (storage/metadata_jobs.py), from fixed bounds.
+SELECT {bucket} AS bucket, COUNT(*) AS n, SUM(seconds) AS total
+FROM (SELECT started_at - created_at AS seconds FROM jobs WHERE started_at IS NOT NULL) AS waits
+GROUP BY 1
+
+-- name: job_duration_buckets
+-- A job's duration: from its first `running` (or its creation, if it never ran) to its end.
+SELECT status, {bucket} AS bucket, COUNT(*) AS n, SUM(seconds) AS total
+FROM (SELECT status, finished_at - COALESCE(started_at, created_at) AS seconds FROM jobs
+      WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at IS NOT NULL) AS durations
+GROUP BY 1, 2
+
 -- name: insert_event
 -- Events are immutable and their ids random: the same id again is a retry of a write whose commit the server
 -- applied but whose answer was lost (a worker waiting out a database outage), so it is a no-op.
@@ -368,6 +388,9 @@ SET {set}
 WHERE id = :id AND lease_owner = :worker_id AND attempts = :attempt
   AND status IN ('validating_files', 'queued', 'running')
 RETURNING id
+
+-- name: queue_mark_started
+UPDATE jobs SET started_at = :now WHERE id = :id AND started_at IS NULL
 
 -- name: queue_holder
 SELECT status, lease_owner FROM jobs WHERE id = :id
