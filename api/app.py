@@ -19,7 +19,7 @@ from tunewright.api.bodies import APIRequest
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
-from tunewright.api.metrics import Metrics, serve_with_context
+from tunewright.api.metrics import Metrics, adapter_cache_stats, serve_with_context
 from tunewright.api.openapi import SchemaRouter
 from tunewright.api.sweeper import sweeper_lifespan
 from tunewright.api.webhooks.sender import webhook_sender_lifespan
@@ -107,6 +107,11 @@ class LazyEngine:
         self._engine: InferenceEngine | None = None
         self._lock = threading.Lock()
 
+    @property
+    def current(self) -> InferenceEngine | None:
+        """The engine if it was built, else None (never builds it)."""
+        return self._engine
+
     def built(self) -> InferenceEngine:
         """The engine, built now if this is its first use."""
         engine = self._engine
@@ -159,9 +164,15 @@ def create_app(
     `trainer_status` is the status file of the `serve` that supervises the trainers (/healthz, /metrics).
     """
     own_engine = LazyEngine(partial(build_engine, settings, stores)) if engine is None else None
-    metrics = Metrics(stores, trainer_status)
+    app_engine = engine or own_engine
+    metrics = Metrics(
+        stores,
+        trainer_status,
+        max_projects=settings.metrics_max_projects,
+        adapter_stats=partial(adapter_cache_stats, app_engine),
+    )
     # For the guards, middleware and lifespan, which dependency injection does not reach.
-    state = {"settings": settings, "stores": stores, "metrics": metrics, "engine": engine or own_engine}
+    state = {"settings": settings, "stores": stores, "metrics": metrics, "engine": app_engine}
     return TunewrightApp(
         route_handlers=_routes(features),
         state=State(state),
@@ -170,7 +181,7 @@ def create_app(
             **providers(
                 stores=stores,
                 settings=settings,
-                engine=engine or own_engine,
+                engine=app_engine,
                 metrics=metrics,
                 started_at=int(time.time()),
                 trainer_status=trainer_status,

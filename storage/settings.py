@@ -82,6 +82,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_retry_window_s: PositiveInt = 24 * 3600
     webhook_poll_s: Annotated[float, Meta(gt=0)] = 1.0
     webhook_concurrency: PositiveInt = 8
+    metrics_max_projects: PositiveInt = 100
 
     def __post_init__(self) -> None:
         """Fill the URLs that default to places under `data_dir`; configured base models add to the built-ins."""

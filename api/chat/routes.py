@@ -11,6 +11,7 @@ from tunewright.api.auth import Caller, require_project
 from tunewright.api.chat import service
 from tunewright.api.chat.schemas import CreateChatCompletionRequest, CreateChatCompletionResponse
 from tunewright.api.generation import StreamingOperation
+from tunewright.api.metrics import Metrics
 from tunewright.inference.engine import InferenceEngine
 from tunewright.storage.base import Stores
 from tunewright.storage.settings import Settings
@@ -30,10 +31,11 @@ class ChatCompletionsController(Controller):
         stores: NamedDependency[Stores],
         settings: NamedDependency[Settings],
         engine: NamedDependency[InferenceEngine],
+        metrics: NamedDependency[Metrics],
         data: JSONBody[CreateChatCompletionRequest],
     ) -> CreateChatCompletionResponse | Stream:
         """Generate a chat completion; `stream: true` answers `chat.completion.chunk` server-sent events."""
-        return await service.create_chat_completion(stores, settings, engine, data, principal)
+        return await service.create_chat_completion(stores, settings, engine, data, principal, metrics)
 
 
 ROUTES = [ChatCompletionsController]

@@ -11,6 +11,7 @@ from tunewright.api.auth import Caller, require_project
 from tunewright.api.completions import service
 from tunewright.api.completions.schemas import CreateCompletionRequest, CreateCompletionResponse
 from tunewright.api.generation import StreamingOperation
+from tunewright.api.metrics import Metrics
 from tunewright.inference.engine import InferenceEngine
 from tunewright.storage.base import Stores
 from tunewright.storage.settings import Settings
@@ -30,10 +31,11 @@ class CompletionsController(Controller):
         stores: NamedDependency[Stores],
         settings: NamedDependency[Settings],
         engine: NamedDependency[InferenceEngine],
+        metrics: NamedDependency[Metrics],
         data: JSONBody[CreateCompletionRequest],
     ) -> CreateCompletionResponse | Stream:
         """Complete one or more prompts; `stream: true` answers `text_completion` server-sent events."""
-        return await service.create_completion(stores, settings, engine, data, principal)
+        return await service.create_completion(stores, settings, engine, data, principal, metrics)
 
 
 ROUTES = [CompletionsController]

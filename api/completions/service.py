@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from tunewright.api.auth import Principal
     from tunewright.api.metering import CompletionUsage
+    from tunewright.api.metrics import Metrics
     from tunewright.inference.engine import GenerationEvent, InferenceEngine, ModelTarget, TokenLogprob
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
@@ -44,10 +45,15 @@ class Prepared:
 
 
 async def create_completion(
-    stores: Stores, settings: Settings, engine: InferenceEngine, data: CreateCompletionRequest, principal: Principal
+    stores: Stores,
+    settings: Settings,
+    engine: InferenceEngine,
+    data: CreateCompletionRequest,
+    principal: Principal,
+    metrics: Metrics | None = None,
 ) -> CreateCompletionResponse | Stream:
     """Answer one completion request, as one JSON object or (`stream: true`) as server-sent events."""
-    meter = Meter(stores, principal, data.model, "completions", bool(data.stream))
+    meter = Meter(stores, principal, data.model, "completions", bool(data.stream), metrics=metrics)
     check_request(data, max_choices=settings.max_choices_per_request)
     project_id = principal.project_id or ""
     target = await anyio.to_thread.run_sync(
