@@ -18,7 +18,7 @@ from tunewright.api.auth import current_principal
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
-from tunewright.api.metrics import Metrics, serve_with_context
+from tunewright.api.metrics import Metrics, adapter_cache_stats, serve_with_context
 from tunewright.api.nul_guard import NulCheckedRequest, refuse_nul_in_query
 from tunewright.api.openapi import SchemaRouter
 from tunewright.api.ratelimits.limiter import RateLimiter, build_counters
@@ -46,6 +46,7 @@ DEFAULT_FEATURES = (
     "webhooks",
     "usage",
     "ratelimits",
+    "audit_logs",
 )
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
@@ -58,6 +59,7 @@ _FEATURE_MODULES = {
     "webhooks": "tunewright.api.webhooks.routes",
     "usage": "tunewright.api.usage.routes",
     "ratelimits": "tunewright.api.ratelimits.routes",
+    "audit_logs": "tunewright.api.audit_logs.routes",
 }
 
 
@@ -109,6 +111,11 @@ class LazyEngine:
         self._factory = factory
         self._engine: InferenceEngine | None = None
         self._lock = threading.Lock()
+
+    @property
+    def current(self) -> InferenceEngine | None:
+        """The engine if it was built, else None (never builds it)."""
+        return self._engine
 
     def built(self) -> InferenceEngine:
         """The engine, built now if this is its first use."""
@@ -162,16 +169,16 @@ def create_app(
     `trainer_status` is the status file of the `serve` that supervises the trainers (/healthz, /metrics).
     """
     own_engine = LazyEngine(partial(build_engine, settings, stores)) if engine is None else None
-    metrics = Metrics(stores, trainer_status)
-    limiter = RateLimiter(settings, stores, build_counters(settings, metrics), metrics)
+    app_engine = engine or own_engine
+    metrics = Metrics(
+        stores,
+        trainer_status,
+        max_projects=settings.metrics_max_projects,
+        adapter_stats=partial(adapter_cache_stats, app_engine),
+    )
     # For the guards, middleware and lifespan, which dependency injection does not reach.
-    state = {
-        "settings": settings,
-        "stores": stores,
-        "metrics": metrics,
-        "engine": engine or own_engine,
-        "limiter": limiter,
-    }
+    limiter = RateLimiter(settings, stores, build_counters(settings, metrics), metrics)
+    state = {"settings": settings, "stores": stores, "metrics": metrics, "engine": app_engine, "limiter": limiter}
     return TunewrightApp(
         route_handlers=_routes(features),
         state=State(state),
@@ -180,7 +187,7 @@ def create_app(
             **providers(
                 stores=stores,
                 settings=settings,
-                engine=engine or own_engine,
+                engine=app_engine,
                 metrics=metrics,
                 limiter=limiter,
                 started_at=int(time.time()),

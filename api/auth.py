@@ -23,6 +23,7 @@ from litestar.di import NamedDependency
 
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
 from tunewright.storage.api_keys import hash_secret
+from tunewright.storage.audit import OPERATOR_ACTOR, AuditActor
 from tunewright.storage.metadata_tenants import KEY_CACHE_TTL_S
 
 if TYPE_CHECKING:
@@ -47,12 +48,20 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     kind: str  # project | service_account | admin | operator
     organization_id: str | None  # None: the operator key without an OpenAI-Organization header
     project_id: str | None = None
+    service_account_id: str | None = None
     last_used_at: int | None = None
 
     @property
     def is_admin(self) -> bool:
         """True for organization admin keys and the operator key."""
         return self.kind in ("admin", OPERATOR)
+
+    @property
+    def actor(self) -> AuditActor:
+        """The key as the audit log names who made a change."""
+        if self.kind == OPERATOR:
+            return OPERATOR_ACTOR
+        return AuditActor(key_id=self.key_id, kind=self.kind, service_account_id=self.service_account_id)
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -101,6 +110,7 @@ def authenticate(
         kind=record.kind,
         organization_id=record.organization_id,
         project_id=record.project_id,
+        service_account_id=record.service_account_id,
         last_used_at=record.last_used_at,
     )
 

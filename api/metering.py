@@ -16,6 +16,7 @@ from tunewright.storage.records import UsageRecord
 
 if TYPE_CHECKING:
     from tunewright.api.auth import Principal
+    from tunewright.api.metrics import Metrics
     from tunewright.api.ratelimits.limiter import Admission
     from tunewright.inference.engine import GenerationEvent
     from tunewright.storage.base import Stores
@@ -33,7 +34,10 @@ class CompletionUsage(Response):
 
 @dataclass
 class Meter:
-    """Counts one request's tokens and writes its usage row (without `stores`, only counts: an inference node)."""
+    """Counts one request's tokens and writes its usage row (without `stores`, only counts: an inference node).
+
+    With `metrics`, it also observes the time to the first generated token and adds the tokens to the counters.
+    """
 
     stores: Stores | None
     principal: Principal | None
@@ -46,10 +50,13 @@ class Meter:
     completion_tokens: int = 0
     ran: bool = False
     admission: Admission | None = None
+    metrics: Metrics | None = None
 
     def count(self, event: GenerationEvent) -> None:
-        """Add an event's tokens."""
+        """Add an event's tokens; the first of them is the request's first token."""
         self.ran = True
+        if event.token_ids and not self.completion_tokens and self.metrics is not None:
+            self.metrics.first_token.labels(self.base_model).observe(time.monotonic() - self.started)
         self.completion_tokens += len(event.token_ids)
 
     def usage(self) -> CompletionUsage:
@@ -67,6 +74,13 @@ class Meter:
                 await self.admission.settle(self.prompt_tokens + self.completion_tokens)
         if not self.ran or self.stores is None or self.principal is None:
             return
+        if self.metrics is not None:
+            self.metrics.count_tokens(
+                self.principal.project_id or "",
+                self.base_model,
+                prompt=self.prompt_tokens,
+                completion=self.completion_tokens,
+            )
         record = UsageRecord(
             id=new_id("usage"),
             project_id=self.principal.project_id or "",

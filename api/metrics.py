@@ -1,23 +1,38 @@
-"""Prometheus metrics: requests by route and status, latency, jobs by status, queue depth, trainers, webhooks."""
+"""Prometheus metrics: requests, jobs, queue, trainers, webhooks, tokens, time to first token, adapter cache.
+
+Two kinds of series. This process's own (HTTP requests, inference tokens, time to first token, the adapter cache,
+webhook attempts): sum them across API processes. Read from the database at scrape time (jobs by status, queue
+depth, webhook backlog, training tokens, queue wait, job duration): every API process reports the same
+cluster-wide values, because training runs in worker processes anywhere that have no scrape target of their own;
+take one process's value (`max`), not the sum.
+
+Labels come from bounded sets: routes, methods, statuses, outcomes, the configured base models, and projects,
+of which only the first `TUNEWRIGHT_METRICS_MAX_PROJECTS` a process labels get their own value (`ProjectLabels`);
+the rest are `other`. No job or request id is ever a label.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from tunewright.storage.ids import new_request_id
 from tunewright.storage.supervision import read_status
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+    from tunewright.inference.adapters import AdapterCacheStats
     from tunewright.storage.base import Stores
+    from tunewright.storage.records import TimeHistogram
 
 
 # Label values come from a fixed set, so clients cannot grow the series without bound: every path no route
@@ -28,6 +43,31 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 RESPONSE_HEADERS = "response_headers"
 """Key of the request's scope state holding `(name, value)` byte pairs that the answer must carry, whatever it
 turns out to be (the rate-limit headers of an admitted request that then fails, or streams)."""
+OTHER_PROJECTS = "other"
+
+FIRST_TOKEN_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+QUEUE_WAIT_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+JOB_DURATION_BUCKETS_S = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, 259200)
+
+
+class ProjectLabels:
+    """The `project` label: a project's id for the first `limit` projects this process labels, `other` after."""
+
+    def __init__(self, limit: int) -> None:
+        """Label at most `limit` projects by id."""
+        self._limit = limit
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, project_id: str) -> str:
+        """The label of `project_id`; a project is given its own one while fewer than `limit` have one."""
+        if project_id in self._known:
+            return project_id
+        with self._lock:
+            if project_id in self._known or len(self._known) < self._limit:
+                self._known.add(project_id)
+                return project_id
+        return OTHER_PROJECTS
 
 
 class StoreCollector:
@@ -76,12 +116,109 @@ class TrainerCollector:
         yield running
 
 
+class TrainingCollector:
+    """Reads training tokens, queue waits and job durations from the database at scrape time (all workers')."""
+
+    def __init__(self, stores: Stores, projects: ProjectLabels) -> None:
+        """Remember the stores to read and the project labels to use."""
+        self._stores = stores
+        self._projects = projects
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        """Yield `tunewright_training_tokens_total`, `tunewright_job_queue_wait_seconds` and job durations."""
+        tokens = CounterMetricFamily(
+            "tunewright_training_tokens",
+            "Tokens trained (jobs' trained_tokens) by project and base model",
+            labels=["project", "base_model"],
+        )
+        sums: dict[tuple[str, str], int] = {}
+        for row in self._stores.metadata.training_tokens_by_project():
+            key = (self._projects(row.project_id), row.base_model)
+            sums[key] = sums.get(key, 0) + row.tokens
+        for key, value in sorted(sums.items()):
+            tokens.add_metric(list(key), value)
+        yield tokens
+        times = self._stores.metadata.job_times(
+            wait_bounds=QUEUE_WAIT_BUCKETS_S, duration_bounds=JOB_DURATION_BUCKETS_S
+        )
+        wait = HistogramMetricFamily(
+            "tunewright_job_queue_wait_seconds", "Time from a job's creation to its first running", labels=[]
+        )
+        wait.add_metric([], *_histogram(times.queue_wait))
+        yield wait
+        duration = HistogramMetricFamily(
+            "tunewright_job_duration_seconds",
+            "Time from a job's first running (or creation, if it never ran) to its end, by outcome",
+            labels=["outcome"],
+        )
+        for outcome, histogram in times.duration.items():
+            duration.add_metric([outcome], *_histogram(histogram))
+        yield duration
+
+
+def _histogram(histogram: TimeHistogram) -> tuple[list[tuple[str, float]], float]:
+    """Prometheus's cumulative buckets (`le`, count) and the sum of a `TimeHistogram`."""
+    buckets, running = [], 0
+    for bound, count in zip([*histogram.bounds, float("inf")], histogram.counts, strict=True):
+        running += count
+        buckets.append((floatToGoString(bound), float(running)))
+    return buckets, float(histogram.total_s)
+
+
+class AdapterCacheCollector:
+    """Reads an engine's adapter cache counters at scrape time (nothing when no cache is kept in this process)."""
+
+    def __init__(self, read: Callable[[], AdapterCacheStats | None]) -> None:
+        """Remember how to read the counters."""
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """Yield hits, misses and evictions (by `level`: memory or disk)."""
+        stats = self._read()
+        if stats is None:
+            return
+        hits = CounterMetricFamily("tunewright_adapter_cache_hits", "Adapter acquisitions that found it loaded")
+        hits.add_metric([], stats.hits)
+        yield hits
+        misses = CounterMetricFamily("tunewright_adapter_cache_misses", "Adapter acquisitions that had to load it")
+        misses.add_metric([], stats.misses)
+        yield misses
+        evictions = CounterMetricFamily(
+            "tunewright_adapter_cache_evictions", "Idle adapters evicted to keep the cache's bounds", labels=["level"]
+        )
+        evictions.add_metric(["memory"], stats.evicted_from_memory)
+        evictions.add_metric(["disk"], stats.evicted_from_disk)
+        yield evictions
+
+
+def adapter_cache_stats(engine: object) -> AdapterCacheStats | None:
+    """The adapter cache counters of `engine` (a built local engine); None for one that keeps no cache here."""
+    built = getattr(engine, "current", engine)  # a LazyEngine: the engine it built, if any
+    read = getattr(built, "adapter_cache_stats", None)
+    return None if read is None else read()
+
+
 class Metrics:
     """One registry per app, so several apps in one process (tests) do not collide."""
 
-    def __init__(self, stores: Stores, trainer_status: Path | None = None) -> None:
-        """Create the registry and the HTTP metrics; the trainers' when `serve` publishes their status."""
+    def __init__(
+        self,
+        stores: Stores,
+        trainer_status: Path | None = None,
+        *,
+        max_projects: int = 100,
+        adapter_stats: Callable[[], AdapterCacheStats | None] | None = None,
+    ) -> None:
+        """Create the registry and the HTTP metrics; the trainers' when `serve` publishes their status.
+
+        Args:
+            stores: read at scrape time (jobs, queue, webhooks, training).
+            trainer_status: the status file of the `serve` that supervises the trainers, if any.
+            max_projects: projects given their own `project` label (`TUNEWRIGHT_METRICS_MAX_PROJECTS`).
+            adapter_stats: reads the engine's adapter cache counters (none: no such series).
+        """
         self.registry = CollectorRegistry(auto_describe=True)
+        self.projects = ProjectLabels(max_projects)
         self.requests = Counter(
             "tunewright_http_requests_total",
             "HTTP requests by route template, method and status",
@@ -123,9 +260,31 @@ class Metrics:
             "Requests let through without a rate-limit check because Redis was failing (fail open)",
             registry=self.registry,
         )
+        self.inference_tokens = Counter(
+            "tunewright_inference_tokens_total",
+            "Tokens of chat and legacy completions by project, base model and kind (prompt, completion)",
+            ["project", "base_model", "kind"],
+            registry=self.registry,
+        )
+        self.first_token = Histogram(
+            "tunewright_inference_time_to_first_token_seconds",
+            "Time from a completion request's arrival to its first generated token, by base model",
+            ["base_model"],
+            buckets=FIRST_TOKEN_BUCKETS_S,
+            registry=self.registry,
+        )
         self.registry.register(StoreCollector(stores))  # type: ignore[arg-type]
+        self.registry.register(TrainingCollector(stores, self.projects))  # type: ignore[arg-type]
+        if adapter_stats is not None:
+            self.registry.register(AdapterCacheCollector(adapter_stats))  # type: ignore[arg-type]
         if trainer_status is not None:
             self.registry.register(TrainerCollector(trainer_status))  # type: ignore[arg-type]
+
+    def count_tokens(self, project_id: str, base_model: str, *, prompt: int, completion: int) -> None:
+        """Add one request's tokens."""
+        project = self.projects(project_id)
+        self.inference_tokens.labels(project, base_model, "prompt").inc(prompt)
+        self.inference_tokens.labels(project, base_model, "completion").inc(completion)
 
 
 async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, receive: Receive, send: Send) -> None:

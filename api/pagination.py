@@ -65,3 +65,11 @@ def edge_ids(items: Sequence[Any]) -> tuple[str | None, str | None]:
     if not items:
         return None, None
     return items[0].id, items[-1].id
+
+
+def bracket_list(query: MultiDict[Any], name: str) -> list[str] | None:
+    """Collect `name[]=value` (the SDK's encoding of a list) and plain repeated `name=value` into a list.
+
+    Returns None when neither is present.
+    """
+    return [str(v) for key, v in query.multi_items() if key in (f"{name}[]", name)] or None

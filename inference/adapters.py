@@ -14,6 +14,7 @@ forgotten never collides with its own reload.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import itertools
@@ -73,6 +74,20 @@ class _Entry:
     pins: int = 0
     used: int = 0
     forgotten: bool = False
+
+
+@dataclass(frozen=True)
+class AdapterCacheStats:
+    """What the cache has done since it was made (counters for /metrics).
+
+    A hit is an acquire that found the adapter loaded; a miss one that had to load it (from disk, or fetched
+    first); an eviction takes an idle adapter out of memory, or its files off disk, to keep the bounds.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    evicted_from_memory: int = 0
+    evicted_from_disk: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,6 +173,7 @@ class AdapterCache:
         self._entries: dict[str, _Entry] = {}
         self._clock = itertools.count(1)
         self._names = itertools.count(1)
+        self._stats = AdapterCacheStats()
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
 
@@ -206,12 +222,24 @@ class AdapterCache:
         with self._lock:
             return {name: entry.state for name, entry in self._entries.items()}
 
+    def stats(self) -> AdapterCacheStats:
+        """Return the hits, misses and evictions so far."""
+        with self._lock:
+            return self._stats
+
+    def _count(self, **more: int) -> None:
+        with self._lock:
+            stats = self._stats
+            self._stats = dataclasses.replace(stats, **{k: getattr(stats, k) + v for k, v in more.items()})
+
     def _make_loaded(self, entry: _Entry, ref: AdapterRef) -> None:
         """Fetch and load under the entry's lock (a concurrent first request waits here, then finds it loaded)."""
         if entry.forgotten:
             raise EngineError(f"model {ref.name!r} was deleted", code="adapter_unavailable", status=500)
         if entry.peft_name is not None:
+            self._count(hits=1)
             return
+        self._count(misses=1)
         try:
             if entry.directory is None:
                 entry.state = AdapterState.FETCHING
@@ -286,6 +314,8 @@ class AdapterCache:
                 if entry.peft_name is None and entry.directory is None:
                     entry.state = AdapterState.EVICTED
                     del self._entries[entry.name]
+        if unload or remove:
+            self._count(evicted_from_memory=len(unload), evicted_from_disk=len(remove))
         for entry, peft_name in unload:
             entry.host.delete_adapter(peft_name)
             logger.info("evicted adapter %s from memory", entry.name)

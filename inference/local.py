@@ -16,7 +16,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from tunewright.inference.adapters import AdapterCache
+from tunewright.inference.adapters import AdapterCache, AdapterCacheStats
 from tunewright.inference.engine import EngineError
 from tunewright.inference.models import BASE_ADAPTER, BaseModel, context_length_of
 from tunewright.inference.scheduler import Scheduler, Ticket
@@ -140,6 +140,12 @@ class LocalEngine:
         with self._lock:
             cache = self._adapters
         return cache.states() if cache is not None else {}
+
+    def adapter_cache_stats(self) -> AdapterCacheStats:
+        """The adapter cache's hits, misses and evictions (all 0 before the first adapter)."""
+        with self._lock:
+            cache = self._adapters
+        return cache.stats() if cache is not None else AdapterCacheStats()
 
     def _check(self, request: GenerationRequest) -> None:
         if request.n < 1:

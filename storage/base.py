@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 import msgspec
 
 from tunewright.storage.metadata_protocols import (
+    AuditStore,
     FileStore,
     JobStore,
     ModelStore,
@@ -91,7 +92,16 @@ class BlobStore(Protocol):
 
 
 class MetadataStore(
-    TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, RateLimitStore, Protocol
+    TenantStore,
+    FileStore,
+    UploadStore,
+    JobStore,
+    ModelStore,
+    UsageStore,
+    WebhookStore,
+    RateLimitStore,
+    AuditStore,
+    Protocol,
 ):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""
 

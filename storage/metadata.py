@@ -1,11 +1,12 @@
 """SQLMetadataStore: the `MetadataStore` protocol over a `Database` (SQLite or PostgreSQL).
 
 Written once against `storage/db.py`; the dialects differ only there and in `storage/sql/`. Each feature
-lives in its own mixin module: tenants, files, jobs, models, usage, webhooks, rate limits.
+lives in its own mixin module: tenants, files, jobs, models, usage, webhooks, rate limits, the audit log.
 """
 
 from __future__ import annotations
 
+from tunewright.storage.metadata_audit import AuditMixin
 from tunewright.storage.metadata_files import FilesMixin
 from tunewright.storage.metadata_jobs import JobsMixin
 from tunewright.storage.metadata_limits import LimitsMixin
@@ -15,8 +16,10 @@ from tunewright.storage.metadata_usage import UsageMixin
 from tunewright.storage.metadata_webhooks import WebhooksMixin
 
 
-class SQLMetadataStore(TenantsMixin, FilesMixin, JobsMixin, ModelsMixin, UsageMixin, WebhooksMixin, LimitsMixin):
-    """Tenants, files, uploads, jobs, events, checkpoints, models, permissions, usage, webhooks and rate limits.
+class SQLMetadataStore(
+    TenantsMixin, FilesMixin, JobsMixin, ModelsMixin, UsageMixin, WebhooksMixin, LimitsMixin, AuditMixin
+):
+    """Tenants, files, uploads, jobs, models, permissions, usage, webhooks, rate limits and the audit log.
 
     Every tenant method is scoped by `project_id`: another project's object is `NotFound` and never listed.
     Lists order by `(created_at, id)` and fetch `limit + 1` rows to tell `has_more`.

@@ -72,9 +72,12 @@ class SQLStoreBase:
             applied.append(name)
         return applied
 
-    def _list_sql(self, name: str, order: str, cls: type[msgspec.Struct]) -> str:
-        """Return the list query `name` with its `{cmp}`/`{dir}` tokens filled for `order`, `{columns}` for `cls`."""
-        return _ordered_sql(self.database.query(name), order, cls)
+    def _list_sql(self, name: str, order: str, cls: type[msgspec.Struct], where: str = "") -> str:
+        """Return the list query `name` with its `{cmp}`/`{dir}` tokens filled for `order`, `{columns}` for `cls`.
+
+        `where` (`AND …` clauses with their own placeholders) replaces a `{filters}` token.
+        """
+        return _ordered_sql(self.database.query(name).replace("{filters}", where), order, cls)
 
     def _page(
         self,
@@ -88,11 +91,13 @@ class SQLStoreBase:
         limit: int,
         order: str,
         filters: Mapping[str, Any] | None = None,
+        where: str = "",
     ) -> Page[R]:
         """Fetch one page of a list ordered by `(created_at, id)`.
 
         `scope` holds the parameters that name the list (project, job, …): the cursor query must find
-        `after` within it, else `InvalidCursor`. Fetches `limit + 1` rows to learn `has_more`.
+        `after` within it, else `InvalidCursor`. `filters` are the parameters of the query's filters, and of
+        `where`'s clauses (see `_list_sql`). Fetches `limit + 1` rows to learn `has_more`.
         """
         if after is None:
             bound = _FIRST_DESC if order == "desc" else _FIRST_ASC
@@ -108,7 +113,7 @@ class SQLStoreBase:
             "after_id": bound[1],
             "limit": limit + 1,
         }
-        names, rows = conn.fetch_tuples(self._list_sql(query, order, cls), params)
+        names, rows = conn.fetch_tuples(self._list_sql(query, order, cls, where), params)
         return Page(items=from_tuples(cls, names, rows[:limit]), has_more=len(rows) > limit)
 
     def _update(

@@ -17,8 +17,11 @@ from tunewright.storage.records import (
     JobListingRecord,
     JobRecord,
     JobStatus,
+    JobTimes,
     ModelRecord,
     Page,
+    TimeHistogram,
+    TrainedTokens,
 )
 from tunewright.storage.rows import from_row, to_params
 
@@ -140,6 +143,24 @@ class JobsMixin(SQLStoreBase):
             rows = conn.run("count_jobs_by_status", {}).fetchall()
         return {row["status"]: int(row["n"]) for row in rows}
 
+    def training_tokens_by_project(self) -> list[TrainedTokens]:
+        """Tokens trained per project and base model (jobs' `trained_tokens`), projects in order of first job."""
+        with self.database.reading() as conn:
+            rows = conn.run("training_tokens_by_project", {}).fetchall()
+        return [
+            TrainedTokens(project_id=r["project_id"], base_model=r["base_model"], tokens=int(r["tokens"])) for r in rows
+        ]
+
+    def job_times(self, *, wait_bounds: Sequence[int], duration_bounds: Sequence[int]) -> JobTimes:
+        """Every job's queue wait, and every ended job's duration by final status, counted into buckets."""
+        with self.database.reading() as conn:
+            waits = conn.execute(_bucketed(self.database.query("job_queue_wait_buckets"), wait_bounds)).fetchall()
+            ends = conn.execute(_bucketed(self.database.query("job_duration_buckets"), duration_bounds)).fetchall()
+        duration: dict[str, TimeHistogram] = {}
+        for status in sorted({row["status"] for row in ends}):
+            duration[status] = _histogram(duration_bounds, [row for row in ends if row["status"] == status])
+        return JobTimes(queue_wait=_histogram(wait_bounds, waits), duration=duration)
+
     # --- events and checkpoints ----------------------------------------------------------------------
 
     def add_event(self, event: JobEventRecord) -> None:
@@ -205,3 +226,16 @@ class JobsMixin(SQLStoreBase):
             model = checkpoint.fine_tuned_model_checkpoint
             conn.run("delete_model", {"id": model, "project_id": project_id})
         return checkpoint
+
+
+def _bucketed(sql: str, bounds: Sequence[int]) -> str:
+    """Fill `{bucket}` with a CASE giving the index of the first bound `seconds` does not exceed."""
+    cases = " ".join(f"WHEN seconds <= {int(bound)} THEN {index}" for index, bound in enumerate(bounds))
+    return sql.replace("{bucket}", f"CASE {cases} ELSE {len(bounds)} END")
+
+
+def _histogram(bounds: Sequence[int], rows: Sequence[Any]) -> TimeHistogram:
+    counts = [0] * (len(bounds) + 1)
+    for row in rows:
+        counts[int(row["bucket"])] = int(row["n"])
+    return TimeHistogram(bounds=tuple(bounds), counts=counts, total_s=sum(int(row["total"] or 0) for row in rows))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tunewright.storage import audit
+from tunewright.storage.audit import record_audit
 from tunewright.storage.errors import NotFound
 from tunewright.storage.metadata_base import SQLStoreBase
 from tunewright.storage.records import ModelRecord, Page, PermissionRecord
@@ -11,6 +13,8 @@ from tunewright.storage.rows import from_row, to_params
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from tunewright.storage.audit import AuditActor
 
 
 class ModelsMixin(SQLStoreBase):
@@ -72,11 +76,19 @@ class ModelsMixin(SQLStoreBase):
                 conn.run("delete_job_checkpoints", scope)
         return deleted
 
-    def create_permissions(self, records: Sequence[PermissionRecord]) -> None:
-        """Insert permissions in one transaction, skipping a (model, project) pair that already exists."""
+    def create_permissions(self, records: Sequence[PermissionRecord], *, actor: AuditActor | None = None) -> None:
+        """Insert permissions in one transaction, skipping a (model, project) pair that already exists.
+
+        Each new one is audited as `checkpoint.permission.created` in the owning project.
+        """
         with self.database.transaction(immediate=True) as conn:
             for record in records:
-                conn.run("insert_permission", to_params(record))
+                if conn.run("insert_permission", to_params(record)).fetchone() is None:
+                    continue  # the pair existed: nothing changed
+                data = {"project_id": record.project_id, "fine_tuned_model_checkpoint": record.model}
+                details = {"id": record.id, "data": data}
+                owner = record.owner_project_id
+                record_audit(conn, actor, audit.CHECKPOINT_PERMISSION_CREATED, project_id=owner, details=details)
 
     def list_permissions(
         self,
@@ -114,11 +126,17 @@ class ModelsMixin(SQLStoreBase):
             raise NotFound(permission_id)
         return from_row(PermissionRecord, row)
 
-    def delete_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
-        """Delete one permission and return it. `NotFound`."""
+    def delete_permission(
+        self, permission_id: str, *, model_id: str, owner_project_id: str, actor: AuditActor | None = None
+    ) -> PermissionRecord:
+        """Delete one permission and return it (`checkpoint.permission.deleted`). `NotFound`."""
         params = {"id": permission_id, "model": model_id, "owner_project_id": owner_project_id}
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("delete_permission", params).fetchone()
+            if row is not None:
+                details = {"id": permission_id}
+                event = audit.CHECKPOINT_PERMISSION_DELETED
+                record_audit(conn, actor, event, project_id=owner_project_id, details=details)
         if row is None:
             raise NotFound(permission_id)
         return from_row(PermissionRecord, row)

@@ -4,7 +4,9 @@ Each is implemented by the mixin of the matching `metadata_<feature>.py` module,
 `storage/db.py` for SQLite and PostgreSQL. Code that needs one feature can ask for its protocol alone.
 
 Every method that touches tenant data takes a keyword-only `project_id`: tenancy is enforced here, so an object
-of another project is simply `NotFound`. Lists are newest first by `(created_at, id)` unless an `order` says
+of another project is simply `NotFound`. Methods that make a change an organization audits take a keyword-only
+`actor` (the key that asked, None when none did) and record the change in the audit log in their own
+transaction (storage/audit.py). Lists are newest first by `(created_at, id)` unless an `order` says
 otherwise; `after` is the id of the last object of the previous page and raises `InvalidCursor` when it names no
 object of that list. Writes that touch several rows happen in one transaction.
 """
@@ -16,14 +18,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from tunewright.storage.audit import AuditActor, AuditLogFilter
     from tunewright.storage.records import (
         ApiKeyRecord,
+        AuditLogRecord,
         CheckpointRecord,
         ClaimedDelivery,
         FileRecord,
         JobEventRecord,
         JobListingRecord,
         JobRecord,
+        JobTimes,
         ModelRecord,
         OrganizationRecord,
         Page,
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
         ServiceAccountRecord,
         StorageTotal,
         StorageUsageRecord,
+        TrainedTokens,
         TrainingTotal,
         TrainingUsageRecord,
         UploadPartRecord,
@@ -67,6 +73,7 @@ class TenantStore(Protocol):
         name: str,
         external_key_id: str | None = None,
         max_running_jobs: int | None = None,
+        actor: AuditActor | None = None,
     ) -> ProjectRecord:
         """Insert an active project (`max_running_jobs` None: the deployment's cap applies)."""
         ...
@@ -85,15 +92,18 @@ class TenantStore(Protocol):
         """Projects of an organization (`None`: of every organization), oldest first (as OpenAI's admin lists)."""
         ...
 
-    def update_project(self, project_id: str, *, organization_id: str, **changes: Any) -> ProjectRecord:
+    def update_project(
+        self, project_id: str, *, organization_id: str, actor: AuditActor | None = None, **changes: Any
+    ) -> ProjectRecord:
         """Set `name`, `external_key_id`, `status`, `archived_at`, `max_running_jobs`; return the new row.
 
-        Raises `NotFound`.
+        Raises `NotFound`. Audited as `project.archived` when the change archives the project, else
+        `project.updated`.
         """
         ...
 
-    def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
-        """Insert a key row (the caller hashed the secret). `Conflict` on a duplicate hash."""
+    def create_api_key(self, record: ApiKeyRecord, *, actor: AuditActor | None = None) -> ApiKeyRecord:
+        """Insert a key row (the caller hashed the secret; `api_key.created`). `Conflict` on a duplicate hash."""
         ...
 
     def find_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
@@ -123,16 +133,23 @@ class TenantStore(Protocol):
         """Return one unrevoked key of the project (or admin key of the organization). `NotFound`."""
         ...
 
-    def revoke_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:
-        """Mark a key revoked now; it stops working at once. `NotFound` if absent or already revoked."""
+    def revoke_api_key(
+        self, key_id: str, *, organization_id: str, project_id: str | None, actor: AuditActor | None = None
+    ) -> ApiKeyRecord:
+        """Mark a key revoked now (`api_key.deleted`); it stops working at once. `NotFound` if absent or revoked."""
         ...
 
     def list_all_api_keys(self) -> list[ApiKeyRecord]:
         """Every unrevoked key of every organization, oldest first (for the CLI)."""
         ...
 
-    def create_service_account(self, record: ServiceAccountRecord, key: ApiKeyRecord) -> None:
-        """Insert a service account and its first key in one transaction."""
+    def create_service_account(
+        self, record: ServiceAccountRecord, key: ApiKeyRecord, *, actor: AuditActor | None = None
+    ) -> None:
+        """Insert a service account and its first key in one transaction.
+
+        Audited as `service_account.created` and `api_key.created`.
+        """
         ...
 
     def list_service_accounts(self, *, project_id: str, after: str | None, limit: int) -> Page[ServiceAccountRecord]:
@@ -143,8 +160,11 @@ class TenantStore(Protocol):
         """Return one service account. `NotFound`."""
         ...
 
-    def delete_service_account(self, account_id: str, *, project_id: str) -> None:
-        """Delete a service account and revoke its keys. `NotFound`."""
+    def delete_service_account(self, account_id: str, *, project_id: str, actor: AuditActor | None = None) -> None:
+        """Delete a service account and revoke its keys. `NotFound`.
+
+        Audited as `service_account.deleted` and one `api_key.deleted` per key revoked.
+        """
         ...
 
 
@@ -328,6 +348,18 @@ class JobStore(Protocol):
         """Jobs of all projects counted by status (for /metrics)."""
         ...
 
+    def training_tokens_by_project(self) -> list[TrainedTokens]:
+        """Tokens trained per project and base model, projects in the order of their first job (for /metrics)."""
+        ...
+
+    def job_times(self, *, wait_bounds: Sequence[int], duration_bounds: Sequence[int]) -> JobTimes:
+        """Every job's queue wait and every ended job's duration by final status, in buckets (for /metrics).
+
+        A queue wait runs from the job's creation to its first `running`; a duration from its first `running`
+        (or its creation, if it never ran) to its end. Bounds are in seconds.
+        """
+        ...
+
 
 class ModelStore(Protocol):
     """Fine-tuned (and checkpoint) models and the permissions that share checkpoints."""
@@ -356,8 +388,11 @@ class ModelStore(Protocol):
         """Delete an owned model with its checkpoints and permissions; return the deleted models. `NotFound`."""
         ...
 
-    def create_permissions(self, records: Sequence[PermissionRecord]) -> None:
-        """Insert permissions (skipping a pair that already exists) in one transaction."""
+    def create_permissions(self, records: Sequence[PermissionRecord], *, actor: AuditActor | None = None) -> None:
+        """Insert permissions (skipping a pair that already exists) in one transaction.
+
+        Each new one is audited as `checkpoint.permission.created`.
+        """
         ...
 
     def list_permissions(
@@ -377,8 +412,10 @@ class ModelStore(Protocol):
         """Return one permission. `NotFound`."""
         ...
 
-    def delete_permission(self, permission_id: str, *, model_id: str, owner_project_id: str) -> PermissionRecord:
-        """Delete one permission and return it. `NotFound`."""
+    def delete_permission(
+        self, permission_id: str, *, model_id: str, owner_project_id: str, actor: AuditActor | None = None
+    ) -> PermissionRecord:
+        """Delete one permission and return it (`checkpoint.permission.deleted`). `NotFound`."""
         ...
 
 
@@ -428,8 +465,10 @@ class UsageStore(Protocol):
 class WebhookStore(Protocol):
     """A project's webhook endpoints and the outbox of deliveries to them (written by `storage/outbox.py`)."""
 
-    def create_webhook_endpoint(self, record: WebhookEndpointRecord, *, max_per_project: int) -> None:
-        """Insert an endpoint. `LimitExceeded` if its project already has `max_per_project`."""
+    def create_webhook_endpoint(
+        self, record: WebhookEndpointRecord, *, max_per_project: int, actor: AuditActor | None = None
+    ) -> None:
+        """Insert an endpoint (`webhook_endpoint.created`). `LimitExceeded` if the project has `max_per_project`."""
         ...
 
     def get_webhook_endpoint(self, endpoint_id: str, *, project_id: str) -> WebhookEndpointRecord:
@@ -440,12 +479,20 @@ class WebhookStore(Protocol):
         """Endpoints of a project, newest first."""
         ...
 
-    def update_webhook_endpoint(self, endpoint_id: str, *, project_id: str, **changes: Any) -> WebhookEndpointRecord:
-        """Set `name`, `url`, `event_types`, the secrets or `updated_at`; return the new row. `NotFound`."""
+    def update_webhook_endpoint(
+        self, endpoint_id: str, *, project_id: str, actor: AuditActor | None = None, **changes: Any
+    ) -> WebhookEndpointRecord:
+        """Set `name`, `url`, `event_types`, the secrets or `updated_at`; return the new row. `NotFound`.
+
+        Audited as `webhook_endpoint.secret_rotated` when the change sets a new secret, else
+        `webhook_endpoint.updated`.
+        """
         ...
 
-    def delete_webhook_endpoint(self, endpoint_id: str, *, project_id: str) -> WebhookEndpointRecord:
-        """Delete an endpoint and its deliveries; return it. `NotFound`."""
+    def delete_webhook_endpoint(
+        self, endpoint_id: str, *, project_id: str, actor: AuditActor | None = None
+    ) -> WebhookEndpointRecord:
+        """Delete an endpoint and its deliveries (`webhook_endpoint.deleted`); return it. `NotFound`."""
         ...
 
     def list_webhook_deliveries(
@@ -501,4 +548,23 @@ class RateLimitStore(Protocol):
         max_requests_per_1_day: int | None = None,
     ) -> RateLimitRecord:
         """Set the limits given (None keeps the current value) for one model of a project; return the row."""
+
+
+class AuditStore(Protocol):
+    """The audit log: entries are written by `storage/audit.py:record_audit` inside the changes they record."""
+
+    def list_audit_logs(
+        self,
+        *,
+        organization_id: str | None,
+        filters: AuditLogFilter,
+        after: str | None,
+        before: str | None,
+        limit: int,
+    ) -> Page[AuditLogRecord]:
+        """Entries of an organization (`None`: of every one) that pass `filters`, newest first.
+
+        `after` pages towards older entries, `before` towards newer ones; `InvalidCursor` when the cursor is
+        not an entry of the organization.
+        """
         ...

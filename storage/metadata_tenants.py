@@ -6,6 +6,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from tunewright.storage import audit
+from tunewright.storage.audit import record_audit
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
 from tunewright.storage.metadata_base import SQLStoreBase, now
@@ -19,7 +21,10 @@ from tunewright.storage.records import (
 from tunewright.storage.rows import from_row, to_params
 
 if TYPE_CHECKING:
-    from tunewright.storage.db import Database
+    from collections.abc import Mapping
+
+    from tunewright.storage.audit import AuditActor
+    from tunewright.storage.db import Connection, Database
 
 _PROJECT_CHANGES = ("name", "external_key_id", "status", "archived_at", "max_running_jobs")
 
@@ -101,6 +106,7 @@ class TenantsMixin(SQLStoreBase):
         name: str,
         external_key_id: str | None = None,
         max_running_jobs: int | None = None,
+        actor: AuditActor | None = None,
     ) -> ProjectRecord:
         """Insert an active project."""
         record = ProjectRecord(
@@ -111,8 +117,10 @@ class TenantsMixin(SQLStoreBase):
             external_key_id=external_key_id,
             max_running_jobs=max_running_jobs,
         )
+        details = {"id": record.id, "data": {"name": name, "title": name}}
         with self.database.transaction(immediate=True) as conn:
             conn.run("insert_project", to_params(record))
+            record_audit(conn, actor, audit.PROJECT_CREATED, project_id=record.id, details=details)
         return record
 
     def get_project(self, project_id: str, *, organization_id: str | None) -> ProjectRecord:
@@ -146,10 +154,13 @@ class TenantsMixin(SQLStoreBase):
                 order="asc",
             )
 
-    def update_project(self, project_id: str, *, organization_id: str, **changes: Any) -> ProjectRecord:
+    def update_project(
+        self, project_id: str, *, organization_id: str, actor: AuditActor | None = None, **changes: Any
+    ) -> ProjectRecord:
         """Set `name`, `external_key_id`, `status`, `archived_at`, `max_running_jobs`; return the new row.
 
-        Raises `NotFound`.
+        Raises `NotFound`. Audited as `project.archived` when the change archives the project, else
+        `project.updated`.
         """
         if not changes:
             return self.get_project(project_id, organization_id=organization_id)
@@ -162,6 +173,8 @@ class TenantsMixin(SQLStoreBase):
                 changes=changes,
                 columns=_PROJECT_CHANGES,
             )
+            if record is not None:
+                _audit_project_change(conn, actor, record, changes)
         self._keys.clear()  # an archived project's keys stop working
         if record is None:
             raise NotFound(project_id)
@@ -169,10 +182,10 @@ class TenantsMixin(SQLStoreBase):
 
     # --- API keys ------------------------------------------------------------------------------------
 
-    def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
-        """Insert a key row (the caller hashed the secret). `Conflict` on a duplicate hash."""
+    def create_api_key(self, record: ApiKeyRecord, *, actor: AuditActor | None = None) -> ApiKeyRecord:
+        """Insert a key row (the caller hashed the secret; `api_key.created`). `Conflict` on a duplicate hash."""
         with self.database.transaction(immediate=True) as conn:
-            conn.run("insert_api_key", to_params(record))
+            _insert_key(conn, actor, record)
         return record
 
     def find_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
@@ -232,11 +245,15 @@ class TenantsMixin(SQLStoreBase):
             raise NotFound(key_id)
         return from_row(ApiKeyRecord, row)
 
-    def revoke_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:
-        """Mark a key revoked now. `NotFound` if absent or already revoked."""
+    def revoke_api_key(
+        self, key_id: str, *, organization_id: str, project_id: str | None, actor: AuditActor | None = None
+    ) -> ApiKeyRecord:
+        """Mark a key revoked now (`api_key.deleted`). `NotFound` if absent or already revoked."""
         params = {"id": key_id, "organization_id": organization_id, "project_id": project_id, "now": now()}
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("revoke_api_key", params).fetchone()
+            if row is not None:
+                _audit_key_revoked(conn, actor, row)
         self._keys.clear()
         if row is None:
             raise NotFound(key_id)
@@ -250,11 +267,18 @@ class TenantsMixin(SQLStoreBase):
 
     # --- service accounts ----------------------------------------------------------------------------
 
-    def create_service_account(self, record: ServiceAccountRecord, key: ApiKeyRecord) -> None:
-        """Insert a service account and its first key in one transaction."""
+    def create_service_account(
+        self, record: ServiceAccountRecord, key: ApiKeyRecord, *, actor: AuditActor | None = None
+    ) -> None:
+        """Insert a service account and its first key in one transaction.
+
+        Audited as `service_account.created`, then `api_key.created`.
+        """
+        details = {"id": record.id, "data": {"role": record.role}}
         with self.database.transaction(immediate=True) as conn:
             conn.run("insert_service_account", to_params(record))
-            conn.run("insert_api_key", to_params(key))
+            record_audit(conn, actor, audit.SERVICE_ACCOUNT_CREATED, project_id=record.project_id, details=details)
+            _insert_key(conn, actor, key)
 
     def list_service_accounts(self, *, project_id: str, after: str | None, limit: int) -> Page[ServiceAccountRecord]:
         """Service accounts of a project, oldest first."""
@@ -278,11 +302,59 @@ class TenantsMixin(SQLStoreBase):
             raise NotFound(account_id)
         return from_row(ServiceAccountRecord, row)
 
-    def delete_service_account(self, account_id: str, *, project_id: str) -> None:
-        """Delete a service account and revoke its keys, in one transaction. `NotFound`."""
+    def delete_service_account(self, account_id: str, *, project_id: str, actor: AuditActor | None = None) -> None:
+        """Delete a service account and revoke its keys, in one transaction. `NotFound`.
+
+        Audited as `service_account.deleted` and one `api_key.deleted` per key it revokes.
+        """
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("delete_service_account", {"id": account_id, "project_id": project_id}).fetchone()
             if row is None:
                 raise NotFound(account_id)
-            conn.run("revoke_service_account_keys", {"service_account_id": account_id, "now": now()})
+            details = {"id": account_id}
+            record_audit(conn, actor, audit.SERVICE_ACCOUNT_DELETED, project_id=project_id, details=details)
+            params = {"service_account_id": account_id, "now": now()}
+            for key in conn.run("revoke_service_account_keys", params).fetchall():
+                _audit_key_revoked(conn, actor, key)
         self._keys.clear()
+
+
+def _audit_project_change(
+    conn: Connection, actor: AuditActor | None, record: ProjectRecord, changes: dict[str, Any]
+) -> None:
+    """Record `project.archived` for an archive, else `project.updated` with the fields asked for."""
+    if changes.get("status") == "archived":
+        record_audit(conn, actor, audit.PROJECT_ARCHIVED, project_id=record.id, details={"id": record.id})
+        return
+    requested: dict[str, Any] = {}
+    if "name" in changes:
+        requested.update(title=changes["name"], name=changes["name"])
+    if "external_key_id" in changes:
+        requested["external_key_id"] = changes["external_key_id"]
+    details = {"id": record.id, "changes_requested": requested}
+    record_audit(conn, actor, audit.PROJECT_UPDATED, project_id=record.id, details=details)
+
+
+def _insert_key(conn: Connection, actor: AuditActor | None, record: ApiKeyRecord) -> None:
+    """Insert a key row and record `api_key.created` (an admin key's entry has no project)."""
+    conn.run("insert_api_key", to_params(record))
+    record_audit(
+        conn,
+        actor,
+        audit.API_KEY_CREATED,
+        organization_id=record.organization_id,
+        project_id=record.project_id,
+        details={"id": record.id},
+    )
+
+
+def _audit_key_revoked(conn: Connection, actor: AuditActor | None, key: Mapping[str, Any]) -> None:
+    """Record `api_key.deleted` for a revoked key's row (`id`, `organization_id`, `project_id`)."""
+    record_audit(
+        conn,
+        actor,
+        audit.API_KEY_DELETED,
+        organization_id=key["organization_id"],
+        project_id=key["project_id"],
+        details={"id": key["id"]},
+    )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tunewright.storage import audit
+from tunewright.storage.audit import record_audit
 from tunewright.storage.errors import LimitExceeded, NotFound
 from tunewright.storage.metadata_base import SQLStoreBase
 from tunewright.storage.outbox import signing_secrets
@@ -25,6 +27,7 @@ from tunewright.storage.rows import encode_columns, from_row, to_params
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from tunewright.storage.audit import AuditActor
     from tunewright.storage.db import Connection
 
 _ENDPOINT_CHANGES = frozenset(
@@ -35,13 +38,22 @@ _ENDPOINT_CHANGES = frozenset(
 class WebhooksMixin(SQLStoreBase):
     """`MetadataStore` methods for webhook endpoints and their deliveries."""
 
-    def create_webhook_endpoint(self, record: WebhookEndpointRecord, *, max_per_project: int) -> None:
-        """Insert an endpoint unless its project already has `max_per_project`. `LimitExceeded`."""
+    def create_webhook_endpoint(
+        self, record: WebhookEndpointRecord, *, max_per_project: int, actor: AuditActor | None = None
+    ) -> None:
+        """Insert an endpoint unless its project already has `max_per_project` (`webhook_endpoint.created`).
+
+        Raises:
+            LimitExceeded: the project has `max_per_project` endpoints already.
+        """
+        data = {"name": record.name, "url": record.url, "event_types": record.event_types}
         with self.database.transaction(immediate=True) as conn:
             count = conn.run("count_webhook_endpoints", {"project_id": record.project_id}).fetchone()
             if int(count["n"]) >= max_per_project:
                 raise LimitExceeded(f"project {record.project_id} has {count['n']} webhook endpoints")
             conn.run("insert_webhook_endpoint", to_params(record))
+            details = {"id": record.id, "data": data}
+            record_audit(conn, actor, audit.WEBHOOK_ENDPOINT_CREATED, project_id=record.project_id, details=details)
 
     def get_webhook_endpoint(self, endpoint_id: str, *, project_id: str) -> WebhookEndpointRecord:
         """Return an endpoint of this project. `NotFound`."""
@@ -65,8 +77,14 @@ class WebhooksMixin(SQLStoreBase):
                 order="desc",
             )
 
-    def update_webhook_endpoint(self, endpoint_id: str, *, project_id: str, **changes: Any) -> WebhookEndpointRecord:
-        """Set an endpoint's name, url, event types or secrets; return the new row. `NotFound`."""
+    def update_webhook_endpoint(
+        self, endpoint_id: str, *, project_id: str, actor: AuditActor | None = None, **changes: Any
+    ) -> WebhookEndpointRecord:
+        """Set an endpoint's name, url, event types or secrets; return the new row. `NotFound`.
+
+        Audited as `webhook_endpoint.secret_rotated` when a new secret is set, else `webhook_endpoint.updated`
+        with the fields asked for (never a secret).
+        """
         with self.database.transaction(immediate=True) as conn:
             record = self._update(
                 conn,
@@ -76,14 +94,21 @@ class WebhooksMixin(SQLStoreBase):
                 changes=changes,
                 columns=_ENDPOINT_CHANGES,
             )
+            if record is not None:
+                _audit_endpoint_change(conn, actor, record, changes)
         if record is None:
             raise NotFound(endpoint_id)
         return record
 
-    def delete_webhook_endpoint(self, endpoint_id: str, *, project_id: str) -> WebhookEndpointRecord:
-        """Delete an endpoint and, with it, its deliveries (sent or not). `NotFound`."""
+    def delete_webhook_endpoint(
+        self, endpoint_id: str, *, project_id: str, actor: AuditActor | None = None
+    ) -> WebhookEndpointRecord:
+        """Delete an endpoint and, with it, its deliveries (sent or not; `webhook_endpoint.deleted`). `NotFound`."""
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("delete_webhook_endpoint", {"id": endpoint_id, "project_id": project_id}).fetchone()
+            if row is not None:
+                details = {"id": endpoint_id}
+                record_audit(conn, actor, audit.WEBHOOK_ENDPOINT_DELETED, project_id=project_id, details=details)
         if row is None:
             raise NotFound(endpoint_id)
         return from_row(WebhookEndpointRecord, row)
@@ -194,3 +219,17 @@ def _signing_secrets(endpoint: Mapping[str, Any], *, now: float) -> tuple[str, .
     return signing_secrets(
         endpoint["secret"], endpoint["previous_secret"], endpoint["previous_secret_expires_at"], now=now
     )
+
+
+def _audit_endpoint_change(
+    conn: Connection, actor: AuditActor | None, record: WebhookEndpointRecord, changes: Mapping[str, Any]
+) -> None:
+    """Record a secret rotation (and whether the old secret keeps signing), or the fields an update asked for."""
+    if "secret" in changes:
+        data = {"keep_old_secret_active_for_24_hours": changes.get("previous_secret") is not None}
+        details = {"id": record.id, "data": data}
+        record_audit(conn, actor, audit.WEBHOOK_ENDPOINT_SECRET_ROTATED, project_id=record.project_id, details=details)
+        return
+    requested = {key: changes[key] for key in ("name", "url", "event_types") if key in changes}
+    details = {"id": record.id, "changes_requested": requested}
+    record_audit(conn, actor, audit.WEBHOOK_ENDPOINT_UPDATED, project_id=record.project_id, details=details)

@@ -217,6 +217,8 @@ class SQLJobQueue:
                 conn.run("settle_trained_tokens", {"id": claim.job_id})
             if publication is not None:
                 _publish(conn, publication)
+            if values.get("status") == JobStatus.RUNNING:
+                conn.run("queue_mark_started", {"id": claim.job_id, "now": int(now)})
             if "status" in values:
                 enqueue_job_webhooks(
                     conn, job_id=claim.job_id, project_id=claim.project_id, status=values["status"], now=now

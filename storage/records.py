@@ -175,6 +175,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     attempts: int = 0
+    started_at: int | None = None  # when it first became `running`
 
 
 class JobListingRecord(msgspec.Struct, frozen=True):
@@ -399,6 +400,54 @@ class WebhookDeliveryRecord(msgspec.Struct, kw_only=True):
     lease_expires_at: float | None = None
     finished_at: int | None = None
     attempt_log: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class TimeHistogram(msgspec.Struct, kw_only=True):
+    """Durations counted into buckets, as a Prometheus histogram reads them (non-cumulative here).
+
+    `counts[i]` are the durations up to `bounds[i]` seconds (above the bound before), the last count those above
+    every bound; `total_s` is their sum.
+    """
+
+    bounds: tuple[int, ...]
+    counts: list[int]
+    total_s: int
+
+
+class JobTimes(msgspec.Struct, kw_only=True):
+    """Jobs' queue waits (created to first `running`) and, by final status, their durations (for /metrics)."""
+
+    queue_wait: TimeHistogram
+    duration: dict[str, TimeHistogram]
+
+
+class TrainedTokens(msgspec.Struct, kw_only=True, frozen=True):
+    """Tokens trained by the jobs of one project on one base model (their `trained_tokens`)."""
+
+    project_id: str
+    base_model: str
+    tokens: int
+
+
+class AuditLogRecord(msgspec.Struct, kw_only=True):
+    """One audit log entry (storage/audit.py): what changed (`type`, `details`), by which key, when.
+
+    `details` is the event's payload in OpenAI's shape for its type (`{"id": …, "data": …}`, `{"id": …,
+    "changes_requested": …}`); `project_name` is the project's name when the entry was written. The `actor_*`
+    columns are None when no key acted (a change made straight on the store).
+    """
+
+    id: str
+    organization_id: str | None
+    project_id: str | None
+    project_name: str | None
+    type: str
+    effective_at: int
+    actor_kind: str | None
+    actor_key_id: str | None
+    actor_service_account_id: str | None
+    resource_id: str | None
+    details: dict[str, Any]
 
 
 class ClaimedDelivery(msgspec.Struct, kw_only=True, frozen=True):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from tunewright.storage.records import (
+    AuditLogRecord,
     CheckpointRecord,
     JobEventRecord,
     JobListingRecord,
@@ -30,6 +31,7 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     CheckpointRecord: frozenset({"metrics"}),
     WebhookEndpointRecord: frozenset({"event_types"}),
     WebhookDeliveryRecord: frozenset({"attempt_log"}),
+    AuditLogRecord: frozenset({"details"}),
 }
 POSITIONAL_RECORDS: frozenset[type[msgspec.Struct]] = frozenset({JobListingRecord})
 """Records built from a tuple row as it is (their JSON columns stay JSON text)."""

@@ -163,6 +163,7 @@ def create_project(stores: Stores, principal: Principal, data: ProjectCreateRequ
         name=_check_name(data.name),
         external_key_id=external_key_id,
         max_running_jobs=None if data.max_running_jobs is UNSET else data.max_running_jobs,
+        actor=principal.actor,
     )
 
 
@@ -185,7 +186,7 @@ def update_project(stores: Stores, principal: Principal, project_id: str, data: 
         changes["external_key_id"] = data.external_key_id
     if data.max_running_jobs is not UNSET:
         changes["max_running_jobs"] = data.max_running_jobs
-    return _update(stores, project, organization, changes)
+    return _update(stores, principal, project, organization, changes)
 
 
 def archive_project(stores: Stores, principal: Principal, project_id: str) -> ProjectRecord:
@@ -194,14 +195,20 @@ def archive_project(stores: Stores, principal: Principal, project_id: str) -> Pr
     if project.status == ProjectStatus.ARCHIVED:
         return project
     changes = {"status": str(ProjectStatus.ARCHIVED), "archived_at": int(time.time())}
-    return _update(stores, project, organization, changes)
+    return _update(stores, principal, project, organization, changes)
 
 
 def _update(
-    stores: Stores, project: ProjectRecord, organization: OrganizationRecord, changes: dict[str, Any]
+    stores: Stores,
+    principal: Principal,
+    project: ProjectRecord,
+    organization: OrganizationRecord,
+    changes: dict[str, Any],
 ) -> ProjectRecord:
     try:
-        return stores.metadata.update_project(project.id, organization_id=organization.id, **changes)
+        return stores.metadata.update_project(
+            project.id, organization_id=organization.id, actor=principal.actor, **changes
+        )
     except NotFound:
         raise project_not_found(project.id) from None
 
@@ -312,7 +319,9 @@ def delete_api_key(stores: Stores, principal: Principal, project_id: str, key_id
             code="invalid_value",
         )
     try:
-        stores.metadata.revoke_api_key(key_id, organization_id=organization.id, project_id=project.id)
+        stores.metadata.revoke_api_key(
+            key_id, organization_id=organization.id, project_id=project.id, actor=principal.actor
+        )
     except NotFound:
         raise api_key_not_found(key_id) from None
 
@@ -356,7 +365,7 @@ def create_service_account(
         service_account_id=account.id,
         now=now,
     )
-    stores.metadata.create_service_account(account, key)
+    stores.metadata.create_service_account(account, key, actor=principal.actor)
     return ProjectServiceAccountCreateResponse.from_record(account, key=key, secret=secret)
 
 
@@ -382,6 +391,6 @@ def delete_service_account(stores: Stores, principal: Principal, project_id: str
     project = scoped_project(stores, principal, project_id)[1]
     refuse_archived(project, "have their service accounts changed")
     try:
-        stores.metadata.delete_service_account(account_id, project_id=project.id)
+        stores.metadata.delete_service_account(account_id, project_id=project.id, actor=principal.actor)
     except NotFound:
         raise service_account_not_found(account_id) from None

@@ -13,6 +13,7 @@ from tunewright.api.auth import MODEL_LIMITS, Caller, require_project
 from tunewright.api.chat import service
 from tunewright.api.chat.schemas import CreateChatCompletionRequest, CreateChatCompletionResponse
 from tunewright.api.generation import StreamingOperation
+from tunewright.api.metrics import Metrics
 from tunewright.api.nul_guard import ALLOW_NUL_IN_BODY
 from tunewright.api.ratelimits.limiter import AppLimiter, Quota
 from tunewright.inference.engine import InferenceEngine
@@ -36,11 +37,12 @@ class ChatCompletionsController(Controller):
         stores: NamedDependency[Stores],
         settings: NamedDependency[Settings],
         engine: NamedDependency[InferenceEngine],
+        metrics: NamedDependency[Metrics],
         data: JSONBody[CreateChatCompletionRequest],
     ) -> CreateChatCompletionResponse | Stream:
         """Generate a chat completion; `stream: true` answers `chat.completion.chunk` server-sent events."""
         limits = Quota(limiter, request.scope["state"])  # type: ignore[typeddict-item]
-        return await service.create_chat_completion(stores, settings, engine, data, principal, limits)
+        return await service.create_chat_completion(stores, settings, engine, data, principal, limits, metrics)
 
 
 ROUTES = [ChatCompletionsController]

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from tunewright.api.auth import Principal
     from tunewright.api.metering import CompletionUsage
+    from tunewright.api.metrics import Metrics
     from tunewright.api.ratelimits.limiter import Quota
     from tunewright.inference.engine import GenerationEvent, InferenceEngine, TokenLogprob
     from tunewright.storage.base import Stores
@@ -53,13 +54,14 @@ async def create_chat_completion(
     data: CreateChatCompletionRequest,
     principal: Principal,
     limits: Quota,
+    metrics: Metrics | None = None,
 ) -> CreateChatCompletionResponse | Stream:
     """Answer one chat completion request, as one JSON object or (`stream: true`) as server-sent events.
 
     The request is admitted against the project's rate limits once its prompt is rendered and its budget known.
     """
     streamed = bool(data.stream)
-    meter = Meter(stores, principal, data.model, "chat.completions", streamed)
+    meter = Meter(stores, principal, data.model, "chat.completions", streamed, metrics=metrics)
     check_request(data)
     check_choices(1, data.n or 1, settings.max_choices_per_request)
     prepare_request = partial(prepare, stores, settings, engine, data, project_id=principal.project_id or "")

@@ -13,6 +13,7 @@ from tunewright.api.auth import MODEL_LIMITS, Caller, require_project
 from tunewright.api.completions import service
 from tunewright.api.completions.schemas import CreateCompletionRequest, CreateCompletionResponse
 from tunewright.api.generation import StreamingOperation
+from tunewright.api.metrics import Metrics
 from tunewright.api.nul_guard import ALLOW_NUL_IN_BODY
 from tunewright.api.ratelimits.limiter import AppLimiter, Quota
 from tunewright.inference.engine import InferenceEngine
@@ -36,11 +37,12 @@ class CompletionsController(Controller):
         stores: NamedDependency[Stores],
         settings: NamedDependency[Settings],
         engine: NamedDependency[InferenceEngine],
+        metrics: NamedDependency[Metrics],
         data: JSONBody[CreateCompletionRequest],
     ) -> CreateCompletionResponse | Stream:
         """Complete one or more prompts; `stream: true` answers `text_completion` server-sent events."""
         limits = Quota(limiter, request.scope["state"])  # type: ignore[typeddict-item]
-        return await service.create_completion(stores, settings, engine, data, principal, limits)
+        return await service.create_completion(stores, settings, engine, data, principal, limits, metrics)
 
 
 ROUTES = [CompletionsController]

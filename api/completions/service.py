@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from tunewright.api.auth import Principal
     from tunewright.api.metering import CompletionUsage
+    from tunewright.api.metrics import Metrics
     from tunewright.api.ratelimits.limiter import Admission, Quota
     from tunewright.inference.engine import GenerationEvent, InferenceEngine, ModelTarget, TokenLogprob
     from tunewright.storage.base import Stores
@@ -54,12 +55,13 @@ async def create_completion(
     data: CreateCompletionRequest,
     principal: Principal,
     limits: Quota,
+    metrics: Metrics | None = None,
 ) -> CreateCompletionResponse | Stream:
     """Answer one completion request, as one JSON object or (`stream: true`) as server-sent events.
 
     The request is admitted against the project's rate limits once its prompts are tokenized.
     """
-    meter = Meter(stores, principal, data.model, "completions", bool(data.stream))
+    meter = Meter(stores, principal, data.model, "completions", bool(data.stream), metrics=metrics)
     check_request(data, max_choices=settings.max_choices_per_request)
     project_id = principal.project_id or ""
     target = await anyio.to_thread.run_sync(

@@ -49,18 +49,17 @@ def create_permissions(
                 code="invalid_value",
             )
     now = int(time.time())
-    stores.metadata.create_permissions(
-        [
-            PermissionRecord(
-                id=new_id("permission"),
-                model=record.id,
-                owner_project_id=record.project_id,
-                project_id=project_id,
-                created_at=now,
-            )
-            for project_id in dict.fromkeys(project_ids)
-        ]
-    )
+    grants = [
+        PermissionRecord(
+            id=new_id("permission"),
+            model=record.id,
+            owner_project_id=record.project_id,
+            project_id=project_id,
+            created_at=now,
+        )
+        for project_id in dict.fromkeys(project_ids)
+    ]
+    stores.metadata.create_permissions(grants, actor=principal.actor)
     wanted = set(project_ids)
     page = stores.metadata.list_permissions(
         record.id, owner_project_id=record.project_id, project_id=None, after=None, limit=10_000, order="asc"
@@ -94,7 +93,9 @@ def delete_permission(stores: Stores, model: str, permission_id: str, principal:
     """Revoke one permission on the caller's model."""
     record = owned_model(stores, model, principal)
     try:
-        return stores.metadata.delete_permission(permission_id, model_id=record.id, owner_project_id=record.project_id)
+        return stores.metadata.delete_permission(
+            permission_id, model_id=record.id, owner_project_id=record.project_id, actor=principal.actor
+        )
     except NotFound:
         raise NotFoundError(
             f"No such checkpoint permission: {echo(permission_id)}",

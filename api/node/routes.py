@@ -8,7 +8,8 @@ constant time; errors are OpenAI's envelope):
   API counts and renders exactly the tokens that were generated). A client that disconnects stops generation.
 - `GET /v1/models`: the base models on this machine (with `max_model_len`) and the loaded adapters (`parent`).
 - `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`: vLLM's dynamic LoRA loading.
-- `GET /metrics`: Prometheus text (rows in the batches, adapters in memory).
+- `GET /metrics`: Prometheus text (rows in the batches, adapters in memory, the adapter cache's hits, misses and
+  evictions).
 - `GET /healthz` (and vLLM's `/health`): up; models load on their first request.
 
 The node opens the blob store (adapters named `blob://<prefix>`) and no database. Without a token it answers
@@ -31,6 +32,7 @@ from tunewright.api.bodies import APIRequest
 from tunewright.api.completions.schemas import CreateCompletionResponse
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import AuthenticationError, exception_handlers
+from tunewright.api.metrics import AdapterCacheCollector
 from tunewright.api.node import service
 from tunewright.api.node.schemas import (
     LoadLoRAAdapterRequest,
@@ -121,6 +123,7 @@ def node_metrics(engine: LocalEngine) -> CollectorRegistry:
     rows.set_function(engine.active_rows)
     loaded = Gauge("tunewright_inference_loaded_adapters", "Adapters in memory.", registry=registry)
     loaded.set_function(lambda: sum(state == "loaded" for state in engine.adapter_states().values()))
+    registry.register(AdapterCacheCollector(engine.adapter_cache_stats))  # type: ignore[arg-type]
     return registry
 
 

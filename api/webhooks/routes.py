@@ -93,7 +93,7 @@ class WebhookEndpointsController(Controller):
         self, stores: AppStores, principal: Caller, webhook_endpoint_id: FromPath[str]
     ) -> DeletedWebhookEndpoint:
         """Delete an endpoint and its deliveries."""
-        record = service.delete_endpoint(stores, webhook_endpoint_id, project_id=principal.project_id or "")
+        record = service.delete_endpoint(stores, webhook_endpoint_id, principal)
         return DeletedWebhookEndpoint(id=record.id)
 
     @post("/{webhook_endpoint_id:str}/rotate_secret", status_code=200, sync_to_thread=True)
@@ -105,7 +105,7 @@ class WebhookEndpointsController(Controller):
         data: Annotated[WebhookRotateSecretParams | None, Body()] = None,
     ) -> WebhookEndpointWithSecret:
         """Give the endpoint a new signing secret, keeping the old one valid for 24 h if asked."""
-        record = service.rotate_secret(stores, webhook_endpoint_id, data, project_id=principal.project_id or "")
+        record = service.rotate_secret(stores, webhook_endpoint_id, data, principal)
         return WebhookEndpointWithSecret.from_record(record)
 
     @post("/{webhook_endpoint_id:str}/test", status_code=200)

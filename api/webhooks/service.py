@@ -102,7 +102,9 @@ def create_endpoint(
         secret=new_secret(),
     )
     try:
-        stores.metadata.create_webhook_endpoint(record, max_per_project=MAX_ENDPOINTS_PER_PROJECT)
+        stores.metadata.create_webhook_endpoint(
+            record, max_per_project=MAX_ENDPOINTS_PER_PROJECT, actor=principal.actor
+        )
     except LimitExceeded:
         raise InvalidRequestError(
             f"This project already has {MAX_ENDPOINTS_PER_PROJECT} webhook endpoints, the most it may have; "
@@ -130,27 +132,30 @@ def update_endpoint(
         return current
     try:
         return stores.metadata.update_webhook_endpoint(
-            endpoint_id, project_id=project_id, **changes, updated_at=int(time.time())
+            endpoint_id, project_id=project_id, actor=principal.actor, **changes, updated_at=int(time.time())
         )
     except NotFound:
         raise endpoint_not_found(endpoint_id) from None
 
 
-def delete_endpoint(stores: Stores, endpoint_id: str, *, project_id: str) -> WebhookEndpointRecord:
+def delete_endpoint(stores: Stores, endpoint_id: str, principal: Principal) -> WebhookEndpointRecord:
     """Delete an endpoint; its deliveries, sent or not, go with it."""
     try:
-        return stores.metadata.delete_webhook_endpoint(endpoint_id, project_id=project_id)
+        return stores.metadata.delete_webhook_endpoint(
+            endpoint_id, project_id=principal.project_id or "", actor=principal.actor
+        )
     except NotFound:
         raise endpoint_not_found(endpoint_id) from None
 
 
 def rotate_secret(
-    stores: Stores, endpoint_id: str, data: WebhookRotateSecretParams | None, *, project_id: str
+    stores: Stores, endpoint_id: str, data: WebhookRotateSecretParams | None, principal: Principal
 ) -> WebhookEndpointRecord:
     """Give the endpoint a new secret; the old one keeps signing for 24 h only when asked (else it stops now).
 
     Deliveries still pending are signed at their next attempt with the secrets in force then.
     """
+    project_id = principal.project_id or ""
     current = get_endpoint(stores, endpoint_id, project_id=project_id)
     keep = data is not None and data.keep_old_secret_active_for_24_hours is True
     now = int(time.time())
@@ -158,6 +163,7 @@ def rotate_secret(
         return stores.metadata.update_webhook_endpoint(
             endpoint_id,
             project_id=project_id,
+            actor=principal.actor,
             secret=new_secret(),
             previous_secret=current.secret if keep else None,
             previous_secret_expires_at=now + ROTATION_GRACE_S if keep else None,

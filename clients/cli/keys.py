@@ -1,7 +1,7 @@
 """`tunewright keys create|list|revoke`: API keys of any organization, straight on the metadata store.
 
 A secret is printed once, as the last line of `keys create`, and stored only as `hash_secret(secret)` with a
-redacted form for display.
+redacted form for display. What these commands change is in the audit log as the operator's doing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from tunewright.clients.cli.datadir import open_data
 from tunewright.storage.api_keys import mint_api_key
+from tunewright.storage.audit import OPERATOR_ACTOR
 from tunewright.storage.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def ensure_project(metadata: MetadataStore, organization: OrganizationRecord, na
     found = metadata.find_project(organization_id=organization.id, name=name)
     if found is not None:
         return found
-    return metadata.create_project(organization_id=organization.id, name=name)
+    return metadata.create_project(organization_id=organization.id, name=name, actor=OPERATOR_ACTOR)
 
 
 def issue_key(
@@ -121,7 +122,7 @@ def issue_key(
         name=name,
         kind="admin" if project is None else "project",
     )
-    return KeyCreated(metadata.create_api_key(record), secret, organization, project)
+    return KeyCreated(metadata.create_api_key(record, actor=OPERATOR_ACTOR), secret, organization, project)
 
 
 def _usage_error(args: argparse.Namespace) -> str | None:
@@ -221,7 +222,9 @@ def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
             print(f"tunewright: keys revoke: no active key {args.key_id!r}", file=sys.stderr)
             return 1
         try:
-            metadata.revoke_api_key(key.id, organization_id=key.organization_id, project_id=key.project_id)
+            metadata.revoke_api_key(
+                key.id, organization_id=key.organization_id, project_id=key.project_id, actor=OPERATOR_ACTOR
+            )
         except NotFound:
             print(f"tunewright: keys revoke: no active key {args.key_id!r}", file=sys.stderr)
             return 1

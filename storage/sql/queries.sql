@@ -119,6 +119,7 @@ SELECT * FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id
 
 -- name: revoke_service_account_keys
 UPDATE api_keys SET revoked_at = :now WHERE service_account_id = :service_account_id AND revoked_at IS NULL
+RETURNING id, organization_id, project_id
 
 -- name: insert_service_account
 INSERT INTO service_accounts (id, project_id, name, role, created_at)
@@ -249,6 +250,26 @@ SELECT created_at, id FROM jobs WHERE id = :id AND project_id = :project_id
 -- name: count_jobs_by_status
 SELECT status, COUNT(*) AS n FROM jobs GROUP BY status
 
+-- name: training_tokens_by_project
+-- Projects in the order of their first job, so that the first ones to get their own metrics label are the oldest.
+SELECT project_id, base_model, SUM(trained_tokens) AS tokens, MIN(created_at) AS first_job
+FROM jobs WHERE trained_tokens IS NOT NULL
+GROUP BY project_id, base_model
+ORDER BY first_job, project_id, base_model
+
+-- name: job_queue_wait_buckets
+-- {bucket} is a CASE naming the bucket of `seconds` (storage/metadata_jobs.py), from fixed bounds.
+SELECT {bucket} AS bucket, COUNT(*) AS n, SUM(seconds) AS total
+FROM (SELECT started_at - created_at AS seconds FROM jobs WHERE started_at IS NOT NULL) AS waits
+GROUP BY 1
+
+-- name: job_duration_buckets
+-- A job's duration: from its first `running` (or its creation, if it never ran) to its end.
+SELECT status, {bucket} AS bucket, COUNT(*) AS n, SUM(seconds) AS total
+FROM (SELECT status, finished_at - COALESCE(started_at, created_at) AS seconds FROM jobs
+      WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at IS NOT NULL) AS durations
+GROUP BY 1, 2
+
 -- name: insert_event
 -- Events are immutable and their ids random: the same id again is a retry of a write whose commit the server
 -- applied but whose answer was lost (a worker waiting out a database outage), so it is a no-op.
@@ -324,6 +345,7 @@ WHERE job_id = :job_id AND project_id = :project_id AND fine_tuned_model_checkpo
 INSERT INTO permissions (id, model, owner_project_id, project_id, created_at)
 VALUES (:id, :model, :owner_project_id, :project_id, :created_at)
 ON CONFLICT (model, project_id) DO NOTHING
+RETURNING id
 
 -- name: permission_cursor
 SELECT created_at, id FROM permissions
@@ -383,6 +405,9 @@ SET {set}
 WHERE id = :id AND lease_owner = :worker_id AND attempts = :attempt
   AND status IN ('validating_files', 'queued', 'running')
 RETURNING id
+
+-- name: queue_mark_started
+UPDATE jobs SET started_at = :now WHERE id = :id AND started_at IS NULL
 
 -- name: queue_holder
 SELECT status, lease_owner FROM jobs WHERE id = :id
@@ -559,3 +584,29 @@ WHERE id IN (SELECT id FROM webhook_deliveries
              WHERE status <> 'pending' AND finished_at < :finished_before
              ORDER BY finished_at, id LIMIT :limit)
 RETURNING id
+
+-- ---------------------------------------------------------------------------------------- audit log
+
+-- name: audit_project
+SELECT organization_id, name FROM projects WHERE id = :id
+
+-- name: insert_audit_log
+INSERT INTO audit_logs (id, organization_id, project_id, project_name, type, effective_at, actor_kind, actor_key_id,
+                        actor_service_account_id, resource_id, details)
+VALUES (:id, :organization_id, :project_id, :project_name, :type, :effective_at, :actor_kind, :actor_key_id,
+        :actor_service_account_id, :resource_id, :details)
+
+-- name: audit_log_cursor
+-- A NULL organization is the operator key without an organization header: every organization's entries.
+SELECT effective_at AS created_at, id FROM audit_logs
+WHERE id = :id AND (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization_id)
+
+-- name: list_audit_logs
+-- {filters} holds `AND …` clauses built from an AuditLogFilter (storage/metadata_audit.py), each with its own
+-- placeholders.
+SELECT {columns} FROM audit_logs
+WHERE (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization_id)
+  AND (effective_at, id) {cmp} (:after_created_at, :after_id)
+  {filters}
+ORDER BY effective_at {dir}, id {dir}
+LIMIT :limit

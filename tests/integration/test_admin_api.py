@@ -55,18 +55,6 @@ def admin_key(stores: Stores, tenants: dict[str, Tenant]) -> str:
 
 
 @pytest.fixture
-def admin_client(http: TestClient[Any]) -> AdminFactory:
-    """Factory of SDK clients that call admin routes with `key` (and an optional organization header)."""
-
-    def build(key: str, organization: str | None = None) -> openai.OpenAI:
-        return openai.OpenAI(
-            base_url=BASE_URL, admin_api_key=key, organization=organization, http_client=http, max_retries=0
-        )
-
-    return build
-
-
-@pytest.fixture
 def admin(admin_client: AdminFactory, admin_key: str) -> openai.OpenAI:
     """SDK client holding acme's admin key."""
     return admin_client(admin_key)

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import openai
 import pytest
-from fixtures.chat import fake_model, no_eos, rendered_prompt_tokens, stream_then_disconnect
+from fixtures.chat import no_eos, rendered_prompt_tokens, stream_then_disconnect
 from fixtures.contract import schema_for, validate, validate_error, validate_operation
-from fixtures.training import TINY, run_worker, training_settings
+from fixtures.models import make_model
+from fixtures.training import TINY, train_tiny, training_settings
 from litestar.testing import TestClient
 
 from tunewright.api.app import create_app
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
@@ -50,20 +50,6 @@ def app(settings: Any, stores: Any, engine: LocalEngine) -> Any:
 
 def auth(tenant: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant.key}"}
-
-
-def train(client: openai.OpenAI, stores: Any, settings: Any, lines: bytes | None = None, **hyper: Any) -> Any:
-    """Train the tiny model with the worker; return the succeeded job."""
-    data = lines if lines is not None else (ASSETS / "valid_chat.jsonl").read_bytes()
-    training = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
-    hyperparameters = {"n_epochs": 1, "batch_size": 4, **hyper}
-    job = client.fine_tuning.jobs.create(
-        model=TINY,
-        training_file=training.id,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-    )
-    assert run_worker(settings, stores) == ["succeeded"]
-    return client.fine_tuning.jobs.retrieve(job.id)
 
 
 def post(http: TestClient[Any], tenant: Any, body: dict[str, Any]) -> Any:
@@ -259,7 +245,7 @@ def test_harmless_fields_are_accepted(client_a, tokenizer):
 
 
 def test_unknown_foreign_and_deleted_models_are_404_model_not_found(client_a, client_b, stores, tenants):
-    name = fake_model(stores, tenants["a"], TINY)
+    name = make_model(stores, tenants["a"], name=f"ft:{TINY}:acme:sfx:Zz9yXw8v", base=TINY)
     for client, model in ((client_a, "gpt-nope"), (client_b, name)):
         with pytest.raises(openai.NotFoundError) as err:
             client.chat.completions.create(model=model, messages=HELLO)
@@ -275,7 +261,7 @@ def test_unknown_foreign_and_deleted_models_are_404_model_not_found(client_a, cl
 def test_fine_tuned_checkpoint_and_shared_models_answer_their_own_tenants_only(
     client_a, client_b, sdk, http, stores, settings, tenants, engine, tokenizer
 ):
-    job = train(client_a, stores, settings, n_epochs=2)
+    job = train_tiny(client_a, stores, settings, n_epochs=2)
     model = job.fine_tuned_model
     checkpoint = client_a.fine_tuning.jobs.checkpoints.list(job.id).data[-1].fine_tuned_model_checkpoint
     assert checkpoint.endswith(":ckpt-step-3")
@@ -310,8 +296,9 @@ def test_fine_tuned_checkpoint_and_shared_models_answer_their_own_tenants_only(
 
 
 def test_each_request_records_one_usage_row(client_a, stores, tenants, tokenizer):
-    client_a.chat.completions.create(model=TINY, messages=HELLO, max_tokens=4, n=2)
-    list(client_a.chat.completions.create(model=TINY, messages=HELLO, max_tokens=3, stream=True))
+    ban_eos = no_eos(tokenizer)  # a sampled end of text would make the counts random
+    client_a.chat.completions.create(model=TINY, messages=HELLO, max_tokens=4, n=2, logit_bias=ban_eos)
+    list(client_a.chat.completions.create(model=TINY, messages=HELLO, max_tokens=3, stream=True, logit_bias=ban_eos))
     rows = stores.metadata.list_usage(project_id=tenants["a"].project_id)
     prompt = rendered_prompt_tokens(tokenizer, HELLO)
     assert [(r.endpoint, r.streamed, r.prompt_tokens, r.completion_tokens) for r in rows] == [
@@ -354,7 +341,7 @@ def test_a_tuned_adapter_really_changes_the_output(client_a, stores, settings):
         )
         for colour in COLOURS
     ]
-    job = train(client_a, stores, settings, "\n".join(lines).encode(), n_epochs=20, learning_rate_multiplier=8)
+    job = train_tiny(client_a, stores, settings, "\n".join(lines).encode(), n_epochs=20, learning_rate_multiplier=8)
 
     def answer(model: str) -> str:
         reply = client_a.chat.completions.create(

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from fixtures.app import backend_settings
 
+from tunewright.inference.adapters import AdapterCacheStats
 from tunewright.inference.engine import (
     AdapterRef,
     EngineError,
@@ -275,14 +276,18 @@ def test_forget_then_deleting_the_blobs_makes_the_next_request_fail(
 
 @pytest.mark.parametrize("settings", [{"adapter_cache_count": 2}], indirect=True)
 def test_lru_eviction_keeps_two_loaded_and_serves_all_three(engine: LocalEngine, adapters: list[AdapterRef]) -> None:
+    assert engine.adapter_cache_stats() == AdapterCacheStats()
     first = [text_of(engine, request(engine, adapter)) for adapter in adapters]
     states = engine.adapter_states()
     assert sum(state == "loaded" for state in states.values()) == 2
     assert states[adapters[0].name] == "on_disk"
+    assert engine.adapter_cache_stats() == AdapterCacheStats(misses=3, evicted_from_memory=1)
     again = [text_of(engine, request(engine, adapter)) for adapter in reversed(adapters)]
     assert again[::-1] == first
     assert sum(state == "loaded" for state in engine.adapter_states().values()) == 2
     assert len(set(first)) == 3
+    # adapters 2 and 1 were still loaded; 0 was loaded again from disk, evicting the least recently used
+    assert engine.adapter_cache_stats() == AdapterCacheStats(hits=2, misses=4, evicted_from_memory=2)
 
 
 def test_a_prompt_that_cannot_fit_the_context_is_refused(engine: LocalEngine) -> None:

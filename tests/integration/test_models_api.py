@@ -7,6 +7,7 @@ from pathlib import Path
 import openai
 import pytest
 from fixtures.contract import validate_error, validate_operation
+from fixtures.models import make_model
 
 from tunewright.api.app import create_app
 from tunewright.storage.errors import NotFound
@@ -18,24 +19,6 @@ from tunewright.trainer.publish import drop_checkpoint
 pytestmark = pytest.mark.integration
 
 BASE = "smollm2-135m-instruct"
-
-
-def make_model(stores, tenant, *, name=None, kind="fine-tune"):
-    name = name or f"ft:{BASE}:{tenant.organization_slug}:sfx:Ab3dEf7h"
-    stores.metadata.insert_model(
-        ModelRecord(
-            id=name,
-            project_id=tenant.project_id,
-            organization_id=tenant.organization_id,
-            created=1_700_000_000,
-            owned_by=tenant.organization_slug,
-            base_model=BASE,
-            job_id="ftjob-test",
-            adapter_key=f"{tenant.project_id}/adapters/ftjob-test",
-            kind=kind,
-        )
-    )
-    return name
 
 
 def auth(tenant):

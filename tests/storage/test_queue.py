@@ -540,3 +540,40 @@ def test_processes_claim_every_job_exactly_once(database: Database, store: SQLMe
     assert [worker.returncode for worker in workers] == [0, 0]
     claimed = [job_id for output in outputs for job_id in json.loads(output.strip().splitlines()[-1])]
     _assert_all_done_once(store, expected, claimed)
+
+
+def test_a_job_starts_once_and_its_wait_duration_and_tokens_are_counted(
+    queue: SQLJobQueue, store: SQLMetadataStore, clock: Clock
+) -> None:
+    created = int(clock.now)
+    job = make_job(store, created_at=created)
+    clock.advance(30)
+    first = claim(queue)
+    assert first is not None
+    assert queue.update(first, status="running")
+    assert store.get_job(job.id, project_id=job.project_id).started_at == created + 30
+    clock.advance(LEASE_S + 1)  # the worker dies; another takes the job over and runs it again
+    again = claim(queue, "w2")
+    assert again is not None
+    assert queue.update(again, status="running")
+    assert store.get_job(job.id, project_id=job.project_id).started_at == created + 30
+    clock.advance(100)
+    assert queue.complete(again, status="succeeded", trained_tokens=500)
+    queued = make_job(store, "proj_b", created_at=created)  # cancelled before it ever ran
+    store.transition_job(
+        queued.id, project_id="proj_b", allowed=["validating_files"], status="cancelled", finished_at=created + 7
+    )
+    make_job(store, "proj_b", created_at=created + 1, trained_tokens=20)  # not started: no wait yet
+    make_job(store, "proj_b", created_at=created + 2, base_model="other", trained_tokens=3)
+
+    assert [(t.project_id, t.base_model, t.tokens) for t in store.training_tokens_by_project()] == [
+        ("proj_a", "tiny", 500),
+        ("proj_b", "tiny", 20),
+        ("proj_b", "other", 3),
+    ]
+    times = store.job_times(wait_bounds=(10, 60), duration_bounds=(10, 200))
+    assert (times.queue_wait.counts, times.queue_wait.total_s) == ([0, 1, 0], 30)
+    assert {k: (v.counts, v.total_s) for k, v in times.duration.items()} == {
+        "succeeded": ([0, 1, 0], 131),  # from its first running to its end, the takeover included
+        "cancelled": ([1, 0, 0], 7),  # never ran: from its creation
+    }

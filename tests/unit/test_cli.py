@@ -14,6 +14,7 @@ from tunewright.api.errors import AuthenticationError
 from tunewright.clients.cli import serve
 from tunewright.clients.cli.main import main
 from tunewright.storage.api_keys import hash_secret
+from tunewright.storage.audit import AuditLogFilter
 from tunewright.storage.base import Stores
 from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
@@ -145,6 +146,22 @@ def test_keys_revoke_stops_the_key_at_once(cli: Any, stores: Stores) -> None:
     with pytest.raises(AuthenticationError):
         authenticate(secret, stores, operator_key=None, organization_header=None)
     assert record.id not in cli("keys", "list").out
+
+
+def test_what_keys_create_and_revoke_change_is_audited_as_the_operator(cli: Any, stores: Stores) -> None:
+    secret = cli("keys", "create", "--org", "acme", "--project", "p").last_line
+    record = stores.metadata.find_api_key(hash_secret(secret))
+    assert record is not None
+    assert cli("keys", "revoke", record.id).code == 0
+    page = stores.metadata.list_audit_logs(
+        organization_id=record.organization_id, filters=AuditLogFilter(), after=None, before=None, limit=10
+    )
+    assert [(e.type, e.resource_id) for e in page.items] == [
+        ("api_key.deleted", record.id),
+        ("api_key.created", record.id),
+        ("project.created", record.project_id),
+    ]
+    assert {(e.actor_kind, e.actor_key_id) for e in page.items} == {("operator", "operator")}
 
 
 def test_keys_revoke_of_an_unknown_id_fails(cli: Any) -> None:
