@@ -558,7 +558,9 @@ def test_a_job_starts_once_and_its_wait_duration_and_tokens_are_counted(
     assert queue.update(again, status="running")
     assert store.get_job(job.id, project_id=job.project_id).started_at == created + 30
     clock.advance(100)
-    assert queue.complete(again, status="succeeded", trained_tokens=500)
+    assert queue.update(again, usage=make_step(job, 1, 200))
+    assert queue.update(again, usage=make_step(job, 2, 300))
+    assert queue.complete(again, status="succeeded")  # trained_tokens: the sum of the steps' usage
     queued = make_job(store, "proj_b", created_at=created)  # cancelled before it ever ran
     store.transition_job(
         queued.id, project_id="proj_b", allowed=["validating_files"], status="cancelled", finished_at=created + 7
