@@ -18,6 +18,7 @@ from tunewright.api.errors import (
     unsupported_media_type,
 )
 from tunewright.api.nul_guard import refuse_nul
+from tunewright.api.streaming import SinkStopped
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -144,6 +145,11 @@ class _FormReader:
             await self.sink.abort(error)
             self.sink = None
 
+    def cancel(self) -> None:
+        if self.sink is not None:
+            self.sink.cancel(SinkStopped("the request was cancelled"))
+            self.sink = None
+
 
 async def read_form(
     request: Request[Any, Any, Any],
@@ -179,6 +185,9 @@ async def read_form(
         except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group's ExceptionGroup
             error = exc
             await reader.abort(exc)
+        except BaseException:  # cancelled: the put thread must still end, storing nothing
+            reader.cancel()
+            raise
     if error is not None:
         raise error
     return reader.result

@@ -1,19 +1,19 @@
 """Bridges between the async request/response and the sync stores, with bounded memory.
 
 `ThreadedSink` feeds chunks from the event loop to a sync consumer (`BlobStore.put`) running in a worker
-thread, through a small bounded channel: memory stays at a few MiB whatever the body size, and the bytes are
+thread, through a small bounded queue: memory stays at a few MiB whatever the body size, and the bytes are
 written once. A consumer that stops early (a bad first line) stops the producer at its next write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import contextlib
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 if TYPE_CHECKING:
@@ -32,13 +32,25 @@ class SinkStopped(Exception):  # noqa: N818 - reads as the event
     """The consumer finished or failed before the producer did."""
 
 
+_END = object()
+
+
 class ThreadedSink(Generic[T]):
-    """Run `consume(chunks)` in a worker thread and feed it chunks from async code."""
+    """Run `consume(chunks)` in a worker thread and feed it chunks from async code.
+
+    The chunks pass through a bounded queue guarded by a lock: the thread takes them without a trip through the
+    event loop, and the loop hears from the thread only when the producer is waiting for room (the queue was full)
+    and once the consumer has ended.
+    """
 
     def __init__(self, consume: Callable[[Iterator[bytes]], T]) -> None:
-        """Prepare the channel; call `start(task_group)` before the first `write`."""
+        """Prepare the queue; call `start(task_group)` before the first `write`."""
         self._consume = consume
-        self._send, self._recv = anyio.create_memory_object_stream[Any](CHANNEL_DEPTH)
+        self._items: collections.deque[Any] = collections.deque()
+        self._ready = threading.Condition()  # its lock guards `_items`, `_room` and `_stopped`
+        self._room: asyncio.Future[None] | None = None  # set while the producer waits for the queue to drain
+        self._stopped = False  # the consumer ended: nothing more is queued
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._parts: list[bytes] = []
         self._buffered = 0
         self._done = anyio.Event()
@@ -47,6 +59,7 @@ class ThreadedSink(Generic[T]):
 
     def start(self, task_group: TaskGroup) -> None:
         """Start the consumer thread in `task_group`."""
+        self._loop = asyncio.get_running_loop()
         task_group.start_soon(self._run)
 
     async def _run(self) -> None:
@@ -55,14 +68,23 @@ class ThreadedSink(Generic[T]):
         except Exception as exc:  # noqa: BLE001 - handed to the producer, which re-raises it
             self._error = exc
         finally:
-            self._recv.close()
+            with self._ready:
+                self._stopped = True
+                self._items.clear()
+                room, self._room = self._room, None
+            _release(room)
             self._done.set()
 
     def _chunks(self) -> Iterator[bytes]:
         while True:
-            try:
-                item = anyio.from_thread.run(self._recv.receive)
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
+            with self._ready:
+                while not self._items:
+                    self._ready.wait()
+                item = self._items.popleft()
+                room, self._room = self._room, None
+            if room is not None:
+                self._loop.call_soon_threadsafe(_release, room)  # type: ignore[union-attr]
+            if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
@@ -81,16 +103,33 @@ class ThreadedSink(Generic[T]):
         # One copy at most: a chunk that is already large enough goes as it is.
         data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts, self._buffered = [], 0
-        try:
-            await self._send.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self._done.wait()
-            raise self._error or SinkStopped() from None
+        while True:
+            with self._ready:
+                if self._stopped:
+                    break
+                if len(self._items) < CHANNEL_DEPTH:
+                    self._items.append(data)
+                    self._ready.notify()
+                    return
+                room = self._room = self._loop.create_future()  # type: ignore[union-attr]
+            await room
+        await self._done.wait()
+        raise self._error or SinkStopped()
+
+    def _close(self, last: object) -> None:
+        """Queue `last` past the bound; an error also drops the chunks still queued."""
+        with self._ready:
+            if self._stopped:
+                return
+            if last is not _END:
+                self._items.clear()
+            self._items.append(last)
+            self._ready.notify()
 
     async def finish(self) -> T:
         """Signal the end of input and return the consumer's result (or raise its error)."""
         await self._flush()
-        await self._send.aclose()
+        self._close(_END)
         await self._done.wait()
         if self._error is not None:
             raise self._error
@@ -98,11 +137,18 @@ class ThreadedSink(Generic[T]):
 
     async def abort(self, error: BaseException) -> None:
         """Make the consumer fail with `error` (its put then stores nothing) and wait for it."""
-        self._parts, self._buffered = [], 0
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self._send.send(error)
-        await self._send.aclose()
+        self.cancel(error)
         await self._done.wait()
+
+    def cancel(self, error: BaseException) -> None:
+        """Make the consumer fail with `error` without waiting: for a producer that is being cancelled."""
+        self._parts, self._buffered = [], 0
+        self._close(error)
+
+
+def _release(room: asyncio.Future[None] | None) -> None:
+    if room is not None and not room.done():
+        room.set_result(None)
 
 
 async def iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
