@@ -123,13 +123,15 @@ def print_first_start(created: KeyCreated) -> None:
 
 
 def silence_progress_bars() -> None:
-    """Keep the model libraries' tqdm bars (weight loading, hub transfers) out of a server's log.
+    """Keep the model libraries' tqdm bars (weight loading, hub transfers, GGUF imports) out of a server's log.
 
-    transformers follows huggingface_hub's switch, read at import: set it before either is imported, here and
-    in every subprocess (granian's workers and the trainers inherit it). `HF_HUB_DISABLE_PROGRESS_BARS=0` in
-    the environment brings them back.
+    transformers follows huggingface_hub's switch, read at import; its GGUF import calls tqdm directly, which
+    reads `TQDM_DISABLE`. Both are set before anything is imported, here and in every subprocess (granian's
+    workers and the trainers inherit them). `HF_HUB_DISABLE_PROGRESS_BARS=0` / `TQDM_DISABLE=0` in the
+    environment bring them back.
     """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def export_worker_env(config_path: str | None, overrides: dict[str, Any]) -> None:

@@ -1,12 +1,12 @@
 """The embedded trainers of `tunewright serve`: `tunewright worker` subprocesses, kept running.
 
-One thread of the `serve` process starts `--trainers` workers and watches them. A worker that exits while
+`serve` starts `--trainers` workers as it starts listening, and one thread of it watches them. A worker that exits while
 `serve` runs (a bug, an out-of-memory kill, a `kill -9`) is logged with its exit code or signal and started
 again after a backoff: 1 s, doubled for each exit that follows a run shorter than a minute, at most 60 s. The
 restarts and the live count reach the API processes through the status file of `storage/supervision.py`
 (`/healthz`, `/metrics`).
 
-No zombies, no orphans: the thread that starts the workers reaps them, and when `serve` stops it sends each one
+No zombies, no orphans: the watching thread reaps them, and when `serve` stops it sends each one
 SIGTERM (the graceful stop: finish the step, keep a resume point, give the job back), waits, and kills what is
 left after `TRAINER_STOP_S`. Each worker runs in its own session, so a terminal's Ctrl-C reaches `serve` alone
 and the worker gets the one SIGTERM it needs (a second signal would stop it at once); on Linux the kernel sends
@@ -112,7 +112,17 @@ class TrainerSupervisor:
         self._published_at = 0.0
 
     def start(self) -> None:
-        """Start the trainers and the watch (on the supervisor's thread, which must outlive its children)."""
+        """Start the trainers now, then the watch on the supervisor's thread.
+
+        `serve` calls this before granian forks its workers, and the first trainers are started here, on the
+        calling thread, for that reason: `Popen` waits for its child's exec on a pipe, and a fork by another thread
+        in that moment (granian starting a worker) copies the pipe's write end into a process that never execs,
+        so the wait would never end. The calling thread is `serve`'s main thread, which lives as long as the
+        trainers (their death signal follows the thread that started them).
+        """
+        for trainer in self._trainers:
+            self._spawn(trainer)
+        self._publish(force=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -127,9 +137,6 @@ class TrainerSupervisor:
 
     def _run(self) -> None:
         try:
-            for trainer in self._trainers:
-                self._spawn(trainer)
-            self._publish(force=True)
             while not self._stopping.wait(POLL_S):
                 try:
                     self._watch()

@@ -93,3 +93,26 @@ def test_a_trainer_that_keeps_failing_is_restarted_later_each_time(tmp_path, cap
             supervisor.stop()
     delays = [line.rsplit("again in ", 1)[1] for line in caplog.text.splitlines() if "exited with code 3" in line]
     assert delays[:2] == ["1 s", "2 s"]
+
+
+def test_start_returns_with_the_trainers_started_before_anything_else_forks(tmp_path):
+    """`serve` starts the trainers just before granian forks its workers. A trainer still being started on another
+    thread at that fork would hang its `Popen` for good (the fork copies the pipe `Popen` waits on into a process
+    that never execs), and no trainer would run or be watched; so `start` returns only once they are started."""
+    out = tmp_path / "trainers.txt"
+    status_file = tmp_path / "run" / "serve.json"
+    supervisor = TrainerSupervisor(2, status_file, command=[sys.executable, "-c", GRACEFUL, str(out)])
+    supervisor.start()
+    try:
+        status = read_status(status_file)
+        assert status is not None
+        assert (status.expected, status.running) == (2, 2)
+        child = os.fork()  # what granian does next: a process that never execs
+        if child == 0:
+            time.sleep(2)
+            os._exit(0)
+        wait_until(lambda: len(started(out)) == 2)
+        os.waitpid(child, 0)
+    finally:
+        supervisor.stop()
+    assert not status_file.exists()
