@@ -34,7 +34,18 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
-DEFAULT_FEATURES = ("files", "uploads", "fine_tuning", "models", "chat", "completions", "admin", "webhooks", "usage")
+DEFAULT_FEATURES = (
+    "files",
+    "uploads",
+    "fine_tuning",
+    "models",
+    "chat",
+    "completions",
+    "admin",
+    "webhooks",
+    "usage",
+    "spend",
+)
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
     "uploads": "tunewright.api.uploads.routes",
@@ -45,6 +56,7 @@ _FEATURE_MODULES = {
     "admin": "tunewright.api.admin.routes",
     "webhooks": "tunewright.api.webhooks.routes",
     "usage": "tunewright.api.usage.routes",
+    "spend": "tunewright.api.spend.routes",
 }
 
 

@@ -16,6 +16,7 @@ from tunewright.storage.metadata_protocols import (
     FileStore,
     JobStore,
     ModelStore,
+    SpendStore,
     TenantStore,
     UploadStore,
     UsageStore,
@@ -89,7 +90,9 @@ class BlobStore(Protocol):
         ...
 
 
-class MetadataStore(TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, Protocol):
+class MetadataStore(
+    TenantStore, FileStore, UploadStore, JobStore, ModelStore, UsageStore, WebhookStore, SpendStore, Protocol
+):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""
 
     reads_wait_on_network: bool

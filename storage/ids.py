@@ -33,6 +33,7 @@ PREFIXES: dict[str, str] = {
     "webhook_endpoint": "whe_",
     "webhook_delivery": "wh_",
     "webhook_event": "evt_",
+    "spend_alert": "alert_",
 }
 
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
         PermissionRecord,
         ProjectRecord,
         ServiceAccountRecord,
+        SpendAlertRecord,
+        SpendLimitRecord,
         StorageTotal,
         StorageUsageRecord,
         TrainingTotal,
@@ -470,4 +472,46 @@ class WebhookStore(Protocol):
 
     def delete_finished_webhook_deliveries(self, *, finished_before: int, limit: int) -> int:
         """Delete deliveries finished before `finished_before`; return how many (for the sweeper)."""
+        ...
+
+
+class SpendStore(Protocol):
+    """Spend limits per project and spend alerts per project or organization (amounts in US cents a month)."""
+
+    def get_spend_limit(self, project_id: str) -> SpendLimitRecord:
+        """Return a project's spend limit. `NotFound` when it has none."""
+        ...
+
+    def put_spend_limit(self, record: SpendLimitRecord) -> SpendLimitRecord:
+        """Create or replace a project's spend limit (keeping its `created_at`); return the stored row."""
+        ...
+
+    def delete_spend_limit(self, project_id: str) -> bool:
+        """Remove a project's spend limit; False when it had none. Idempotent."""
+        ...
+
+    def insert_spend_alert(self, record: SpendAlertRecord) -> None:
+        """Insert a spend alert."""
+        ...
+
+    def list_spend_alerts(self, *, organization_id: str, project_id: str | None) -> list[SpendAlertRecord]:
+        """A project's alerts (or the organization's own when `project_id` is None), oldest first."""
+        ...
+
+    def list_due_spend_alerts(self, *, month: int) -> list[SpendAlertRecord]:
+        """Every organization's alerts that have not fired for `month` (a month's first second), oldest first."""
+        ...
+
+    def update_spend_alert(self, record: SpendAlertRecord) -> SpendAlertRecord:
+        """Replace an alert's threshold and channel (matched by id and organization). `NotFound`."""
+        ...
+
+    def delete_spend_alert(self, alert_id: str, *, organization_id: str) -> None:
+        """Delete an alert of the organization. `NotFound`."""
+        ...
+
+    def fire_spend_alert(
+        self, alert: SpendAlertRecord, *, month: int, event_type: str, event_id: str, payload: str, now: float
+    ) -> int | None:
+        """Mark an alert fired for `month` and write its webhook deliveries atomically; None if already fired."""
         ...

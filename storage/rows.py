@@ -15,6 +15,7 @@ from tunewright.storage.records import (
     JobListingRecord,
     JobRecord,
     JobStatus,
+    SpendAlertRecord,
     WebhookDeliveryRecord,
     WebhookEndpointRecord,
 )
@@ -30,6 +31,7 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     CheckpointRecord: frozenset({"metrics"}),
     WebhookEndpointRecord: frozenset({"event_types"}),
     WebhookDeliveryRecord: frozenset({"attempt_log"}),
+    SpendAlertRecord: frozenset({"notification_channel"}),
 }
 POSITIONAL_RECORDS: frozenset[type[msgspec.Struct]] = frozenset({JobListingRecord})
 """Records built from a tuple row as it is (their JSON columns stay JSON text)."""

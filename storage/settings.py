@@ -107,6 +107,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_poll_s: Annotated[float, Meta(gt=0)] = 1.0
     webhook_concurrency: PositiveInt = 8
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    spend_cache_s: Annotated[float, Meta(ge=0)] = 2.0
 
     def __post_init__(self) -> None:
         """Fill the URLs that default to places under `data_dir`; configured base models add to the built-ins."""

@@ -10,6 +10,7 @@ import msgspec
 from msgspec import UNSET
 
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
+from tunewright.api.spend.quota import admit_job
 from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
 from tunewright.modeling.registry import local_model_dir
 from tunewright.storage.errors import NotFound, StateConflict
@@ -206,6 +207,7 @@ def create_job(stores: Stores, settings: Settings, data: CreateFineTuningJobRequ
     precheck_dataset(stores, settings, training, param="training_file", method_type=method["type"])
     if validation is not None:
         precheck_dataset(stores, settings, validation, param="validation_file", method_type=method["type"])
+    admit_job(stores, settings, principal, estimated_cost=None)
     now = int(time.time())
     job = JobRecord(
         id=new_id("job"),
