@@ -20,12 +20,13 @@ import msgspec
 
 from tunewright.modeling.chat import ChatTemplateError
 from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
+from tunewright.modeling.plan import truncation_messages
 from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, packaged_model_pending
 from tunewright.storage.errors import DatabaseUnavailable
 from tunewright.storage.keys import adapter_blob_prefix
 from tunewright.storage.records import JobStatus
 from tunewright.trainer.collate import pad_id_of
-from tunewright.trainer.prepare import prepare, summary_message, truncation_messages
+from tunewright.trainer.prepare import prepare, summary_message
 from tunewright.trainer.publish import (
     discard_checkpoints,
     download_adapter,
