@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from tunewright.modeling.dataset import tokenize_dataset
 from tunewright.modeling.hyperparams import base_learning_rate_for, resolve_hyperparameters, total_steps, with_resolved
+from tunewright.storage.streams import blob_lines
+from tunewright.training_files.validate import validate_dataset
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 
     from tunewright.modeling.dataset import TokenizedDataset
     from tunewright.modeling.hyperparams import ResolvedHyperparameters
+    from tunewright.storage.base import Stores
+    from tunewright.storage.records import FileRecord
+    from tunewright.storage.settings import Settings
 
 TRUNCATION_LINES_SHOWN = 20
 
@@ -102,6 +107,18 @@ def plan_training(
         total_steps=per_epoch * hyper.n_epochs,
         context_tokens=context,
     )
+
+
+def check_large_file(stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str) -> None:
+    """Run the full format check on a file too large to have been checked when the job was created.
+
+    Raises:
+        DatasetError: The file breaks the format rules (the same messages the API gives).
+    """
+    if file.bytes <= settings.sync_validate_max_bytes:
+        return
+    report = validate_dataset(blob_lines(stores.blobs, file.blob_key), param=param, method=method_type)  # type: ignore[arg-type]
+    report.raise_if_invalid()
 
 
 def truncation_messages(plan: TrainingPlan) -> list[str]:

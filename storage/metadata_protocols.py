@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         SpendLimitRecord,
         StorageTotal,
         StorageUsageRecord,
+        ThroughputRecord,
         TrainingTotal,
         TrainingUsageRecord,
         UploadPartRecord,
@@ -476,7 +477,7 @@ class WebhookStore(Protocol):
 
 
 class SpendStore(Protocol):
-    """Spend limits per project and spend alerts per project or organization (amounts in US cents a month)."""
+    """Spend limits and alerts (US cents a month), and the training throughput that estimates a job's duration."""
 
     def get_spend_limit(self, project_id: str) -> SpendLimitRecord:
         """Return a project's spend limit. `NotFound` when it has none."""
@@ -514,4 +515,12 @@ class SpendStore(Protocol):
         self, alert: SpendAlertRecord, *, month: int, event_type: str, event_id: str, payload: str, now: float
     ) -> int | None:
         """Mark an alert fired for `month` and write its webhook deliveries atomically; None if already fired."""
+        ...
+
+    def record_throughput(self, record: ThroughputRecord) -> None:
+        """Keep a job's measured training throughput. Idempotent per job."""
+        ...
+
+    def measured_throughput(self, base_model: str, *, jobs: int) -> tuple[int, float, int]:
+        """`(tokens, seconds, jobs)` summed over the latest `jobs` throughput rows of a base model."""
         ...

@@ -1,9 +1,9 @@
-"""Spend limits and spend alerts in the SQL metadata store, and the one transaction that fires an alert.
+"""Spend limits, spend alerts and measured training throughput in the SQL metadata store.
 
 A limit is one row per project (`put_spend_limit` creates or replaces it). An alert belongs to a project, or to
 its organization when `project_id` is None. `fire_spend_alert` marks an alert fired for a month and writes its
 webhook deliveries (storage/outbox.py) in one transaction: of several API processes that see the same alert
-crossed, exactly one sends it.
+crossed, exactly one sends it. Throughput rows (one per job that succeeded) give the cost estimate its duration.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from tunewright.storage.errors import NotFound
 from tunewright.storage.metadata_base import SQLStoreBase
 from tunewright.storage.outbox import enqueue_event
-from tunewright.storage.records import SpendAlertRecord, SpendLimitRecord
+from tunewright.storage.records import SpendAlertRecord, SpendLimitRecord, ThroughputRecord
 from tunewright.storage.rows import encode_columns, from_row, to_params
 
 
@@ -93,6 +93,17 @@ class SpendMixin(SQLStoreBase):
             return enqueue_event(
                 conn, project_ids=project_ids, event_type=event_type, event_id=event_id, payload=payload, now=now
             )
+
+    def record_throughput(self, record: ThroughputRecord) -> None:
+        """Keep a job's measured throughput (once per job: a second call does nothing)."""
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("insert_training_throughput", to_params(record))
+
+    def measured_throughput(self, base_model: str, *, jobs: int) -> tuple[int, float, int]:
+        """`(tokens, seconds, jobs)` summed over the latest `jobs` rows of a base model (zeros without any)."""
+        with self.database.reading() as conn:
+            row = conn.run("recent_training_throughput", {"base_model": base_model, "jobs": jobs}).fetchone()
+        return int(row["tokens"]), float(row["seconds"]), int(row["jobs"])
 
 
 def _changes(record: SpendAlertRecord) -> dict[str, Any]:

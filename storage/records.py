@@ -428,6 +428,16 @@ class SpendAlertRecord(msgspec.Struct, kw_only=True):
     fired_month: int | None = None
 
 
+class ThroughputRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """Tokens a job's last worker session trained and the seconds it took (one row per job that succeeded)."""
+
+    job_id: str
+    base_model: str
+    tokens: int
+    seconds: float
+    finished_at: int
+
+
 class Claim(msgspec.Struct, kw_only=True):
     """A worker's hold on a job: valid while `lease_expires_at` is in the future and the owner matches."""
 

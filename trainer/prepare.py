@@ -12,17 +12,16 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from tunewright.modeling.loading import load_tokenizer
-from tunewright.modeling.plan import TrainingPlan, plan_training
+from tunewright.modeling.plan import TrainingPlan, check_large_file, plan_training
 from tunewright.modeling.registry import resolve_model_dir
 from tunewright.storage.streams import blob_lines
 from tunewright.trainer.batching import padding_fraction, plan_batches
-from tunewright.training_files.validate import validate_dataset
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from tunewright.storage.base import Stores
-    from tunewright.storage.records import FileRecord, JobRecord
+    from tunewright.storage.records import JobRecord
     from tunewright.storage.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,18 +43,6 @@ class PreparedJob(TrainingPlan):
         """Fraction of batch tokens that are padding in the first epoch's plan."""
         lengths = self.training.lengths
         return padding_fraction(lengths, plan_batches(lengths, batch_size=self.hyper.batch_size, seed=seed, epoch=0))
-
-
-def check_large_file(stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str) -> None:
-    """Run the full format check on a file too large to have been checked when the job was created.
-
-    Raises:
-        DatasetError: The file breaks the format rules (the same messages the API gives).
-    """
-    if file.bytes <= settings.sync_validate_max_bytes:
-        return
-    report = validate_dataset(blob_lines(stores.blobs, file.blob_key), param=param, method=method_type)  # type: ignore[arg-type]
-    report.raise_if_invalid()
 
 
 def prepare(stores: Stores, settings: Settings, job: JobRecord) -> PreparedJob:

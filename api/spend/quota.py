@@ -39,6 +39,8 @@ from tunewright.storage.outbox import SPEND_ALERT_EVENT, event_body, spend_alert
 from tunewright.storage.records import UsageWindow
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tunewright.api.auth import Principal
     from tunewright.storage.base import Stores
     from tunewright.storage.records import SpendAlertRecord
@@ -166,8 +168,14 @@ async def admit_inference(stores: Stores, settings: Settings, principal: Princip
         raise quota_error(project_id, state)
 
 
-def admit_job(stores: Stores, settings: Settings, principal: Principal, *, estimated_cost: Decimal | None) -> None:
-    """Refuse a job of a project at or over its limit, or whose estimated cost (dollars) is more than is left."""
+def admit_job(
+    stores: Stores, settings: Settings, principal: Principal, *, estimated_cost: Callable[[], Decimal | None]
+) -> None:
+    """Refuse a job of a project at or over its limit, or whose estimated cost (dollars) is more than is left.
+
+    `estimated_cost` is called only for a project with a limit it has not reached (it tokenizes the files); None
+    from it (the cost cannot be known here) admits the job.
+    """
     project_id = principal.project_id
     if project_id is None:
         return
@@ -175,10 +183,11 @@ def admit_job(stores: Stores, settings: Settings, principal: Principal, *, estim
     if state.reached:
         raise quota_error(project_id, state)
     left = state.left()
-    if left is not None and estimated_cost is not None and estimated_cost * CENTS > left:
-        raise quota_error(
-            project_id, state, extra=f" This job's estimated cost, ${estimated_cost:.2f}, is more than is left."
-        )
+    if left is None:
+        return
+    cost = estimated_cost()
+    if cost is not None and cost * CENTS > left:
+        raise quota_error(project_id, state, extra=f" This job's estimated cost, ${cost:.2f}, is more than is left.")
 
 
 def due_alerts(stores: Stores, *, organization_id: str, project_id: str, now: float) -> list[SpendAlertRecord]:

@@ -594,3 +594,13 @@ SELECT id FROM projects WHERE organization_id = :organization_id ORDER BY create
 
 -- name: list_due_spend_alerts
 SELECT * FROM spend_alerts WHERE fired_month IS NULL OR fired_month < :month ORDER BY created_at, id
+
+-- name: insert_training_throughput
+INSERT INTO training_throughput (job_id, base_model, tokens, seconds, finished_at)
+VALUES (:job_id, :base_model, :tokens, :seconds, :finished_at)
+ON CONFLICT (job_id) DO NOTHING
+
+-- name: recent_training_throughput
+SELECT COALESCE(SUM(tokens), 0) AS tokens, COALESCE(SUM(seconds), 0) AS seconds, COUNT(*) AS jobs
+FROM (SELECT tokens, seconds FROM training_throughput WHERE base_model = :base_model
+      ORDER BY finished_at DESC, job_id DESC LIMIT :jobs) AS recent

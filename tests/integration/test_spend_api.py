@@ -14,10 +14,10 @@ from typing import Any
 
 import openai
 import pytest
-from fixtures.app import BASE_URL, OPERATOR_KEY, backend_settings, make_key
+from fixtures.app import BASE_URL, OPERATOR_KEY, make_key
 from fixtures.contract import validate_error, validate_operation
-from fixtures.metering import store_usage
-from fixtures.training import TINY, TRAINING_SETTINGS
+from fixtures.metering import priced_settings, store_usage
+from fixtures.training import TINY
 from fixtures.webhooks import deliveries, make_endpoint
 
 from tunewright.api.app import create_app
@@ -35,15 +35,7 @@ CHANNEL = {"type": "email", "recipients": ["finance@example.com"]}
 
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, tiny_dir: Path) -> Any:
-    return backend_settings(
-        request,
-        tmp_path,
-        backend,
-        base_models={TINY: str(tiny_dir)},
-        prices=PRICES,
-        spend_cache_s=0,
-        **TRAINING_SETTINGS,
-    )
+    return priced_settings(request, tmp_path, backend, tiny_dir, PRICES)
 
 
 @pytest.fixture
