@@ -7,7 +7,7 @@ their list and deleted resources. Amounts are US cents; the only interval is a c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
@@ -86,7 +86,7 @@ class SpendAlert(Response):
     threshold_amount: int
     currency: str
     interval: str
-    notification_channel: dict[str, object]
+    notification_channel: dict[str, Any]
 
     @classmethod
     def from_record(cls, record: SpendAlertRecord) -> SpendAlert:
