@@ -192,6 +192,20 @@ def test_alerts_are_created_listed_replaced_and_deleted(http, tenants, admin_key
     headers = {"Authorization": f"Bearer {admin_key}"}
     raw = http.get(f"/v1/organization/projects/{project}/spend_alerts", headers=headers)
     validate_operation(raw.json(), "list-project-spend-alerts")
+    body = {"threshold_amount": 5, "currency": "USD", "interval": "month", "notification_channel": CHANNEL}
+    path = f"/v1/organization/projects/{project}/spend_alerts"
+    made_raw = http.post(path, json=body, headers=headers).json()
+    validate_operation(made_raw, "create-project-spend-alert")
+    validate_operation(http.get(f"{path}/{made_raw['id']}", headers=headers).json(), "retrieve-project-spend-alert")
+    updated = http.post(f"{path}/{made_raw['id']}", json={**body, "threshold_amount": 6}, headers=headers).json()
+    validate_operation(updated, "update-project-spend-alert")
+    validate_operation(http.delete(f"{path}/{made_raw['id']}", headers=headers).json(), "delete-project-spend-alert")
+    limit_raw = http.post(
+        f"/v1/organization/projects/{project}/spend_limit",
+        json={"threshold_amount": 9, "currency": "USD", "interval": "month"},
+        headers=headers,
+    )
+    validate_operation(limit_raw.json(), "Updateprojectspendlimit")
     org = admin(http, admin_key).spend_alerts
     own = org.create(threshold_amount=1, currency="USD", interval="month", notification_channel=CHANNEL)
     assert own.object == "organization.spend_alert"

@@ -7,8 +7,10 @@ import time
 from typing import TYPE_CHECKING
 
 import msgspec
+import pytest
 from fixtures.webhooks import make_endpoint
 
+from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
 from tunewright.storage.outbox import SPEND_ALERT_EVENT
 from tunewright.storage.records import SpendAlertRecord, SpendLimitRecord
@@ -86,3 +88,15 @@ def test_an_organization_alert_goes_to_every_project_of_the_organization(metadat
         subscribe(metadata_store, project_id)
     alert = make_alert(metadata_store, None, org.id)
     assert fire(metadata_store, alert) == 2
+
+
+def test_a_replaced_threshold_may_fire_again_and_an_unchanged_one_not(metadata_store: SQLMetadataStore) -> None:
+    alert = make_alert(metadata_store, "proj_a")
+    assert fire(metadata_store, alert) == 0  # no endpoint subscribed: marked all the same
+    same = metadata_store.update_spend_alert(msgspec.structs.replace(alert, notification_channel={"type": "email"}))
+    assert same.fired_month == MONTH
+    raised = metadata_store.update_spend_alert(msgspec.structs.replace(alert, threshold_amount=200))
+    assert raised.fired_month is None
+    assert fire(metadata_store, raised) == 0
+    with pytest.raises(NotFound):
+        metadata_store.update_spend_alert(msgspec.structs.replace(alert, organization_id="org_b"))
