@@ -47,6 +47,7 @@ DEFAULT_FEATURES = (
     "usage",
     "ratelimits",
     "audit_logs",
+    "spend",
 )
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
@@ -60,6 +61,7 @@ _FEATURE_MODULES = {
     "usage": "tunewright.api.usage.routes",
     "ratelimits": "tunewright.api.ratelimits.routes",
     "audit_logs": "tunewright.api.audit_logs.routes",
+    "spend": "tunewright.api.spend.routes",
 }
 
 

@@ -148,6 +148,14 @@ class TokensRateLimitError(RateLimitError):
     type = "tokens"
 
 
+class InsufficientQuotaError(RateLimitError):
+    """429 `insufficient_quota`: the project has reached its spend limit; retrying cannot help."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+    retryable = False
+
+
 class ServerError(APIError):
     """500: an unexpected failure; the message carries the request id."""
 

@@ -1,4 +1,8 @@
-"""Background housekeeping in the API process: the sweeps of storage/sweeps.py, every `sweep_every_s` seconds."""
+"""Background housekeeping in the API process, every `sweep_every_s` seconds: sweeps and spend alerts.
+
+The sweeps are storage/sweeps.py's; the alerts those that spend without requests (training, storage) crossed
+(api/spend/quota.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
+from tunewright.api.spend.quota import check_all_alerts
 from tunewright.storage.sweeps import sweep_once
 
 if TYPE_CHECKING:
@@ -33,6 +38,7 @@ async def sweeper_lifespan(app: Litestar) -> AsyncIterator[None]:
         while True:
             await anyio.sleep(settings.sweep_every_s)
             await anyio.to_thread.run_sync(sweep_once, stores, settings)
+            await anyio.to_thread.run_sync(check_all_alerts, stores, settings)
 
     async with anyio.create_task_group() as group:
         group.start_soon(loop)

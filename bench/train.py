@@ -39,17 +39,17 @@ from typing import TYPE_CHECKING, Any
 
 from server import load_average
 
+from tunewright.modeling.dataset import tokenize_dataset
+from tunewright.modeling.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.batching import plan_batches
 from tunewright.trainer.collate import collate_examples, pad_id_of
-from tunewright.trainer.data import tokenize_dataset
-from tunewright.trainer.hyperparams import ResolvedHyperparameters
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import torch
 
-    from tunewright.trainer.data import TokenizedExample
+    from tunewright.modeling.dataset import TokenizedExample
 
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu")
 WORDS += ("xi", "omicron", "pi", "rho", "sigma")  # the pinned set's vocabulary, in its order

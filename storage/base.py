@@ -18,6 +18,7 @@ from tunewright.storage.metadata_protocols import (
     JobStore,
     ModelStore,
     RateLimitStore,
+    SpendStore,
     TenantStore,
     UploadStore,
     UsageStore,
@@ -101,6 +102,7 @@ class MetadataStore(
     WebhookStore,
     RateLimitStore,
     AuditStore,
+    SpendStore,
     Protocol,
 ):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""

@@ -34,6 +34,7 @@ PREFIXES: dict[str, str] = {
     "webhook_delivery": "wh_",
     "webhook_event": "evt_",
     "audit_log": "audit_log-",
+    "spend_alert": "alert_",
 }
 
 

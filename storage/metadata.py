@@ -1,7 +1,7 @@
 """SQLMetadataStore: the `MetadataStore` protocol over a `Database` (SQLite or PostgreSQL).
 
 Written once against `storage/db.py`; the dialects differ only there and in `storage/sql/`. Each feature
-lives in its own mixin module: tenants, files, jobs, models, usage, webhooks, rate limits, the audit log.
+lives in its own mixin module: tenants, files, jobs, models, usage, webhooks, rate limits, the audit log, spend.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from tunewright.storage.metadata_files import FilesMixin
 from tunewright.storage.metadata_jobs import JobsMixin
 from tunewright.storage.metadata_limits import LimitsMixin
 from tunewright.storage.metadata_models import ModelsMixin
+from tunewright.storage.metadata_spend import SpendMixin
 from tunewright.storage.metadata_tenants import TenantsMixin
 from tunewright.storage.metadata_usage import UsageMixin
 from tunewright.storage.metadata_webhooks import WebhooksMixin
 
 
 class SQLMetadataStore(
-    TenantsMixin, FilesMixin, JobsMixin, ModelsMixin, UsageMixin, WebhooksMixin, LimitsMixin, AuditMixin
+    TenantsMixin, FilesMixin, JobsMixin, ModelsMixin, UsageMixin, WebhooksMixin, LimitsMixin, AuditMixin, SpendMixin
 ):
-    """Tenants, files, uploads, jobs, models, permissions, usage, webhooks, rate limits and the audit log.
+    """Tenants, files, uploads, jobs, models, permissions, usage, webhooks, rate and spend limits, the audit log.
 
     Every tenant method is scoped by `project_id`: another project's object is `NotFound` and never listed.
     Lists order by `(created_at, id)` and fetch `limit + 1` rows to tell `has_more`.

@@ -36,8 +36,11 @@ if TYPE_CHECKING:
         ProjectRecord,
         RateLimitRecord,
         ServiceAccountRecord,
+        SpendAlertRecord,
+        SpendLimitRecord,
         StorageTotal,
         StorageUsageRecord,
+        ThroughputRecord,
         TrainedTokens,
         TrainingTotal,
         TrainingUsageRecord,
@@ -548,6 +551,7 @@ class RateLimitStore(Protocol):
         max_requests_per_1_day: int | None = None,
     ) -> RateLimitRecord:
         """Set the limits given (None keeps the current value) for one model of a project; return the row."""
+        ...
 
 
 class AuditStore(Protocol):
@@ -567,4 +571,54 @@ class AuditStore(Protocol):
         `after` pages towards older entries, `before` towards newer ones; `InvalidCursor` when the cursor is
         not an entry of the organization.
         """
+        ...
+
+
+class SpendStore(Protocol):
+    """Spend limits and alerts (US cents a month), and the training throughput that estimates a job's duration."""
+
+    def get_spend_limit(self, project_id: str) -> SpendLimitRecord:
+        """Return a project's spend limit. `NotFound` when it has none."""
+        ...
+
+    def put_spend_limit(self, record: SpendLimitRecord) -> SpendLimitRecord:
+        """Create or replace a project's spend limit (keeping its `created_at`); return the stored row."""
+        ...
+
+    def delete_spend_limit(self, project_id: str) -> bool:
+        """Remove a project's spend limit; False when it had none. Idempotent."""
+        ...
+
+    def insert_spend_alert(self, record: SpendAlertRecord) -> None:
+        """Insert a spend alert."""
+        ...
+
+    def list_spend_alerts(self, *, organization_id: str, project_id: str | None) -> list[SpendAlertRecord]:
+        """A project's alerts (or the organization's own when `project_id` is None), oldest first."""
+        ...
+
+    def list_due_spend_alerts(self, *, month: int) -> list[SpendAlertRecord]:
+        """Every organization's alerts that have not fired for `month` (a month's first second), oldest first."""
+        ...
+
+    def update_spend_alert(self, record: SpendAlertRecord) -> SpendAlertRecord:
+        """Replace an alert's threshold and channel (matched by id and organization). `NotFound`."""
+        ...
+
+    def delete_spend_alert(self, alert_id: str, *, organization_id: str) -> None:
+        """Delete an alert of the organization. `NotFound`."""
+        ...
+
+    def fire_spend_alert(
+        self, alert: SpendAlertRecord, *, month: int, event_type: str, event_id: str, payload: str, now: float
+    ) -> int | None:
+        """Mark an alert fired for `month` and write its webhook deliveries atomically; None if already fired."""
+        ...
+
+    def record_throughput(self, record: ThroughputRecord) -> None:
+        """Keep a job's measured training throughput. Idempotent per job."""
+        ...
+
+    def measured_throughput(self, base_model: str, *, jobs: int) -> tuple[int, float, int]:
+        """`(tokens, seconds, jobs)` summed over the latest `jobs` throughput rows of a base model."""
         ...

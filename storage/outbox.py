@@ -9,7 +9,7 @@ receiver.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -18,6 +18,8 @@ from tunewright.storage.records import JobStatus, WebhookDeliveryRecord, Webhook
 from tunewright.storage.rows import to_params
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from tunewright.storage.db import Connection
 
 JOB_EVENT_TYPES: dict[str, str] = {
@@ -28,7 +30,11 @@ JOB_EVENT_TYPES: dict[str, str] = {
 }
 """The event each job status sends. `fine_tuning.job.paused` is Tunewright's own: only endpoints that list it get it."""
 
-EVENT_TYPES: tuple[str, ...] = tuple(JOB_EVENT_TYPES.values())
+SPEND_ALERT_EVENT = "spend_alert.triggered"
+"""Tunewright's own event: a project's (or its organization's) month-to-date spend reached a spend alert's threshold.
+Only endpoints that list it get it."""
+
+EVENT_TYPES: tuple[str, ...] = (*JOB_EVENT_TYPES.values(), SPEND_ALERT_EVENT)
 """Every event type an endpoint may subscribe to."""
 
 
@@ -46,18 +52,33 @@ class _Event(msgspec.Struct, kw_only=True):
     object: str
     type: str
     created_at: int
-    data: dict[str, str]
+    data: dict[str, Any]
 
 
 def event_payload(event_id: str, event_type: str, job_id: str, *, created_at: int) -> str:
     """Return the JSON body of a fine-tuning job event: `{id, object: "event", type, created_at, data: {id}}`."""
-    event = _Event(
-        id=event_id,
-        object="event",
-        type=event_type,
-        created_at=created_at,
-        data={"id": job_id},
-    )
+    return event_body(event_id, event_type, {"id": job_id}, created_at=created_at)
+
+
+def spend_alert_data(
+    alert_id: str, *, project_id: str | None, threshold_amount: int, month_start: int, spent_cents: int
+) -> dict[str, Any]:
+    """The `data` of a `spend_alert.triggered` event: the alert, its scope, and the month's spend in US cents."""
+    return {
+        "id": alert_id,
+        "object": "organization.spend_alert" if project_id is None else "project.spend_alert",
+        "project_id": project_id,
+        "threshold_amount": threshold_amount,
+        "currency": "USD",
+        "interval": "month",
+        "month_start": month_start,
+        "month_to_date_amount": spent_cents,
+    }
+
+
+def event_body(event_id: str, event_type: str, data: dict[str, Any], *, created_at: int) -> str:
+    """Return the JSON body of an event: `{id, object: "event", type, created_at, data}`."""
+    event = _Event(id=event_id, object="event", type=event_type, created_at=created_at, data=data)
     return msgspec.json.encode(event).decode()
 
 
@@ -71,24 +92,35 @@ def enqueue_job_webhooks(conn: Connection, *, job_id: str, project_id: str, stat
     event_type = JOB_EVENT_TYPES.get(status)
     if event_type is None:
         return 0
-    endpoints = conn.run("webhook_endpoints_for_event", {"project_id": project_id, "event_type": event_type})
-    endpoint_ids = [row["id"] for row in endpoints.fetchall()]
-    if not endpoint_ids:
-        return 0
-    created_at = int(now)
     event_id = new_id("webhook_event")
-    payload = event_payload(event_id, event_type, job_id, created_at=created_at)
-    for endpoint_id in endpoint_ids:
-        delivery = WebhookDeliveryRecord(
-            id=new_id("webhook_delivery"),
-            endpoint_id=endpoint_id,
-            project_id=project_id,
-            event_id=event_id,
-            event_type=event_type,
-            payload=payload,
-            created_at=created_at,
-            status=WebhookDeliveryStatus.PENDING,
-            next_attempt_at=now,
-        )
-        conn.run("insert_webhook_delivery", to_params(delivery))
-    return len(endpoint_ids)
+    payload = event_payload(event_id, event_type, job_id, created_at=int(now))
+    return enqueue_event(
+        conn, project_ids=[project_id], event_type=event_type, event_id=event_id, payload=payload, now=now
+    )
+
+
+def enqueue_event(
+    conn: Connection, *, project_ids: Sequence[str], event_type: str, event_id: str, payload: str, now: float
+) -> int:
+    """Write one delivery of an event per endpoint of `project_ids` subscribed to its type; return how many.
+
+    Runs inside the caller's transaction. Each delivery has its own `webhook-id`.
+    """
+    count = 0
+    for project_id in project_ids:
+        endpoints = conn.run("webhook_endpoints_for_event", {"project_id": project_id, "event_type": event_type})
+        for row in endpoints.fetchall():
+            delivery = WebhookDeliveryRecord(
+                id=new_id("webhook_delivery"),
+                endpoint_id=row["id"],
+                project_id=project_id,
+                event_id=event_id,
+                event_type=event_type,
+                payload=payload,
+                created_at=int(now),
+                status=WebhookDeliveryStatus.PENDING,
+                next_attempt_at=now,
+            )
+            conn.run("insert_webhook_delivery", to_params(delivery))
+            count += 1
+    return count

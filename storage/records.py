@@ -459,6 +459,46 @@ class ClaimedDelivery(msgspec.Struct, kw_only=True, frozen=True):
     owner: str
 
 
+class SpendLimitRecord(msgspec.Struct, kw_only=True):
+    """A project's hard spend limit: US cents per calendar month (UTC)."""
+
+    project_id: str
+    organization_id: str
+    created_at: int
+    updated_at: int
+    threshold_amount: int
+    currency: str = "USD"
+    period: str = "month"
+
+
+class SpendAlertRecord(msgspec.Struct, kw_only=True):
+    """A spend alert of a project, or of its organization when `project_id` is None.
+
+    `fired_month` is the first second (UTC) of the month it last fired for: it fires once a month.
+    """
+
+    id: str
+    organization_id: str
+    project_id: str | None
+    created_at: int
+    updated_at: int
+    threshold_amount: int
+    notification_channel: dict[str, Any]
+    currency: str = "USD"
+    period: str = "month"
+    fired_month: int | None = None
+
+
+class ThroughputRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """Tokens a job's last worker session trained and the seconds it took (one row per job that succeeded)."""
+
+    job_id: str
+    base_model: str
+    tokens: int
+    seconds: float
+    finished_at: int
+
+
 class Claim(msgspec.Struct, kw_only=True):
     """A worker's hold on a job: valid while `lease_expires_at` is in the future and the owner matches."""
 

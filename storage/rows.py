@@ -16,6 +16,7 @@ from tunewright.storage.records import (
     JobListingRecord,
     JobRecord,
     JobStatus,
+    SpendAlertRecord,
     WebhookDeliveryRecord,
     WebhookEndpointRecord,
 )
@@ -32,6 +33,7 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     WebhookEndpointRecord: frozenset({"event_types"}),
     WebhookDeliveryRecord: frozenset({"attempt_log"}),
     AuditLogRecord: frozenset({"details"}),
+    SpendAlertRecord: frozenset({"notification_channel"}),
 }
 POSITIONAL_RECORDS: frozenset[type[msgspec.Struct]] = frozenset({JobListingRecord})
 """Records built from a tuple row as it is (their JSON columns stay JSON text)."""

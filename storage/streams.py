@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
     from types import TracebackType
 
+    from tunewright.storage.base import BlobStore
+
 CHUNK_SIZE = 1024 * 1024
 """How much `put` reads from a file object at a time."""
 
@@ -143,3 +145,21 @@ def concat_parts(store: Any, key: str, parts: Sequence[str]) -> BlobInfo:
                 yield from chunks
 
     return store.put(key, chained())
+
+
+def blob_lines(blobs: BlobStore, key: str) -> Iterator[bytes]:
+    """Yield a blob's physical lines (with their line ends), streaming; a long line is joined once, not rescanned."""
+    partial: list[bytes] = []
+    for chunk in blobs.open(key):
+        start = 0
+        end = chunk.find(b"\n")
+        while end != -1:
+            partial.append(chunk[start : end + 1])
+            yield b"".join(partial)
+            partial.clear()
+            start = end + 1
+            end = chunk.find(b"\n", start)
+        if start < len(chunk):
+            partial.append(chunk[start:])
+    if partial:
+        yield b"".join(partial)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     import torch
 
-    from tunewright.trainer.data import PreferenceExample, TokenizedExample
+    from tunewright.modeling.dataset import PreferenceExample, TokenizedExample
 
 
 @dataclass(frozen=True, slots=True)

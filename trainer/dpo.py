@@ -22,8 +22,8 @@ from tunewright.trainer.loop import CORRECT, Batch, SupervisedObjective, target_
 if TYPE_CHECKING:
     import torch
 
+    from tunewright.modeling.hyperparams import ResolvedHyperparameters
     from tunewright.trainer.collate import PreferenceBatch
-    from tunewright.trainer.hyperparams import ResolvedHyperparameters
     from tunewright.trainer.loop import Objective
 
 __all__ = ["DpoObjective", "objective_for", "sequence_logprobs", "stack_pair"]
@@ -79,7 +79,7 @@ class DpoObjective:
 def objective_for(hyper: ResolvedHyperparameters) -> Objective:
     """Return the job's objective: ``DpoObjective(beta)`` for ``method_type == "dpo"``, else supervised."""
     if hyper.method_type == "dpo":
-        from tunewright.trainer.hyperparams import DEFAULT_BETA
+        from tunewright.modeling.hyperparams import DEFAULT_BETA
 
         return DpoObjective(DEFAULT_BETA if hyper.beta is None else hyper.beta)
     return SupervisedObjective()

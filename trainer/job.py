@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +21,13 @@ import msgspec
 
 from tunewright.modeling.chat import ChatTemplateError
 from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
+from tunewright.modeling.plan import truncation_messages
 from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, packaged_model_pending
 from tunewright.storage.errors import DatabaseUnavailable
 from tunewright.storage.keys import adapter_blob_prefix
-from tunewright.storage.records import JobStatus
+from tunewright.storage.records import JobStatus, ThroughputRecord
 from tunewright.trainer.collate import pad_id_of
-from tunewright.trainer.prepare import prepare, summary_message, truncation_messages
+from tunewright.trainer.prepare import prepare, summary_message
 from tunewright.trainer.publish import (
     discard_checkpoints,
     download_adapter,
@@ -256,7 +258,28 @@ def publish(session: Session) -> str:
     if not done:
         return stopped_outcome(handle)
     delete_resume_point(handle.stores.blobs, handle.resume_key)
+    record_throughput(session)
     return "succeeded"
+
+
+def record_throughput(session: Session) -> None:
+    """Keep the tokens this session trained and how long it ran, for the cost estimate's duration.
+
+    Best effort: the job has succeeded already, so a failure here is logged, never the job's.
+    """
+    handle = session.handle
+    job = handle.job
+    try:
+        usage = handle.stores.metadata.list_training_usage(job.id, project_id=job.project_id)
+        tokens = sum(row.trained_tokens for row in usage if row.step > session.start_step)
+        seconds = time.monotonic() - session.started
+        if tokens > 0 and seconds > 0:
+            record = ThroughputRecord(
+                job_id=job.id, base_model=job.base_model, tokens=tokens, seconds=seconds, finished_at=int(time.time())
+            )
+            handle.stores.metadata.record_throughput(record)
+    except Exception:
+        logger.exception("could not record the throughput of job %s", job.id, extra={"job_id": job.id})
 
 
 def fail(handle: JobHandle, code: str, message: str, param: str | None = None) -> str:

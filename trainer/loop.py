@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     import torch
 
-    from tunewright.trainer.hyperparams import ResolvedHyperparameters
+    from tunewright.modeling.hyperparams import ResolvedHyperparameters
 
 DEFAULT_WARMUP_RATIO = 0.1
 DEFAULT_MAX_GRAD_NORM = 1.0

@@ -31,6 +31,7 @@ from tunewright.api.generation import EventRelay, call_engine, collect, open_str
 from tunewright.api.metering import Meter
 from tunewright.api.parameters import check_choices, completion_budget, invalid, sampling_params, unsupported
 from tunewright.api.ratelimits.limiter import charged_tokens
+from tunewright.api.spend.quota import admit_inference
 from tunewright.inference.engine import GenerationRequest
 from tunewright.modeling.chat import ChatTemplateError, render_chat, template_tools
 from tunewright.storage.ids import new_id
@@ -64,6 +65,7 @@ async def create_chat_completion(
     meter = Meter(stores, principal, data.model, "chat.completions", streamed, metrics=metrics)
     check_request(data)
     check_choices(1, data.n or 1, settings.max_choices_per_request)
+    await admit_inference(stores, settings, principal)
     prepare_request = partial(prepare, stores, settings, engine, data, project_id=principal.project_id or "")
     request = await anyio.to_thread.run_sync(prepare_request)
     meter.base_model, meter.prompt_tokens = request.target.base_model, len(request.prompt_ids)

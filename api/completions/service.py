@@ -21,6 +21,7 @@ from tunewright.api.generation import EventRelay, call_engine, collect, open_str
 from tunewright.api.metering import Meter
 from tunewright.api.parameters import check_choices, completion_budget, invalid, sampling_params, unsupported
 from tunewright.api.ratelimits.limiter import charged_tokens
+from tunewright.api.spend.quota import admit_inference
 from tunewright.inference.engine import GenerationRequest
 from tunewright.storage.ids import new_id
 
@@ -63,6 +64,7 @@ async def create_completion(
     """
     meter = Meter(stores, principal, data.model, "completions", bool(data.stream), metrics=metrics)
     check_request(data, max_choices=settings.max_choices_per_request)
+    await admit_inference(stores, settings, principal)
     project_id = principal.project_id or ""
     target = await anyio.to_thread.run_sync(
         partial(resolve_target, stores, settings, data.model, project_id=project_id)

@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from tunewright.api.auth import Caller, Principal, current_principal, require_project, require_project_or_admin
-from tunewright.api.dependencies import AppSettings, AppStores, store_read
+from tunewright.api.dependencies import AppEngine, AppSettings, AppStores, store_read
 from tunewright.api.fine_tuning import events_stream, permissions, service
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.fine_tuning.schemas import (
@@ -19,6 +19,7 @@ from tunewright.api.fine_tuning.schemas import (
     FineTuningCheckpointPermission,
     FineTuningJob,
     FineTuningJobCheckpoint,
+    FineTuningJobEstimate,
     FineTuningJobEvent,
 )
 from tunewright.api.pagination import bracket_map, check_choice, check_limit, edge_ids
@@ -46,11 +47,24 @@ class JobsController(Controller):
         self,
         stores: AppStores,
         settings: AppSettings,
+        engine: AppEngine,
         principal: Caller,
         data: JSONBody[CreateFineTuningJobRequest],
     ) -> FineTuningJob:
         """Create a fine-tuning job; it starts in `validating_files`."""
-        return FineTuningJob.from_record(service.create_job(stores, settings, data, principal))
+        return FineTuningJob.from_record(service.create_job(stores, settings, engine, data, principal))
+
+    @post("/estimate", status_code=200, sync_to_thread=True)
+    def estimate_job(
+        self,
+        stores: AppStores,
+        settings: AppSettings,
+        engine: AppEngine,
+        principal: Caller,
+        data: JSONBody[CreateFineTuningJobRequest],
+    ) -> FineTuningJobEstimate:
+        """Tunewright's: what a job with this body would train, cost and take; the same errors as creating it."""
+        return service.estimate_job(stores, settings, engine, data, principal)
 
     @get("/")
     async def list_jobs(

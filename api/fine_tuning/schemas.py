@@ -289,3 +289,28 @@ class FineTuningCheckpointPermission(Response):
     def from_record(cls, record: PermissionRecord) -> FineTuningCheckpointPermission:
         """The only mapping from a PermissionRecord to the wire."""
         return cls(id=record.id, created_at=record.created_at, project_id=record.project_id)
+
+
+class EstimatedCost(Response):
+    """A cost estimate in dollars."""
+
+    value: float
+    currency: Literal["usd"] = "usd"
+
+
+class FineTuningJobEstimate(Response):
+    """`POST /v1/fine_tuning/jobs/estimate` (Tunewright's): what a job would train, bill and take."""
+
+    model: str
+    training_file: str
+    validation_file: str | None
+    method: dict[str, Any]
+    n_epochs: int
+    examples: int
+    tokens_per_epoch: int
+    trained_tokens: int
+    estimated_cost: EstimatedCost
+    estimated_duration_seconds: int
+    within_spend_limit: bool
+    warnings: list[str]
+    object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"

@@ -10,6 +10,8 @@ import msgspec
 from msgspec import UNSET
 
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
+from tunewright.api.fine_tuning.estimate import CheckedJob, estimate, job_cost
+from tunewright.api.spend.quota import admit_job
 from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
 from tunewright.modeling.registry import local_model_dir
 from tunewright.storage.errors import NotFound, StateConflict
@@ -21,7 +23,8 @@ from tunewright.training_files.validate import JsonlChecker
 
 if TYPE_CHECKING:
     from tunewright.api.auth import Principal
-    from tunewright.api.fine_tuning.schemas import CreateFineTuningJobRequest
+    from tunewright.api.fine_tuning.schemas import CreateFineTuningJobRequest, FineTuningJobEstimate
+    from tunewright.inference.engine import InferenceEngine
     from tunewright.storage.base import Stores
     from tunewright.storage.records import FileRecord
     from tunewright.storage.settings import Settings
@@ -185,8 +188,10 @@ def precheck_dataset(stores: Stores, settings: Settings, file: FileRecord, *, pa
         raise InvalidRequestError(exc.message, param=param, code=exc.code) from exc
 
 
-def create_job(stores: Stores, settings: Settings, data: CreateFineTuningJobRequest, principal: Principal) -> JobRecord:
-    """Check everything a job needs, then store it `validating_files` with its first event."""
+def check_job_request(
+    stores: Stores, settings: Settings, data: CreateFineTuningJobRequest, principal: Principal
+) -> CheckedJob:
+    """Run every check of job creation (the estimate runs the same ones, so it answers the same errors)."""
     project_id = principal.project_id or ""
     base_model = resolve_base_model(stores, settings, data.model, project_id=project_id)
     method, hyperparameters = build_method(data)
@@ -206,6 +211,23 @@ def create_job(stores: Stores, settings: Settings, data: CreateFineTuningJobRequ
     precheck_dataset(stores, settings, training, param="training_file", method_type=method["type"])
     if validation is not None:
         precheck_dataset(stores, settings, validation, param="validation_file", method_type=method["type"])
+    return CheckedJob(
+        base_model=base_model,
+        method=method,
+        hyperparameters=hyperparameters,
+        training=training,
+        validation=validation,
+        metadata=metadata,
+    )
+
+
+def create_job(
+    stores: Stores, settings: Settings, engine: InferenceEngine, data: CreateFineTuningJobRequest, principal: Principal
+) -> JobRecord:
+    """Check everything a job needs, then store it `validating_files` with its first event."""
+    project_id = principal.project_id or ""
+    checked = check_job_request(stores, settings, data, principal)
+    admit_job(stores, settings, principal, estimated_cost=lambda: job_cost(stores, settings, engine, checked))
     now = int(time.time())
     job = JobRecord(
         id=new_id("job"),
@@ -214,20 +236,27 @@ def create_job(stores: Stores, settings: Settings, data: CreateFineTuningJobRequ
         created_at=now,
         updated_at=now,
         model=data.model,
-        base_model=base_model,
+        base_model=checked.base_model,
         status=JobStatus.VALIDATING_FILES,
-        training_file=training.id,
-        validation_file=validation.id if validation else None,
-        hyperparameters=hyperparameters,
-        method=method,
+        training_file=checked.training.id,
+        validation_file=checked.validation.id if checked.validation else None,
+        hyperparameters=checked.hyperparameters,
+        method=checked.method,
         seed=data.seed if isinstance(data.seed, int) else secrets.randbelow(2_147_483_648),
         model_slot=new_model_slot(),
         suffix=data.suffix if isinstance(data.suffix, str) else None,
-        metadata=metadata,
+        metadata=checked.metadata,
         integrations=msgspec.to_builtins(data.integrations) if isinstance(data.integrations, list) else None,
     )
     stores.metadata.insert_job(job, event(job.id, project_id, f"Created fine-tuning job: {job.id}"))
     return job
+
+
+def estimate_job(
+    stores: Stores, settings: Settings, engine: InferenceEngine, data: CreateFineTuningJobRequest, principal: Principal
+) -> FineTuningJobEstimate:
+    """`POST /v1/fine_tuning/jobs/estimate`: the checks of job creation, then what the job would train and cost."""
+    return estimate(stores, settings, engine, check_job_request(stores, settings, data, principal), data, principal)
 
 
 def get_job(stores: Stores, job_id: str, *, project_id: str) -> JobRecord:

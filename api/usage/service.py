@@ -296,8 +296,13 @@ def cost_lines(stores: Stores, settings: Settings, window: UsageWindow) -> list[
     return lines
 
 
+def token_cost(tokens: int, dollars_per_million: float) -> Decimal:
+    """What `tokens` cost at a price in dollars per 1M tokens."""
+    return Decimal(tokens) * Decimal(str(dollars_per_million)) / MILLION
+
+
 def _token_line(total: Any, line_item: str, tokens: int, dollars: float, api_key_id: str | None) -> CostLine:
-    amount = Decimal(tokens) * Decimal(str(dollars)) / MILLION
+    amount = token_cost(tokens, dollars)
     return CostLine(total.bucket, total.project_id, api_key_id, line_item, "tokens", Decimal(tokens), amount)
 
 

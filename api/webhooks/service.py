@@ -14,7 +14,14 @@ from tunewright.api.webhooks.signing import new_secret
 from tunewright.api.webhooks.targets import system_resolver, url_refusal
 from tunewright.storage.errors import LimitExceeded, NotFound
 from tunewright.storage.ids import new_id
-from tunewright.storage.outbox import EVENT_TYPES, event_payload, signing_secrets
+from tunewright.storage.outbox import (
+    EVENT_TYPES,
+    SPEND_ALERT_EVENT,
+    event_body,
+    event_payload,
+    signing_secrets,
+    spend_alert_data,
+)
 from tunewright.storage.records import WebhookEndpointRecord
 
 if TYPE_CHECKING:
@@ -38,6 +45,9 @@ ROTATION_GRACE_S = 24 * 3600
 """How long a rotated-out secret still signs, when the rotation asked to keep it."""
 TEST_JOB_ID = "ftjob-test"
 """The job id a test event names: no job has it."""
+TEST_ALERT_ID = "alert_test"
+TEST_PROJECT_ID = "proj_test"
+"""The alert and project a test `spend_alert.triggered` names: none has these ids."""
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
 
 
@@ -185,6 +195,17 @@ def list_deliveries(
         raise endpoint_not_found(endpoint_id) from None
 
 
+def sample_event(event_type: str, *, now: int) -> str:
+    """The body of a sample event of `event_type`: about a made-up job, or a made-up project alert."""
+    event_id = new_id("webhook_event")
+    if event_type == SPEND_ALERT_EVENT:
+        data = spend_alert_data(
+            TEST_ALERT_ID, project_id=TEST_PROJECT_ID, threshold_amount=0, month_start=now, spent_cents=0
+        )
+        return event_body(event_id, event_type, data, created_at=now)
+    return event_payload(event_id, event_type, TEST_JOB_ID, created_at=now)
+
+
 async def send_test_event(
     record: WebhookEndpointRecord,
     settings: Settings,
@@ -200,7 +221,7 @@ async def send_test_event(
     """
     event_type = check_event_type(data.event_type, param="event_type")
     now = int(time.time())
-    body = event_payload(new_id("webhook_event"), event_type, TEST_JOB_ID, created_at=now).encode()
+    body = sample_event(event_type, now=now).encode()
     keys = signing_secrets(record.secret, record.previous_secret, record.previous_secret_expires_at, now=now)
     async with http_client(settings.webhook_timeout_s) as client:
         result = await send_attempt(

@@ -47,7 +47,11 @@ class StreamDropped(Exception):  # noqa: N818 - reads as the event
 
 def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `jobs` command group."""
-    parser = subcommands.add_parser("jobs", help="watch fine-tuning jobs", description="Watch fine-tuning jobs.")
+    from tunewright.clients.cli.estimate import add_parser as add_estimate_parser  # it imports this module
+
+    parser = subcommands.add_parser(
+        "jobs", help="watch fine-tuning jobs, estimate one", description="Watch fine-tuning jobs, or estimate one."
+    )
     actions = parser.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     follow = actions.add_parser(
         "follow",
@@ -57,21 +61,34 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "the job succeeded, 1 if it failed or was cancelled (or the server could not be used), 2 without a key.",
     )
     follow.add_argument("job_id", metavar="JOB_ID", help="the job's id (ftjob-…)")
-    follow.add_argument(
+    add_base_url_argument(follow)
+    follow.set_defaults(handler=run_follow)
+    add_estimate_parser(actions)
+
+
+def add_base_url_argument(parser: argparse.ArgumentParser) -> None:
+    """`--base-url`, for the commands that are clients of a server."""
+    parser.add_argument(
         "--base-url",
         dest="api_base_url",
         default=None,
         help=f"the API's base URL (default: ${BASE_URL_VARIABLE}, else {DEFAULT_BASE_URL})",
     )
-    follow.set_defaults(handler=run_follow)
+
+
+def api_key(command: str) -> str | None:
+    """The project key from TUNEWRIGHT_API_KEY or OPENAI_API_KEY; None (after saying so on stderr) without one."""
+    key = next((os.environ[name] for name in KEY_VARIABLES if os.environ.get(name)), None)
+    if key is None:
+        print(f"tunewright: {command}: set {' or '.join(KEY_VARIABLES)} to a project API key", file=sys.stderr)
+    return key
 
 
 def run_follow(args: argparse.Namespace, settings: Settings) -> int:
     """`jobs follow JOB_ID`: stream the events, then report the job; the exit status says how it ended."""
     del settings  # a client of a server: the local settings play no part
-    key = next((os.environ[name] for name in KEY_VARIABLES if os.environ.get(name)), None)
+    key = api_key("jobs follow")
     if key is None:
-        print(f"tunewright: jobs follow: set {' or '.join(KEY_VARIABLES)} to a project API key", file=sys.stderr)
         return USAGE_ERROR
     base_url = resolve_base_url(args.api_base_url, os.environ)
     printer = EventPrinter(sys.stdout, tty=sys.stdout.isatty())

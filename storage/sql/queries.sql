@@ -610,3 +610,64 @@ WHERE (CAST(:organization_id AS TEXT) IS NULL OR organization_id = :organization
   {filters}
 ORDER BY effective_at {dir}, id {dir}
 LIMIT :limit
+-- name: get_spend_limit
+SELECT * FROM spend_limits WHERE project_id = :project_id
+
+-- name: put_spend_limit
+INSERT INTO spend_limits (project_id, organization_id, created_at, updated_at, threshold_amount, currency, period)
+VALUES (:project_id, :organization_id, :created_at, :updated_at, :threshold_amount, :currency, :period)
+ON CONFLICT (project_id) DO UPDATE SET
+    updated_at = excluded.updated_at,
+    threshold_amount = excluded.threshold_amount,
+    currency = excluded.currency,
+    period = excluded.period
+RETURNING *
+
+-- name: delete_spend_limit
+DELETE FROM spend_limits WHERE project_id = :project_id RETURNING project_id
+
+-- name: insert_spend_alert
+INSERT INTO spend_alerts (id, organization_id, project_id, created_at, updated_at, threshold_amount, currency,
+                          period, notification_channel, fired_month)
+VALUES (:id, :organization_id, :project_id, :created_at, :updated_at, :threshold_amount, :currency, :period,
+        :notification_channel, :fired_month)
+
+-- name: list_project_spend_alerts
+SELECT * FROM spend_alerts WHERE organization_id = :organization_id AND project_id = :project_id
+ORDER BY created_at, id
+
+-- name: list_organization_spend_alerts
+SELECT * FROM spend_alerts WHERE organization_id = :organization_id AND project_id IS NULL
+ORDER BY created_at, id
+
+-- name: update_spend_alert
+UPDATE spend_alerts SET threshold_amount = :threshold_amount, currency = :currency, period = :period,
+    notification_channel = :notification_channel, updated_at = :updated_at,
+    fired_month = CASE WHEN threshold_amount = :threshold_amount THEN fired_month END
+WHERE id = :id AND organization_id = :organization_id
+RETURNING *
+
+-- name: delete_spend_alert
+DELETE FROM spend_alerts WHERE id = :id AND organization_id = :organization_id RETURNING id
+
+-- name: mark_spend_alert_fired
+-- Compare-and-set: of the processes that see an alert crossed in a month, one marks it and sends its webhooks.
+UPDATE spend_alerts SET fired_month = :month
+WHERE id = :id AND (fired_month IS NULL OR fired_month < :month)
+RETURNING id
+
+-- name: organization_project_ids
+SELECT id FROM projects WHERE organization_id = :organization_id ORDER BY created_at, id
+
+-- name: list_due_spend_alerts
+SELECT * FROM spend_alerts WHERE fired_month IS NULL OR fired_month < :month ORDER BY created_at, id
+
+-- name: insert_training_throughput
+INSERT INTO training_throughput (job_id, base_model, tokens, seconds, finished_at)
+VALUES (:job_id, :base_model, :tokens, :seconds, :finished_at)
+ON CONFLICT (job_id) DO NOTHING
+
+-- name: recent_training_throughput
+SELECT COALESCE(SUM(tokens), 0) AS tokens, COALESCE(SUM(seconds), 0) AS seconds, COUNT(*) AS jobs
+FROM (SELECT tokens, seconds FROM training_throughput WHERE base_model = :base_model
+      ORDER BY finished_at DESC, job_id DESC LIMIT :jobs) AS recent

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tunewright.modeling.chat import render_chat
+from tunewright.modeling.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.backends.peft import PeftTrainingBackend
 from tunewright.trainer.collate import collate_examples, pad_id_of
-from tunewright.trainer.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.loop import train
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def hyper() -> ResolvedHyperparameters:
 
 
 def batches(tokenizer: Any, steps: int) -> list[Any]:
-    from tunewright.trainer.data import TokenizedExample
+    from tunewright.modeling.dataset import TokenizedExample
 
     examples = []
     for i, word in enumerate(WORDS):

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.integration
 
 NUL_ID = "x\x00y"
 
+SPEND_LIMIT_BODY = {"threshold_amount": 100, "currency": "USD", "interval": "month"}
+ALERT_BODY = {**SPEND_LIMIT_BODY, "notification_channel": {"type": "email", "recipients": ["ops@example.com"]}}
+
 # Every route with an id in its path: (method, path, body for the route's kind of request, admin route).
 PATH_ID_ROUTES: list[tuple[str, str, dict[str, Any], bool]] = [
     ("GET", "/v1/files/{file_id:str}", {}, False),
@@ -81,6 +84,17 @@ PATH_ID_ROUTES: list[tuple[str, str, dict[str, Any], bool]] = [
         {"json": {"max_requests_per_1_minute": 10}},
         True,
     ),
+    ("GET", "/v1/organization/projects/{project_id:str}/spend_limit", {}, True),
+    ("POST", "/v1/organization/projects/{project_id:str}/spend_limit", {"json": SPEND_LIMIT_BODY}, True),
+    ("DELETE", "/v1/organization/projects/{project_id:str}/spend_limit", {}, True),
+    ("GET", "/v1/organization/projects/{project_id:str}/spend_alerts", {}, True),
+    ("POST", "/v1/organization/projects/{project_id:str}/spend_alerts", {"json": ALERT_BODY}, True),
+    ("GET", "/v1/organization/projects/{project_id:str}/spend_alerts/{alert_id:str}", {}, True),
+    ("POST", "/v1/organization/projects/{project_id:str}/spend_alerts/{alert_id:str}", {"json": ALERT_BODY}, True),
+    ("DELETE", "/v1/organization/projects/{project_id:str}/spend_alerts/{alert_id:str}", {}, True),
+    ("GET", "/v1/organization/spend_alerts/{alert_id:str}", {}, True),
+    ("POST", "/v1/organization/spend_alerts/{alert_id:str}", {"json": ALERT_BODY}, True),
+    ("DELETE", "/v1/organization/spend_alerts/{alert_id:str}", {}, True),
     ("GET", "/v1/webhook_endpoints/{webhook_endpoint_id:str}", {}, False),
     ("POST", "/v1/webhook_endpoints/{webhook_endpoint_id:str}", {"json": {"name": "n"}}, False),
     ("DELETE", "/v1/webhook_endpoints/{webhook_endpoint_id:str}", {}, False),
@@ -121,6 +135,12 @@ JSON_BODIES: list[tuple[str, dict[str, Any], bool]] = [
         {"max_requests_per_1_minute": 10},
         True,
     ),
+    ("/v1/organization/projects/{project_id:str}/spend_limit", SPEND_LIMIT_BODY, True),
+    ("/v1/organization/projects/{project_id:str}/spend_alerts", ALERT_BODY, True),
+    ("/v1/organization/projects/{project_id:str}/spend_alerts/{alert_id:str}", ALERT_BODY, True),
+    ("/v1/organization/spend_alerts", ALERT_BODY, True),
+    ("/v1/organization/spend_alerts/{alert_id:str}", ALERT_BODY, True),
+    ("/v1/fine_tuning/jobs/estimate", {"model": "tiny-llama", "training_file": "file-x", "suffix": "s"}, False),
     (
         "/v1/webhook_endpoints",
         {"name": "n", "url": "https://example.com/hook", "event_types": ["fine_tuning.job.succeeded"]},

@@ -23,8 +23,8 @@ from tunewright.api.app import create_app
 from tunewright.inference.engine import GenerationEvent
 from tunewright.inference.local import LocalEngine
 from tunewright.modeling.chat import ChatTemplateError
+from tunewright.modeling.dataset import encode_chat, encode_preference
 from tunewright.storage.registry import open_stores
-from tunewright.trainer.data import encode_chat, encode_preference
 from tunewright.training_files.formats import DataFormat, detect_format, validate_example
 
 if TYPE_CHECKING:

@@ -221,7 +221,15 @@ def test_made_up_methods_and_paths_add_no_metrics_series(http, tenants):
 def test_openapi_document_lists_the_api(http):
     document = http.get("/openapi.json").json()
     assert document["openapi"].startswith("3.1")
-    for path in ("/v1/files", "/v1/uploads", "/v1/fine_tuning/jobs", "/v1/models"):
+    for path in (
+        "/v1/files",
+        "/v1/uploads",
+        "/v1/fine_tuning/jobs",
+        "/v1/fine_tuning/jobs/estimate",
+        "/v1/models",
+        "/v1/organization/projects/{project_id}/spend_limit",
+        "/v1/organization/spend_alerts/{alert_id}",
+    ):
         assert path in document["paths"]
 
 

@@ -15,10 +15,9 @@ import openai
 import pytest
 from fixtures.app import BASE_URL, OPERATOR_KEY, backend_settings, make_key
 from fixtures.contract import schema_for, validate, validate_error, validate_operation
+from fixtures.metering import store_usage
 from fixtures.training import TINY, TRAINING_SETTINGS, run_worker
 
-from tunewright.storage.ids import new_id
-from tunewright.storage.records import UsageRecord
 from tunewright.storage.sweeps import sweep_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
@@ -55,25 +54,6 @@ def admin_client(http: Any, key: str, organization: str | None = None) -> openai
 
 def get(http: Any, key: str, path: str, **params: Any) -> Any:
     return http.get(f"/v1/organization{path}", headers={"Authorization": f"Bearer {key}"}, params=params)
-
-
-def store_usage(stores: Any, tenant: Any, at: int, prompt: int, completion: int) -> None:
-    """A chat request's usage row as the API writes it, at a chosen time."""
-    stores.metadata.insert_usage(
-        UsageRecord(
-            id=new_id("usage"),
-            project_id=tenant.project_id,
-            api_key_id=tenant.key_id,
-            model=TINY,
-            base_model=TINY,
-            endpoint="chat.completions",
-            streamed=False,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            latency_ms=1,
-            created_at=at,
-        )
-    )
 
 
 def results(page: Any) -> list[Any]:

@@ -317,6 +317,15 @@ def test_test_sends_a_signed_sample_event_and_answers_its_status(
         )
         assert received.path == "/sample"
     assert first.headers["webhook-id"] != second.headers["webhook-id"]
+    client_a.webhooks.test(made.id, event_type="spend_alert.triggered")
+    spend = receiver.wait_for(3)[2]
+    client_a.webhooks.verify_signature(spend.body, spend.headers, secret=made.signing_secret)
+    body = json.loads(spend.body)
+    assert (body["type"], body["data"]["object"], body["data"]["currency"]) == (
+        "spend_alert.triggered",
+        "project.spend_alert",
+        "USD",
+    )
 
 
 def test_test_refuses_events_this_server_does_not_send_and_reports_an_unreachable_endpoint(
@@ -339,4 +348,4 @@ def test_event_types_lists_what_this_server_sends(
     status, body = raw(http, tenants["a"].key, "GET", "/webhook_event_types")
     assert status == 200
     validate_sdk_type(body, WebhookEventTypeList)
-    assert client_a.webhooks.event_types.list().data == [*FT_EVENTS, "fine_tuning.job.paused"]
+    assert client_a.webhooks.event_types.list().data == [*FT_EVENTS, "fine_tuning.job.paused", "spend_alert.triggered"]

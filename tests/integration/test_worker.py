@@ -28,10 +28,10 @@ from fixtures.training import (
     worker_process,
 )
 
+from tunewright.modeling.dataset import tokenize_dataset
 from tunewright.modeling.loading import load_tokenizer
 from tunewright.storage.errors import NotFound
 from tunewright.storage.keys import adapter_blob_prefix, resume_blob_key
-from tunewright.trainer.data import tokenize_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -9,38 +9,18 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 from fixtures.stores import make_job
+from fixtures.webhooks import deliveries, make_endpoint
 
 from tunewright.storage.errors import LimitExceeded, NotFound, StateConflict
 from tunewright.storage.ids import new_id
 from tunewright.storage.queue import SQLJobQueue
-from tunewright.storage.records import ClaimedDelivery, WebhookDeliveryRecord, WebhookEndpointRecord
+from tunewright.storage.records import ClaimedDelivery, WebhookEndpointRecord
 
 if TYPE_CHECKING:
     from tunewright.storage.db import Database
     from tunewright.storage.metadata import SQLMetadataStore
 
 OPENAI_EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"]
-
-
-def make_endpoint(store: SQLMetadataStore, project_id: str, event_types: list[str], **fields: object) -> str:
-    now = int(time.time())
-    record = WebhookEndpointRecord(
-        id=new_id("webhook_endpoint"),
-        project_id=project_id,
-        created_at=now,
-        updated_at=now,
-        name="hooks",
-        url="https://hooks.example.com/tunewright",
-        event_types=event_types,
-        secret="whsec_current",
-        **fields,  # type: ignore[arg-type]
-    )
-    store.create_webhook_endpoint(record, max_per_project=16)
-    return record.id
-
-
-def deliveries(store: SQLMetadataStore, endpoint_id: str, project_id: str = "proj_a") -> list[WebhookDeliveryRecord]:
-    return store.list_webhook_deliveries(endpoint_id, project_id=project_id, status=None, after=None, limit=100).items
 
 
 def finish_running(store: SQLMetadataStore, queue: SQLJobQueue, status: str, project_id: str = "proj_a") -> str:

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from tunewright.trainer.data import TokenizedExample
+from tunewright.modeling.dataset import TokenizedExample
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tunewright.modeling.dataset import PreferenceExample, TokenizedExample
 from tunewright.trainer.collate import collate_examples, collate_preferences, pad_id_of
-from tunewright.trainer.data import PreferenceExample, TokenizedExample
 
 torch = pytest.importorskip("torch")
 

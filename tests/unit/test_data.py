@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tunewright.modeling.chat import render_chat
-from tunewright.trainer.data import PreferenceExample, TokenizedExample, tokenize_dataset
+from tunewright.modeling.dataset import PreferenceExample, TokenizedExample, tokenize_dataset
 from tunewright.training_files.errors import DatasetError
 
 USER = {"role": "user", "content": "What is the capital of France?"}

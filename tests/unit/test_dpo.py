@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tunewright.modeling.dataset import tokenize_dataset
+from tunewright.modeling.hyperparams import ResolvedHyperparameters
 from tunewright.modeling.loading import load_model
 from tunewright.trainer.backends.peft import PeftTrainingBackend
 from tunewright.trainer.collate import PreferenceBatch, collate_preferences, pad_id_of
-from tunewright.trainer.data import tokenize_dataset
 from tunewright.trainer.dpo import DpoObjective, objective_for, reference, sequence_logprobs, stack_pair
-from tunewright.trainer.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.loop import Batch, SupervisedObjective, train
 
 if TYPE_CHECKING:

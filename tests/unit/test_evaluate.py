@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tunewright.modeling.dataset import tokenize_dataset
+from tunewright.modeling.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.backends.peft import PeftTrainingBackend
 from tunewright.trainer.collate import collate_examples, collate_preferences, pad_id_of
-from tunewright.trainer.data import tokenize_dataset
 from tunewright.trainer.dpo import DpoObjective
 from tunewright.trainer.evaluate import EvalMetrics, evaluate, sample_batches
-from tunewright.trainer.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.loop import Batch, token_loss
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tunewright.trainer.hyperparams import (
+from tunewright.modeling.hyperparams import (
     DEFAULT_BASE_LEARNING_RATE,
     auto_batch_size,
     auto_learning_rate_multiplier,
@@ -184,8 +184,8 @@ def test_non_positive_counts_are_refused(bad: int) -> None:
 
 
 def test_module_does_not_import_torch() -> None:
-    for name in ("hyperparams.py", "batching.py"):
-        tree = ast.parse((Path(__file__).parents[2] / "trainer" / name).read_text())
+    for name in ("modeling/hyperparams.py", "modeling/plan.py", "trainer/batching.py"):
+        tree = ast.parse((Path(__file__).parents[2] / name).read_text())
         imported = {
             alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
         } | {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}

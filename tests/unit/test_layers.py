@@ -2,14 +2,15 @@
 
 ```
 clients ─▶ api ─▶ inference ─▶ modeling ─▶ storage
-            │                     ▲
-            ├──▶ training_files   │
+            │                     ▲   │
+            ├──▶ training_files ◀─┼───┘
             │         ▲           │
             │      trainer ───────┘ (and storage)
 ```
 
 `training_files` (the OpenAI training-file formats and their checks) is pure Python and imports nothing else of
-ours; `modeling` (base models: registry, loading, chat rendering, the tiny model) imports only `storage`;
+ours; `modeling` (base models: registry, loading, chat rendering, the tiny model, the training plan) imports only
+`training_files` and `storage`;
 `trainer` and `inference` are siblings over `modeling` and never import each other; `api` imports no `trainer`.
 """
 
@@ -29,7 +30,7 @@ HEAVY_ALLOWED = ("trainer", "inference", "modeling")
 ALLOWED = {
     "storage": {"storage"},
     "training_files": {"training_files"},
-    "modeling": {"modeling", "storage"},
+    "modeling": {"modeling", "training_files", "storage"},
     "trainer": {"trainer", "modeling", "training_files", "storage"},
     "inference": {"inference", "modeling", "storage"},
     "api": {"api", "inference", "modeling", "training_files", "storage"},

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tunewright.modeling.chat import render_chat
+from tunewright.modeling.hyperparams import ResolvedHyperparameters
 from tunewright.modeling.loading import load_model
 from tunewright.trainer.backends import select_backend
 from tunewright.trainer.backends.peft import PeftTrainingBackend
-from tunewright.trainer.hyperparams import ResolvedHyperparameters
 from tunewright.trainer.loop import (
     Batch,
     StepMetrics,

@@ -6,14 +6,13 @@ from typing import Any
 
 import pytest
 
-from tunewright.trainer.prepare import blob_lines
+from tunewright.storage.streams import blob_lines
 
 
 class Chunks:
-    """A stand-in for `Stores` whose blob store yields fixed chunks (line framing only, no storage semantics)."""
+    """A stand-in for a `BlobStore` that yields fixed chunks (line framing only, no storage semantics)."""
 
     def __init__(self, chunks: list[bytes]) -> None:
-        self.blobs = self
         self.chunks = chunks
 
     def open(self, key: str) -> Any:
@@ -37,8 +36,8 @@ def test_lines_keep_their_ends_across_chunk_boundaries(chunks: list[bytes], line
 def test_the_summary_event_counts_one_epoch_and_one_step_in_the_singular(tokenizer: Any) -> None:
     from pathlib import Path
 
-    from tunewright.trainer.data import tokenize_dataset
-    from tunewright.trainer.hyperparams import resolve_hyperparameters
+    from tunewright.modeling.dataset import tokenize_dataset
+    from tunewright.modeling.hyperparams import resolve_hyperparameters
     from tunewright.trainer.prepare import PreparedJob, summary_message
 
     lines = (Path(__file__).resolve().parent.parent / "assets" / "valid_chat.jsonl").read_bytes().splitlines()

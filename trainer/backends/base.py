@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tunewright.trainer.hyperparams import ResolvedHyperparameters
+    from tunewright.modeling.hyperparams import ResolvedHyperparameters
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from tunewright.modeling.loading import load_model, load_tokenizer
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tunewright.trainer.hyperparams import ResolvedHyperparameters
+    from tunewright.modeling.hyperparams import ResolvedHyperparameters
 
 
 class PeftTrainingBackend:

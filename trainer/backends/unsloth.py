@@ -16,7 +16,7 @@ from tunewright.modeling.loading import load_tokenizer
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tunewright.trainer.hyperparams import ResolvedHyperparameters
+    from tunewright.modeling.hyperparams import ResolvedHyperparameters
 
 # What PEFT's "all-linear" selects on Llama-style models, spelled out: Unsloth takes a list of module names.
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
