@@ -50,11 +50,22 @@ WEBHOOK_ENDPOINT_CREATED = "webhook_endpoint.created"
 WEBHOOK_ENDPOINT_UPDATED = "webhook_endpoint.updated"
 WEBHOOK_ENDPOINT_DELETED = "webhook_endpoint.deleted"
 WEBHOOK_ENDPOINT_SECRET_ROTATED = "webhook_endpoint.secret_rotated"  # noqa: S105 - an event type, not a secret
+# Nor for spend limits and alerts.
+SPEND_LIMIT_UPDATED = "spend_limit.updated"
+SPEND_LIMIT_DELETED = "spend_limit.deleted"
+SPEND_ALERT_CREATED = "spend_alert.created"
+SPEND_ALERT_UPDATED = "spend_alert.updated"
+SPEND_ALERT_DELETED = "spend_alert.deleted"
 TUNEWRIGHT_EVENT_TYPES = (
     WEBHOOK_ENDPOINT_CREATED,
     WEBHOOK_ENDPOINT_UPDATED,
     WEBHOOK_ENDPOINT_DELETED,
     WEBHOOK_ENDPOINT_SECRET_ROTATED,
+    SPEND_LIMIT_UPDATED,
+    SPEND_LIMIT_DELETED,
+    SPEND_ALERT_CREATED,
+    SPEND_ALERT_UPDATED,
+    SPEND_ALERT_DELETED,
 )
 
 

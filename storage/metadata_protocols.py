@@ -549,8 +549,12 @@ class RateLimitStore(Protocol):
         max_requests_per_1_minute: int | None = None,
         max_tokens_per_1_minute: int | None = None,
         max_requests_per_1_day: int | None = None,
+        actor: AuditActor | None = None,
     ) -> RateLimitRecord:
-        """Set the limits given (None keeps the current value) for one model of a project; return the row."""
+        """Set the limits given (None keeps the current value) for one model of a project; return the row.
+
+        Audited as `rate_limit.updated`.
+        """
         ...
 
 
@@ -581,15 +585,15 @@ class SpendStore(Protocol):
         """Return a project's spend limit. `NotFound` when it has none."""
         ...
 
-    def put_spend_limit(self, record: SpendLimitRecord) -> SpendLimitRecord:
+    def put_spend_limit(self, record: SpendLimitRecord, *, actor: AuditActor | None = None) -> SpendLimitRecord:
         """Create or replace a project's spend limit (keeping its `created_at`); return the stored row."""
         ...
 
-    def delete_spend_limit(self, project_id: str) -> bool:
+    def delete_spend_limit(self, project_id: str, *, actor: AuditActor | None = None) -> bool:
         """Remove a project's spend limit; False when it had none. Idempotent."""
         ...
 
-    def insert_spend_alert(self, record: SpendAlertRecord) -> None:
+    def insert_spend_alert(self, record: SpendAlertRecord, *, actor: AuditActor | None = None) -> None:
         """Insert a spend alert."""
         ...
 
@@ -601,11 +605,13 @@ class SpendStore(Protocol):
         """Every organization's alerts that have not fired for `month` (a month's first second), oldest first."""
         ...
 
-    def update_spend_alert(self, record: SpendAlertRecord) -> SpendAlertRecord:
+    def update_spend_alert(self, record: SpendAlertRecord, *, actor: AuditActor | None = None) -> SpendAlertRecord:
         """Replace an alert's threshold and channel (matched by id and organization). `NotFound`."""
         ...
 
-    def delete_spend_alert(self, alert_id: str, *, organization_id: str) -> None:
+    def delete_spend_alert(
+        self, alert_id: str, *, organization_id: str, project_id: str | None = None, actor: AuditActor | None = None
+    ) -> None:
         """Delete an alert of the organization. `NotFound`."""
         ...
 

@@ -8,13 +8,19 @@ crossed, exactly one sends it. Throughput rows (one per job that succeeded) give
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tunewright.storage import audit
+from tunewright.storage.audit import record_audit
 from tunewright.storage.errors import NotFound
 from tunewright.storage.metadata_base import SQLStoreBase
 from tunewright.storage.outbox import enqueue_event
 from tunewright.storage.records import SpendAlertRecord, SpendLimitRecord, ThroughputRecord
 from tunewright.storage.rows import encode_columns, from_row, to_params
+
+if TYPE_CHECKING:
+    from tunewright.storage.audit import AuditActor
+    from tunewright.storage.db import Connection
 
 
 class SpendMixin(SQLStoreBase):
@@ -28,21 +34,30 @@ class SpendMixin(SQLStoreBase):
             raise NotFound(project_id)
         return SpendLimitRecord(**row)
 
-    def put_spend_limit(self, record: SpendLimitRecord) -> SpendLimitRecord:
-        """Create or replace a project's spend limit (keeping its `created_at`); return the stored row."""
+    def put_spend_limit(self, record: SpendLimitRecord, *, actor: AuditActor | None = None) -> SpendLimitRecord:
+        """Create or replace a project's spend limit (keeping its `created_at`); return the stored row.
+
+        Audited as `spend_limit.updated` (Tunewright's type).
+        """
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("put_spend_limit", to_params(record)).fetchone()
+            details = {"id": record.project_id, "changes_requested": _limit_payload(record)}
+            record_audit(conn, actor, audit.SPEND_LIMIT_UPDATED, project_id=record.project_id, details=details)
         return SpendLimitRecord(**row)
 
-    def delete_spend_limit(self, project_id: str) -> bool:
-        """Remove a project's spend limit; False when it had none."""
+    def delete_spend_limit(self, project_id: str, *, actor: AuditActor | None = None) -> bool:
+        """Remove a project's spend limit; False when it had none (`spend_limit.deleted` when it had)."""
         with self.database.transaction(immediate=True) as conn:
-            return conn.run("delete_spend_limit", {"project_id": project_id}).fetchone() is not None
+            gone = conn.run("delete_spend_limit", {"project_id": project_id}).fetchone() is not None
+            if gone:
+                record_audit(conn, actor, audit.SPEND_LIMIT_DELETED, project_id=project_id, details={"id": project_id})
+            return gone
 
-    def insert_spend_alert(self, record: SpendAlertRecord) -> None:
-        """Insert a spend alert."""
+    def insert_spend_alert(self, record: SpendAlertRecord, *, actor: AuditActor | None = None) -> None:
+        """Insert a spend alert (`spend_alert.created`)."""
         with self.database.transaction(immediate=True) as conn:
             conn.run("insert_spend_alert", to_params(record))
+            _audit_alert(conn, actor, audit.SPEND_ALERT_CREATED, record)
 
     def list_spend_alerts(self, *, organization_id: str, project_id: str | None) -> list[SpendAlertRecord]:
         """A project's alerts (or the organization's own when `project_id` is None), oldest first."""
@@ -57,19 +72,36 @@ class SpendMixin(SQLStoreBase):
             rows = conn.run("list_due_spend_alerts", {"month": month}).fetchall()
         return [from_row(SpendAlertRecord, row) for row in rows]
 
-    def update_spend_alert(self, record: SpendAlertRecord) -> SpendAlertRecord:
-        """Replace an alert's threshold and channel; a new threshold may fire again this month. `NotFound`."""
+    def update_spend_alert(self, record: SpendAlertRecord, *, actor: AuditActor | None = None) -> SpendAlertRecord:
+        """Replace an alert's threshold and channel; a new threshold may fire again this month. `NotFound`.
+
+        Audited as `spend_alert.updated`.
+        """
         params = encode_columns(SpendAlertRecord, _changes(record))
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("update_spend_alert", params).fetchone()
+            if row is not None:
+                _audit_alert(conn, actor, audit.SPEND_ALERT_UPDATED, record)
         if row is None:
             raise NotFound(record.id)
         return from_row(SpendAlertRecord, row)
 
-    def delete_spend_alert(self, alert_id: str, *, organization_id: str) -> None:
-        """Delete an alert. `NotFound`."""
+    def delete_spend_alert(
+        self, alert_id: str, *, organization_id: str, project_id: str | None = None, actor: AuditActor | None = None
+    ) -> None:
+        """Delete an alert (of `project_id`, or the organization's own; `spend_alert.deleted`). `NotFound`."""
         with self.database.transaction(immediate=True) as conn:
             row = conn.run("delete_spend_alert", {"id": alert_id, "organization_id": organization_id}).fetchone()
+            if row is not None:
+                details = {"id": alert_id}
+                record_audit(
+                    conn,
+                    actor,
+                    audit.SPEND_ALERT_DELETED,
+                    details=details,
+                    project_id=project_id,
+                    organization_id=organization_id,
+                )
         if row is None:
             raise NotFound(alert_id)
 
@@ -109,3 +141,21 @@ class SpendMixin(SQLStoreBase):
 def _changes(record: SpendAlertRecord) -> dict[str, Any]:
     fields = ("id", "organization_id", "threshold_amount", "currency", "period", "notification_channel", "updated_at")
     return {name: getattr(record, name) for name in fields}
+
+
+def _limit_payload(record: SpendLimitRecord) -> dict[str, Any]:
+    """What an admin asked of a spend limit, as the audit log shows it."""
+    return {"threshold_amount": record.threshold_amount, "currency": record.currency, "interval": record.period}
+
+
+def _audit_alert(conn: Connection, actor: AuditActor | None, event_type: str, record: SpendAlertRecord) -> None:
+    """One `spend_alert.*` entry for `record` (a project's alert, or its organization's own)."""
+    details = {"id": record.id, "data": _limit_payload(record)}
+    record_audit(
+        conn,
+        actor,
+        event_type,
+        details=details,
+        project_id=record.project_id,
+        organization_id=record.organization_id,
+    )

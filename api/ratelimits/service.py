@@ -114,6 +114,7 @@ def update_rate_limit(
         max_requests_per_1_minute=_given(data.max_requests_per_1_minute),
         max_tokens_per_1_minute=_given(data.max_tokens_per_1_minute),
         max_requests_per_1_day=_given(data.max_requests_per_1_day),
+        actor=principal.actor,
     )
     limiter.forget(project.id)
     return view(limiter, model, record)

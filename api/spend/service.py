@@ -75,7 +75,8 @@ def put_spend_limit(
             threshold_amount=data.threshold_amount,
             currency=data.currency,
             period=data.interval,
-        )
+        ),
+        actor=principal.actor,
     )
     quota.CACHE.forget(project.id)
     return get_spend_limit(stores, settings, principal, project_id)
@@ -84,7 +85,7 @@ def put_spend_limit(
 def delete_spend_limit(stores: Stores, principal: Principal, project_id: str) -> None:
     """Remove the project's limit (404 when it has none)."""
     _, project = scoped_project(stores, principal, project_id)
-    if not stores.metadata.delete_spend_limit(project.id):
+    if not stores.metadata.delete_spend_limit(project.id, actor=principal.actor):
         raise limit_not_found(project_id)
     quota.CACHE.forget(project.id)
 
@@ -122,7 +123,7 @@ def create_alert(
         period=data.interval,
         notification_channel=msgspec.to_builtins(data.notification_channel),
     )
-    stores.metadata.insert_spend_alert(record)
+    stores.metadata.insert_spend_alert(record, actor=principal.actor)
     return SpendAlert.from_record(record)
 
 
@@ -157,7 +158,7 @@ def update_alert(
         updated_at=int(time.time()),
     )
     try:
-        return SpendAlert.from_record(stores.metadata.update_spend_alert(changed))
+        return SpendAlert.from_record(stores.metadata.update_spend_alert(changed, actor=principal.actor))
     except NotFound:
         raise alert_not_found(alert_id) from None
 
@@ -166,7 +167,9 @@ def delete_alert(stores: Stores, principal: Principal, project_id: str | None, a
     """Delete an alert of the scope."""
     record = _alert(stores, principal, project_id, alert_id)
     try:
-        stores.metadata.delete_spend_alert(record.id, organization_id=record.organization_id)
+        stores.metadata.delete_spend_alert(
+            record.id, organization_id=record.organization_id, project_id=record.project_id, actor=principal.actor
+        )
     except NotFound:
         raise alert_not_found(alert_id) from None
     kind = "project" if project_id is not None else "organization"

@@ -208,3 +208,48 @@ def test_bad_query_is_a_400_naming_it(http, admin_key, params, param, code):
     body = response.json()
     validate_error(body)
     assert (body["error"]["param"], body["error"]["code"]) == (param, code)
+
+
+def test_a_rate_limit_change_is_listed_with_what_was_asked(admin, admin_key, http, stores, tenants):
+    project_id = tenants["a"].project_id
+    admin.projects.rate_limits.update_rate_limit("rl-tiny-llama", project_id=project_id, max_requests_per_1_minute=7)
+    entries = listed(http, admin_key, **{"event_types[]": "rate_limit.updated"})
+    assert [(e["type"], e["rate_limit.updated"], e["project"]["id"]) for e in entries] == [
+        (
+            "rate_limit.updated",
+            {"id": "rl-tiny-llama", "changes_requested": {"max_requests_per_1_minute": 7}},
+            project_id,
+        )
+    ]
+    assert entries[0]["actor"]["api_key"]["id"] == key_id(stores, admin_key)
+    (entry,) = admin.audit_logs.list(event_types=["rate_limit.updated"])
+    assert entry.rate_limit_updated.changes_requested.max_requests_per_1_minute == 7
+
+
+def test_spend_limit_and_alert_changes_are_listed_under_tunewrights_types(admin, admin_key, http, stores, tenants):
+    project_id = tenants["a"].project_id
+    admin.projects.spend_limit.update(project_id, threshold_amount=500, currency="USD", interval="month")
+    admin.projects.spend_limit.delete(project_id)
+    channel = {"type": "email", "recipients": ["ops@example.com"]}
+    alert = admin.projects.spend_alerts.create(
+        project_id, threshold_amount=100, currency="USD", interval="month", notification_channel=channel
+    )
+    admin.projects.spend_alerts.update(
+        alert.id,
+        project_id=project_id,
+        threshold_amount=200,
+        currency="USD",
+        interval="month",
+        notification_channel=channel,
+    )
+    admin.projects.spend_alerts.delete(alert.id, project_id=project_id)
+    limit = {"threshold_amount": 500, "currency": "USD", "interval": "month"}
+    entries = listed(http, admin_key, **{"project_ids[]": project_id, "actor_ids[]": key_id(stores, admin_key)})
+    assert [(e["type"], e[e["type"]]) for e in entries[::-1]] == [
+        ("spend_limit.updated", {"id": project_id, "changes_requested": limit}),
+        ("spend_limit.deleted", {"id": project_id}),
+        ("spend_alert.created", {"id": alert.id, "data": {**limit, "threshold_amount": 100}}),
+        ("spend_alert.updated", {"id": alert.id, "data": {**limit, "threshold_amount": 200}}),
+        ("spend_alert.deleted", {"id": alert.id}),
+    ]
+    assert all(e["project"]["id"] == project_id for e in entries)
