@@ -205,6 +205,11 @@ def _request_id(request: Request[Any, Any, Any]) -> str | None:
 
 
 def _handle_api_error(request: Request[Any, Any, Any], exc: APIError) -> Response[Any]:
+    if isinstance(exc, InsufficientQuotaError):
+        metrics = request.app.state.get("metrics")
+        if metrics is not None:  # an inference node has none, and no spend limits either
+            kind = "job" if request.url.path.startswith("/v1/fine_tuning") else "inference"
+            metrics.quota_rejections.labels(kind).inc()
     return error_response(exc, _request_id(request))
 
 

@@ -250,6 +250,12 @@ class Metrics:
             ["limit", "model"],
             registry=self.registry,
         )
+        self.quota_rejections = Counter(
+            "tunewright_quota_rejections_total",
+            "Requests refused with 429 insufficient_quota (a project at its spend limit), by kind (inference, job)",
+            ["kind"],
+            registry=self.registry,
+        )
         self.ratelimit_redis_errors = Counter(
             "tunewright_ratelimit_redis_errors_total",
             "Rate-limit counter commands that failed (Redis unreachable, slow or erroring)",

@@ -141,6 +141,9 @@ def test_a_project_at_its_limit_gets_insufficient_quota_and_others_do_not(http, 
         client.fine_tuning.jobs.create(model=TINY, training_file=upload.id)
     assert err.value.code == "insufficient_quota"
     assert err.value.response.headers["x-should-retry"] == "false"
+    scraped = http.get("/metrics").text
+    assert 'tunewright_quota_rejections_total{kind="inference"} 2.0' in scraped
+    assert 'tunewright_quota_rejections_total{kind="job"} 1.0' in scraped
 
     for other in (a2, b):  # a project under its limit, a project without one
         assert sdk(other.key).chat.completions.create(model=TINY, messages=HELLO, max_tokens=2).choices
