@@ -42,15 +42,16 @@ def listed(client: TestClient[Any], tenant: Any, **params: Any) -> list[tuple[st
     return [(job["id"], job["status"]) for job in response.json()["data"]]
 
 
+def upload(client: TestClient[Any], tenant: Any) -> str:
+    files = {"file": ("train.jsonl", (ASSETS / "valid_chat.jsonl").read_bytes())}
+    response = client.post("/v1/files", headers=auth(tenant), files=files, data={"purpose": "fine-tune"})
+    return response.json()["id"]
+
+
 def test_a_page_never_outlives_a_change_made_elsewhere(http, second_process, stores, tenants):
     tenant = tenants["a"]
-    upload = http.post(
-        "/v1/files",
-        headers=auth(tenant),
-        files={"file": ("train.jsonl", (ASSETS / "valid_chat.jsonl").read_bytes())},
-        data={"purpose": "fine-tune"},
-    )
-    body = {"model": BASE, "training_file": upload.json()["id"]}
+    training_file = upload(http, tenant)
+    body = {"model": BASE, "training_file": training_file}
     first = http.post("/v1/fine_tuning/jobs", headers=auth(tenant), json=body).json()["id"]
     assert listed(http, tenant) == [(first, "validating_files")]
     assert listed(http, tenant) == [(first, "validating_files")]  # the second from the page kept
@@ -76,14 +77,9 @@ def test_a_page_never_outlives_a_change_made_elsewhere(http, second_process, sto
 
 def test_kept_pages_are_byte_for_byte_what_rendering_gives(http, settings, stores, tenants):
     tenant = tenants["a"]
-    upload = http.post(
-        "/v1/files",
-        headers=auth(tenant),
-        files={"file": ("train.jsonl", (ASSETS / "valid_chat.jsonl").read_bytes())},
-        data={"purpose": "fine-tune"},
-    )
+    training_file = upload(http, tenant)
     for team in ("x", "y", "x"):
-        body = {"model": BASE, "training_file": upload.json()["id"], "metadata": {"team": team}, "suffix": team}
+        body = {"model": BASE, "training_file": training_file, "metadata": {"team": team}, "suffix": team}
         assert http.post("/v1/fine_tuning/jobs", headers=auth(tenant), json=body).status_code == 200
     settings_off = msgspec.structs.replace(settings, job_list_cache_bytes=0)
     with TestClient(create_app(settings_off, stores, sweep=False), base_url="http://testserver.local") as uncached:
