@@ -18,6 +18,7 @@ from tunewright.api.auth import current_principal
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
+from tunewright.api.fine_tuning.list_cache import JobPageCache
 from tunewright.api.metrics import Metrics, adapter_cache_stats, serve_with_context
 from tunewright.api.nul_guard import NulCheckedRequest, refuse_nul_in_query
 from tunewright.api.openapi import SchemaRouter
@@ -180,7 +181,14 @@ def create_app(
     )
     # For the guards, middleware and lifespan, which dependency injection does not reach.
     limiter = RateLimiter(settings, stores, build_counters(settings, metrics), metrics)
-    state = {"settings": settings, "stores": stores, "metrics": metrics, "engine": app_engine, "limiter": limiter}
+    state = {
+        "settings": settings,
+        "stores": stores,
+        "metrics": metrics,
+        "engine": app_engine,
+        "limiter": limiter,
+        "job_pages": JobPageCache(settings.job_list_cache_bytes),
+    }
     return TunewrightApp(
         route_handlers=_routes(features),
         state=State(state),

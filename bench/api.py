@@ -1,10 +1,12 @@
 """API throughput: `GET /v1/fine_tuning/jobs?limit=20` (authenticated, 1,000 jobs stored) under wrk.
 
-Three servers run side by side on granian (1 ASGI worker each, same flags), measured in interleaved rounds:
-Tunewright itself (its real entry point, `tunewright.api.asgi:create_app_from_env`), a Litestar hello-world
-with the same middleware and exception handlers (`bench/apps.py`), and a bare ASGI hello-world. The table
-gives the median requests/s and p99 latency over the rounds, and Tunewright's share of the Litestar
-hello-world's requests/s (the goal in issue 3 is at least 25%).
+Four servers run side by side on granian (1 ASGI worker each, same flags), measured in interleaved rounds:
+Tunewright itself (its real entry point, `tunewright.api.asgi:create_app_from_env`), the same with its job-list
+page cache off (`tunewright-nocache`: every page read and rendered from the database, what a poll costs right
+after the project's jobs changed), a Litestar hello-world with the same middleware and exception handlers
+(`bench/apps.py`), and a bare ASGI hello-world. The table gives the median requests/s and p99 latency over
+the rounds, and each server's share of the Litestar hello-world's requests/s (the goal in issue 10 is at least
+25% for Tunewright).
 
     .venv/bin/python bench/api.py                       # SQLite in a temp dir
     .venv/bin/python bench/api.py --database postgresql://postgres@127.0.0.1:5432/postgres
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 
 JOBS_PATH = "/v1/fine_tuning/jobs?limit=20"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+NO_PAGE_CACHE = {ENV_PREFIX + "JOB_LIST_CACHE_BYTES": "0"}
+"""The second Tunewright arm: every page rendered from the database (api/fine_tuning/list_cache.py off)."""
 
 
 class Result:
@@ -134,7 +138,7 @@ def check_targets(targets: list[tuple[str, str, dict[str, str]]], jobs: int) -> 
     """Make sure each URL answers what we mean to measure before timing it."""
     for name, url, headers in targets:
         body = get_json(url, headers)
-        if name == "tunewright":
+        if name.startswith("tunewright"):
             if len(body["data"]) != min(20, jobs) or body["has_more"] != (jobs > 20):
                 raise RuntimeError(f"unexpected jobs page: {len(body['data'])} items, has_more={body['has_more']}")
         elif "message" not in body:
@@ -165,12 +169,15 @@ def main() -> int:
                 "tunewright": granian(
                     "tunewright", "tunewright.api.asgi:create_app_from_env", log_dir=tmp, factory=True
                 ),
+                "tunewright-nocache": granian(
+                    "tunewright-nocache", "tunewright.api.asgi:create_app_from_env", log_dir=tmp, factory=True
+                ),
                 "litestar-hello": granian("litestar-hello", "apps:litestar_hello", log_dir=tmp, factory=True),
                 "bare-asgi-hello": granian("bare-asgi-hello", "apps:bare_hello", log_dir=tmp),
             }
             with contextlib.ExitStack() as stack:
-                for process in servers.values():
-                    stack.enter_context(process.start(env))
+                for name, process in servers.items():
+                    stack.enter_context(process.start(env | NO_PAGE_CACHE if name.endswith("nocache") else env))
                 measure(servers, key, args, database_url)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -182,6 +189,7 @@ def measure(servers: dict[str, Process], key: str, args: argparse.Namespace, dat
     auth = {"Authorization": f"Bearer {key}"}
     targets = [
         ("tunewright", servers["tunewright"].url + JOBS_PATH, auth),
+        ("tunewright-nocache", servers["tunewright-nocache"].url + JOBS_PATH, auth),
         ("litestar-hello", servers["litestar-hello"].url + "/hello", {}),
         ("bare-asgi-hello", servers["bare-asgi-hello"].url + "/hello", {}),
     ]
@@ -197,7 +205,7 @@ def measure(servers: dict[str, Process], key: str, args: argparse.Namespace, dat
             runs[name].append(result)
             extra = f"  [{result.errors}]" if result.errors else ""
             print(
-                f"round {round_no} {name:16} {result.rps:10.0f} req/s  p99 {result.p99_ms:8.2f} ms{extra}", flush=True
+                f"round {round_no} {name:18} {result.rps:10.0f} req/s  p99 {result.p99_ms:8.2f} ms{extra}", flush=True
             )
     load_after = load_average()
 
@@ -211,15 +219,17 @@ def measure(servers: dict[str, Process], key: str, args: argparse.Namespace, dat
     print(f"load average before: {load_before}   after: {load_after}")
     print()
     litestar_rps = statistics.median(r.rps for r in runs["litestar-hello"])
-    print(f"| {'server':<16} | {'req/s':>9} | {'p99 ms':>8} | {'vs litestar-hello':>17} |")
-    print(f"| {'-' * 16} | {'-' * 9}:| {'-' * 8}:| {'-' * 17}:|")
+    print(f"| {'server':<18} | {'req/s':>9} | {'p99 ms':>8} | {'vs litestar-hello':>17} |")
+    print(f"| {'-' * 18} | {'-' * 9}:| {'-' * 8}:| {'-' * 17}:|")
     for name, results in runs.items():
         rps = statistics.median(r.rps for r in results)
         p99 = statistics.median(r.p99_ms for r in results)
-        print(f"| {name:<16} | {rps:9.0f} | {p99:8.2f} | {rps / litestar_rps:17.1%} |")
+        print(f"| {name:<18} | {rps:9.0f} | {p99:8.2f} | {rps / litestar_rps:17.1%} |")
     ours = statistics.median(r.rps for r in runs["tunewright"]) / litestar_rps
     verdict = "meets" if ours >= 0.25 else "misses"
     print(f"\nTunewright / litestar-hello = {ours:.1%} ({verdict} the >= 25% goal)")
+    uncached = statistics.median(r.rps for r in runs["tunewright-nocache"]) / litestar_rps
+    print(f"without the page cache (every page rendered from the database): {uncached:.1%}")
 
 
 if __name__ == "__main__":

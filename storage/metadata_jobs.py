@@ -77,6 +77,12 @@ class JobsMixin(SQLStoreBase):
                 order="desc",
             )
 
+    def job_list_version(self, *, project_id: str) -> int:
+        """See `JobStore.job_list_version`."""
+        with self.database.reading() as conn:
+            row = conn.run("job_list_version", {"project_id": project_id}).fetchone()
+        return 0 if row is None else int(row["version"])
+
     def transition_job(
         self,
         job_id: str,

@@ -294,6 +294,14 @@ class JobStore(Protocol):
         """
         ...
 
+    def job_list_version(self, *, project_id: str) -> int:
+        """A number that changes in the same transaction as any change to the project's jobs (0: none yet).
+
+        Read before a `list_jobs` page, it tells whether a page rendered under it is still the one `list_jobs`
+        would return; triggers on the jobs table keep it, whatever code writes the rows.
+        """
+        ...
+
     def transition_job(
         self,
         job_id: str,

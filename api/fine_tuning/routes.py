@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
@@ -13,6 +13,7 @@ from tunewright.api.auth import Caller, Principal, current_principal, require_pr
 from tunewright.api.dependencies import AppEngine, AppSettings, AppStores, store_read
 from tunewright.api.fine_tuning import events_stream, permissions, service
 from tunewright.api.fine_tuning.events_stream import StreamSlots
+from tunewright.api.fine_tuning.list_cache import job_page
 from tunewright.api.fine_tuning.schemas import (
     CreateFineTuningCheckpointPermissionRequest,
     CreateFineTuningJobRequest,
@@ -78,15 +79,18 @@ class JobsController(Controller):
         # The caller comes from the request, not as a second dependency: Litestar resolves two dependencies
         # in an anyio task group (two tasks a request), which cost this hot path more than its query.
         principal = current_principal(request)
-        page = await store_read(
+        body = await store_read(
             stores,
-            stores.metadata.list_jobs,
+            job_page,
+            stores=stores,
+            cache=request.app.state.job_pages,
             project_id=principal.project_id or "",
             after=after,
             limit=check_limit(limit, maximum=100),
             metadata=bracket_map(request.query_params, "metadata"),
         )
-        return CursorPage(data=[FineTuningJob.from_listing(r) for r in page.items], has_more=page.has_more)
+        # The page's JSON as rendered (api/fine_tuning/list_cache.py); Litestar sends bytes as they are.
+        return cast("CursorPage[FineTuningJob]", body)
 
     @get("/{fine_tuning_job_id:str}", sync_to_thread=False)
     def retrieve_job(self, stores: AppStores, principal: Caller, fine_tuning_job_id: FromPath[str]) -> FineTuningJob:

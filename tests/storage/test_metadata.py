@@ -466,6 +466,38 @@ def test_insert_job_writes_its_first_event(metadata_store: SQLMetadataStore) -> 
     assert metadata_store.list_events(job.id, project_id=A, after=None, limit=10).items == [event]
 
 
+def test_job_list_version_moves_with_every_change_to_the_projects_jobs(metadata_store: SQLMetadataStore) -> None:
+    """The number the API's job-list page cache is checked against (api/fine_tuning/list_cache.py)."""
+    seen = [metadata_store.job_list_version(project_id=A)]
+    assert seen == [0]  # no job yet
+
+    def moved() -> bool:
+        version = metadata_store.job_list_version(project_id=A)
+        fresh = version > seen[-1]
+        seen.append(version)
+        return fresh
+
+    job = add_job(metadata_store)
+    assert moved()
+    metadata_store.list_jobs(project_id=A, after=None, limit=10, metadata=None)
+    assert not moved()  # reads change nothing
+    add_job(metadata_store, B)
+    assert not moved()  # another project's jobs are not this project's
+    metadata_store.transition_job(job.id, project_id=A, allowed=["validating_files"], status="queued")
+    assert moved()
+    with metadata_store.database.transaction(immediate=True) as conn:
+        conn.execute("UPDATE jobs SET trained_tokens = 5 WHERE id = :id", {"id": job.id})  # any writer at all
+    assert moved()
+    with metadata_store.database.transaction(immediate=True) as conn:
+        conn.execute("DELETE FROM job_events WHERE job_id = :id", {"id": job.id})
+        conn.execute("DELETE FROM jobs WHERE id = :id", {"id": job.id})
+    assert moved()
+    with pytest.raises(RuntimeError), metadata_store.database.transaction(immediate=True) as conn:
+        conn.execute("UPDATE jobs SET trained_tokens = 6 WHERE project_id = :p", {"p": A})
+        raise RuntimeError("rolled back")
+    assert not moved()  # a change rolled back leaves the number as it was
+
+
 def test_transition_job_compares_and_sets(metadata_store: SQLMetadataStore) -> None:
     job = add_job(metadata_store, status="running", lease_owner="w1", lease_expires_at=99.5)
     event = make_event(job, 1001, message="Job cancelled")
