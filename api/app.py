@@ -18,7 +18,7 @@ from tunewright.api.auth import current_principal
 from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
-from tunewright.api.fine_tuning.list_cache import JobPageCache
+from tunewright.api.fine_tuning.list_cache import JobPageCache, VersionReads
 from tunewright.api.metrics import Metrics, adapter_cache_stats, serve_with_context
 from tunewright.api.nul_guard import NulCheckedRequest, refuse_nul_in_query
 from tunewright.api.openapi import SchemaRouter
@@ -188,6 +188,7 @@ def create_app(
         "engine": app_engine,
         "limiter": limiter,
         "job_pages": JobPageCache(settings.job_list_cache_bytes),
+        "job_list_versions": VersionReads(stores),
     }
     return TunewrightApp(
         route_handlers=_routes(features),

@@ -77,11 +77,16 @@ class JobsMixin(SQLStoreBase):
                 order="desc",
             )
 
-    def job_list_version(self, *, project_id: str) -> int:
-        """See `JobStore.job_list_version`."""
+    def job_list_versions(self, project_ids: Sequence[str]) -> dict[str, int]:
+        """See `JobStore.job_list_versions`."""
+        params = {f"project_{i}": project_id for i, project_id in enumerate(dict.fromkeys(project_ids))}
+        in_list = ", ".join(f":{name}" for name in params) or "NULL"
+        sql = self.database.query("job_list_versions").replace("{projects}", in_list)
         with self.database.reading() as conn:
-            row = conn.run("job_list_version", {"project_id": project_id}).fetchone()
-        return 0 if row is None else int(row["version"])
+            _, rows = conn.fetch_tuples(sql, params)
+        versions = dict.fromkeys(params.values(), 0)
+        versions.update((project_id, int(version)) for project_id, version in rows)
+        return versions
 
     def transition_job(
         self,

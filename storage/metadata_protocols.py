@@ -294,11 +294,12 @@ class JobStore(Protocol):
         """
         ...
 
-    def job_list_version(self, *, project_id: str) -> int:
-        """A number that changes in the same transaction as any change to the project's jobs (0: none yet).
+    def job_list_versions(self, project_ids: Sequence[str]) -> dict[str, int]:
+        """Each project's job-list version, all in one read (0 for a project that has had no job yet).
 
-        Read before a `list_jobs` page, it tells whether a page rendered under it is still the one `list_jobs`
-        would return; triggers on the jobs table keep it, whatever code writes the rows.
+        The version is a number that changes in the same transaction as any change to the project's jobs;
+        triggers on the jobs table keep it, whatever code writes the rows. Read before a `list_jobs` page, it
+        tells whether a page rendered under it is still the one `list_jobs` would return.
         """
         ...
 

@@ -13,18 +13,26 @@ in between, the page shows it and the number kept with it is already stale, so n
 reads the number from the database on every request, so there is nothing to invalidate across processes and
 no window in which another process's write is missed.
 
+Where a read is a round trip (PostgreSQL), the version reads of concurrent requests are coalesced: a request
+waits for the next read that *starts* after it arrived, and that one read (one statement for all the projects
+waiting) answers every request that was waiting when it started. Joining a read already under way could miss a
+change committed after that read began but before the request arrived; waiting for the next one cannot.
+
 Memory: at most `job_list_cache_bytes` of rendered pages per process (least recently used first out; 0 turns
 the cache off).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from tunewright.api.dependencies import store_read
 from tunewright.api.fine_tuning.schemas import FineTuningJob
 from tunewright.api.schemas import CursorPage
 
@@ -90,9 +98,58 @@ def render_page(
     return _encoder.encode(CursorPage(data=[FineTuningJob.from_listing(r) for r in page.items], has_more=page.has_more))
 
 
-def job_page(
+class VersionReads:
+    """Job-list version reads, coalesced across the requests of this process (see the module docstring).
+
+    Used from the event loop only: the waiting requests and the read under way are the loop's state; the read
+    itself runs on the default executor.
+    """
+
+    def __init__(self, stores: Stores) -> None:
+        """Read through `stores.metadata.job_list_versions`."""
+        self._stores = stores
+        self._waiting: dict[str, list[asyncio.Future[int]]] = {}
+        self._reading = False
+
+    async def read(self, project_id: str) -> int:
+        """The project's job-list version, read after this call began."""
+        if not self._stores.metadata.reads_wait_on_network:
+            return self._stores.metadata.job_list_versions([project_id])[project_id]  # inline: cheaper than any hop
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._waiting.setdefault(project_id, []).append(future)
+        if not self._reading:
+            self._start(loop)
+        return await future
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, {}
+        self._reading = True
+        call = contextvars.copy_context().run
+        done = loop.run_in_executor(None, call, self._stores.metadata.job_list_versions, list(batch))
+        done.add_done_callback(lambda read: self._finish(loop, batch, read))
+
+    def _finish(
+        self, loop: asyncio.AbstractEventLoop, batch: dict[str, list[asyncio.Future[int]]], read: asyncio.Future[Any]
+    ) -> None:
+        self._reading = False
+        error = read.exception()
+        for project_id, futures in batch.items():
+            for future in futures:
+                if future.done():  # its request was cancelled meanwhile
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(read.result()[project_id])
+        if self._waiting:
+            self._start(loop)
+
+
+async def job_page(
     stores: Stores,
     cache: JobPageCache,
+    versions: VersionReads,
     *,
     project_id: str,
     after: str | None,
@@ -103,12 +160,13 @@ def job_page(
 
     Raises what `list_jobs` raises (an `after` that names no job of the project).
     """
+    page = {"project_id": project_id, "after": after, "limit": limit, "metadata": metadata}
     if cache.max_bytes == 0:
-        return render_page(stores, project_id, after, limit, metadata)
-    version = stores.metadata.job_list_version(project_id=project_id)  # before the page: see the module docstring
+        return await store_read(stores, render_page, stores=stores, **page)
+    version = await versions.read(project_id)  # before the page: see the module docstring
     key = page_key(project_id, after, limit, metadata)
     body = cache.get(key, version)
     if body is None:
-        body = render_page(stores, project_id, after, limit, metadata)
+        body = await store_read(stores, render_page, stores=stores, **page)
         cache.put(key, version, body)
     return body

@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from tunewright.api.auth import Caller, Principal, current_principal, require_project, require_project_or_admin
-from tunewright.api.dependencies import AppEngine, AppSettings, AppStores, store_read
+from tunewright.api.dependencies import AppEngine, AppSettings, AppStores
 from tunewright.api.fine_tuning import events_stream, permissions, service
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.fine_tuning.list_cache import job_page
@@ -79,11 +79,11 @@ class JobsController(Controller):
         # The caller comes from the request, not as a second dependency: Litestar resolves two dependencies
         # in an anyio task group (two tasks a request), which cost this hot path more than its query.
         principal = current_principal(request)
-        body = await store_read(
+        state = request.app.state
+        body = await job_page(
             stores,
-            job_page,
-            stores=stores,
-            cache=request.app.state.job_pages,
+            state.job_pages,
+            state.job_list_versions,
             project_id=principal.project_id or "",
             after=after,
             limit=check_limit(limit, maximum=100),

@@ -247,9 +247,9 @@ SELECT status FROM jobs WHERE id = :id AND project_id = :project_id
 -- name: job_cursor
 SELECT created_at, id FROM jobs WHERE id = :id AND project_id = :project_id
 
--- name: job_list_version
--- Bumped by triggers on jobs (migration 0012); no row yet reads as 0.
-SELECT version FROM job_list_versions WHERE project_id = :project_id
+-- name: job_list_versions
+-- Bumped by triggers on jobs (migration 0012); a project without a row has had no job yet. {projects}: the ids.
+SELECT project_id, version FROM job_list_versions WHERE project_id IN ({projects})
 
 -- name: count_jobs_by_status
 SELECT status, COUNT(*) AS n FROM jobs GROUP BY status

@@ -6,15 +6,18 @@ Run over SQLite and over PostgreSQL + S3.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import msgspec
 import pytest
 from litestar.testing import TestClient
 
 from tunewright.api.app import create_app
-from tunewright.api.fine_tuning.list_cache import JobPageCache, page_key
+from tunewright.api.fine_tuning.list_cache import JobPageCache, VersionReads, page_key
 from tunewright.storage.registry import open_stores
 
 pytestmark = pytest.mark.integration
@@ -109,3 +112,53 @@ def test_cache_keeps_pages_under_their_version_within_its_byte_budget():
     cache.put(key_a, 3, b"x" * 11)  # larger than the whole budget: not kept, and the old page still answers v2
     assert cache.get(key_a, 2) == b"a"
     assert JobPageCache(max_bytes=0).get(key_a, 0) is None
+
+
+class _SlowVersions:
+    """A metadata store whose version reads wait for the test's go-ahead, counting the reads made."""
+
+    reads_wait_on_network = True
+
+    def __init__(self) -> None:
+        self.version = 1
+        self.reads: list[list[str]] = []
+        self.gate = threading.Event()
+        self.fail: Exception | None = None
+
+    def job_list_versions(self, project_ids: list[str]) -> dict[str, int]:
+        self.reads.append(list(project_ids))
+        seen = self.version  # the read's snapshot: taken when it starts
+        assert self.gate.wait(5)
+        if self.fail is not None:
+            raise self.fail
+        return dict.fromkeys(project_ids, seen)
+
+
+def test_version_reads_coalesce_but_never_answer_from_a_read_begun_earlier():
+    async def scenario() -> None:
+        metadata = _SlowVersions()
+        reads = VersionReads(cast("Any", SimpleNamespace(metadata=metadata)))
+        first = asyncio.ensure_future(reads.read("p"))
+        await asyncio.sleep(0.05)  # the first read is under way, holding its snapshot
+        metadata.version = 2  # a change commits after that read began...
+        later = [asyncio.ensure_future(reads.read(p)) for p in ("p", "p", "q")]  # ...and before these arrive
+        cancelled = asyncio.ensure_future(reads.read("p"))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        metadata.gate.set()
+        assert await first == 1
+        assert [await f for f in later] == [2, 2, 2]  # the next read, not the one under way when they came
+        assert metadata.reads == [["p"], ["p", "q"]]  # four requests after the first: one read, each project once
+
+        metadata.gate.clear()
+        metadata.fail = RuntimeError("database down")
+        failing = [asyncio.ensure_future(reads.read("p")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        metadata.gate.set()
+        for future in failing:
+            with pytest.raises(RuntimeError, match="database down"):
+                await future
+        metadata.fail = None
+        assert await reads.read("p") == 2  # a failed read leaves nothing behind
+
+    asyncio.run(scenario())

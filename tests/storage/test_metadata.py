@@ -468,11 +468,12 @@ def test_insert_job_writes_its_first_event(metadata_store: SQLMetadataStore) -> 
 
 def test_job_list_version_moves_with_every_change_to_the_projects_jobs(metadata_store: SQLMetadataStore) -> None:
     """The number the API's job-list page cache is checked against (api/fine_tuning/list_cache.py)."""
-    seen = [metadata_store.job_list_version(project_id=A)]
-    assert seen == [0]  # no job yet
+    assert metadata_store.job_list_versions([A, B, A]) == {A: 0, B: 0}  # no job yet; each project once
+    assert metadata_store.job_list_versions([]) == {}
+    seen = [0]
 
     def moved() -> bool:
-        version = metadata_store.job_list_version(project_id=A)
+        version = metadata_store.job_list_versions([A])[A]
         fresh = version > seen[-1]
         seen.append(version)
         return fresh
