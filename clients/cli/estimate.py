@@ -12,15 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunewright.clients.cli.jobs import (
-    USAGE_ERROR,
-    add_base_url_argument,
-    api_key,
-    open_client,
-    resolve_base_url,
-    server_message,
-)
-from tunewright.clients.cli.keys import format_table
+from tunewright.clients.cli.jobs import USAGE_ERROR, api_key, open_client, server_message
+from tunewright.clients.cli.remote import add_base_url_argument, add_key_argument, format_table, resolve_base_url
 
 if TYPE_CHECKING:
     import argparse
@@ -49,13 +42,14 @@ def add_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     estimate.add_argument("--model", required=True, help="the base model (or an ft: model of the project)")
     estimate.add_argument("--epochs", type=int, default=None, help="n_epochs (default: auto, as the server resolves)")
     add_base_url_argument(estimate)
+    add_key_argument(estimate)
     estimate.set_defaults(handler=run_estimate)
 
 
 def run_estimate(args: argparse.Namespace, settings: Settings) -> int:
     """`jobs estimate FILE --model M [--epochs N]`: print the server's estimate as a table."""
     del settings  # a client of a server: the local settings play no part
-    key = api_key("jobs estimate")
+    key = api_key("jobs estimate", args.api_key)
     if key is None:
         return USAGE_ERROR
     body: dict[str, Any] = {"model": args.model}

@@ -1,5 +1,7 @@
 """`tunewright jobs follow JOB_ID`: print a job's events as they happen, then its outcome.
 
+(The group's other actions are in `job_actions.py` and `estimate.py`.)
+
 It reads `GET /v1/fine_tuning/jobs/{id}/events?stream=true` (server-sent events, oldest first), prints each
 event as `[time] level message` and `metrics` events as a progress bar on a terminal, reconnects with
 `after=<last event id>` if the stream drops before `[DONE]`, and at `[DONE]` prints the job's final status.
@@ -17,24 +19,28 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tunewright.clients.cli.remote import EXIT_USAGE as USAGE_ERROR
+from tunewright.clients.cli.remote import (
+    add_base_url_argument,
+    add_key_argument,
+    missing_key_message,
+    resolve_base_url,
+    resolve_key,
+)
 from tunewright.storage.records import JobStatus
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator
     from typing import TextIO
 
     from tunewright.storage.settings import Settings
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-KEY_VARIABLES = ("TUNEWRIGHT_API_KEY", "OPENAI_API_KEY")
-BASE_URL_VARIABLE = "OPENAI_BASE_URL"  # the openai SDK's own variable, so one shell set-up serves both
 RETRIES = 3
 BACKOFF_S = 0.5
 # The server sends a keep-alive comment every 15 s of silence: a read this long means the connection is dead.
 TIMEOUT = httpx.Timeout(10.0, read=60.0)
 BAR_WIDTH = 24
-USAGE_ERROR = 2
 
 
 class FollowError(Exception):
@@ -47,65 +53,61 @@ class StreamDropped(Exception):  # noqa: N818 - reads as the event
 
 def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `jobs` command group."""
-    from tunewright.clients.cli.estimate import add_parser as add_estimate_parser  # it imports this module
+    # Both import this module.
+    from tunewright.clients.cli.estimate import add_parser as add_estimate_parser
+    from tunewright.clients.cli.job_actions import add_parsers as add_job_parsers
 
     parser = subcommands.add_parser(
-        "jobs", help="watch fine-tuning jobs, estimate one", description="Watch fine-tuning jobs, or estimate one."
+        "jobs",
+        help="create, list, follow, pause, resume and cancel fine-tuning jobs on a server; estimate one",
+        description="Create, list, follow, pause, resume and cancel fine-tuning jobs on a server, or estimate one.",
     )
     actions = parser.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    add_job_parsers(actions)
     follow = actions.add_parser(
         "follow",
         help="print a job's events until it ends; exit 0 if it succeeded, 1 otherwise",
         description="Print a job's events as they happen until it ends, then its outcome. The API key is read "
-        "from TUNEWRIGHT_API_KEY or OPENAI_API_KEY, the base URL from --base-url or OPENAI_BASE_URL. Exit 0 if "
-        "the job succeeded, 1 if it failed or was cancelled (or the server could not be used), 2 without a key.",
+        "from --api-key, TUNEWRIGHT_API_KEY or OPENAI_API_KEY, the base URL from --base-url or OPENAI_BASE_URL. "
+        "Exit 0 if the job succeeded, 1 if it failed or was cancelled (or the server could not be used), 2 without "
+        "a key.",
     )
     follow.add_argument("job_id", metavar="JOB_ID", help="the job's id (ftjob-…)")
     add_base_url_argument(follow)
+    add_key_argument(follow)
     follow.set_defaults(handler=run_follow)
     add_estimate_parser(actions)
 
 
-def add_base_url_argument(parser: argparse.ArgumentParser) -> None:
-    """`--base-url`, for the commands that are clients of a server."""
-    parser.add_argument(
-        "--base-url",
-        dest="api_base_url",
-        default=None,
-        help=f"the API's base URL (default: ${BASE_URL_VARIABLE}, else {DEFAULT_BASE_URL})",
-    )
-
-
-def api_key(command: str) -> str | None:
-    """The project key from TUNEWRIGHT_API_KEY or OPENAI_API_KEY; None (after saying so on stderr) without one."""
-    key = next((os.environ[name] for name in KEY_VARIABLES if os.environ.get(name)), None)
+def api_key(command: str, flag: str | None = None) -> str | None:
+    """The project key from `--api-key`, TUNEWRIGHT_API_KEY or OPENAI_API_KEY; None (said on stderr) without one."""
+    key = resolve_key(flag, admin=False)
     if key is None:
-        print(f"tunewright: {command}: set {' or '.join(KEY_VARIABLES)} to a project API key", file=sys.stderr)
+        print(f"tunewright: {command}: {missing_key_message(admin=False)}", file=sys.stderr)
     return key
 
 
 def run_follow(args: argparse.Namespace, settings: Settings) -> int:
     """`jobs follow JOB_ID`: stream the events, then report the job; the exit status says how it ended."""
     del settings  # a client of a server: the local settings play no part
-    key = api_key("jobs follow")
+    key = api_key("jobs follow", args.api_key)
     if key is None:
         return USAGE_ERROR
-    base_url = resolve_base_url(args.api_base_url, os.environ)
+    return follow_job(resolve_base_url(args.api_base_url, os.environ), key, args.job_id)
+
+
+def follow_job(base_url: str, key: str, job_id: str) -> int:
+    """Print the job's events until it ends, then its outcome; return 0 if it succeeded, else 1."""
     printer = EventPrinter(sys.stdout, tty=sys.stdout.isatty())
     try:
         with open_client(base_url, key) as client:
-            follow_events(client, args.job_id, printer)
-            job = fetch_job(client, args.job_id)
+            follow_events(client, job_id, printer)
+            job = fetch_job(client, job_id)
     except FollowError as exc:
         printer.close()
         print(f"tunewright: jobs follow: {exc}", file=sys.stderr)
         return 1
     return report(job, sys.stdout)
-
-
-def resolve_base_url(flag: str | None, environ: Mapping[str, str]) -> str:
-    """The API's base URL: `--base-url`, else `$OPENAI_BASE_URL`, else the local default (no trailing slash)."""
-    return (flag or environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL).rstrip("/")
 
 
 def open_client(base_url: str, key: str) -> httpx.Client:

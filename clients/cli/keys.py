@@ -1,30 +1,48 @@
-"""`tunewright keys create|list|revoke`: API keys of any organization, straight on the metadata store.
+"""`tunewright keys`: API keys, on the data dir (the operator's) or over the admin API (an organization's).
 
-A secret is printed once, as the last line of `keys create`, and stored only as `hash_secret(secret)` with a
-redacted form for display. What these commands change is in the audit log as the operator's doing.
+`keys create|list|revoke` work straight on the metadata store, for any organization, with no server running: a
+secret is printed once, as the last line of `keys create`, and stored only as `hash_secret(secret)` with a
+redacted form for display; what they change is in the audit log as the operator's doing. Given `--project-id`,
+`keys list|get|delete` go over the admin API instead (`client.admin.organization.projects.api_keys`, with
+`--admin-key` or `$OPENAI_ADMIN_KEY`), as OpenAI's API has them: per project, and with no way to create a key.
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from tunewright.clients.cli.datadir import open_data
+from tunewright.clients.cli.remote import (
+    ClientCommand,
+    add_base_url_argument,
+    add_command,
+    add_key_argument,
+    given,
+    page_options,
+    print_json,
+    print_table,
+    show,
+    show_deleted,
+    show_page,
+    when,
+)
 from tunewright.storage.api_keys import mint_api_key
 from tunewright.storage.audit import OPERATOR_ACTOR
 from tunewright.storage.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+
+    import openai
 
     from tunewright.storage.base import MetadataStore
     from tunewright.storage.records import ApiKeyRecord, OrganizationRecord, ProjectRecord
     from tunewright.storage.settings import Settings
 
 DEFAULT_KEY_NAME = "cli"
+CREATE_FLAGS = "--org ORG --project PROJECT"
 _UNSAFE_SLUG_CHARS = re.compile(r"[^a-z0-9_-]+")
 
 
@@ -47,7 +65,12 @@ class KeyCreated:
 
 def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `keys` command group."""
-    parser = subcommands.add_parser("keys", help="manage API keys", description="Manage API keys.")
+    parser = subcommands.add_parser(
+        "keys",
+        help="create, list and revoke API keys on the data dir; a project's keys over the admin API",
+        description="Create, list and revoke API keys straight on the data dir (no server needed), or list, read "
+        "and revoke a project's keys over the admin API (--project-id, with an admin key).",
+    )
     actions = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     create = actions.add_parser(
@@ -64,12 +87,30 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     create.set_defaults(handler=run_create)
 
-    listing = actions.add_parser("list", help="list unrevoked keys (never their secrets)")
-    listing.set_defaults(handler=run_list)
+    listing = actions.add_parser(
+        "list",
+        help="list unrevoked keys (never their secrets): every key on the data dir, or one project's (admin API)",
+        description="List unrevoked keys, never their secrets: every organization's, straight from the data dir; "
+        "or, with --project-id, that project's over the admin API (with an admin key).",
+    )
+    listing.add_argument("--project-id", metavar="PROJECT_ID", help="list this project's keys over the admin API")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    page_options(listing, limit_help="with --project-id: at most this many (default: 20)")
+    add_base_url_argument(listing)
+    add_key_argument(listing, admin=True)
+    listing.set_defaults(handler=run_list, remote_list=ClientCommand("keys list", run_remote_list))
 
-    revoke = actions.add_parser("revoke", help="revoke a key at once")
+    revoke = actions.add_parser("revoke", help="revoke a key at once (on the data dir)")
     revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_…), as `keys list` shows it")
     revoke.set_defaults(handler=run_revoke)
+
+    get = add_command(actions, "keys get", run_get, help="print a project's key (admin API)", admin=True)
+    get.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_…)")
+    get.add_argument("--project-id", metavar="PROJECT_ID", required=True, help="the key's project (proj_…)")
+
+    delete = add_command(actions, "keys delete", run_delete, help="revoke a project's key (admin API)", admin=True)
+    delete.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_…)")
+    delete.add_argument("--project-id", metavar="PROJECT_ID", required=True, help="the key's project (proj_…)")
 
 
 def slugify(name: str) -> str:
@@ -164,53 +205,76 @@ def run_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _when(timestamp: int | None) -> str:
-    if timestamp is None:
-        return "-"
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Return rows as left-aligned columns under their headers."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
-    lines = [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (headers, *rows)
-    ]
-    return "\n".join(lines)
-
-
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
-    """`keys list`: one row per unrevoked key; secrets never appear (only their redacted form)."""
+    """`keys list`: one row per unrevoked key; secrets never appear (only their redacted form).
+
+    With `--project-id`, the project's keys over the admin API instead.
+    """
+    if args.project_id is not None:
+        return args.remote_list(args, settings)
     with open_data(settings) as data:
         metadata = data.stores.metadata
-        records = metadata.list_all_api_keys()
         organizations: dict[str, str] = {}
         projects: dict[str, str] = {}
-        rows = []
-        for key in records:
+        listed = []
+        for key in metadata.list_all_api_keys():
             if key.organization_id not in organizations:
                 organizations[key.organization_id] = metadata.get_organization(key.organization_id).slug
             if key.project_id is not None and key.project_id not in projects:
                 projects[key.project_id] = metadata.get_project(key.project_id, organization_id=None).name
-            rows.append(
-                [
-                    key.id,
-                    key.kind,
-                    organizations[key.organization_id],
-                    "-" if key.project_id is None else projects[key.project_id],
-                    key.name,
-                    key.redacted_value,
-                    _when(key.created_at),
-                    _when(key.last_used_at),
-                ]
+            listed.append(
+                {
+                    "id": key.id,
+                    "kind": key.kind,
+                    "organization": organizations[key.organization_id],
+                    "project": None if key.project_id is None else projects[key.project_id],
+                    "name": key.name,
+                    "redacted_value": key.redacted_value,
+                    "created_at": key.created_at,
+                    "last_used_at": key.last_used_at,
+                }
             )
-    if not rows:
-        print("no API keys (create one with `tunewright keys create --org ORG --project PROJECT`)")
+    if args.json:
+        print_json(listed)
         return 0
+    rows = [[*list(key.values())[:6], when(key["created_at"]), when(key["last_used_at"])] for key in listed]
     headers = ["ID", "KIND", "ORG", "PROJECT", "NAME", "KEY", "CREATED", "LAST USED"]
-    print(format_table(headers, rows))
+    print_table(headers, rows, empty=f"no API keys (create one with `tunewright keys create {CREATE_FLAGS}`)")
     return 0
+
+
+def run_remote_list(client: openai.OpenAI, args: argparse.Namespace) -> None:
+    """`keys list --project-id PROJECT_ID`: the project's keys over the admin API."""
+    page = client.admin.organization.projects.api_keys.list(
+        args.project_id, **given(limit=args.limit, after=args.after)
+    )
+    show_page(
+        page,
+        args,
+        ["ID", "NAME", "KEY", "OWNER", "CREATED", "LAST USED"],
+        lambda key: [key.id, key.name, key.redacted_value, _owner(key), when(key.created_at), when(key.last_used_at)],
+        empty="no API keys",
+        command=f"keys list --project-id {args.project_id}",
+    )
+
+
+def _owner(key: object) -> str:
+    owner = getattr(key, "owner", None)
+    if owner is None or owner.type is None:
+        return "-"
+    named = getattr(owner, owner.type, None)
+    return f"{owner.type} {getattr(named, 'name', None) or getattr(named, 'id', '')}".strip()
+
+
+def run_get(client: openai.OpenAI, args: argparse.Namespace) -> None:
+    """`keys get KEY_ID --project-id PROJECT_ID`."""
+    key = client.admin.organization.projects.api_keys.retrieve(args.key_id, project_id=args.project_id)
+    show(key, args, ("id", "name", "redacted_value", "created_at", "last_used_at"))
+
+
+def run_delete(client: openai.OpenAI, args: argparse.Namespace) -> None:
+    """`keys delete KEY_ID --project-id PROJECT_ID`: the key stops working at once."""
+    show_deleted(client.admin.organization.projects.api_keys.delete(args.key_id, project_id=args.project_id), args)
 
 
 def run_revoke(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,7 +1,9 @@
 """The `tunewright` command: parse arguments, load settings once, hand them to one command group.
 
 Every command group lives in its own module (`serve`, `migrate`, `keys`, `models`, `usage`, …) and exposes
-`register(subcommands)`, which adds its parser and sets `handler(args, settings) -> int`.
+`register(subcommands)`, which adds its parser and sets `handler(args, settings) -> int`. The groups that are
+clients of a running server (`files`, `jobs`, `models list|delete`, `chat`, `projects`, `keys … --project-id`)
+share their flags, client and errors through `remote.py`; the others work on the data dir with no server.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tunewright.clients.cli import inference, jobs, keys, migrate, models, serve, usage, worker
+from tunewright.clients.cli import chat, files, inference, jobs, keys, migrate, models, projects, serve, usage, worker
 from tunewright.storage.errors import StorageError
 from tunewright.storage.settings import Settings, SettingsError, load_settings
 
@@ -26,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every command."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Tunewright: a self-hosted, OpenAI-compatible fine-tuning service.",
+        description="Tunewright: a self-hosted, OpenAI-compatible fine-tuning service. serve, worker, inference, "
+        "migrate, keys create|list|revoke, usage and models make-tiny work on the data dir with no server; the "
+        "other commands are clients of a server (--base-url or OPENAI_BASE_URL; a project key from --api-key, "
+        "TUNEWRIGHT_API_KEY or OPENAI_API_KEY; an admin key from --admin-key or OPENAI_ADMIN_KEY).",
+        epilog="Exit status: 0 success; 1 the command failed (the server refused the request or could not be "
+        "reached, or the job followed did not succeed); 2 a usage error, a missing key or a bad setting; 130 "
+        "interrupted.",
     )
     parser.add_argument(
         "--config",
@@ -35,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML settings file (default: $TUNEWRIGHT_CONFIG); environment variables win over it",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (serve, migrate, keys, models, jobs, worker, inference, usage):
+    for group in (serve, worker, inference, migrate, keys, usage, files, jobs, models, chat, projects):
         group.register(subcommands)
     return parser
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from tunewright.api.usage.service import cost_lines
 from tunewright.clients.cli.datadir import open_data
-from tunewright.clients.cli.keys import format_table
+from tunewright.clients.cli.remote import format_table
 from tunewright.storage.records import UsageWindow
 
 if TYPE_CHECKING:

@@ -19,25 +19,18 @@ import httpx
 import openai
 import pytest
 from fixtures.models import share_smollm2
-from fixtures.server import VENV_BIN, start_server, stop_server
+from fixtures.server import TINY, VENV_BIN, start_server, stop_server, tiny_trainer_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-TINY = "tiny-llama"
 SMOLLM2 = "smollm2-135m-instruct"
 
 
 @pytest.fixture
 def training_server(tmp_path: Path, tiny_dir: Path, smollm2_import: Path | None) -> Any:
     share_smollm2(tmp_path / "data", smollm2_import)  # the session's one import: the worker has none to do
-    env = {
-        "TUNEWRIGHT_TRAINERS": "1",
-        "TUNEWRIGHT_BASE_MODELS": f"{TINY}={tiny_dir}",
-        "TUNEWRIGHT_TORCH_THREADS": "1",
-        "TUNEWRIGHT_WORKER_POLL_S": "0.2",
-    }
-    server, process = start_server(tmp_path, env)
+    server, process = start_server(tmp_path, tiny_trainer_env(tiny_dir))
     yield server
     stop_server(process)
 

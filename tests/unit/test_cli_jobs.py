@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fixtures.server import free_port
 
-from tunewright.clients.cli import jobs
+from tunewright.clients.cli import jobs, remote
 from tunewright.clients.cli.main import main
 from tunewright.clients.cli.serve import DEFAULT_ORGANIZATION, DEFAULT_PROJECT
 from tunewright.storage.events import make_event
@@ -233,7 +233,7 @@ def test_the_base_url_is_the_flag_then_openai_base_url_then_the_default(monkeypa
     monkeypatch.setenv("OPENAI_BASE_URL", "http://env.test/v1/")
     assert follow("ftjob-x") == 0
     assert follow("ftjob-x", "--base-url", "http://flag.test/v1") == 0
-    assert used == [jobs.DEFAULT_BASE_URL, "http://env.test/v1", "http://flag.test/v1"]
+    assert used == [remote.DEFAULT_BASE_URL, "http://env.test/v1", "http://flag.test/v1"]
 
 
 def test_a_stream_that_keeps_dropping_gives_up_with_exit_1(monkeypatch, api_key, capsys):

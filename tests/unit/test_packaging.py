@@ -20,7 +20,7 @@ def _copy_sources(destination: Path) -> None:
     destination.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, destination / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "node_modules")
     for folder in PACKAGE_FOLDERS:
         shutil.copytree(ROOT / folder, destination / folder, ignore=ignore)
 
