@@ -196,8 +196,13 @@ def test_a_job_page_draws_its_loss_chart_from_live_events(browser: Any, server: 
 
 
 def test_the_api_reference_renders_every_operation_from_local_assets(browser: Any, server: LiveServer) -> None:
+    browser.get(server.url + "/ui/")
+    browser.execute_script("window.sessionStorage.setItem('tunewright.key', arguments[0])", server.key)
     browser.get(server.url + "/docs")
     wait_for(browser, lambda b: b.find_element(By.ID, "swagger-ui").get_attribute("data-ready") == "true")
+    # The dashboard's key (this tab's session storage) is the reference's Bearer key for "Try it out".
+    authorized = browser.execute_script("return window.tunewrightDocs.authSelectors.authorized().toJS()")
+    assert authorized["bearer"]["value"] == server.key
     operations = wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
     shown = {element.get_attribute("data-path") for element in operations}
     assert {"/v1/chat/completions", "/v1/completions", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events"} <= shown
