@@ -8,11 +8,12 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from tunewright.api.auth import current_principal
 from tunewright.api.dependencies import providers
@@ -24,6 +25,7 @@ from tunewright.api.nul_guard import NulCheckedRequest, refuse_nul_in_query
 from tunewright.api.openapi import SchemaRouter
 from tunewright.api.ratelimits.limiter import RateLimiter, build_counters
 from tunewright.api.sweeper import sweeper_lifespan
+from tunewright.api.ui.routes import DOCS_CSP, LocalSwaggerRenderPlugin, security_headers, ui_routes
 from tunewright.api.webhooks.sender import webhook_sender_lifespan
 
 if TYPE_CHECKING:
@@ -80,14 +82,28 @@ class TunewrightApp(Litestar):
         await serve_with_context(super().__call__, self.state.metrics, scope, receive, send)
 
 
+BEARER = "bearer"
+"""The OpenAPI security scheme of every `/v1` route: `Authorization: Bearer <key>`."""
+_BEARER_SCHEME = SecurityScheme(
+    type="http",
+    scheme="bearer",
+    description=(
+        "A project key (`sk-proj-…`) for the project routes; an admin key (`sk-admin-…`) or the operator key "
+        "(`TUNEWRIGHT_ADMIN_KEY`) for `/v1/organization/…`."
+    ),
+)
+
+
 def _routes(features: Sequence[str]) -> list[ControllerRouterHandler]:
+    """The operational routes, the features' `/v1` routes (which take a Bearer key), the dashboard's files."""
     from tunewright.api.system.routes import ROUTES as SYSTEM
 
-    routes: list[ControllerRouterHandler] = list(SYSTEM)
+    api: list[ControllerRouterHandler] = []
     for feature in features:
         module = importlib.import_module(_FEATURE_MODULES[feature])
-        routes.extend(module.ROUTES)
-    return routes
+        api.extend(module.ROUTES)
+    keyed = Router(path="/", route_handlers=api, security=[{BEARER: []}])
+    return [*SYSTEM, keyed, *ui_routes()]
 
 
 def build_engine(settings: Settings, stores: Stores) -> InferenceEngine:
@@ -217,9 +233,18 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="Tunewright",
             version="0.1.0",
-            description="OpenAI-compatible files, uploads, fine-tuning and models API.",
-            openapi_router=SchemaRouter(path="/", route_handlers=[], include_in_schema=False),
-            render_plugins=[JsonRenderPlugin(path="/openapi.json")],
+            description=(
+                "OpenAI-compatible fine-tuning, files, uploads, models, chat and completions API, with the "
+                "organization admin, usage and webhook endpoints."
+            ),
+            openapi_router=SchemaRouter(
+                path="/",
+                route_handlers=[],
+                include_in_schema=False,
+                response_headers=security_headers(DOCS_CSP),
+            ),
+            render_plugins=[JsonRenderPlugin(path="/openapi.json"), LocalSwaggerRenderPlugin()],
+            components=Components(security_schemes={BEARER: _BEARER_SCHEME}),
             use_handler_docstrings=True,
         ),
         debug=False,

@@ -21,4 +21,5 @@ pytest_plugins = [
     "fixtures.disk",
     "fixtures.webhooks",
     "fixtures.redis",
+    "fixtures.browser",
 ]

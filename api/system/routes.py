@@ -1,4 +1,4 @@
-"""Operational endpoints: /healthz and /metrics (no authentication)."""
+"""Operational endpoints: /healthz and /metrics (no key: in the OpenAPI document without a security scheme)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def trainers_health(path: Path | None, now: float) -> tuple[dict[str, Any] | Non
     return body, None
 
 
-@get("/healthz", include_in_schema=False, sync_to_thread=True)
+@get("/healthz", tags=["System"], sync_to_thread=True)
 def healthz(stores: AppStores, trainer_status: TrainerStatusFile) -> Response[dict[str, Any]]:
     """503 when the database or the blob store fails; 200 `degraded` when a trainer is down; else 200 `ok`.
 
@@ -64,7 +64,7 @@ def healthz(stores: AppStores, trainer_status: TrainerStatusFile) -> Response[di
     return Response(body, status_code=503 if body["status"] == "unavailable" else 200)
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=True, media_type=MediaType.TEXT)
+@get("/metrics", tags=["System"], sync_to_thread=True, media_type=MediaType.TEXT)
 def metrics(metrics: AppMetrics) -> Response[bytes]:
     """Prometheus text exposition."""
     body = generate_latest(metrics.registry)

@@ -94,6 +94,18 @@ def test_sql_files_are_in_the_wheel(wheel_names: set[str]) -> None:
     assert not missing, f"SQL files missing from the wheel: {missing}"
 
 
+def test_dashboard_and_api_reference_files_are_in_the_wheel(wheel_names: set[str]) -> None:
+    static = ROOT / "api" / "ui" / "static"
+    files = sorted(path for path in static.rglob("*") if path.is_file())
+    assert any(path.name == "index.html" for path in files)
+    assert any(path.name == "swagger-ui-bundle.js" for path in files)
+    names = [
+        f"tunewright/{path.relative_to(ROOT).as_posix()}" for path in [*files, ROOT / "api" / "ui" / "vendor.toml"]
+    ]
+    missing = [name for name in names if name not in wheel_names]
+    assert not missing, f"dashboard files missing from the wheel (pyproject package-data): {missing}"
+
+
 def test_no_bare_top_level_package_in_the_wheel(wheel_names: set[str]) -> None:
     top_levels = {name.split("/", 1)[0] for name in wheel_names}
     assert not top_levels & set(TOP_LEVEL_REFUSED)
