@@ -16,6 +16,9 @@ SELECT name FROM schema_migrations ORDER BY name
 -- name: record_migration
 INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :applied_at)
 
+-- name: database_created_at
+SELECT MIN(applied_at) AS created_at FROM schema_migrations
+
 -- ---------------------------------------------------------------------------------------- tenants
 
 -- name: lock_tenants
