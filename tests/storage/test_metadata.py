@@ -748,6 +748,15 @@ def test_organizations_and_projects(metadata_store: SQLMetadataStore) -> None:
         listed(organization_id=other.id, after=first.id)
 
 
+def test_database_created_at_is_the_first_migration_for_every_store_on_it(database: Any) -> None:
+    from tunewright.storage.metadata import SQLMetadataStore
+
+    with database.reading() as conn:
+        first = min(row["applied_at"] for row in conn.execute("SELECT applied_at FROM schema_migrations").fetchall())
+    created = {SQLMetadataStore(database).database_created_at() for _ in range(2)}
+    assert created == {first}
+
+
 def race(count: int, call: Any) -> list[Any]:
     """Run `call()` on `count` threads released together; return what each returned."""
     start = threading.Barrier(count)
