@@ -39,6 +39,7 @@ from fixtures.s3 import scratch_bucket
 from fixtures.server import FIRST_START, VENV_BIN, first_key, free_port, server_env, start_serve, stop_server
 from fixtures.training import TINY, metrics_events, wait_for_metrics, wait_for_status
 
+from tunewright.inference.adapters import folder_name
 from tunewright.storage.registry import open_stores
 from tunewright.storage.settings import load_settings
 
@@ -99,8 +100,7 @@ class Trained(msgspec.Struct, kw_only=True):
     b: Any
     jobs: dict[str, str]  # a1, a2, a3 (acme, through api1), b1 (globex, through api2) → job id
     killed_job: str
-    killed_worker: str
-    survivor: str
+    survivor: str  # the worker that was not killed
 
 
 def sdk(url: str, key: str, *, max_retries: int = 0) -> openai.OpenAI:
@@ -262,7 +262,7 @@ def queue_and_kill(cluster: Cluster, a: Tenant, b: Tenant) -> Trained:
         client = client_a if name.startswith("a") else client_b
         wait_for_status(client, job_id, {"succeeded", "failed", "cancelled"})
     (survivor,) = [w.name for w in cluster.workers.values() if w is not killed]
-    return Trained(a=a, b=b, jobs=jobs, killed_job=jobs["a1"], killed_worker=killed.name, survivor=survivor)
+    return Trained(a=a, b=b, jobs=jobs, killed_job=jobs["a1"], survivor=survivor)
 
 
 def messages(client: openai.OpenAI, job_id: str) -> list[str]:
@@ -404,10 +404,10 @@ def test_a_model_trained_through_one_api_process_answers_through_the_other(
     """globex queued through api2; api1's in-process engine fetches the adapter from the bucket into its own cache."""
     api1 = cluster.apis["api1"]
     model = model_of(cluster, trained.b, trained.jobs["b1"])
-    cache = api1.log.parent / "data" / "adapter-cache"
-    assert not list(cache.rglob("adapter_model.safetensors"))
+    cached = api1.log.parent / "data" / "adapter-cache" / folder_name(model) / "adapter_model.safetensors"
+    assert not cached.exists()
     assert chat(api1.url, trained.b.key, model, tokenizer)
-    assert len(list(cache.rglob("adapter_model.safetensors"))) == 1
+    assert cached.is_file()
     with pytest.raises(openai.NotFoundError):  # and another tenant's model stays out of reach
         chat(api1.url, trained.a.key, model, tokenizer)
 
