@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import threading
-import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -217,7 +216,6 @@ def create_app(
                 engine=app_engine,
                 metrics=metrics,
                 limiter=limiter,
-                started_at=int(time.time()),
                 trainer_status=trainer_status,
                 event_streams=StreamSlots(settings.max_event_streams_per_key),
             ),

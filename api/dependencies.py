@@ -33,8 +33,6 @@ AppEngine = NamedDependency[InferenceEngine]
 """`engine: AppEngine`: what generates completions (built on its first request)."""
 AppMetrics = NamedDependency[Metrics]
 """`metrics: AppMetrics`: the process's Prometheus collectors."""
-StartedAt = NamedDependency[int]
-"""`started_at: StartedAt`: when the app was built (unix seconds), the `created` of base models."""
 TrainerStatusFile = NamedDependency[Path | None]
 """`trainer_status: TrainerStatusFile`: the status file of the `serve` supervising the trainers, if any."""
 

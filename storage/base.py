@@ -120,6 +120,10 @@ class MetadataStore(
         """Raise `Unavailable` if the database does not answer."""
         ...
 
+    def database_created_at(self) -> int:
+        """When the database was first migrated (unix seconds): the same for every process that opens it."""
+        ...
+
 
 class JobQueue(Protocol):
     """Jobs waiting for a worker, in the metadata database: claim with a lease, heartbeat, release, complete.

@@ -38,6 +38,7 @@ class SQLStoreBase:
     def __init__(self, database: Database) -> None:
         """Work on `database` (not migrated here: call `migrate()` where the schema is owned)."""
         self.database = database
+        self._created_at: int | None = None
 
     @property
     def reads_wait_on_network(self) -> bool:
@@ -47,6 +48,13 @@ class SQLStoreBase:
     def ping(self) -> None:
         """Raise `Unavailable` if the database does not answer."""
         self.database.ping()
+
+    def database_created_at(self) -> int:
+        """See `MetadataStore.database_created_at` (read once, then remembered: it never changes)."""
+        if self._created_at is None:
+            with self.database.reading() as conn:
+                self._created_at = int(conn.run("database_created_at").fetchone()["created_at"])
+        return self._created_at
 
     def close(self) -> None:
         """Close the database's connections."""

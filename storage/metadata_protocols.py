@@ -81,6 +81,25 @@ class TenantStore(Protocol):
         """Insert an active project (`max_running_jobs` None: the deployment's cap applies)."""
         ...
 
+    def ensure_project(self, *, organization_id: str, name: str, actor: AuditActor | None = None) -> ProjectRecord:
+        """Return the organization's oldest project called `name`, creating one if none (atomic across processes)."""
+        ...
+
+    def create_first_tenant(
+        self,
+        organization: OrganizationRecord,
+        project: ProjectRecord,
+        key: ApiKeyRecord,
+        *,
+        actor: AuditActor | None = None,
+    ) -> bool:
+        """Insert a deployment's first organization, project and key, unless it has a tenant; return whether it did.
+
+        A tenant already there is an unrevoked key or an organization with `organization.slug`; atomic across
+        processes, so of several started at once on an empty database exactly one inserts.
+        """
+        ...
+
     def get_project(self, project_id: str, *, organization_id: str | None) -> ProjectRecord:
         """Return a project; with `organization_id`, only if it belongs to it. `NotFound`."""
         ...

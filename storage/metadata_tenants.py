@@ -117,11 +117,45 @@ class TenantsMixin(SQLStoreBase):
             external_key_id=external_key_id,
             max_running_jobs=max_running_jobs,
         )
-        details = {"id": record.id, "data": {"name": name, "title": name}}
         with self.database.transaction(immediate=True) as conn:
-            conn.run("insert_project", to_params(record))
-            record_audit(conn, actor, audit.PROJECT_CREATED, project_id=record.id, details=details)
+            _insert_project(conn, actor, record)
         return record
+
+    def ensure_project(self, *, organization_id: str, name: str, actor: AuditActor | None = None) -> ProjectRecord:
+        """Return the organization's oldest project called `name`, creating it if there is none.
+
+        The look-up and the insert are one transaction under the tenants lock (`lock_tenants`: an advisory lock
+        on PostgreSQL, BEGIN IMMEDIATE on SQLite), so processes asking at once for a missing project make one.
+        """
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("lock_tenants")
+            found = self.find_project(organization_id=organization_id, name=name)
+            if found is not None:
+                return found
+            return self.create_project(organization_id=organization_id, name=name, actor=actor)
+
+    def create_first_tenant(
+        self,
+        organization: OrganizationRecord,
+        project: ProjectRecord,
+        key: ApiKeyRecord,
+        *,
+        actor: AuditActor | None = None,
+    ) -> bool:
+        """Insert a deployment's first organization, project and key, unless it has a tenant already.
+
+        A tenant already there is an unrevoked key or an organization with `organization.slug`. The look-up and
+        the inserts are one transaction under the tenants lock, so of several processes starting at once on an
+        empty database exactly one inserts. Returns whether this call inserted.
+        """
+        with self.database.transaction(immediate=True) as conn:
+            conn.run("lock_tenants")
+            if self.list_all_api_keys() or self.find_organization(slug=organization.slug) is not None:
+                return False
+            conn.run("insert_organization", to_params(organization))
+            _insert_project(conn, actor, project)
+            _insert_key(conn, actor, key)
+        return True
 
     def get_project(self, project_id: str, *, organization_id: str | None) -> ProjectRecord:
         """Return a project; with `organization_id`, only if it belongs to it. `NotFound`."""
@@ -333,6 +367,13 @@ def _audit_project_change(
         requested["external_key_id"] = changes["external_key_id"]
     details = {"id": record.id, "changes_requested": requested}
     record_audit(conn, actor, audit.PROJECT_UPDATED, project_id=record.id, details=details)
+
+
+def _insert_project(conn: Connection, actor: AuditActor | None, record: ProjectRecord) -> None:
+    """Insert a project row and record `project.created`."""
+    conn.run("insert_project", to_params(record))
+    details = {"id": record.id, "data": {"name": record.name, "title": record.name}}
+    record_audit(conn, actor, audit.PROJECT_CREATED, project_id=record.id, details=details)
 
 
 def _insert_key(conn: Connection, actor: AuditActor | None, record: ApiKeyRecord) -> None:

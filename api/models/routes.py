@@ -6,7 +6,7 @@ from litestar import Controller, delete, get
 from litestar.params import FromPath
 
 from tunewright.api.auth import Caller, require_project
-from tunewright.api.dependencies import AppEngine, AppSettings, AppStores, StartedAt
+from tunewright.api.dependencies import AppEngine, AppSettings, AppStores
 from tunewright.api.models import service
 from tunewright.api.models.schemas import ListModelsResponse, Model
 from tunewright.api.schemas import DeletedObject
@@ -20,20 +20,17 @@ class ModelsController(Controller):
     tags = ["Models"]
 
     @get("/", sync_to_thread=False)
-    def list_models(
-        self, stores: AppStores, settings: AppSettings, started_at: StartedAt, principal: Caller
-    ) -> ListModelsResponse:
+    def list_models(self, stores: AppStores, settings: AppSettings, principal: Caller) -> ListModelsResponse:
         """Base models and the project's fine-tuned models."""
-        models = service.list_models(stores, settings, project_id=principal.project_id or "", started_at=started_at)
+        models = service.list_models(stores, settings, project_id=principal.project_id or "")
         return ListModelsResponse(data=models)
 
     @get("/{model:str}", sync_to_thread=False)
     def retrieve_model(
-        self, stores: AppStores, settings: AppSettings, started_at: StartedAt, principal: Caller, model: FromPath[str]
+        self, stores: AppStores, settings: AppSettings, principal: Caller, model: FromPath[str]
     ) -> Model:
         """Return one model."""
-        project_id = principal.project_id or ""
-        return service.get_model(stores, settings, model, project_id=project_id, started_at=started_at)
+        return service.get_model(stores, settings, model, project_id=principal.project_id or "")
 
     @delete("/{model:str}", status_code=200, sync_to_thread=True)
     def delete_model(

@@ -29,17 +29,21 @@ def _tuned(record: ModelRecord) -> Model:
     return Model(id=record.id, created=record.created, owned_by=record.owned_by)
 
 
-def list_models(stores: Stores, settings: Settings, *, project_id: str, started_at: int) -> list[Model]:
-    """Base models first (in configuration order), then fine-tuned models, oldest first."""
-    models = [_base(model_id, started_at) for model_id in settings.base_models]
+def list_models(stores: Stores, settings: Settings, *, project_id: str) -> list[Model]:
+    """Base models first (in configuration order), then fine-tuned models, oldest first.
+
+    A base model's `created` is when the database was first migrated, so every API process answers the same.
+    """
+    created = stores.metadata.database_created_at()
+    models = [_base(model_id, created) for model_id in settings.base_models]
     models.extend(_tuned(r) for r in stores.metadata.list_models(project_id=project_id))
     return models
 
 
-def get_model(stores: Stores, settings: Settings, model: str, *, project_id: str, started_at: int) -> Model:
+def get_model(stores: Stores, settings: Settings, model: str, *, project_id: str) -> Model:
     """Return a base model or a model the project owns or was granted; 404 otherwise."""
     if model in settings.base_models:
-        return _base(model, started_at)
+        return _base(model, stores.metadata.database_created_at())
     try:
         return _tuned(stores.metadata.get_model(model, project_id=project_id))
     except NotFound:

@@ -142,11 +142,8 @@ def ensure_organization(metadata: MetadataStore, name: str) -> OrganizationRecor
 
 
 def ensure_project(metadata: MetadataStore, organization: OrganizationRecord, name: str) -> ProjectRecord:
-    """Return the organization's project called `name`, creating it if missing."""
-    found = metadata.find_project(organization_id=organization.id, name=name)
-    if found is not None:
-        return found
-    return metadata.create_project(organization_id=organization.id, name=name, actor=OPERATOR_ACTOR)
+    """Return the organization's project called `name`, creating it if missing (one, however many processes ask)."""
+    return metadata.ensure_project(organization_id=organization.id, name=name, actor=OPERATOR_ACTOR)
 
 
 def issue_key(

@@ -15,8 +15,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tunewright.clients.cli.datadir import open_data
-from tunewright.clients.cli.keys import KeyCreated, ensure_organization, ensure_project, issue_key
+from tunewright.clients.cli.keys import KeyCreated, slugify
 from tunewright.clients.cli.supervise import TrainerSupervisor
+from tunewright.storage.api_keys import mint_api_key
+from tunewright.storage.audit import OPERATOR_ACTOR
+from tunewright.storage.ids import new_id
+from tunewright.storage.records import OrganizationRecord, ProjectRecord
 from tunewright.storage.settings import ENV_PREFIX, SettingsError
 from tunewright.storage.supervision import STATUS_FILE_ENV, remove_leftovers, status_path
 from tunewright.storage.sweeps import sweep_expired_uploads, sweep_orphan_blobs, sweep_stale_multipart
@@ -105,12 +109,24 @@ def sweep_leftovers(stores: Stores, settings: Settings) -> None:
 
 
 def bootstrap_default_tenant(metadata: MetadataStore) -> KeyCreated | None:
-    """On an empty database (no key, no `default` organization), create `default`/`default` and one key."""
-    if metadata.list_all_api_keys() or metadata.find_organization(slug=DEFAULT_ORGANIZATION) is not None:
+    """On an empty database (no key, no `default` organization), create `default`/`default` and one key.
+
+    One transaction under the store's tenants lock: of several replicas starting at once on an empty database,
+    exactly one creates them and prints the key; the others find them made.
+    """
+    created = int(time.time())
+    organization = OrganizationRecord(
+        id=new_id("org"), name=DEFAULT_ORGANIZATION, slug=slugify(DEFAULT_ORGANIZATION), created_at=created
+    )
+    project = ProjectRecord(
+        id=new_id("project"), organization_id=organization.id, name=DEFAULT_PROJECT, created_at=created
+    )
+    record, secret = mint_api_key(
+        organization_id=organization.id, project_id=project.id, name="default", kind="project"
+    )
+    if not metadata.create_first_tenant(organization, project, record, actor=OPERATOR_ACTOR):
         return None
-    organization = ensure_organization(metadata, DEFAULT_ORGANIZATION)
-    project = ensure_project(metadata, organization, DEFAULT_PROJECT)
-    return issue_key(metadata, organization, project, name="default")
+    return KeyCreated(record, secret, organization, project)
 
 
 def print_first_start(created: KeyCreated) -> None:

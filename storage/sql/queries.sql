@@ -16,7 +16,15 @@ SELECT name FROM schema_migrations ORDER BY name
 -- name: record_migration
 INSERT INTO schema_migrations (name, applied_at) VALUES (:name, :applied_at)
 
+-- name: database_created_at
+SELECT MIN(applied_at) AS created_at FROM schema_migrations
+
 -- ---------------------------------------------------------------------------------------- tenants
+
+-- name: lock_tenants
+-- Taken first by the transactions that look for a tenant row and insert it if missing (`ensure_project`,
+-- `create_first_tenant`). SQLite: BEGIN IMMEDIATE already serializes them.
+SELECT 1
 
 -- name: insert_organization
 INSERT INTO organizations (id, name, slug, created_at) VALUES (:id, :name, :slug, :created_at)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from fixtures.server import _first_key, server_env, start_serve, stop_server
+from fixtures.server import first_key, server_env, start_serve, stop_server
 from fixtures.webhooks import Receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -26,7 +26,7 @@ def test_serve_delivers_signed_events_and_a_restart_loses_none(tmp_path: Path, r
     log = tmp_path / "serve.log"
     url, process = start_serve(env, log)
     try:
-        client = openai.OpenAI(base_url=url + "/v1", api_key=_first_key(log), max_retries=0)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=first_key(log), max_retries=0)
         endpoint = client.webhooks.create(name="backend", url=receiver.url(), event_types=["fine_tuning.job.cancelled"])
         training = client.files.create(
             file=("train.jsonl", (ASSETS / "valid_chat.jsonl").read_bytes()), purpose="fine-tune"
@@ -58,7 +58,7 @@ def test_serve_delivers_signed_events_and_a_restart_loses_none(tmp_path: Path, r
             time.sleep(0.05)
         arrived = next(r for r in receiver.received[3:] if r.status == 200)
         assert arrived.headers["webhook-id"] == owed.headers["webhook-id"]
-        client = openai.OpenAI(base_url=url + "/v1", api_key=_first_key(log), max_retries=0)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=first_key(log), max_retries=0)
         event = client.webhooks.unwrap(arrived.body, arrived.headers, secret=endpoint.signing_secret)
         assert (event.type, event.data.id) == ("fine_tuning.job.cancelled", second.id)
     finally:

@@ -24,7 +24,7 @@ from fixtures.chat import no_eos, rendered_prompt_tokens, stream_then_disconnect
 from fixtures.contract import validate_error, validate_operation
 from fixtures.models import SMOLLM2
 from fixtures.s3 import FAKE_AWS_ENV
-from fixtures.server import VENV_BIN, free_port, stop_server
+from fixtures.server import VENV_BIN, free_port, start_serve, stop_server
 from fixtures.training import TINY, TRAINING_SETTINGS, run_worker
 from litestar.testing import TestClient
 
@@ -63,25 +63,7 @@ def start_node(settings: Settings, tmp_path: Path) -> tuple[str, subprocess.Pope
         if value is not None:
             env[ENV_PREFIX + name.upper()] = str(value)
     env[ENV_PREFIX + "BASE_MODELS"] = ",".join(f"{k}={v}" for k, v in settings.base_models.items())
-    port = free_port()
-    log = tmp_path / "node.log"
-    with log.open("wb") as out:
-        command = [str(VENV_BIN / "tunewright"), "inference", "--host", "127.0.0.1", "--port", str(port)]
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"tunewright inference exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return url, process
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            stop_server(process)
-            raise RuntimeError(f"tunewright inference did not become healthy:\n{log.read_text()}")
-        time.sleep(0.2)
+    return start_serve(env, tmp_path / "node.log", command="inference")
 
 
 @pytest.fixture

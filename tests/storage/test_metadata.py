@@ -18,7 +18,9 @@ from tunewright.storage.records import (
     JobEventRecord,
     JobRecord,
     ModelRecord,
+    OrganizationRecord,
     PermissionRecord,
+    ProjectRecord,
     ServiceAccountRecord,
     UploadPartRecord,
     UploadRecord,
@@ -745,6 +747,60 @@ def test_organizations_and_projects(metadata_store: SQLMetadataStore) -> None:
     assert listed(after=listed()[0]) == listed()[1:]
     with pytest.raises(InvalidCursor):
         listed(organization_id=other.id, after=first.id)
+
+
+def test_database_created_at_is_the_first_migration_for_every_store_on_it(database: Any) -> None:
+    from tunewright.storage.metadata import SQLMetadataStore
+
+    with database.reading() as conn:
+        first = min(row["applied_at"] for row in conn.execute("SELECT applied_at FROM schema_migrations").fetchall())
+    created = {SQLMetadataStore(database).database_created_at() for _ in range(2)}
+    assert created == {first}
+
+
+def race(count: int, call: Any) -> list[Any]:
+    """Run `call()` on `count` threads released together; return what each returned."""
+    start = threading.Barrier(count)
+    results: list[Any] = []
+
+    def run() -> None:
+        start.wait(timeout=30)
+        results.append(call())
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == count
+    return results
+
+
+def test_ensure_project_makes_one_project_however_many_ask_at_once(metadata_store: SQLMetadataStore) -> None:
+    org = metadata_store.create_organization(name="Acme", slug="acme")
+    made = race(6, lambda: metadata_store.ensure_project(organization_id=org.id, name="shared"))
+    assert len({project.id for project in made}) == 1
+    page = metadata_store.list_projects(organization_id=org.id, after=None, limit=10, include_archived=True)
+    assert [project.id for project in page.items] == [made[0].id]
+    assert metadata_store.ensure_project(organization_id=org.id, name="shared") == made[0]
+
+
+def test_create_first_tenant_inserts_once_and_never_beside_a_tenant(metadata_store: SQLMetadataStore) -> None:
+    def attempt(slug: str = "default") -> bool:
+        org = OrganizationRecord(id=new_id("org"), name=slug, slug=slug, created_at=1000)
+        project = ProjectRecord(id=new_id("project"), organization_id=org.id, name="default", created_at=1000)
+        key = make_key(project.id, 1000, organization_id=org.id)
+        return metadata_store.create_first_tenant(org, project, key)
+
+    assert sorted(race(6, attempt)) == [False] * 5 + [True]
+    (key,) = metadata_store.list_all_api_keys()
+    org = metadata_store.find_organization(slug="default")
+    assert org is not None and key.organization_id == org.id
+    page = metadata_store.list_projects(organization_id=None, after=None, limit=10, include_archived=True)
+    assert [project.id for project in page.items] == [key.project_id]
+    assert attempt("other") is False  # a key exists: not a first start
+    metadata_store.revoke_api_key(key.id, organization_id=org.id, project_id=key.project_id)
+    assert attempt() is False  # the `default` organization exists
 
 
 def test_api_keys_find_list_revoke(metadata_store: SQLMetadataStore) -> None:

@@ -3,6 +3,11 @@
 -- name: lock_migrations
 SELECT pg_advisory_xact_lock(7470337311)
 
+-- name: lock_tenants
+-- Serializes look-up-then-insert of tenant rows across processes: project names are not unique (the admin API
+-- may make two projects of one name), so no constraint can. Held until the transaction ends.
+SELECT pg_advisory_xact_lock(7470337313)
+
 -- name: notify
 SELECT pg_notify(:channel, '')
 
