@@ -387,8 +387,11 @@ class ModelStore(Protocol):
         """Final fine-tuned models this project owns or was granted, plus granted checkpoints, oldest first."""
         ...
 
-    def delete_model(self, model_id: str, *, project_id: str) -> list[ModelRecord]:
-        """Delete an owned model with its checkpoints and permissions; return the deleted models. `NotFound`."""
+    def delete_model(self, model_id: str, *, project_id: str, actor: AuditActor | None = None) -> list[ModelRecord]:
+        """Delete an owned model with its checkpoints and permissions; return the deleted models. `NotFound`.
+
+        Each permission dropped with it is audited as `checkpoint.permission.deleted`.
+        """
         ...
 
     def create_permissions(self, records: Sequence[PermissionRecord], *, actor: AuditActor | None = None) -> None:

@@ -331,6 +331,15 @@ ORDER BY created, id
 -- name: delete_model
 DELETE FROM models WHERE id = :id AND project_id = :project_id RETURNING *
 
+-- name: delete_model_permissions
+-- The permissions on a model and, when :job_id is set (a fine-tuned model), on its job's checkpoint models.
+DELETE FROM permissions
+WHERE owner_project_id = :project_id
+  AND (model = :model
+       OR model IN (SELECT id FROM models
+                    WHERE job_id = :job_id AND project_id = :project_id AND kind = 'checkpoint'))
+RETURNING *
+
 -- name: delete_job_checkpoint_models
 DELETE FROM models WHERE job_id = :job_id AND project_id = :project_id AND kind = 'checkpoint' RETURNING *
 
