@@ -119,7 +119,7 @@ def estimate(
     data: CreateFineTuningJobRequest,
     principal: Principal,
 ) -> FineTuningJobEstimate:
-    """What the checked job would train, cost and take, and whether its project's spend limit allows it."""
+    """What the checked job would train, cost and take, and whether its project's and organization's limits allow it."""
     plan = plan_job(stores, settings, engine, checked)
     trained = plan.billed_tokens
     cost = token_cost(trained, settings.model_price(checked.base_model).training)
@@ -130,10 +130,9 @@ def estimate(
             f"No job of {checked.base_model} has finished on this deployment yet: the duration assumes "
             f"{settings.estimate_tokens_per_s:,g} trained tokens per second."
         )
-    state = quota.standing(
+    state = quota.standings(
         stores, settings, organization_id=principal.organization_id or "", project_id=principal.project_id or ""
     )
-    left = state.left()
     return FineTuningJobEstimate(
         model=data.model,
         training_file=checked.training.id,
@@ -145,6 +144,6 @@ def estimate(
         trained_tokens=trained,
         estimated_cost=EstimatedCost(value=float(cost)),
         estimated_duration_seconds=math.ceil(trained / (measured or settings.estimate_tokens_per_s)),
-        within_spend_limit=not state.reached and (left is None or cost * quota.CENTS <= left),
+        within_spend_limit=state.refusing(cost * quota.CENTS) is None,
         warnings=warnings,
     )

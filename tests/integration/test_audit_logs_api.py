@@ -277,3 +277,13 @@ def test_spend_limit_and_alert_changes_are_listed_under_tunewrights_types(admin,
         ("spend_alert.deleted", {"id": alert.id}),
     ]
     assert all(e["project"]["id"] == project_id for e in entries)
+
+    admin.spend_limit.update(threshold_amount=900, currency="USD", interval="month")  # the organization's own
+    admin.spend_limit.delete()
+    organization_id = tenants["a"].organization_id
+    entries = listed(http, admin_key, **{"resource_ids[]": organization_id})
+    assert [(e["type"], e[e["type"]]) for e in entries[::-1]] == [
+        ("spend_limit.updated", {"id": organization_id, "changes_requested": {**limit, "threshold_amount": 900}}),
+        ("spend_limit.deleted", {"id": organization_id}),
+    ]
+    assert all("project" not in e or e["project"] is None for e in entries)
