@@ -355,7 +355,7 @@ class Metrics:
         )
         self.quota_rejections = Counter(
             "tunewright_quota_rejections_total",
-            "Requests refused with 429 insufficient_quota (a project at its spend limit), by kind (inference, job)",
+            "Requests refused with 429 insufficient_quota (a project or organization at its spend limit), by kind",
             ["kind"],
             registry=own,
         )
