@@ -177,6 +177,7 @@ def create_app(
     sweep: bool = True,
     send_webhooks: bool = True,
     trainer_status: Path | None = None,
+    metrics_dir: str | None = None,
 ) -> Litestar:
     """Build the API for `settings` over `stores`; `features` picks the route groups to mount.
 
@@ -185,6 +186,7 @@ def create_app(
     the one `settings` names is built on the first completion request and closed when the app shuts down (one
     handed in belongs to the caller).
     `trainer_status` is the status file of the `serve` that supervises the trainers (/healthz, /metrics).
+    `metrics_dir` is the directory API processes behind one port share their counters in (api/metrics.py).
     """
     own_engine = LazyEngine(partial(build_engine, settings, stores)) if engine is None else None
     app_engine = engine or own_engine
@@ -193,6 +195,7 @@ def create_app(
         trainer_status,
         max_projects=settings.metrics_max_projects,
         adapter_stats=partial(adapter_cache_stats, app_engine),
+        multiprocess_dir=metrics_dir,
     )
     # For the guards, middleware and lifespan, which dependency injection does not reach.
     limiter = RateLimiter(settings, stores, build_counters(settings, metrics), metrics)

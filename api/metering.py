@@ -74,13 +74,6 @@ class Meter:
                 await self.admission.settle(self.prompt_tokens + self.completion_tokens)
         if not self.ran or self.stores is None or self.principal is None:
             return
-        if self.metrics is not None:
-            self.metrics.count_tokens(
-                self.principal.project_id or "",
-                self.base_model,
-                prompt=self.prompt_tokens,
-                completion=self.completion_tokens,
-            )
         record = UsageRecord(
             id=new_id("usage"),
             project_id=self.principal.project_id or "",
@@ -96,6 +89,14 @@ class Meter:
         )
         with anyio.CancelScope(shield=True):
             try:
-                await anyio.to_thread.run_sync(self.stores.metadata.insert_usage, record)
+                await anyio.to_thread.run_sync(self._write, self.stores, record)
             except Exception:  # the answer is already out; a lost row is logged, not raised
                 logger.exception("could not record usage of %s", self.model)
+
+    def _write(self, stores: Stores, record: UsageRecord) -> None:
+        """Write the usage row, then add its tokens to /metrics (the project's label may read the database)."""
+        stores.metadata.insert_usage(record)
+        if self.metrics is not None:
+            self.metrics.count_tokens(
+                record.project_id, record.base_model, prompt=record.prompt_tokens, completion=record.completion_tokens
+            )

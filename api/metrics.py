@@ -1,24 +1,33 @@
 """Prometheus metrics: requests, jobs, queue, trainers, webhooks, tokens, time to first token, adapter cache.
 
 Two kinds of series. This process's own (HTTP requests, inference tokens, time to first token, the adapter cache,
-webhook attempts): sum them across API processes. Read from the database at scrape time (jobs by status, queue
-depth, webhook backlog, training tokens, queue wait, job duration): every API process reports the same
-cluster-wide values, because training runs in worker processes anywhere that have no scrape target of their own;
-take one process's value (`max`), not the sum.
+webhook attempts, rate-limit and quota rejections). And series read from the database at scrape time (jobs by
+status, queue depth, webhook backlog, training tokens, queue wait, job duration): every API process reports the
+same cluster-wide values, because training runs in worker processes anywhere that have no scrape target of their
+own; take one process's value (`max`), not the sum.
 
-Labels come from bounded sets: routes, methods, statuses, outcomes, the configured base models, and projects,
-of which only the first `TUNEWRIGHT_METRICS_MAX_PROJECTS` a process labels get their own value (`ProjectLabels`);
-the rest are `other`. No job or request id is ever a label.
+Several API processes behind one port (`tunewright serve --workers N`, N > 1) cannot be scraped one by one: a
+scrape reaches whichever worker accepts it. So there the process's own series use prometheus_client's
+multiprocess mode: each worker writes its counters to its own file in one directory (`PROMETHEUS_MULTIPROC_DIR`,
+which `serve` creates and names to its workers), and a scrape answered by any worker adds up every worker's
+files, those of workers that died included (a counter never goes back). With one process (or several on their
+own ports) they stay in memory: sum them across processes.
+
+Labels come from bounded sets: routes, methods, statuses, outcomes, the configured base models, and projects, of
+which only the first `TUNEWRIGHT_METRICS_MAX_PROJECTS` created get their own value (`ProjectLabels`, the same
+choice in every process); the rest are `other`. No job or request id is ever a label.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from tunewright.storage.ids import new_request_id
@@ -34,6 +43,8 @@ if TYPE_CHECKING:
     from tunewright.storage.base import Stores
     from tunewright.storage.records import TimeHistogram
 
+
+logger = logging.getLogger(__name__)
 
 # Label values come from a fixed set, so clients cannot grow the series without bound: every path no route
 # matches is one route, and every method HTTP does not define (`FOO /v1/files`) is one method.
@@ -51,23 +62,48 @@ JOB_DURATION_BUCKETS_S = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43
 
 
 class ProjectLabels:
-    """The `project` label: a project's id for the first `limit` projects this process labels, `other` after."""
+    """The `project` label: a project's id for the first `limit` projects created (of every organization), else `other`.
 
-    def __init__(self, limit: int) -> None:
-        """Label at most `limit` projects by id."""
+    Chosen by creation order, read from the database, rather than by the order in which a process meets projects,
+    so that every API process (and every restart) gives a project the same label: the series of several processes
+    add up, and none counts a project under its id while another counts it as `other`. A process reads the
+    first `limit` project ids when it meets a project it has not labelled while fewer than `limit` exist; once
+    `limit` exist the set is final, and labelling costs a set lookup.
+    """
+
+    def __init__(self, limit: int, first: Callable[[int], list[str]]) -> None:
+        """Label at most `limit` projects by id; `first(n)` reads the ids of the first `n` projects created."""
         self._limit = limit
-        self._known: set[str] = set()
+        self._first = first
+        self._known: frozenset[str] = frozenset()
+        self._final = False
         self._lock = threading.Lock()
 
     def __call__(self, project_id: str) -> str:
-        """The label of `project_id`; a project is given its own one while fewer than `limit` have one."""
+        """The label of `project_id` (may read the database: call it off the event loop)."""
         if project_id in self._known:
             return project_id
+        if self._final or not project_id:
+            return OTHER_PROJECTS
         with self._lock:
-            if project_id in self._known or len(self._known) < self._limit:
-                self._known.add(project_id)
-                return project_id
-        return OTHER_PROJECTS
+            if project_id not in self._known and not self._final:
+                try:
+                    first = self._first(self._limit)
+                except Exception:  # a metric must not fail a request; the next new project reads again
+                    logger.exception("could not read the projects to label in /metrics")
+                    return OTHER_PROJECTS
+                self._known, self._final = frozenset(first), len(first) >= self._limit
+        return project_id if project_id in self._known else OTHER_PROJECTS
+
+
+def first_projects(stores: Stores) -> Callable[[int], list[str]]:
+    """`first(n)`: the ids of the first `n` projects created, archived ones included, oldest first."""
+
+    def first(limit: int) -> list[str]:
+        page = stores.metadata.list_projects(organization_id=None, after=None, limit=limit, include_archived=True)
+        return [project.id for project in page.items]
+
+    return first
 
 
 class StoreCollector:
@@ -166,7 +202,10 @@ def _histogram(histogram: TimeHistogram) -> tuple[list[tuple[str, float]], float
 
 
 class AdapterCacheCollector:
-    """Reads an engine's adapter cache counters at scrape time (nothing when no cache is kept in this process)."""
+    """Reads an engine's adapter cache counters at scrape time: an inference node's, the one process it has.
+
+    The API keeps the same series as counters of its own (`AdapterCacheCounters`), for multiprocess mode.
+    """
 
     def __init__(self, read: Callable[[], AdapterCacheStats | None]) -> None:
         """Remember how to read the counters."""
@@ -191,6 +230,52 @@ class AdapterCacheCollector:
         yield evictions
 
 
+class AdapterCacheCounters:
+    """An engine's adapter cache counters as this process's own counters (so multiprocess mode adds them up).
+
+    The cache counts in memory (`AdapterCache.stats()`); `sync` adds what it counted since the previous call.
+    It runs after every request and before every scrape, so each process's counts are written before any
+    process answers a scrape.
+    """
+
+    def __init__(self, read: Callable[[], AdapterCacheStats | None], registry: CollectorRegistry) -> None:
+        """Create the counters (0 until the cache counts anything) in `registry`."""
+        self._read = read
+        self._seen: AdapterCacheStats | None = None
+        self._lock = threading.Lock()
+        self.hits = Counter(
+            "tunewright_adapter_cache_hits", "Adapter acquisitions that found it loaded", registry=registry
+        )
+        self.misses = Counter(
+            "tunewright_adapter_cache_misses", "Adapter acquisitions that had to load it", registry=registry
+        )
+        self.evictions = Counter(
+            "tunewright_adapter_cache_evictions",
+            "Idle adapters evicted to keep the cache's bounds",
+            ["level"],
+            registry=registry,
+        )
+        self.memory, self.disk = self.evictions.labels("memory"), self.evictions.labels("disk")
+
+    def sync(self) -> None:
+        """Add to the counters what the cache counted since the last sync (nothing when it has not changed)."""
+        stats = self._read()
+        if stats is None or stats is self._seen:
+            return
+        with self._lock:  # read again inside: two syncs at once must not both add the same counts
+            stats = self._read() or stats
+            seen, self._seen = self._seen, stats
+            for counter, name in (
+                (self.hits, "hits"),
+                (self.misses, "misses"),
+                (self.memory, "evicted_from_memory"),
+                (self.disk, "evicted_from_disk"),
+            ):
+                grown = getattr(stats, name) - (0 if seen is None else getattr(seen, name))
+                if grown > 0:
+                    counter.inc(grown)
+
+
 def adapter_cache_stats(engine: object) -> AdapterCacheStats | None:
     """The adapter cache counters of `engine` (a built local engine); None for one that keeps no cache here."""
     built = getattr(engine, "current", engine)  # a LazyEngine: the engine it built, if any
@@ -199,7 +284,7 @@ def adapter_cache_stats(engine: object) -> AdapterCacheStats | None:
 
 
 class Metrics:
-    """One registry per app, so several apps in one process (tests) do not collide."""
+    """One set of collectors per app, so several apps in one process (tests) do not collide."""
 
     def __init__(
         self,
@@ -208,6 +293,7 @@ class Metrics:
         *,
         max_projects: int = 100,
         adapter_stats: Callable[[], AdapterCacheStats | None] | None = None,
+        multiprocess_dir: str | None = None,
     ) -> None:
         """Create the registry and the HTTP metrics; the trainers' when `serve` publishes their status.
 
@@ -216,81 +302,107 @@ class Metrics:
             trainer_status: the status file of the `serve` that supervises the trainers, if any.
             max_projects: projects given their own `project` label (`TUNEWRIGHT_METRICS_MAX_PROJECTS`).
             adapter_stats: reads the engine's adapter cache counters (none: no such series).
+            multiprocess_dir: prometheus_client's `PROMETHEUS_MULTIPROC_DIR`, when several processes share it:
+                a scrape then reports every process's counters from there (the variable must have been set
+                before prometheus_client was imported).
+
+        Raises:
+            RuntimeError: `multiprocess_dir` is given but prometheus_client keeps its values in memory.
         """
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.projects = ProjectLabels(max_projects)
+        own = CollectorRegistry(auto_describe=True)
+        """This process's counters; what a scrape reports, unless every process's files are."""
+        if multiprocess_dir is None:
+            self.registry = own
+        else:
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError(
+                    "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: the counters of this "
+                    "process would not reach the directory"
+                )
+            self.registry = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self.registry, path=multiprocess_dir)
+        self.projects = ProjectLabels(max_projects, first_projects(stores))
         self.requests = Counter(
             "tunewright_http_requests_total",
             "HTTP requests by route template, method and status",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "tunewright_http_request_duration_seconds",
             "HTTP request latency by route template",
             ["route", "method"],
-            registry=self.registry,
+            registry=own,
         )
         # Webhooks, counted by the sender of this process; `outcome` takes the few values of delivery.Outcome.
         self.webhook_attempts = Counter(
             "tunewright_webhook_delivery_attempts_total",
             "Webhook delivery attempts by outcome (succeeded, http_error, network_error, refused)",
             ["outcome"],
-            registry=self.registry,
+            registry=own,
         )
         self.webhook_deliveries = Counter(
             "tunewright_webhook_deliveries_total",
             "Webhook deliveries ended, by outcome (succeeded, or failed: given up after the retry window)",
             ["outcome"],
-            registry=self.registry,
+            registry=own,
         )
         self.ratelimit_rejections = Counter(
             "tunewright_ratelimit_rejections_total",
             "Requests refused with 429 by a rate limit, by limit and base model ('' for per-key limits)",
             ["limit", "model"],
-            registry=self.registry,
+            registry=own,
         )
         self.quota_rejections = Counter(
             "tunewright_quota_rejections_total",
-            "Requests refused with 429 insufficient_quota (a project at its spend limit), by kind (inference, job)",
+            "Requests refused with 429 insufficient_quota (a project or organization at its spend limit), by kind",
             ["kind"],
-            registry=self.registry,
+            registry=own,
         )
         self.ratelimit_redis_errors = Counter(
             "tunewright_ratelimit_redis_errors_total",
             "Rate-limit counter commands that failed (Redis unreachable, slow or erroring)",
-            registry=self.registry,
+            registry=own,
         )
         self.ratelimit_unchecked = Counter(
             "tunewright_ratelimit_unchecked_requests_total",
             "Requests let through without a rate-limit check because Redis was failing (fail open)",
-            registry=self.registry,
+            registry=own,
         )
         self.inference_tokens = Counter(
             "tunewright_inference_tokens_total",
             "Tokens of chat and legacy completions by project, base model and kind (prompt, completion)",
             ["project", "base_model", "kind"],
-            registry=self.registry,
+            registry=own,
         )
         self.first_token = Histogram(
             "tunewright_inference_time_to_first_token_seconds",
             "Time from a completion request's arrival to its first generated token, by base model",
             ["base_model"],
             buckets=FIRST_TOKEN_BUCKETS_S,
-            registry=self.registry,
+            registry=own,
         )
+        self.adapter_cache = None if adapter_stats is None else AdapterCacheCounters(adapter_stats, own)
         self.registry.register(StoreCollector(stores))  # type: ignore[arg-type]
         self.registry.register(TrainingCollector(stores, self.projects))  # type: ignore[arg-type]
-        if adapter_stats is not None:
-            self.registry.register(AdapterCacheCollector(adapter_stats))  # type: ignore[arg-type]
         if trainer_status is not None:
             self.registry.register(TrainerCollector(trainer_status))  # type: ignore[arg-type]
 
     def count_tokens(self, project_id: str, base_model: str, *, prompt: int, completion: int) -> None:
-        """Add one request's tokens."""
+        """Add one request's tokens (off the event loop: the project's label may need a database read)."""
         project = self.projects(project_id)
         self.inference_tokens.labels(project, base_model, "prompt").inc(prompt)
         self.inference_tokens.labels(project, base_model, "completion").inc(completion)
+
+    def after_request(self) -> None:
+        """Write what this process counted outside its own counters (the adapter cache's) into them."""
+        if self.adapter_cache is not None:
+            self.adapter_cache.sync()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of a scrape."""
+        self.after_request()
+        return generate_latest(self.registry)
 
 
 async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, receive: Receive, send: Send) -> None:
@@ -322,3 +434,4 @@ async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, recei
         method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
         metrics.requests.labels(route, method, str(status)).inc()
         metrics.latency.labels(route, method).observe(time.monotonic() - started)
+        metrics.after_request()

@@ -55,20 +55,32 @@ class ModelsMixin(SQLStoreBase):
             rows = conn.run("list_models", {"project_id": project_id}).fetchall()
         return [from_row(ModelRecord, row) for row in rows]
 
-    def delete_model(self, model_id: str, *, project_id: str) -> list[ModelRecord]:
+    def delete_model(self, model_id: str, *, project_id: str, actor: AuditActor | None = None) -> list[ModelRecord]:
         """Delete an owned model and what hangs on it, in one transaction; return the deleted models. `NotFound`.
 
         A fine-tuned model takes its job's checkpoint models and checkpoint rows along; a checkpoint model takes
-        its checkpoint row. Permissions on every deleted model go by the foreign key's cascade. The named model
-        comes first in the list.
+        its checkpoint row. The permissions on every deleted model go first, each audited as
+        `checkpoint.permission.deleted` as an explicit delete is (the foreign key's cascade would drop them
+        unrecorded). The named model comes first in the list.
         """
         with self.database.transaction(immediate=True) as conn:
+            row = conn.run("get_owned_model", {"id": model_id, "project_id": project_id}).fetchone()
+            if row is None:
+                raise NotFound(model_id)
+            named = from_row(ModelRecord, row)
+            scope = {"job_id": named.job_id, "project_id": project_id}
+            tuned_job = named.job_id if named.kind == "fine-tune" else None
+            dropped = conn.run(
+                "delete_model_permissions", {"model": model_id, "project_id": project_id, "job_id": tuned_job}
+            ).fetchall()
+            for permission in dropped:
+                details = {"id": permission["id"]}
+                record_audit(conn, actor, audit.CHECKPOINT_PERMISSION_DELETED, project_id=project_id, details=details)
             row = conn.run("delete_model", {"id": model_id, "project_id": project_id}).fetchone()
             if row is None:
                 raise NotFound(model_id)
             deleted = [from_row(ModelRecord, row)]
-            scope = {"job_id": deleted[0].job_id, "project_id": project_id}
-            if deleted[0].kind == "checkpoint":
+            if named.kind == "checkpoint":
                 conn.run("delete_model_checkpoint", {**scope, "model": model_id})
             else:
                 rows = conn.run("delete_job_checkpoint_models", scope).fetchall()

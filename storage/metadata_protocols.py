@@ -415,8 +415,11 @@ class ModelStore(Protocol):
         """Final fine-tuned models this project owns or was granted, plus granted checkpoints, oldest first."""
         ...
 
-    def delete_model(self, model_id: str, *, project_id: str) -> list[ModelRecord]:
-        """Delete an owned model with its checkpoints and permissions; return the deleted models. `NotFound`."""
+    def delete_model(self, model_id: str, *, project_id: str, actor: AuditActor | None = None) -> list[ModelRecord]:
+        """Delete an owned model with its checkpoints and permissions; return the deleted models. `NotFound`.
+
+        Each permission dropped with it is audited as `checkpoint.permission.deleted`.
+        """
         ...
 
     def create_permissions(self, records: Sequence[PermissionRecord], *, actor: AuditActor | None = None) -> None:
@@ -613,12 +616,23 @@ class SpendStore(Protocol):
         """Return a project's spend limit. `NotFound` when it has none."""
         ...
 
+    def get_organization_spend_limit(self, organization_id: str) -> SpendLimitRecord:
+        """Return an organization's own spend limit. `NotFound` when it has none."""
+        ...
+
     def put_spend_limit(self, record: SpendLimitRecord, *, actor: AuditActor | None = None) -> SpendLimitRecord:
-        """Create or replace a project's spend limit (keeping its `created_at`); return the stored row."""
+        """Create or replace a project's spend limit (the organization's when `record.project_id` is None).
+
+        Keeps its `created_at`; returns the stored row.
+        """
         ...
 
     def delete_spend_limit(self, project_id: str, *, actor: AuditActor | None = None) -> bool:
         """Remove a project's spend limit; False when it had none. Idempotent."""
+        ...
+
+    def delete_organization_spend_limit(self, organization_id: str, *, actor: AuditActor | None = None) -> bool:
+        """Remove an organization's own spend limit; False when it had none. Idempotent."""
         ...
 
     def insert_spend_alert(self, record: SpendAlertRecord, *, actor: AuditActor | None = None) -> None:

@@ -1,7 +1,8 @@
 """Spend limits, spend alerts and measured training throughput in the SQL metadata store.
 
-A limit is one row per project (`put_spend_limit` creates or replaces it). An alert belongs to a project, or to
-its organization when `project_id` is None. `fire_spend_alert` marks an alert fired for a month and writes its
+A limit is one row per project (`spend_limits`) or per organization (`organization_spend_limits`, the limit on
+all its projects' spend together); `put_spend_limit` creates or replaces either. An alert belongs to a project,
+or to its organization when `project_id` is None. `fire_spend_alert` marks an alert fired for a month and writes its
 webhook deliveries (storage/outbox.py) in one transaction: of several API processes that see the same alert
 crossed, exactly one sends it. Throughput rows (one per job that succeeded) give the cost estimate its duration.
 """
@@ -28,29 +29,62 @@ class SpendMixin(SQLStoreBase):
 
     def get_spend_limit(self, project_id: str) -> SpendLimitRecord:
         """Return a project's spend limit. `NotFound` when it has none."""
+        return self._get_limit("get_spend_limit", {"project_id": project_id})
+
+    def get_organization_spend_limit(self, organization_id: str) -> SpendLimitRecord:
+        """Return an organization's own spend limit (on all its projects' spend). `NotFound` when it has none."""
+        return self._get_limit("get_organization_spend_limit", {"organization_id": organization_id})
+
+    def _get_limit(self, query: str, params: dict[str, str]) -> SpendLimitRecord:
         with self.database.reading() as conn:
-            row = conn.run("get_spend_limit", {"project_id": project_id}).fetchone()
+            row = conn.run(query, params).fetchone()
         if row is None:
-            raise NotFound(project_id)
+            raise NotFound(next(iter(params.values())))
         return SpendLimitRecord(**row)
 
     def put_spend_limit(self, record: SpendLimitRecord, *, actor: AuditActor | None = None) -> SpendLimitRecord:
-        """Create or replace a project's spend limit (keeping its `created_at`); return the stored row.
+        """Create or replace a project's spend limit (the organization's when `record.project_id` is None).
 
-        Audited as `spend_limit.updated` (Tunewright's type).
+        Keeps its `created_at`; returns the stored row. Audited as `spend_limit.updated` (Tunewright's type), its
+        `id` the project or the organization.
         """
+        query = "put_spend_limit" if record.project_id is not None else "put_organization_spend_limit"
         with self.database.transaction(immediate=True) as conn:
-            row = conn.run("put_spend_limit", to_params(record)).fetchone()
-            details = {"id": record.project_id, "changes_requested": _limit_payload(record)}
-            record_audit(conn, actor, audit.SPEND_LIMIT_UPDATED, project_id=record.project_id, details=details)
+            row = conn.run(query, to_params(record)).fetchone()
+            details = {"id": record.project_id or record.organization_id, "changes_requested": _limit_payload(record)}
+            record_audit(
+                conn,
+                actor,
+                audit.SPEND_LIMIT_UPDATED,
+                project_id=record.project_id,
+                organization_id=record.organization_id,
+                details=details,
+            )
         return SpendLimitRecord(**row)
 
     def delete_spend_limit(self, project_id: str, *, actor: AuditActor | None = None) -> bool:
         """Remove a project's spend limit; False when it had none (`spend_limit.deleted` when it had)."""
+        return self._delete_limit("delete_spend_limit", actor, project_id=project_id)
+
+    def delete_organization_spend_limit(self, organization_id: str, *, actor: AuditActor | None = None) -> bool:
+        """Remove an organization's own spend limit; False when it had none (`spend_limit.deleted` when it had)."""
+        return self._delete_limit("delete_organization_spend_limit", actor, organization_id=organization_id)
+
+    def _delete_limit(
+        self, query: str, actor: AuditActor | None, *, project_id: str | None = None, organization_id: str | None = None
+    ) -> bool:
+        params = {"project_id": project_id} if project_id is not None else {"organization_id": organization_id}
         with self.database.transaction(immediate=True) as conn:
-            gone = conn.run("delete_spend_limit", {"project_id": project_id}).fetchone() is not None
+            gone = conn.run(query, params).fetchone() is not None
             if gone:
-                record_audit(conn, actor, audit.SPEND_LIMIT_DELETED, project_id=project_id, details={"id": project_id})
+                record_audit(
+                    conn,
+                    actor,
+                    audit.SPEND_LIMIT_DELETED,
+                    project_id=project_id,
+                    organization_id=organization_id,
+                    details={"id": project_id or organization_id},
+                )
             return gone
 
     def insert_spend_alert(self, record: SpendAlertRecord, *, actor: AuditActor | None = None) -> None:

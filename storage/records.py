@@ -460,10 +460,10 @@ class ClaimedDelivery(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class SpendLimitRecord(msgspec.Struct, kw_only=True):
-    """A project's hard spend limit: US cents per calendar month (UTC)."""
+    """A hard spend limit, US cents per calendar month (UTC): a project's, or its organization's when None."""
 
-    project_id: str
     organization_id: str
+    project_id: str | None = None
     created_at: int
     updated_at: int
     threshold_amount: int

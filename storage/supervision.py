@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 STATUS_FILE_ENV = "TUNEWRIGHT_TRAINER_STATUS_FILE"
 """Environment variable through which `serve` names its status file to the API processes (not a setting)."""
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's variable, through which `serve` names to its API processes the directory where they share
+their counters (api/metrics.py). It must be set before prometheus_client is imported."""
 WRITE_EVERY_S = 5.0
 STALE_S = 3 * WRITE_EVERY_S
 LEFTOVER_AGE_S = 3600.0

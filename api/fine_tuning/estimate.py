@@ -9,8 +9,9 @@ Cost. `trained_tokens` times the base model's training price (TOML `[prices]`), 
 
 Duration. `trained_tokens` over the training throughput measured on this deployment's workers: the tokens per
 second of the latest `THROUGHPUT_JOBS` jobs of that base model that succeeded (one row each, written by the
-worker). Before any job of the model has finished, `DEFAULT_TOKENS_PER_S` is assumed and a warning says so. The
-time spent in the queue, loading the model and evaluating a validation file is not counted.
+worker). Before any job of the model has finished, the throughput of the `estimate_tokens_per_s` setting
+(`TUNEWRIGHT_ESTIMATE_TOKENS_PER_S`, 1,000 by default) is assumed and a warning says so. The time spent in the
+queue, loading the model and evaluating a validation file is not counted.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from tunewright.storage.records import FileRecord
     from tunewright.storage.settings import Settings
 
-DEFAULT_TOKENS_PER_S = 1000.0
-"""Training throughput assumed before any job of a base model has succeeded on this deployment."""
 THROUGHPUT_JOBS = 20
 """How many of a base model's latest successful jobs the measured throughput averages over."""
 
@@ -120,7 +119,7 @@ def estimate(
     data: CreateFineTuningJobRequest,
     principal: Principal,
 ) -> FineTuningJobEstimate:
-    """What the checked job would train, cost and take, and whether its project's spend limit allows it."""
+    """What the checked job would train, cost and take, and whether its project's and organization's limits allow it."""
     plan = plan_job(stores, settings, engine, checked)
     trained = plan.billed_tokens
     cost = token_cost(trained, settings.model_price(checked.base_model).training)
@@ -129,12 +128,11 @@ def estimate(
     if measured is None:
         warnings.append(
             f"No job of {checked.base_model} has finished on this deployment yet: the duration assumes "
-            f"{DEFAULT_TOKENS_PER_S:,.0f} trained tokens per second."
+            f"{settings.estimate_tokens_per_s:,g} trained tokens per second."
         )
-    state = quota.standing(
+    state = quota.standings(
         stores, settings, organization_id=principal.organization_id or "", project_id=principal.project_id or ""
     )
-    left = state.left()
     return FineTuningJobEstimate(
         model=data.model,
         training_file=checked.training.id,
@@ -145,7 +143,7 @@ def estimate(
         tokens_per_epoch=plan.training.total_tokens,
         trained_tokens=trained,
         estimated_cost=EstimatedCost(value=float(cost)),
-        estimated_duration_seconds=math.ceil(trained / (measured or DEFAULT_TOKENS_PER_S)),
-        within_spend_limit=not state.reached and (left is None or cost * quota.CENTS <= left),
+        estimated_duration_seconds=math.ceil(trained / (measured or settings.estimate_tokens_per_s)),
+        within_spend_limit=state.refusing(cost * quota.CENTS) is None,
         warnings=warnings,
     )

@@ -37,7 +37,9 @@ class ModelsController(Controller):
         self, stores: AppStores, settings: AppSettings, engine: AppEngine, principal: Caller, model: FromPath[str]
     ) -> DeletedObject:
         """Delete a fine-tuned model the project owns."""
-        service.delete_model(stores, settings, model, project_id=principal.project_id or "", engine=engine)
+        service.delete_model(
+            stores, settings, model, project_id=principal.project_id or "", engine=engine, actor=principal.actor
+        )
         return DeletedObject(id=model, object="model")
 
 

@@ -12,6 +12,7 @@ from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from tunewright.inference.engine import InferenceEngine
+    from tunewright.storage.audit import AuditActor
     from tunewright.storage.base import Stores
     from tunewright.storage.records import ModelRecord
     from tunewright.storage.settings import Settings
@@ -51,17 +52,23 @@ def get_model(stores: Stores, settings: Settings, model: str, *, project_id: str
 
 
 def delete_model(
-    stores: Stores, settings: Settings, model: str, *, project_id: str, engine: InferenceEngine | None = None
+    stores: Stores,
+    settings: Settings,
+    model: str,
+    *,
+    project_id: str,
+    engine: InferenceEngine | None = None,
+    actor: AuditActor | None = None,
 ) -> None:
     """Delete a model the project owns (rows first, then the engine's copies, adapter blobs after).
 
     A fine-tuned model goes with its job's checkpoint models (and their checkpoints); a checkpoint model with its
-    checkpoint. Permissions granted on any of them end with it.
+    checkpoint. Permissions granted on any of them end with it, each audited with `actor` as the deleter.
     """
     if model in settings.base_models:
         raise PermissionDeniedError(f"Base model `{model}` cannot be deleted.")
     try:
-        deleted = stores.metadata.delete_model(model, project_id=project_id)
+        deleted = stores.metadata.delete_model(model, project_id=project_id, actor=actor)
     except NotFound:
         try:
             stores.metadata.get_model(model, project_id=project_id)

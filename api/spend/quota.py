@@ -1,16 +1,17 @@
-"""Spend enforcement: a project's month-to-date cost against its hard limit, and spend alerts that fire on crossing.
+"""Spend enforcement: month-to-date cost against the hard limits of projects and organizations; spend alerts.
 
 Spend. A project's spend this month is the cost of its usage since the first second of the current UTC month,
 priced exactly as `GET /v1/organization/costs` prices it (`api/usage/service.py:cost_lines`: inference input
-and output, training, storage, at the configured prices). A project whose spend has reached its limit gets 429
-`insufficient_quota` (`x-should-retry: false`) on /v1/chat/completions, /v1/completions and job creation; a job
-whose estimated cost would take the spend past the limit is refused too.
+and output, training, storage, at the configured prices); an organization's is the sum over its projects. A
+project whose spend has reached its own limit, or whose organization's spend has reached the organization's
+limit, gets 429 `insufficient_quota` (`x-should-retry: false`) on /v1/chat/completions, /v1/completions and job
+creation; a job whose estimated cost would take either spend past its limit is refused too.
 
-Cost of the check. Each API process keeps a project's standing (its limit and spend) for `spend_cache_s`
-seconds (default 2): a request within that time costs a dictionary lookup. So a project may overshoot its limit
-by what it spends in that window in each process (requests admitted before the cache notices), plus what the
-requests in flight when it reaches the limit still generate; a limit changed through another process applies
-within the same window (at once in the process that changed it).
+Cost of the check. Each API process keeps a project's standing (its limit and spend) and its organization's for
+`spend_cache_s` seconds (default 2): a request within that time costs two dictionary lookups. So a project (or an
+organization) may overshoot its limit by what it spends in that window in each process (requests admitted
+before the cache notices), plus what the requests in flight when it reaches the limit still generate; a limit
+changed through another process applies within the same window (at once in the process that changed it).
 
 Alerts. When a project's standing is refreshed, its alerts and its organization's alerts not yet fired this
 month are compared with the month's spend (the project's, or the organization's for an organization alert); a
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
     from tunewright.api.auth import Principal
     from tunewright.storage.base import Stores
-    from tunewright.storage.records import SpendAlertRecord
+    from tunewright.storage.records import SpendAlertRecord, SpendLimitRecord
     from tunewright.storage.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -54,20 +55,49 @@ QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and bil
 
 @dataclass(frozen=True, slots=True)
 class Standing:
-    """A project's hard limit (cents, None: no limit) and its spend this month (cents), as of `month`."""
+    """A scope's hard limit (cents, None: no limit) and its spend this month (cents), as of `month`.
+
+    The scope is a project, or an organization (all its projects' spend); `owner` names it in messages
+    ("Project proj_…", "Organization org-…").
+    """
 
     limit: int | None
     spent: Decimal
     month: int
+    owner: str = ""
 
     @property
     def reached(self) -> bool:
-        """True when the project may spend no more this month."""
+        """True when the scope may spend no more this month."""
         return self.limit is not None and self.spent >= self.limit
 
     def left(self) -> Decimal | None:
         """Cents left this month; None without a limit."""
         return None if self.limit is None else max(Decimal(0), self.limit - self.spent)
+
+
+@dataclass(frozen=True, slots=True)
+class Standings:
+    """What may stop a project spending: its own standing and its organization's."""
+
+    project: Standing
+    organization: Standing
+
+    @property
+    def limited(self) -> bool:
+        """True when the project or its organization has a limit."""
+        return self.project.limit is not None or self.organization.limit is not None
+
+    def refusing(self, cents: Decimal = Decimal(0)) -> Standing | None:
+        """The standing that refuses `cents` more of spend: one whose limit is reached, else one that leaves less."""
+        for state in (self.project, self.organization):
+            if state.reached:
+                return state
+        for state in (self.project, self.organization):
+            left = state.left()
+            if left is not None and cents > left:
+                return state
+        return None
 
 
 def month_start(now: float) -> int:
@@ -93,101 +123,157 @@ def month_to_date(
 
 
 class StandingCache:
-    """Each project's standing for `spend_cache_s` seconds in this process."""
+    """Each project's and organization's standing for `spend_cache_s` seconds in this process, by its id."""
 
     def __init__(self) -> None:
         """Start empty."""
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, Standing]] = {}
 
-    def get(self, project_id: str, *, now: float) -> Standing | None:
-        """The cached standing, if still fresh."""
-        entry = self._entries.get(project_id)
+    def get(self, scope_id: str, *, now: float) -> Standing | None:
+        """The cached standing of a project or organization, if still fresh."""
+        entry = self._entries.get(scope_id)
         if entry is None or entry[0] <= now:
             return None
         return entry[1]
 
-    def put(self, project_id: str, standing: Standing, *, until: float) -> None:
+    def put(self, scope_id: str, standing: Standing, *, until: float) -> None:
         """Keep a standing until `until` (monotonic seconds)."""
         with self._lock:
-            self._entries[project_id] = (until, standing)
+            self._entries[scope_id] = (until, standing)
 
-    def forget(self, project_id: str) -> None:
-        """Drop a project's standing (its limit changed here)."""
+    def through(self, scope_id: str, read: Callable[[], Standing], *, ttl: float, cached: bool = True) -> Standing:
+        """The standing of `scope_id` from the cache when fresh (and `cached`), else `read()`'s, kept `ttl` seconds."""
+        if cached:
+            fresh = self.get(scope_id, now=time.monotonic())
+            if fresh is not None:
+                return fresh
+        result = read()
+        self.put(scope_id, result, until=time.monotonic() + ttl)
+        return result
+
+    def forget(self, scope_id: str) -> None:
+        """Drop a project's or organization's standing (its limit changed here)."""
         with self._lock:
-            self._entries.pop(project_id, None)
+            self._entries.pop(scope_id, None)
 
 
 CACHE = StandingCache()
 
 
 def standing(
-    stores: Stores, settings: Settings, *, organization_id: str, project_id: str, cached: bool = True
+    stores: Stores,
+    settings: Settings,
+    *,
+    organization_id: str,
+    project_id: str,
+    cached: bool = True,
+    known: dict[tuple[str, str | None], Decimal] | None = None,
 ) -> Standing:
-    """A project's standing: from this process's cache when fresh, else read (firing any crossed alert)."""
-    if cached:
-        known = CACHE.get(project_id, now=time.monotonic())
-        if known is not None:
-            return known
-    now = time.time()
+    """A project's standing: from this process's cache when fresh, else read (firing any crossed alert).
+
+    `known` holds spend already read, by `(organization_id, project_id)` (None: the organization's), so that
+    alerts do not read it again.
+    """
+
+    def read() -> Standing:
+        now = time.time()
+        limit = _limit(lambda: stores.metadata.get_spend_limit(project_id))
+        alerts = due_alerts(stores, organization_id=organization_id, project_id=project_id, now=now)
+        spent, spends = Decimal(0), dict(known or {})
+        if limit is not None or any(alert.project_id is not None for alert in alerts):
+            spent = month_to_date(stores, settings, organization_id=organization_id, project_id=project_id, now=now)
+            spends[organization_id, project_id] = spent
+        fire_crossed(stores, settings, alerts, now=now, known=spends)
+        return Standing(limit=limit, spent=spent, month=month_start(now), owner=f"Project {project_id}")
+
+    return CACHE.through(project_id, read, ttl=settings.spend_cache_s, cached=cached)
+
+
+def organization_standing(stores: Stores, settings: Settings, *, organization_id: str, cached: bool = True) -> Standing:
+    """An organization's standing on its own limit (its spend: all its projects'), cached as a project's is."""
+
+    def read() -> Standing:
+        now = time.time()
+        limit = _limit(lambda: stores.metadata.get_organization_spend_limit(organization_id))
+        spent = Decimal(0)
+        if limit is not None:
+            spent = month_to_date(stores, settings, organization_id=organization_id, project_id=None, now=now)
+        return Standing(limit=limit, spent=spent, month=month_start(now), owner=f"Organization {organization_id}")
+
+    return CACHE.through(organization_id, read, ttl=settings.spend_cache_s, cached=cached)
+
+
+def standings(
+    stores: Stores, settings: Settings, *, organization_id: str, project_id: str, cached: bool = True
+) -> Standings:
+    """The project's standing and its organization's; the organization's spend, once read, serves its alerts."""
+    organization = organization_standing(stores, settings, organization_id=organization_id, cached=cached)
+    known: dict[tuple[str, str | None], Decimal] = {}
+    if organization.limit is not None and organization.month == month_start(time.time()):
+        known[organization_id, None] = organization.spent
+    project = standing(
+        stores, settings, organization_id=organization_id, project_id=project_id, cached=cached, known=known
+    )
+    return Standings(project=project, organization=organization)
+
+
+def _limit(read: Callable[[], SpendLimitRecord]) -> int | None:
+    """The threshold of a stored limit; None when there is none."""
     try:
-        limit: int | None = stores.metadata.get_spend_limit(project_id).threshold_amount
+        return read().threshold_amount
     except NotFound:
-        limit = None
-    alerts = due_alerts(stores, organization_id=organization_id, project_id=project_id, now=now)
-    spent, known = Decimal(0), {}
-    if limit is not None or any(alert.project_id is not None for alert in alerts):
-        spent = month_to_date(stores, settings, organization_id=organization_id, project_id=project_id, now=now)
-        known[organization_id, project_id] = spent
-    result = Standing(limit=limit, spent=spent, month=month_start(now))
-    fire_crossed(stores, settings, alerts, now=now, known=known)
-    CACHE.put(project_id, result, until=time.monotonic() + settings.spend_cache_s)
-    return result
+        return None
 
 
-def quota_error(project_id: str, state: Standing, *, extra: str = "") -> InsufficientQuotaError:
-    """429 `insufficient_quota`, OpenAI's message with the project's figures."""
+def quota_error(state: Standing, *, extra: str = "") -> InsufficientQuotaError:
+    """429 `insufficient_quota`, OpenAI's message with the figures of the limit that refused."""
     return InsufficientQuotaError(
-        f"{QUOTA_MESSAGE} Project {project_id} has spent ${state.spent / CENTS:.2f} of its monthly spend limit of "
+        f"{QUOTA_MESSAGE} {state.owner} has spent ${state.spent / CENTS:.2f} of its monthly spend limit of "
         f"${Decimal(state.limit or 0) / CENTS:.2f}.{extra}"
     )
 
 
 async def admit_inference(stores: Stores, settings: Settings, principal: Principal) -> None:
-    """Refuse a completion request of a project at or over its spend limit (429 `insufficient_quota`)."""
+    """Refuse a completion request of a project at or over its or its organization's limit (429)."""
     project_id = principal.project_id
     if project_id is None:
         return
-    state = CACHE.get(project_id, now=time.monotonic())
-    if state is None:
-        organization_id = principal.organization_id or ""
+    organization_id = principal.organization_id or ""
+    now = time.monotonic()
+    project, organization = CACHE.get(project_id, now=now), CACHE.get(organization_id, now=now)
+    if project is not None and organization is not None:
+        state = Standings(project=project, organization=organization)
+    else:
         state = await anyio.to_thread.run_sync(
-            lambda: standing(stores, settings, organization_id=organization_id, project_id=project_id)
+            lambda: standings(stores, settings, organization_id=organization_id, project_id=project_id)
         )
-    if state.reached:
-        raise quota_error(project_id, state)
+    refused = state.refusing()
+    if refused is not None:
+        raise quota_error(refused)
 
 
 def admit_job(
     stores: Stores, settings: Settings, principal: Principal, *, estimated_cost: Callable[[], Decimal | None]
 ) -> None:
-    """Refuse a job of a project at or over its limit, or whose estimated cost (dollars) is more than is left.
+    """Refuse a job of a project at or over a limit, or whose estimated cost (dollars) is more than one leaves.
 
-    `estimated_cost` is called only for a project with a limit it has not reached (it tokenizes the files); None
-    from it (the cost cannot be known here) admits the job.
+    The limits are the project's and its organization's. `estimated_cost` is called only when one of them is
+    set and not reached (it tokenizes the files); None from it (the cost cannot be known here) admits the job.
     """
     project_id = principal.project_id
     if project_id is None:
         return
-    state = standing(stores, settings, organization_id=principal.organization_id or "", project_id=project_id)
-    if state.reached:
-        raise quota_error(project_id, state)
-    left = state.left()
-    if left is None:
+    state = standings(stores, settings, organization_id=principal.organization_id or "", project_id=project_id)
+    refused = state.refusing()
+    if refused is not None:
+        raise quota_error(refused)
+    if not state.limited:
         return
     cost = estimated_cost()
-    if cost is not None and cost * CENTS > left:
-        raise quota_error(project_id, state, extra=f" This job's estimated cost, ${cost:.2f}, is more than is left.")
+    refused = None if cost is None else state.refusing(cost * CENTS)
+    if refused is not None:
+        raise quota_error(refused, extra=f" This job's estimated cost, ${cost:.2f}, is more than is left.")
 
 
 def due_alerts(stores: Stores, *, organization_id: str, project_id: str, now: float) -> list[SpendAlertRecord]:

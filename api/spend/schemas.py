@@ -1,6 +1,7 @@
 """Wire objects of the spend-limit and spend-alert routes, as OpenAI's OpenAPI document and the SDK type them.
 
-Schemas: `UpdateProjectSpendLimitBody`, `ProjectSpendLimitResource`, `ProjectSpendLimitDeletedResource`,
+Schemas: `UpdateProjectSpendLimitBody` (and `UpdateOrganizationSpendLimitBody`, the same fields),
+`ProjectSpendLimitResource`, `OrganizationSpendLimitResource` and their deleted resources,
 `CreateSpendAlertBody`, `SpendAlertNotificationChannel`, `ProjectSpendAlert`, `OrganizationSpendAlert` and
 their list and deleted resources. Amounts are US cents; the only interval is a calendar month (UTC).
 """
@@ -20,8 +21,8 @@ Cents = Annotated[int, Meta(ge=0, le=2**53)]
 Recipients = Annotated[list[Annotated[str, Meta(min_length=1, max_length=320)]], Meta(max_length=100)]
 
 
-class UpdateProjectSpendLimitBody(Request):
-    """`POST /v1/organization/projects/{id}/spend_limit`: create or replace the project's hard limit."""
+class UpdateSpendLimitBody(Request):
+    """`UpdateProjectSpendLimitBody` and `UpdateOrganizationSpendLimitBody` (the same fields): set a hard limit."""
 
     threshold_amount: Annotated[int, Meta(ge=1, le=2**53)]
     currency: Literal["USD"]
@@ -34,31 +35,32 @@ class SpendLimitEnforcement(Response):
     status: Literal["inactive", "enforcing"]
 
 
-class ProjectSpendLimitResource(Response):
-    """`ProjectSpendLimitResource`."""
+class SpendLimitResource(Response):
+    """`ProjectSpendLimitResource` / `OrganizationSpendLimitResource` (their `object` differs)."""
 
     threshold_amount: int
     currency: str
     interval: str
     enforcement: SpendLimitEnforcement
-    object: Literal["project.spend_limit"] = "project.spend_limit"
+    object: Literal["project.spend_limit", "organization.spend_limit"]
 
     @classmethod
-    def from_record(cls, record: SpendLimitRecord, *, enforcing: bool) -> ProjectSpendLimitResource:
-        """The wire object of a stored limit."""
+    def from_record(cls, record: SpendLimitRecord, *, enforcing: bool) -> SpendLimitResource:
+        """The wire object of a stored limit (a project's, or an organization's when `project_id` is None)."""
         return cls(
             threshold_amount=record.threshold_amount,
             currency=record.currency,
             interval=record.period,
             enforcement=SpendLimitEnforcement(status="enforcing" if enforcing else "inactive"),
+            object="project.spend_limit" if record.project_id is not None else "organization.spend_limit",
         )
 
 
-class ProjectSpendLimitDeletedResource(Response):
-    """`ProjectSpendLimitDeletedResource`."""
+class SpendLimitDeletedResource(Response):
+    """`ProjectSpendLimitDeletedResource` / `OrganizationSpendLimitDeletedResource`."""
 
+    object: Literal["project.spend_limit.deleted", "organization.spend_limit.deleted"]
     deleted: bool = True
-    object: Literal["project.spend_limit.deleted"] = "project.spend_limit.deleted"
 
 
 class SpendAlertNotificationChannel(Request):

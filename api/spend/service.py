@@ -3,7 +3,7 @@
 Scoping is the admin routes' (api/admin/service.py): an organization admin key acts on its own organization, a
 project of another organization is 404 `project_not_found`, an alert of another organization or another
 project 404 `spend_alert_not_found`; the operator key acts on a project's organization, and needs an
-`OpenAI-Organization` header for the organization's own alerts.
+`OpenAI-Organization` header for the organization's own limit and alerts.
 
 Alerts are kept as sent (the notification channel included), listed oldest first (`order=asc`, OpenAI's
 default). Tunewright sends no email: a crossed alert sends the `spend_alert.triggered` webhook event
@@ -22,10 +22,11 @@ from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.spend import quota
 from tunewright.api.spend.schemas import (
-    ProjectSpendLimitResource,
     SpendAlert,
     SpendAlertDeleted,
     SpendAlertList,
+    SpendLimitDeletedResource,
+    SpendLimitResource,
 )
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
@@ -33,43 +34,51 @@ from tunewright.storage.records import SpendAlertRecord, SpendLimitRecord
 
 if TYPE_CHECKING:
     from tunewright.api.auth import Principal
-    from tunewright.api.spend.schemas import CreateSpendAlertBody, UpdateProjectSpendLimitBody
+    from tunewright.api.spend.schemas import CreateSpendAlertBody, UpdateSpendLimitBody
     from tunewright.storage.base import Stores
     from tunewright.storage.settings import Settings
 
 MAX_ALERT_LIMIT = 100
 
 
-def limit_not_found(project_id: str) -> NotFoundError:
-    """404 for a project without a spend limit."""
+def limit_not_found(project_id: str | None, organization_id: str) -> NotFoundError:
+    """404 for a project (or, `project_id` None, the organization) without a spend limit."""
+    if project_id is None:
+        return NotFoundError(
+            f"Organization {organization_id} has no spend limit.", param=None, code="spend_limit_not_found"
+        )
     return NotFoundError(
         f"Project {echo(project_id)} has no spend limit.", param="project_id", code="spend_limit_not_found"
     )
 
 
 def get_spend_limit(
-    stores: Stores, settings: Settings, principal: Principal, project_id: str
-) -> ProjectSpendLimitResource:
-    """The project's limit, `enforcing` while this month's spend has reached it."""
-    organization, project = scoped_project(stores, principal, project_id)
-    state = quota.standing(stores, settings, organization_id=organization.id, project_id=project.id, cached=False)
+    stores: Stores, settings: Settings, principal: Principal, project_id: str | None
+) -> SpendLimitResource:
+    """A project's limit (the organization's own when `project_id` is None), `enforcing` while it is reached."""
+    organization_id, scoped = _scope(stores, principal, project_id)
     try:
-        record = stores.metadata.get_spend_limit(project.id)
+        if scoped is None:
+            state = quota.organization_standing(stores, settings, organization_id=organization_id, cached=False)
+            record = stores.metadata.get_organization_spend_limit(organization_id)
+        else:
+            state = quota.standing(stores, settings, organization_id=organization_id, project_id=scoped, cached=False)
+            record = stores.metadata.get_spend_limit(scoped)
     except NotFound:
-        raise limit_not_found(project_id) from None
-    return ProjectSpendLimitResource.from_record(record, enforcing=state.reached)
+        raise limit_not_found(project_id, organization_id) from None
+    return SpendLimitResource.from_record(record, enforcing=state.reached)
 
 
 def put_spend_limit(
-    stores: Stores, settings: Settings, principal: Principal, project_id: str, data: UpdateProjectSpendLimitBody
-) -> ProjectSpendLimitResource:
-    """Create or replace the project's limit; it applies in this process at once."""
-    organization, project = scoped_project(stores, principal, project_id)
+    stores: Stores, settings: Settings, principal: Principal, project_id: str | None, data: UpdateSpendLimitBody
+) -> SpendLimitResource:
+    """Create or replace a project's limit (the organization's when `project_id` is None), at once in this process."""
+    organization_id, scoped = _scope(stores, principal, project_id)
     now = int(time.time())
     stores.metadata.put_spend_limit(
         SpendLimitRecord(
-            project_id=project.id,
-            organization_id=organization.id,
+            project_id=scoped,
+            organization_id=organization_id,
             created_at=now,
             updated_at=now,
             threshold_amount=data.threshold_amount,
@@ -78,16 +87,30 @@ def put_spend_limit(
         ),
         actor=principal.actor,
     )
-    quota.CACHE.forget(project.id)
+    quota.CACHE.forget(scoped or organization_id)
     return get_spend_limit(stores, settings, principal, project_id)
 
 
-def delete_spend_limit(stores: Stores, principal: Principal, project_id: str) -> None:
-    """Remove the project's limit (404 when it has none)."""
-    _, project = scoped_project(stores, principal, project_id)
-    if not stores.metadata.delete_spend_limit(project.id, actor=principal.actor):
-        raise limit_not_found(project_id)
-    quota.CACHE.forget(project.id)
+def delete_spend_limit(stores: Stores, principal: Principal, project_id: str | None) -> SpendLimitDeletedResource:
+    """Remove a project's limit (the organization's when `project_id` is None); 404 when there is none."""
+    organization_id, scoped = _scope(stores, principal, project_id)
+    if scoped is None:
+        gone = stores.metadata.delete_organization_spend_limit(organization_id, actor=principal.actor)
+    else:
+        gone = stores.metadata.delete_spend_limit(scoped, actor=principal.actor)
+    if not gone:
+        raise limit_not_found(project_id, organization_id)
+    quota.CACHE.forget(scoped or organization_id)
+    kind = "project" if scoped is not None else "organization"
+    return SpendLimitDeletedResource(object=f"{kind}.spend_limit.deleted")  # type: ignore[arg-type]
+
+
+def _scope(stores: Stores, principal: Principal, project_id: str | None) -> tuple[str, str | None]:
+    """`(organization_id, project_id)` a route acts on (project_id None: the organization's own limit or alerts)."""
+    if project_id is None:
+        return organization_of(stores, principal).id, None
+    organization, project = scoped_project(stores, principal, project_id)
+    return organization.id, project.id
 
 
 # --- alerts ---------------------------------------------------------------------------------------------
@@ -96,14 +119,6 @@ def delete_spend_limit(stores: Stores, principal: Principal, project_id: str) ->
 def alert_not_found(alert_id: str) -> NotFoundError:
     """404 for an alert id that is not in the caller's scope."""
     return NotFoundError(f"No such spend alert: {echo(alert_id)}", param="alert_id", code="spend_alert_not_found")
-
-
-def _scope(stores: Stores, principal: Principal, project_id: str | None) -> tuple[str, str | None]:
-    """`(organization_id, project_id)` of the alerts a route acts on (project_id None: the organization's)."""
-    if project_id is None:
-        return organization_of(stores, principal).id, None
-    organization, project = scoped_project(stores, principal, project_id)
-    return organization.id, project.id
 
 
 def create_alert(

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from litestar import MediaType, Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tunewright.api.dependencies import AppMetrics, AppStores, TrainerStatusFile
 from tunewright.storage.errors import StorageError
@@ -67,8 +67,7 @@ def healthz(stores: AppStores, trainer_status: TrainerStatusFile) -> Response[di
 @get("/metrics", tags=["System"], sync_to_thread=True, media_type=MediaType.TEXT)
 def metrics(metrics: AppMetrics) -> Response[bytes]:
     """Prometheus text exposition."""
-    body = generate_latest(metrics.registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 ROUTES = [healthz, metrics]

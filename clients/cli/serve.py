@@ -4,13 +4,16 @@ Before the server starts, `serve` creates and migrates the data dir, sweeps what
 (blob temp files, expired uploads) and, on the first start with an empty database, creates the `default`
 organization and project and prints one key for it. granian then loads `tunewright.api.asgi:create_app_from_env`
 in each worker process; the settings reach the workers through `TUNEWRIGHT_*` environment variables. Once
-granian listens, `serve` starts and supervises its embedded trainers (`clients/cli/supervise.py`).
+granian listens, `serve` starts and supervises its embedded trainers (`clients/cli/supervise.py`). With
+`--workers` above 1 the workers share their Prometheus counters in a temporary directory (`share_metrics`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +25,7 @@ from tunewright.storage.audit import OPERATOR_ACTOR
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import OrganizationRecord, ProjectRecord
 from tunewright.storage.settings import ENV_PREFIX, SettingsError
-from tunewright.storage.supervision import STATUS_FILE_ENV, remove_leftovers, status_path
+from tunewright.storage.supervision import METRICS_DIR_ENV, STATUS_FILE_ENV, remove_leftovers, status_path
 from tunewright.storage.sweeps import sweep_expired_uploads, sweep_orphan_blobs, sweep_stale_multipart
 
 if TYPE_CHECKING:
@@ -66,16 +69,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     log_level = granian_log_level(settings.log_level)
     silence_progress_bars()
-    first = prepare(settings)
-    if first is not None:
-        print_first_start(first)
-    export_worker_env(args.config, args.settings_overrides)
-    supervisor = trainer_supervisor(settings)
+    metrics_dir = share_metrics(args.workers)
     try:
-        return serve_api(settings, workers=args.workers, log_level=log_level, supervisor=supervisor)
+        first = prepare(settings)
+        if first is not None:
+            print_first_start(first)
+        export_worker_env(args.config, args.settings_overrides)
+        supervisor = trainer_supervisor(settings)
+        try:
+            return serve_api(settings, workers=args.workers, log_level=log_level, supervisor=supervisor)
+        finally:
+            if supervisor is not None:
+                supervisor.stop()
     finally:
-        if supervisor is not None:
-            supervisor.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def share_metrics(workers: int) -> str | None:
+    """With several API workers, a directory where they share their Prometheus counters; return it to remove.
+
+    granian's workers listen on one port, so a scrape reaches one of them: each must report every worker's
+    counters (api/metrics.py). `PROMETHEUS_MULTIPROC_DIR` names the directory to the workers; it is set here,
+    before anything imports prometheus_client. A directory the operator named already is used as it is (and
+    emptying it between runs is theirs to do); None is returned then, and with one worker.
+    """
+    if workers < 2 or os.environ.get(METRICS_DIR_ENV):
+        return None
+    path = tempfile.mkdtemp(prefix="tunewright-metrics-")
+    os.environ[METRICS_DIR_ENV] = path
+    return path
 
 
 def prepare(settings: Settings) -> KeyCreated | None:

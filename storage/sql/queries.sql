@@ -343,6 +343,15 @@ ORDER BY created, id
 -- name: delete_model
 DELETE FROM models WHERE id = :id AND project_id = :project_id RETURNING *
 
+-- name: delete_model_permissions
+-- The permissions on a model and, when :job_id is set (a fine-tuned model), on its job's checkpoint models.
+DELETE FROM permissions
+WHERE owner_project_id = :project_id
+  AND (model = :model
+       OR model IN (SELECT id FROM models
+                    WHERE job_id = :job_id AND project_id = :project_id AND kind = 'checkpoint'))
+RETURNING *
+
 -- name: delete_job_checkpoint_models
 DELETE FROM models WHERE job_id = :job_id AND project_id = :project_id AND kind = 'checkpoint' RETURNING *
 
@@ -637,6 +646,22 @@ RETURNING *
 
 -- name: delete_spend_limit
 DELETE FROM spend_limits WHERE project_id = :project_id RETURNING project_id
+
+-- name: get_organization_spend_limit
+SELECT * FROM organization_spend_limits WHERE organization_id = :organization_id
+
+-- name: put_organization_spend_limit
+INSERT INTO organization_spend_limits (organization_id, created_at, updated_at, threshold_amount, currency, period)
+VALUES (:organization_id, :created_at, :updated_at, :threshold_amount, :currency, :period)
+ON CONFLICT (organization_id) DO UPDATE SET
+    updated_at = excluded.updated_at,
+    threshold_amount = excluded.threshold_amount,
+    currency = excluded.currency,
+    period = excluded.period
+RETURNING *
+
+-- name: delete_organization_spend_limit
+DELETE FROM organization_spend_limits WHERE organization_id = :organization_id RETURNING organization_id
 
 -- name: insert_spend_alert
 INSERT INTO spend_alerts (id, organization_id, project_id, created_at, updated_at, threshold_amount, currency,

@@ -12,7 +12,7 @@ import openai
 import pytest
 from fixtures.app import OPERATOR_KEY, Tenant, make_key
 from fixtures.contract import DEVIATION_AUDIT_TYPES, validate_error, validate_operation
-from fixtures.models import make_model
+from fixtures.models import SMOLLM2, make_model
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -129,6 +129,30 @@ def test_project_and_service_account_keys_are_the_actors_of_their_changes(admin,
     robot = {"id": account.api_key.id, "type": "service_account", "service_account": {"id": account.id}}
     assert newest["actor"] == {"type": "api_key", "api_key": robot}
     assert [e["id"] for e in listed(http, admin_key, **{"actor_ids[]": account.id})] == [newest["id"]]
+
+
+def test_deleting_a_model_records_each_permission_dropped_with_it(admin_key, http, sdk, stores, tenants):
+    a, a2 = tenants["a"], tenants["a2"]
+    client = sdk(a.key)
+    model = make_model(stores, a)
+    checkpoint = make_model(stores, a, name=f"{model}:ckpt-step-1", kind="checkpoint")  # of the same job
+    other = make_model(stores, a, name=f"ft:{SMOLLM2}:acme:other:Zz9yXw8v", job="ftjob-other")
+    grants = [
+        client.fine_tuning.checkpoints.permissions.create(name, project_ids=[a2.project_id]).data[0].id
+        for name in (model, checkpoint, other)
+    ]
+
+    assert client.models.delete(model).deleted
+    entries = listed(http, admin_key, **{"event_types[]": "checkpoint.permission.deleted"})
+    assert sorted(e["checkpoint.permission.deleted"]["id"] for e in entries) == sorted(grants[:2])
+    assert all(e["actor"]["api_key"]["id"] == a.key_id for e in entries)
+    assert all(e["project"]["id"] == a.project_id for e in entries)
+    kept = client.fine_tuning.checkpoints.permissions.list(other)
+    assert [p.id for p in kept] == [grants[2]]  # another job's model keeps its permission
+
+    assert client.models.delete(other).deleted
+    found = listed(http, admin_key, **{"resource_ids[]": grants[2]})
+    assert [e["type"] for e in found] == ["checkpoint.permission.deleted", "checkpoint.permission.created"]
 
 
 def test_the_operator_key_is_a_documented_actor(admin_client, http, tenants):
@@ -253,3 +277,13 @@ def test_spend_limit_and_alert_changes_are_listed_under_tunewrights_types(admin,
         ("spend_alert.deleted", {"id": alert.id}),
     ]
     assert all(e["project"]["id"] == project_id for e in entries)
+
+    admin.spend_limit.update(threshold_amount=900, currency="USD", interval="month")  # the organization's own
+    admin.spend_limit.delete()
+    organization_id = tenants["a"].organization_id
+    entries = listed(http, admin_key, **{"resource_ids[]": organization_id})
+    assert [(e["type"], e[e["type"]]) for e in entries[::-1]] == [
+        ("spend_limit.updated", {"id": organization_id, "changes_requested": {**limit, "threshold_amount": 900}}),
+        ("spend_limit.deleted", {"id": organization_id}),
+    ]
+    assert all("project" not in e or e["project"] is None for e in entries)

@@ -61,6 +61,11 @@ def test_the_estimate_is_what_the_finished_job_bills(client_a, stores, settings)
     assert first["within_spend_limit"] is True
     assert first["estimated_duration_seconds"] == math.ceil(first["trained_tokens"] / 1000)
     assert any("assumes 1,000 trained tokens per second" in w for w in first["warnings"])
+    settings.estimate_tokens_per_s = 7.5  # TUNEWRIGHT_ESTIMATE_TOKENS_PER_S, read by the app from its settings
+    slow = estimate(client_a, **body)
+    assert slow["trained_tokens"] == first["trained_tokens"]
+    assert slow["estimated_duration_seconds"] == math.ceil(first["trained_tokens"] / 7.5)
+    assert any("assumes 7.5 trained tokens per second" in w for w in slow["warnings"])
 
     job = client_a.fine_tuning.jobs.create(**body)
     assert run_worker(settings, stores) == ["succeeded"]

@@ -140,6 +140,7 @@ JSON_BODIES: list[tuple[str, dict[str, Any], bool]] = [
     ("/v1/organization/projects/{project_id:str}/spend_alerts/{alert_id:str}", ALERT_BODY, True),
     ("/v1/organization/spend_alerts", ALERT_BODY, True),
     ("/v1/organization/spend_alerts/{alert_id:str}", ALERT_BODY, True),
+    ("/v1/organization/spend_limit", SPEND_LIMIT_BODY, True),
     ("/v1/fine_tuning/jobs/estimate", {"model": "tiny-llama", "training_file": "file-x", "suffix": "s"}, False),
     (
         "/v1/webhook_endpoints",

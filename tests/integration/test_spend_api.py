@@ -8,6 +8,7 @@ once a month. Bodies validate against OpenAI's spend-limit and spend-alert opera
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -68,31 +69,58 @@ def set_limit(http: Any, key: str, project_id: str, cents: int) -> Any:
     )
 
 
+def set_organization_limit(http: Any, key: str, cents: int, organization: str | None = None) -> Any:
+    return admin(http, key, organization).spend_limit.update(threshold_amount=cents, currency="USD", interval="month")
+
+
+def quota_message(err: pytest.ExceptionInfo[openai.RateLimitError]) -> str:
+    assert err.value.code == "insufficient_quota"
+    assert err.value.response.headers["x-should-retry"] == "false"
+    validate_error(err.value.response.json())
+    return err.value.response.json()["error"]["message"]
+
+
 # --- the limit ------------------------------------------------------------------------------------------
 
 
-def test_a_spend_limit_is_created_read_replaced_and_deleted_as_openai_shapes_it(http, tenants, admin_key):
+@pytest.mark.parametrize("scope", ["project", "organization"])
+def test_a_spend_limit_is_created_read_replaced_and_deleted_as_openai_shapes_it(http, tenants, admin_key, scope):
     project = tenants["a"].project_id
-    limits = admin(http, admin_key).projects.spend_limit
-    created = set_limit(http, admin_key, project, 500)
+    projects, organization = admin(http, admin_key).projects.spend_limit, admin(http, admin_key).spend_limit
+    if scope == "project":
+        limits, args, path = projects, (project,), f"/v1/organization/projects/{project}/spend_limit"
+        other, other_args = organization, ()
+    else:
+        limits, args, path = organization, (), "/v1/organization/spend_limit"
+        other, other_args = projects, (project,)
+    with pytest.raises(openai.NotFoundError) as err:
+        limits.retrieve(*args)
+    assert err.value.code == "spend_limit_not_found"
+    created = limits.update(*args, threshold_amount=500, currency="USD", interval="month")
     assert (created.object, created.threshold_amount, created.currency, created.interval) == (
-        "project.spend_limit",
+        f"{scope}.spend_limit",
         500,
         "USD",
         "month",
     )
     assert created.enforcement.status == "inactive"
-    assert set_limit(http, admin_key, project, 700).threshold_amount == 700
-    assert limits.retrieve(project).threshold_amount == 700
+    assert limits.update(*args, threshold_amount=700, currency="USD", interval="month").threshold_amount == 700
+    assert limits.retrieve(*args).threshold_amount == 700
+    with pytest.raises(openai.NotFoundError):  # a project's limit is not its organization's, nor the other way
+        other.retrieve(*other_args)
     headers = {"Authorization": f"Bearer {admin_key}"}
-    raw = http.get(f"/v1/organization/projects/{project}/spend_limit", headers=headers)
-    validate_operation(raw.json(), "Getprojectspendlimit")
-    deleted = http.delete(f"/v1/organization/projects/{project}/spend_limit", headers=headers)
+    body = {"threshold_amount": 900, "currency": "USD", "interval": "month"}
+    validate_operation(http.post(path, json=body, headers=headers).json(), f"Update{scope}spendlimit")
+    validate_operation(http.get(path, headers=headers).json(), f"Get{scope}spendlimit")
+    deleted = http.delete(path, headers=headers)
     assert deleted.status_code == 200
-    validate_operation(deleted.json(), "Deleteprojectspendlimit")
+    validate_operation(deleted.json(), f"Delete{scope}spendlimit")
+    assert deleted.json() == {"object": f"{scope}.spend_limit.deleted", "deleted": True}
     with pytest.raises(openai.NotFoundError) as err:
-        limits.retrieve(project)
+        limits.retrieve(*args)
     assert err.value.code == "spend_limit_not_found"
+    with pytest.raises(openai.NotFoundError):
+        limits.delete(*args)
 
 
 @pytest.mark.parametrize(
@@ -106,14 +134,11 @@ def test_a_spend_limit_is_created_read_replaced_and_deleted_as_openai_shapes_it(
     ],
 )
 def test_a_bad_limit_is_400_naming_the_field(http, tenants, admin_key, body, param, code):
-    response = http.post(
-        f"/v1/organization/projects/{tenants['a'].project_id}/spend_limit",
-        json=body,
-        headers={"Authorization": f"Bearer {admin_key}"},
-    )
-    assert response.status_code == 400, response.text
-    validate_error(response.json())
-    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == (param, code)
+    for path in (f"/v1/organization/projects/{tenants['a'].project_id}/spend_limit", "/v1/organization/spend_limit"):
+        response = http.post(path, json=body, headers={"Authorization": f"Bearer {admin_key}"})
+        assert response.status_code == 400, response.text
+        validate_error(response.json())
+        assert (response.json()["error"]["param"], response.json()["error"]["code"]) == (param, code)
 
 
 def test_a_project_at_its_limit_gets_insufficient_quota_and_others_do_not(http, sdk, stores, tenants, admin_key):
@@ -163,6 +188,62 @@ def test_the_standing_is_cached_for_spend_cache_s(stores, settings, tenants, htt
         stores, slow, organization_id=a.organization_id, project_id=a.project_id, cached=False
     ).reached
     quota.CACHE.forget(a.project_id)
+
+    set_organization_limit(http, admin_key, 3 * MILLION_PROMPT_CENTS)  # the organization's standing, likewise
+    first = quota.organization_standing(stores, slow, organization_id=a.organization_id)
+    assert not first.reached
+    spend(stores, tenants["a2"], 2_000_000)
+    assert quota.organization_standing(stores, slow, organization_id=a.organization_id) is first
+    assert quota.organization_standing(stores, slow, organization_id=a.organization_id, cached=False).reached
+    quota.CACHE.forget(a.organization_id)
+
+
+# --- the organization's limit ---------------------------------------------------------------------------
+
+
+def test_an_organization_at_its_limit_stops_every_project_of_it_and_no_other(http, sdk, stores, tenants, admin_key):
+    a, a2, b = tenants["a"], tenants["a2"], tenants["b"]
+    organization = admin(http, admin_key)
+    upload = sdk(a.key).files.create(file=("t.jsonl", (ASSETS / "valid_chat.jsonl").read_bytes()), purpose="fine-tune")
+    job = {"model": TINY, "training_file": upload.id, "hyperparameters": {"n_epochs": 20}}
+    cost_cents = (
+        sdk(a.key).post("/fine_tuning/jobs/estimate", body=job, cast_to=object)["estimated_cost"]["value"] * 100
+    )
+    assert cost_cents > 2
+    set_organization_limit(http, admin_key, math.floor(cost_cents))  # less than the job would cost
+    estimated = sdk(a.key).post("/fine_tuning/jobs/estimate", body=job, cast_to=object)
+    assert estimated["within_spend_limit"] is False
+    with pytest.raises(openai.RateLimitError) as err:
+        sdk(a.key).fine_tuning.jobs.create(**job)
+    assert "estimated cost" in quota_message(err)
+    assert f"Organization {a.organization_id} has spent" in quota_message(err)
+
+    set_organization_limit(http, admin_key, MILLION_PROMPT_CENTS)
+    set_limit(http, admin_key, a.project_id, 100 * MILLION_PROMPT_CENTS)  # a's own limit, far from reached
+    spend(stores, a, 600_000)  # 6 cents, and 4 in a2: neither project alone is near 10 cents...
+    assert sdk(a2.key).chat.completions.create(model=TINY, messages=HELLO, max_tokens=2).choices
+    spend(stores, a2, 400_000)  # ...but together they have reached the organization's limit
+    for tenant in (a, a2):
+        client = sdk(tenant.key)
+        with pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2)
+        assert f"Organization {a.organization_id} has spent $0.10 of its monthly spend limit of $0.10." in (
+            quota_message(err)
+        )
+        with pytest.raises(openai.RateLimitError) as err:
+            client.completions.create(model=TINY, prompt="Hi", max_tokens=2)
+        quota_message(err)
+    with pytest.raises(openai.RateLimitError) as err:
+        sdk(a.key).fine_tuning.jobs.create(**job)
+    assert "estimated cost" not in quota_message(err)
+    assert organization.spend_limit.retrieve().enforcement.status == "enforcing"
+    assert organization.projects.spend_limit.retrieve(a.project_id).enforcement.status == "inactive"
+    assert sdk(b.key).chat.completions.create(model=TINY, messages=HELLO, max_tokens=2).choices  # another org
+
+    set_organization_limit(http, admin_key, 2 * MILLION_PROMPT_CENTS)  # raised: admitted again at once
+    assert sdk(a.key).chat.completions.create(model=TINY, messages=HELLO, max_tokens=2).choices
+    organization.spend_limit.delete()
+    assert sdk(a2.key).chat.completions.create(model=TINY, messages=HELLO, max_tokens=2).choices
 
 
 # --- alerts ---------------------------------------------------------------------------------------------
@@ -299,3 +380,17 @@ def test_another_organizations_admin_key_finds_nothing_and_project_keys_are_refu
         admin(http, OPERATOR_KEY).spend_alerts.list()  # the organization's own alerts need the header
     assert err.value.param == "OpenAI-Organization"
     assert [x.id for x in admin(http, OPERATOR_KEY, a.organization_id).spend_alerts.list()] == [own.id]
+
+    set_organization_limit(http, admin_key, 300)
+    with pytest.raises(openai.NotFoundError):  # globex's own limit: it has none; acme's is not its
+        other.spend_limit.retrieve()
+    set_organization_limit(http, globex, 5)
+    assert admin(http, admin_key).spend_limit.retrieve().threshold_amount == 300
+    for key in (a.key, tenants["b"].key):
+        with pytest.raises(openai.PermissionDeniedError):
+            set_organization_limit(http, key, 1)
+    with pytest.raises(openai.BadRequestError) as err:
+        admin(http, OPERATOR_KEY).spend_limit.retrieve()  # which organization: the header says
+    assert err.value.param == "OpenAI-Organization"
+    assert set_organization_limit(http, OPERATOR_KEY, 400, a.organization_id).threshold_amount == 400
+    assert admin(http, globex).spend_limit.retrieve().threshold_amount == 5

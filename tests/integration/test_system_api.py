@@ -229,6 +229,7 @@ def test_openapi_document_lists_the_api(http):
         "/v1/models",
         "/v1/organization/projects/{project_id}/spend_limit",
         "/v1/organization/spend_alerts/{alert_id}",
+        "/v1/organization/spend_limit",
     ):
         assert path in document["paths"]
 

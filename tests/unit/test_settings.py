@@ -217,3 +217,12 @@ def test_rate_limit_settings_from_env() -> None:
     assert settings.redis_url == "redis://127.0.0.1:6379/3"
     assert (settings.rate_limit_tokens_per_minute, settings.key_requests_per_minute) == (5000, 0)
     assert load_settings({"TUNEWRIGHT_REDIS_URL": ""}).redis_url is None
+
+
+def test_the_estimates_default_throughput_is_a_setting(tmp_path: Path) -> None:
+    assert Settings().estimate_tokens_per_s == 1000.0
+    config = write_toml(tmp_path, "estimate_tokens_per_s = 2500\n")
+    assert load_settings({}, config).estimate_tokens_per_s == 2500.0
+    assert load_settings({"TUNEWRIGHT_ESTIMATE_TOKENS_PER_S": "12.5"}, config).estimate_tokens_per_s == 12.5
+    with pytest.raises(SettingsError, match="TUNEWRIGHT_ESTIMATE_TOKENS_PER_S"):
+        load_settings({"TUNEWRIGHT_ESTIMATE_TOKENS_PER_S": "0"})
