@@ -107,7 +107,7 @@ class LeasedCounters:
     Args:
         redis: the shared counters.
         lease_s: L, how long a slice is held before what is left of it goes back.
-        clock: monotonic seconds (tests pass a fake one).
+        clock: monotonic seconds.
     """
 
     def __init__(self, redis: RedisCounters, *, lease_s: float, clock: Callable[[], float] = time.monotonic) -> None:
