@@ -1,7 +1,7 @@
 """Processes the benchmarks drive: a granian server (1 ASGI worker) and a moto S3 server, on loopback ports.
 
 Both run as subprocesses of the benchmark, so what they cost (CPU, memory) is theirs, measured from outside:
-`ProcessTree` reads the resident memory of a server and its worker processes from /proc.
+`ProcessTree` reads the resident memory and CPU time of a server and its worker processes from /proc.
 """
 
 from __future__ import annotations
@@ -185,6 +185,17 @@ class ProcessTree:
     def threads(self) -> int:
         """Threads of every process of the tree, now."""
         return sum(_status_kib(pid, "Threads") for pid in self.pids())
+
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the tree's processes have used so far, in seconds."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / os.sysconf("SC_CLK_TCK")
 
     def hwm_kib(self) -> dict[int, int]:
         """VmHWM (peak resident set since start) of each process of the tree, in KiB."""

@@ -116,6 +116,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redis_key_prefix: str = "tunewright"
     redis_timeout_s: Annotated[float, Meta(gt=0)] = 0.1
     redis_retry_s: Annotated[float, Meta(gt=0)] = 2.0
+    redis_lease_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
     metrics_max_projects: PositiveInt = 100
     spend_cache_s: Annotated[float, Meta(ge=0)] = 2.0
     job_list_cache_bytes: NonNegativeInt = 16 * 1024 * 1024

@@ -106,6 +106,11 @@ def gcra(limits: Sequence[Limit], tats: Sequence[float], now: float) -> tuple[Ou
     return outcome, new_tats
 
 
+def room(limit: Limit, debt_ms: float) -> int:
+    """Whole units of `limit` left when its bucket is `debt_ms` from full."""
+    return _whole(limit.period_ms - debt_ms, limit.period_ms / limit.limit)
+
+
 def _whole(room_ms: float, interval: float) -> int:
     """Whole units that fit in `room_ms` (never negative)."""
     return max(0, math.floor(room_ms / interval + EPSILON_MS))

@@ -10,6 +10,10 @@ refusal is 429 `rate_limit_exceeded` with OpenAI's message, `retry-after` and `r
 Every other authenticated route takes one request from the calling key's `TUNEWRIGHT_KEY_REQUESTS_PER_MINUTE`
 (the operator key is not limited). Limits an admin set (`project_rate_limits`) are read at most once a second
 per project and process; a change made through this process applies at once.
+
+The counters are this process's (`counters.py`) or Redis's (`redis_counters.py`), and with Redis a busy limit is
+leased to the process a slice at a time (`leases.py`, which states what then holds across processes and how
+far the headers may lag).
 """
 
 from __future__ import annotations
@@ -270,12 +274,17 @@ def _headers(taken: list[Limit], outcome: Outcome) -> dict[str, str]:
 
 
 def build_counters(settings: Settings, metrics: Metrics) -> Counters:
-    """Redis when `TUNEWRIGHT_REDIS_URL` is set (every process shares the limits), else this process's memory."""
+    """Redis when `TUNEWRIGHT_REDIS_URL` is set (every process shares the limits), else this process's memory.
+
+    With Redis, busy limits are leased to the process for `TUNEWRIGHT_REDIS_LEASE_S` (`leases.py`; 0: every
+    request asks Redis).
+    """
     if settings.redis_url is None:
         return MemoryCounters()
+    from tunewright.api.ratelimits.leases import LeasedCounters
     from tunewright.api.ratelimits.redis_counters import RedisCounters
 
-    return RedisCounters(
+    counters = RedisCounters(
         settings.redis_url,
         prefix=settings.redis_key_prefix,
         timeout_s=settings.redis_timeout_s,
@@ -283,3 +292,6 @@ def build_counters(settings: Settings, metrics: Metrics) -> Counters:
         on_error=metrics.ratelimit_redis_errors.inc,
         on_unchecked=metrics.ratelimit_unchecked.inc,
     )
+    if settings.redis_lease_s > 0:
+        return LeasedCounters(counters, lease_s=settings.redis_lease_s)
+    return counters

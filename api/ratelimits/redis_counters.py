@@ -1,7 +1,9 @@
 """Rate-limit counters in Redis, shared by every API process: one Lua script takes all of a request's limits.
 
 The script is `counters.gcra` in Lua, run atomically by Redis on its own clock (`TIME`), so processes on hosts
-whose clocks disagree still share one limit. A counter key expires when its bucket is full again.
+whose clocks disagree still share one limit. A counter key expires when its bucket is full again. A second
+script, `LEASE_SCRIPT`, is the same take plus a slice of each limit for the process to spend itself: `leases.py`,
+which by default sits on top of these counters, uses it instead of the take.
 
 Redis being slow or gone must not take the API down. Connections have short connect and read timeouts
 (`TUNEWRIGHT_REDIS_TIMEOUT_S`); the first failure opens a breaker for `TUNEWRIGHT_REDIS_RETRY_S`, during which
@@ -19,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from tunewright.api.ratelimits.counters import Outcome, unchecked
+from tunewright.api.ratelimits.counters import Outcome, room, unchecked
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -39,6 +42,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_IDLE_CONNECTIONS = 32
+
+
+class Lease(NamedTuple):
+    """What a lease command gave.
+
+    The request's outcome, the extra units granted to the process for each limit, and each limit's debt (ms
+    until its bucket is full) after the request, not counting the grant.
+    """
+
+    outcome: Outcome
+    granted: list[int]
+    debts_ms: list[float]
+
 
 # KEYS: one counter per limit. ARGV: limit, period (ms), cost for each, in KEYS order.
 # Returns {admitted (1/0), refused index (1-based, 0 when admitted), retry ms, used, then remaining and
@@ -73,6 +89,48 @@ for i = 1, n do
   end
   out[#out + 1] = math.max(0, math.floor((period - (tat - now)) / (period / limit) + eps))
   out[#out + 1] = math.ceil(tat - now)
+end
+return out
+"""
+
+# A lease (`leases.py`): KEYS: one counter per limit. ARGV: limit, period (ms), cost, extra, returned (ms) for each,
+# in KEYS order. First gives back `returned` ms of the process's earlier lease (its unspent units), then takes
+# every cost or none (as TAKE_SCRIPT), and when admitted also up to `extra` more units of each limit, as many as
+# fit, for the process to spend later. Nothing is written when refused. Returns {admitted, refused index
+# (1-based), retry ms, used, then for each limit: units granted beyond the cost, and its debt in ms after the
+# cost but not counting the grant (a string: fractions survive)}.
+LEASE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local eps = 0.001
+local n = #KEYS
+local tats = {}
+local refused, retry, used = 0, 0, 0
+for i = 1, n do
+  local limit, period, cost = tonumber(ARGV[5*i-4]), tonumber(ARGV[5*i-3]), tonumber(ARGV[5*i-2])
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') - tonumber(ARGV[5*i])
+  if tat < now then tat = now end
+  local wait = tat + cost * interval - period - now
+  if wait > eps and wait > retry then
+    refused, retry = i, wait
+    used = limit - math.max(0, math.floor((period - (tat - now)) / interval + eps))
+  end
+  tats[i] = tat
+end
+local out = {refused == 0 and 1 or 0, refused, math.ceil(retry), used}
+for i = 1, n do
+  local limit, period, cost = tonumber(ARGV[5*i-4]), tonumber(ARGV[5*i-3]), tonumber(ARGV[5*i-2])
+  local interval = period / limit
+  local tat, grant = tats[i], 0
+  if refused == 0 then
+    tat = tat + cost * interval
+    grant = math.min(tonumber(ARGV[5*i-1]), math.max(0, math.floor((period - (tat - now)) / interval + eps)))
+    local full = tat + grant * interval
+    redis.call('SET', KEYS[i], string.format('%.3f', full), 'PX', math.ceil(full - now) + 1)
+  end
+  out[#out + 1] = grant
+  out[#out + 1] = string.format('%.3f', tat - now)
 end
 return out
 """
@@ -143,6 +201,7 @@ class RedisCounters:
         self._failing = False
         self._take_sha = _sha1(TAKE_SCRIPT)
         self._give_back_sha = _sha1(GIVE_BACK_SCRIPT)
+        self._lease_sha = _sha1(LEASE_SCRIPT)
 
     async def take(self, limits: Sequence[Limit]) -> Outcome:
         """See `Counters.take`: admitted unchecked while Redis is failing."""
@@ -163,6 +222,37 @@ class RedisCounters:
             retry_ms=retry,
             used=used,
         )
+
+    async def lease(self, limits: Sequence[Limit], extras: Sequence[int], returned_ms: Sequence[float]) -> Lease | None:
+        """Take every limit's cost (all or none), and up to `extras[i]` more units of limit i; None while failing.
+
+        First `returned_ms[i]` of an earlier lease of limit i goes back. The caller fails open on None. The
+        outcome's `remaining` and `reset_ms` count the granted extra units as not taken: they are the caller's to
+        spend, so what remains to it (`leases.py` keeps the headers so).
+        """
+        args: list[Any] = [self._prefix + limit.key for limit in limits]
+        for limit, extra, returned in zip(limits, extras, returned_ms, strict=True):
+            args += (limit.limit, limit.period_ms, limit.cost, extra, f"{returned:.3f}")
+        reply = await self._script(LEASE_SCRIPT, self._lease_sha, len(limits), args)
+        if reply is None:
+            self._on_unchecked()
+            return None
+        admitted, refused, retry, used = (int(value) for value in reply[:4])
+        grants = [int(value) for value in reply[4::2]]
+        debts = [float(value) for value in reply[5::2]]
+        remaining, reset = [], []
+        for limit, debt in zip(limits, debts, strict=True):
+            remaining.append(room(limit, debt))
+            reset.append(math.ceil(debt))
+        outcome = Outcome(
+            admitted=bool(admitted),
+            remaining=remaining,
+            reset_ms=reset,
+            refused=refused - 1,
+            retry_ms=retry,
+            used=used,
+        )
+        return Lease(outcome, grants, debts)
 
     async def give_back(self, limit: Limit, amount: int) -> None:
         """See `Counters.give_back`: dropped while Redis is failing."""

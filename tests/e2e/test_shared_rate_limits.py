@@ -1,17 +1,21 @@
 """Rate limits hold across API processes: two `tunewright serve` on one database and one Redis share them.
 
-Each process would admit the whole limit if it counted alone; together they admit exactly the limit. A Redis
-that dies under a running server fails open: requests go on being answered, never with a 5xx.
+Each process would admit the whole limit if it counted alone; together they admit exactly the limit, or (a
+busy per-key limit, spent from per-process leases) no more than Redis alone would. A Redis that dies under a
+running server fails open: requests go on being answered, never with a 5xx.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
 import pytest
+import redis
 from fixtures.app import OPERATOR_KEY, make_tenant
 from fixtures.server import server_env, start_serve, stop_server
 from fixtures.training import TINY
@@ -29,6 +33,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DAILY_LIMIT = 12
 REQUESTS = 40
+KEY_LIMIT = 300  # a minute: leased at most 5 at a time (what 1 s refills)
+KEY_REQUESTS = 600
 
 
 @pytest.fixture
@@ -37,7 +43,7 @@ def start(tmp_path: Path, tiny_dir: Path) -> Iterator[Callable[[str, str], str]]
     processes: list[Any] = []
     database_url = f"sqlite:///{tmp_path / 'shared.db'}"
 
-    def launch(name: str, redis_url: str, prefix: str = "tw-e2e") -> str:
+    def launch(name: str, redis_url: str, prefix: str = "tw-e2e", **settings: str) -> str:
         env = server_env(tmp_path / name, {"TUNEWRIGHT_DATABASE_URL": database_url})
         env.update(
             {
@@ -46,6 +52,7 @@ def start(tmp_path: Path, tiny_dir: Path) -> Iterator[Callable[[str, str], str]]
                 "TUNEWRIGHT_REDIS_URL": redis_url,
                 "TUNEWRIGHT_REDIS_KEY_PREFIX": prefix,
                 "TUNEWRIGHT_REDIS_RETRY_S": "0.5",
+                **{f"TUNEWRIGHT_{name.upper()}": value for name, value in settings.items()},
             }
         )
         (tmp_path / name).mkdir()
@@ -89,32 +96,61 @@ def ask(url: str, key: str) -> int:
     return 200
 
 
+def list_models(url: str, key: str, client: httpx.Client | None = None) -> int:
+    return (client or httpx).get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+
+def script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+
 def test_two_processes_on_one_redis_admit_no_more_than_the_limit_together(
-    start: Callable[..., str], tmp_path: Path, redis_url: str, redis_prefix: str
+    start: Callable[..., str], tmp_path: Path, private_redis: Any
 ) -> None:
-    first = start("first", redis_url, redis_prefix)
-    second = start("second", redis_url, redis_prefix)
+    first = start("first", private_redis.url, key_requests_per_minute=str(KEY_LIMIT))
+    second = start("second", private_redis.url, key_requests_per_minute=str(KEY_LIMIT))
     tenant = tenant_of(tmp_path)
     set_limit(first, tenant, max_requests_per_1_day=DAILY_LIMIT, max_requests_per_1_minute=1000)
     for url in (first, second):  # load the model in both before the race
-        assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {tenant.key}"}).status_code == 200
+        assert list_models(url, tenant.key) == 200
     targets = [first if i % 2 else second for i in range(REQUESTS)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(lambda url: (url, ask(url, tenant.key)), targets))
     admitted = [url for url, status in statuses if status == 200]
-    assert len(admitted) == DAILY_LIMIT  # never more; and exactly, since nothing else refused
-    assert {first, second} <= set(admitted)  # both processes admitted some
+    assert len(admitted) == DAILY_LIMIT  # never more; and exactly, since nothing else refused (a daily limit of
+    assert {first, second} <= set(admitted)  # 12 refills nothing in a second: never leased); both admitted some
     assert sum(status == 429 for _, status in statuses) == REQUESTS - DAILY_LIMIT
+
+    # The per-key limit of the other routes, busy enough to be leased to each process in slices.
+    client = redis.Redis.from_url(private_redis.url)
+    commands = script_calls(client)
+    targets = [first if i % 2 else second for i in range(KEY_REQUESTS)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool, httpx.Client() as http:
+        statuses = list(pool.map(lambda url: (url, list_models(url, tenant.key, http)), targets))
+    refilled = math.ceil(KEY_LIMIT * (time.monotonic() - started) / 60)
+    commands = script_calls(client) - commands
+    admitted = [url for url, status in statuses if status == 200]
+    assert {status for _, status in statuses} == {200, 429}
+    # The processes held nothing when the race began (a key's first request takes no slice): no more than Redis
+    # alone admits, a full bucket (the 2 requests above were refilled long ago) and what it refilled meanwhile ...
+    assert len(admitted) <= KEY_LIMIT + refilled
+    # ... and no fewer than the bucket, less at most a slice each process held unspent when it was refused.
+    assert len(admitted) >= KEY_LIMIT - 2 * 5
+    assert {first, second} <= set(admitted)
+    assert commands < KEY_REQUESTS / 3, commands  # most requests never reached Redis
 
 
 def test_a_server_whose_redis_dies_keeps_answering(
     start: Callable[..., str], tmp_path: Path, private_redis: Any
 ) -> None:
-    url = start("only", private_redis.url)
+    url = start("only", private_redis.url, redis_lease_s="0.2")
     tenant = tenant_of(tmp_path)
     set_limit(url, tenant, max_requests_per_1_day=2)
     assert [ask(url, tenant.key) for _ in range(3)] == [200, 200, 429]
     private_redis.stop()
+    time.sleep(0.2)  # a refusal is remembered in the process for at most the lease duration
     assert [ask(url, tenant.key) for _ in range(3)] == [200, 200, 200]  # fail open, never a 5xx
     files = httpx.get(f"{url}/v1/files", headers={"Authorization": f"Bearer {tenant.key}"})
     assert files.status_code == 200

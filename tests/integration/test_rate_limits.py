@@ -6,8 +6,12 @@ process and in Redis (a key prefix of the test's own on the shared test Redis).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import math
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -19,6 +23,8 @@ from fixtures.training import TINY, training_settings
 from litestar.testing import TestClient
 
 from tunewright.api.app import create_app
+from tunewright.api.ratelimits.counters import Limit
+from tunewright.api.ratelimits.redis_counters import RedisCounters
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -283,6 +289,32 @@ def test_streams_legacy_completions_and_failures_after_admission_carry_the_heade
     assert failed["requests"] == 7
     after = check_headers(chat(client_a).headers, requests=10, tokens=5_000)
     assert after["tokens"] >= failed["tokens"] + 150  # its 200 unused came back (this one took ~16)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+@pytest.mark.parametrize("counters", ["redis"], indirect=True)
+def test_leased_limits_keep_the_headers_close_to_what_redis_counts(admin, client_a, tenants, settings):
+    project = tenants["a"].project_id
+    set_limits(admin, project, max_requests_per_1_minute=6000, max_tokens_per_1_minute=1_000_000)
+    started = time.monotonic()
+    left = [check_headers(chat(client_a, max_tokens=1).headers, requests=6000, tokens=1_000_000) for _ in range(12)]
+    refilled = math.ceil((time.monotonic() - started) * 100) + 1  # 6,000 a minute: 0.1 a ms
+    requests = [remaining["requests"] for remaining in left]
+    assert requests[0] == 5999
+    # Each request takes one, whether from Redis or from this process's slice (at most 100: 1 s of refill).
+    assert all(1 - refilled <= a - b <= 1 for a, b in itertools.pairwise(requests))
+    assert requests[-1] <= 6000 - 12 + refilled
+
+    async def in_redis() -> int:
+        counters = RedisCounters(settings.redis_url, prefix=settings.redis_key_prefix, timeout_s=1, retry_s=1)
+        try:
+            probe = Limit(f"rl:{{{project}:{TINY}}}:rpm", 6000, 60_000, 0)
+            return (await counters.take([probe])).remaining[0]
+        finally:
+            await counters.close()
+
+    # Redis counts the process's unspent slice as taken; the headers count it as remaining.
+    assert requests[-1] - 100 <= asyncio.run(in_redis()) <= requests[-1] + refilled
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
