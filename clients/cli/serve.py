@@ -83,6 +83,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 supervisor.stop()
     finally:
         if metrics_dir is not None:
+            # Forget the directory with its contents: a later process started from this one (a test run, an
+            # embedding program) must not inherit a name that points nowhere.
+            if os.environ.get(METRICS_DIR_ENV) == metrics_dir:
+                del os.environ[METRICS_DIR_ENV]
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 

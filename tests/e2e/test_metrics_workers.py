@@ -98,7 +98,10 @@ def test_each_scrape_adds_up_both_workers_and_labels_projects_alike(tmp_path: Pa
 
 
 def test_serve_shares_a_directory_only_between_several_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(METRICS_DIR_ENV, raising=False)
+    # setenv first: monkeypatch then restores the variable's absence after the test (delenv of a variable that is
+    # not set records nothing, and the one share_metrics sets would leak into every later subprocess).
+    monkeypatch.setenv(METRICS_DIR_ENV, "")
+    monkeypatch.delenv(METRICS_DIR_ENV)
     assert share_metrics(1) is None
     made = share_metrics(2)
     assert made is not None
