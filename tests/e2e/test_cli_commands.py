@@ -200,7 +200,9 @@ def chat_and_history(cli, server, model: str) -> None:
     assert reply.out.endswith("\n")  # the reply itself is the tiny model's noise
     completion = cli("chat", model, "--max-tokens", "4", "--json", stdin="Hello from stdin\n").json()
     assert completion["object"] == "chat.completion"
-    assert completion["usage"]["completion_tokens"] == 4
+    # The tiny model's random weights may end the reply early with its end-of-sequence token; then it stopped.
+    tokens, finish = completion["usage"]["completion_tokens"], completion["choices"][0]["finish_reason"]
+    assert (tokens, finish) == (4, "length") or (1 <= tokens < 4 and finish == "stop"), (tokens, finish)
     plain = cli("chat", model, "Hi", "--max-tokens", "4", "--no-stream", "--temperature", "0")
     assert plain.code == 0
     assert cli("chat", model, stdin="   ").code == 2
