@@ -177,13 +177,13 @@ class LeasedCounters:
             lease = self._leases.get(limit.key)
             if lease is None or not lease.matches(limit):
                 return None
-            if lease.renewing is None and lease.held >= limit.cost and lease.expires > now:
-                pass
-            elif lease.blocked_until > now and limit.cost >= lease.blocked_cost:
-                if blocked is None or lease.retry_end > leases[blocked].retry_end:
-                    blocked = len(leases)
-            else:
-                ready = False
+            covered = lease.renewing is None and lease.held >= limit.cost and lease.expires > now
+            if not covered:
+                if lease.blocked_until > now and limit.cost >= lease.blocked_cost:
+                    if blocked is None or lease.retry_end > leases[blocked].retry_end:
+                        blocked = len(leases)
+                else:
+                    ready = False
             leases.append(lease)
         if blocked is not None:
             refused = leases[blocked]
