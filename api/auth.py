@@ -6,8 +6,10 @@ their one indexed lookup inline: Litestar would run a sync guard through a worke
 more than the query (bench/README.md has the figures). The guards let the store answer a usable key from
 memory for `KEY_CACHE_TTL_S` (half a second): on PostgreSQL the lookup is a round trip on every request
 otherwise, and a key revoked in any process is still refused everywhere within that bound. Once the key is known,
-the guard takes one request from its per-minute limit (api/ratelimits/limiter.py), except on the inference
-routes, which are limited per project and model by their service.
+the guard checks a restricted key's scopes against the route's (api/scopes.py), then takes one request from its
+per-minute limit (api/ratelimits/limiter.py), except on the inference routes, which are limited per project and
+model by their service. An expired key, or one of a service account without a role in its project, is refused
+with a 401 that says so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from litestar import Request  # noqa: TC002 - Litestar reads the dependency's si
 from litestar.di import NamedDependency
 
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
+from tunewright.api.scopes import check_key_scopes
 from tunewright.storage.api_keys import hash_secret
 from tunewright.storage.audit import OPERATOR_ACTOR, AuditActor
 from tunewright.storage.metadata_tenants import KEY_CACHE_TTL_S
@@ -50,6 +53,7 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     project_id: str | None = None
     service_account_id: str | None = None
     last_used_at: int | None = None
+    scopes: tuple[str, ...] = ()  # empty: all permissions (api/scopes.py)
 
     @property
     def is_admin(self) -> bool:
@@ -76,9 +80,27 @@ def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return token
 
 
-def _invalid(token: str) -> AuthenticationError:
-    shown = f"{token[:5]}***{token[-4:]}" if len(token) > 12 else "***"
-    return AuthenticationError(f"Incorrect API key provided: {shown}.")
+def _shown(token: str) -> str:
+    return f"{token[:5]}***{token[-4:]}" if len(token) > 12 else "***"
+
+
+def _refused(token: str, stores: Stores, digest: str) -> AuthenticationError:
+    """The 401 for a key that is not usable: why, when the key exists (only its holder can learn that)."""
+    record = stores.metadata.find_api_key(digest)
+    now = int(time.time())
+    if record is not None and record.revoked_at is None and hmac.compare_digest(record.secret_hash, digest):
+        if record.expires_at is not None and record.expires_at <= now:
+            return AuthenticationError(
+                f"The API key provided expired at {record.expires_at} (unix time): {_shown(token)}.",
+                code="api_key_expired",
+            )
+        if record.service_account_id is not None:
+            return AuthenticationError(
+                f"The API key provided belongs to service account {record.service_account_id}, which has no role "
+                f"in project {record.project_id}: {_shown(token)}.",
+                code="invalid_api_key",
+            )
+    return AuthenticationError(f"Incorrect API key provided: {_shown(token)}.")
 
 
 def authenticate(
@@ -99,7 +121,9 @@ def authenticate(
     digest = hash_secret(token)
     record = stores.metadata.find_usable_api_key(digest, max_age_s=max_age_s)
     if record is None or not hmac.compare_digest(record.secret_hash, digest):
-        raise _invalid(token)
+        raise _refused(token, stores, digest)
+    if record.expires_at is not None and record.expires_at <= time.time():  # expired while in the key cache
+        raise _refused(token, stores, digest)
     if organization_header and organization_header != record.organization_id:
         raise AuthenticationError(
             f"OpenAI-Organization header should match organization for API key: {organization_header}.",
@@ -112,6 +136,7 @@ def authenticate(
         project_id=record.project_id,
         service_account_id=record.service_account_id,
         last_used_at=record.last_used_at,
+        scopes=tuple(record.scopes or ()),
     )
 
 
@@ -142,6 +167,7 @@ async def _principal(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
         organization_header=connection.headers.get("openai-organization"),
         max_age_s=KEY_CACHE_TTL_S,
     )
+    check_key_scopes(principal.scopes, handler, connection.scope["method"])
     if not handler.opt.get(MODEL_LIMITS):
         await app_state.limiter.check_key(principal)
     await _touch(app_state.stores, principal)

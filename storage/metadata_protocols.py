@@ -161,17 +161,41 @@ class TenantStore(Protocol):
         """Mark a key revoked now (`api_key.deleted`); it stops working at once. `NotFound` if absent or revoked."""
         ...
 
+    def update_api_key_policy(
+        self,
+        key_id: str,
+        *,
+        organization_id: str,
+        project_id: str | None,
+        expires_at: int | None,
+        scopes: list[str] | None,
+        changes_requested: dict[str, Any],
+        actor: AuditActor | None = None,
+    ) -> ApiKeyRecord:
+        """Set an unrevoked key's expiry and scopes (`api_key.updated`); they apply at once. `NotFound`."""
+        ...
+
     def list_all_api_keys(self) -> list[ApiKeyRecord]:
         """Every unrevoked key of every organization, oldest first (for the CLI)."""
         ...
 
     def create_service_account(
-        self, record: ServiceAccountRecord, key: ApiKeyRecord, *, actor: AuditActor | None = None
+        self, record: ServiceAccountRecord, key: ApiKeyRecord | None, *, actor: AuditActor | None = None
     ) -> None:
-        """Insert a service account and its first key in one transaction.
+        """Insert a service account and its first key (if any) in one transaction.
 
         Audited as `service_account.created` and `api_key.created`.
         """
+        ...
+
+    def update_service_account(
+        self, account_id: str, *, project_id: str, name: str, role: str, actor: AuditActor | None = None
+    ) -> ServiceAccountRecord:
+        """Set a service account's name and role (`service_account.updated`). `NotFound`."""
+        ...
+
+    def add_service_account_key(self, key: ApiKeyRecord, *, actor: AuditActor | None = None) -> ApiKeyRecord:
+        """Insert another key of an existing service account (`api_key.created`). `NotFound` if it is gone."""
         ...
 
     def list_service_accounts(self, *, project_id: str, after: str | None, limit: int) -> Page[ServiceAccountRecord]:

@@ -6,6 +6,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from tunewright.storage import audit
 from tunewright.storage.audit import record_audit
 from tunewright.storage.errors import NotFound
@@ -241,7 +243,7 @@ class TenantsMixin(SQLStoreBase):
                 return cached
         started, generation = time.monotonic(), keys.generation
         with self.database.reading() as conn:
-            row = conn.run("find_usable_api_key", {"secret_hash": secret_hash}).fetchone()
+            row = conn.run("find_usable_api_key", {"secret_hash": secret_hash, "now": now()}).fetchone()
         if row is None:
             return None
         record = from_row(ApiKeyRecord, row)
@@ -293,6 +295,42 @@ class TenantsMixin(SQLStoreBase):
             raise NotFound(key_id)
         return from_row(ApiKeyRecord, row)
 
+    def update_api_key_policy(
+        self,
+        key_id: str,
+        *,
+        organization_id: str,
+        project_id: str | None,
+        expires_at: int | None,
+        scopes: list[str] | None,
+        changes_requested: dict[str, Any],
+        actor: AuditActor | None = None,
+    ) -> ApiKeyRecord:
+        """Set an unrevoked key's expiry and scopes (`api_key.updated` with `changes_requested`). `NotFound`."""
+        params = {
+            "id": key_id,
+            "organization_id": organization_id,
+            "project_id": project_id,
+            "expires_at": expires_at,
+            "scopes": None if scopes is None else msgspec.json.encode(scopes).decode(),
+        }
+        with self.database.transaction(immediate=True) as conn:
+            row = conn.run("update_api_key_policy", params).fetchone()
+            if row is not None:
+                details = {"id": key_id, "changes_requested": changes_requested}
+                record_audit(
+                    conn,
+                    actor,
+                    audit.API_KEY_UPDATED,
+                    organization_id=organization_id,
+                    project_id=project_id,
+                    details=details,
+                )
+        self._keys.clear()  # new scopes or expiry apply at once in this process
+        if row is None:
+            raise NotFound(key_id)
+        return from_row(ApiKeyRecord, row)
+
     def list_all_api_keys(self) -> list[ApiKeyRecord]:
         """Every unrevoked key of every organization, oldest first."""
         with self.database.reading() as conn:
@@ -302,9 +340,9 @@ class TenantsMixin(SQLStoreBase):
     # --- service accounts ----------------------------------------------------------------------------
 
     def create_service_account(
-        self, record: ServiceAccountRecord, key: ApiKeyRecord, *, actor: AuditActor | None = None
+        self, record: ServiceAccountRecord, key: ApiKeyRecord | None, *, actor: AuditActor | None = None
     ) -> None:
-        """Insert a service account and its first key in one transaction.
+        """Insert a service account and its first key (if any) in one transaction.
 
         Audited as `service_account.created`, then `api_key.created`.
         """
@@ -312,7 +350,8 @@ class TenantsMixin(SQLStoreBase):
         with self.database.transaction(immediate=True) as conn:
             conn.run("insert_service_account", to_params(record))
             record_audit(conn, actor, audit.SERVICE_ACCOUNT_CREATED, project_id=record.project_id, details=details)
-            _insert_key(conn, actor, key)
+            if key is not None:
+                _insert_key(conn, actor, key)
 
     def list_service_accounts(self, *, project_id: str, after: str | None, limit: int) -> Page[ServiceAccountRecord]:
         """Service accounts of a project, oldest first."""
@@ -327,6 +366,31 @@ class TenantsMixin(SQLStoreBase):
                 limit=limit,
                 order="asc",
             )
+
+    def update_service_account(
+        self, account_id: str, *, project_id: str, name: str, role: str, actor: AuditActor | None = None
+    ) -> ServiceAccountRecord:
+        """Set a service account's name and role (`service_account.updated` with the role). `NotFound`."""
+        params = {"id": account_id, "project_id": project_id, "name": name, "role": role}
+        with self.database.transaction(immediate=True) as conn:
+            row = conn.run("update_service_account", params).fetchone()
+            if row is not None:
+                details = {"id": account_id, "changes_requested": {"role": role}}
+                record_audit(conn, actor, audit.SERVICE_ACCOUNT_UPDATED, project_id=project_id, details=details)
+        self._keys.clear()  # a role of `none` makes the account's keys unusable
+        if row is None:
+            raise NotFound(account_id)
+        return from_row(ServiceAccountRecord, row)
+
+    def add_service_account_key(self, key: ApiKeyRecord, *, actor: AuditActor | None = None) -> ApiKeyRecord:
+        """Insert another key of a service account that still exists (`api_key.created`). `NotFound`."""
+        account_id = key.service_account_id
+        assert account_id is not None and key.project_id is not None
+        with self.database.transaction(immediate=True) as conn:
+            if conn.run("get_service_account", {"id": account_id, "project_id": key.project_id}).fetchone() is None:
+                raise NotFound(account_id)
+            _insert_key(conn, actor, key)
+        return key
 
     def get_service_account(self, account_id: str, *, project_id: str) -> ServiceAccountRecord:
         """Return one service account. `NotFound`."""
@@ -377,15 +441,18 @@ def _insert_project(conn: Connection, actor: AuditActor | None, record: ProjectR
 
 
 def _insert_key(conn: Connection, actor: AuditActor | None, record: ApiKeyRecord) -> None:
-    """Insert a key row and record `api_key.created` (an admin key's entry has no project)."""
+    """Insert a key row and record `api_key.created` (an admin key's entry has no project; scopes when set)."""
     conn.run("insert_api_key", to_params(record))
+    details: dict[str, Any] = {"id": record.id}
+    if record.scopes:
+        details["data"] = {"scopes": record.scopes}
     record_audit(
         conn,
         actor,
         audit.API_KEY_CREATED,
         organization_id=record.organization_id,
         project_id=record.project_id,
-        details={"id": record.id},
+        details=details,
     )
 
 

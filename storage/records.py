@@ -99,6 +99,8 @@ class ApiKeyRecord(msgspec.Struct, kw_only=True):
     last_used_at: int | None = None
     revoked_at: int | None = None
     service_account_id: str | None = None
+    expires_at: int | None = None  # unix seconds; None: never
+    scopes: list[str] | None = None  # None or empty: all permissions (api/scopes.py)
 
 
 class FileRecord(msgspec.Struct, kw_only=True):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from tunewright.storage.records import (
+    ApiKeyRecord,
     AuditLogRecord,
     CheckpointRecord,
     JobEventRecord,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 R = TypeVar("R", bound=msgspec.Struct)
 
 JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
+    ApiKeyRecord: frozenset({"scopes"}),
     JobRecord: frozenset({"hyperparameters", "method", "result_files", "error", "metadata", "integrations"}),
     JobEventRecord: frozenset({"data"}),
     CheckpointRecord: frozenset({"metrics"}),

@@ -10,12 +10,16 @@ from tunewright.api.admin.schemas import (
     Project,
     ProjectApiKey,
     ProjectApiKeyDeleteResponse,
+    ProjectApiKeyUpdateRequest,
     ProjectCreateRequest,
     ProjectServiceAccount,
+    ProjectServiceAccountApiKey,
     ProjectServiceAccountCreateRequest,
     ProjectServiceAccountCreateResponse,
     ProjectServiceAccountDeleteResponse,
+    ProjectServiceAccountUpdateRequest,
     ProjectUpdateRequest,
+    ServiceAccountApiKeyCreateRequest,
 )
 from tunewright.api.auth import Caller, require_admin
 from tunewright.api.dependencies import AppStores
@@ -120,6 +124,18 @@ class ProjectApiKeysController(Controller):
         """Return one key (never its secret)."""
         return service.get_api_key(stores, principal, project_id, api_key_id)
 
+    @post("/{api_key_id:str}", status_code=200, sync_to_thread=True)
+    def update_api_key(
+        self,
+        stores: AppStores,
+        principal: Caller,
+        project_id: FromPath[str],
+        api_key_id: FromPath[str],
+        data: JSONBody[ProjectApiKeyUpdateRequest],
+    ) -> ProjectApiKey:
+        """Replace a key's scopes and/or set its expiry (seconds from now); the answer never holds its secret."""
+        return service.update_api_key(stores, principal, project_id, api_key_id, data)
+
     @delete("/{api_key_id:str}", status_code=200, sync_to_thread=True)
     def delete_api_key(
         self, stores: AppStores, principal: Caller, project_id: FromPath[str], api_key_id: FromPath[str]
@@ -179,6 +195,31 @@ class ProjectServiceAccountsController(Controller):
         """Return one service account."""
         record = service.get_service_account(stores, principal, project_id, service_account_id)
         return ProjectServiceAccount.from_record(record)
+
+    @post("/{service_account_id:str}", status_code=200, sync_to_thread=True)
+    def update_service_account(
+        self,
+        stores: AppStores,
+        principal: Caller,
+        project_id: FromPath[str],
+        service_account_id: FromPath[str],
+        data: JSONBody[ProjectServiceAccountUpdateRequest],
+    ) -> ProjectServiceAccount:
+        """Change a service account's name or role."""
+        record = service.update_service_account(stores, principal, project_id, service_account_id, data)
+        return ProjectServiceAccount.from_record(record)
+
+    @post("/{service_account_id:str}/api_keys", status_code=200, sync_to_thread=True)
+    def create_service_account_api_key(
+        self,
+        stores: AppStores,
+        principal: Caller,
+        project_id: FromPath[str],
+        service_account_id: FromPath[str],
+        data: JSONBody[ServiceAccountApiKeyCreateRequest],
+    ) -> ProjectServiceAccountApiKey:
+        """Add a key to a service account; the answer holds its secret, shown this once."""
+        return service.create_service_account_key(stores, principal, project_id, service_account_id, data)
 
     @delete("/{service_account_id:str}", status_code=200, sync_to_thread=True)
     def delete_service_account(

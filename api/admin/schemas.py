@@ -36,6 +36,11 @@ ProjectResidency = Literal[
 
 ServiceAccountRole = Literal["owner", "member", "none"]
 
+# A key's lifetime from the request that sets it: at least a second, at most ten years.
+ExpiresInSeconds = Annotated[int, Meta(ge=1, le=10 * 365 * 86_400)]
+# Restricted-key scopes (api/scopes.py checks the identifiers).
+Scopes = Annotated[list[str], Meta(max_length=64)]
+
 # Jobs of one project that may train at once (an extension; null: TUNEWRIGHT_MAX_RUNNING_JOBS_PER_PROJECT).
 MaxRunningJobs = Annotated[int, Meta(ge=1, le=10_000)]
 
@@ -153,6 +158,8 @@ class ProjectApiKey(Response, kw_only=True):
     id: str
     owner_project_access: OwnerProjectAccess
     owner: ProjectApiKeyOwner
+    expires_at: int | None
+    scopes: list[str]  # an extension: the key's scope restrictions, empty for all permissions
 
     @classmethod
     def from_record(
@@ -167,7 +174,16 @@ class ProjectApiKey(Response, kw_only=True):
             id=record.id,
             owner_project_access=access,
             owner=owner,
+            expires_at=record.expires_at,
+            scopes=list(record.scopes or ()),
         )
+
+
+class ProjectApiKeyUpdateRequest(Request, kw_only=True):
+    """Body of `POST …/api_keys/{id}` (the SDK's `api_keys.update`): at least one field; neither may be null."""
+
+    expires_in_seconds: ExpiresInSeconds | UnsetType = UNSET
+    scopes: Scopes | UnsetType = UNSET
 
 
 class ProjectApiKeyDeleteResponse(Response, kw_only=True):
@@ -179,13 +195,29 @@ class ProjectApiKeyDeleteResponse(Response, kw_only=True):
 
 
 class ProjectServiceAccountCreateRequest(Request, kw_only=True):
-    """`ProjectServiceAccountCreateRequest`; `create_service_account_only: true` is refused.
+    """`ProjectServiceAccountCreateRequest`.
 
-    No endpoint here adds a key to an existing account, so an account made without one could never be used.
+    `create_service_account_only: true` makes an account of role `none` without a key; keys added to it later work
+    once its role is `member` or `owner`.
     """
 
     name: str
     create_service_account_only: bool | None | UnsetType = UNSET
+
+
+class ProjectServiceAccountUpdateRequest(Request, kw_only=True):
+    """`UpdateProjectServiceAccountBody`."""
+
+    name: str | UnsetType = UNSET
+    role: Literal["member", "owner"] | UnsetType = UNSET
+
+
+class ServiceAccountApiKeyCreateRequest(Request, kw_only=True):
+    """Body of `POST …/service_accounts/{id}/api_keys` (the SDK's `service_accounts.api_keys.create`)."""
+
+    name: str | UnsetType = UNSET
+    scopes: Scopes | UnsetType = UNSET
+    expires_in_seconds: ExpiresInSeconds | None | UnsetType = UNSET
 
 
 class ProjectServiceAccount(Response, kw_only=True):
@@ -199,7 +231,7 @@ class ProjectServiceAccount(Response, kw_only=True):
 
     @classmethod
     def from_record(cls, record: ServiceAccountRecord) -> ProjectServiceAccount:
-        """Map a service-account row (the API only ever writes role `member`)."""
+        """Map a service-account row."""
         role = cast("ServiceAccountRole", record.role)
         return cls(id=record.id, name=record.name, role=role, created_at=record.created_at)
 
@@ -212,6 +244,12 @@ class ProjectServiceAccountApiKey(Response, kw_only=True):
     name: str
     created_at: int
     id: str
+    expires_at: int | None
+
+    @classmethod
+    def from_record(cls, key: ApiKeyRecord, *, secret: str) -> ProjectServiceAccountApiKey:
+        """Map a new key; `secret` is the clear key, never stored."""
+        return cls(value=secret, name=key.name, created_at=key.created_at, id=key.id, expires_at=key.expires_at)
 
 
 class ProjectServiceAccountCreateResponse(Response, kw_only=True):
@@ -226,15 +264,17 @@ class ProjectServiceAccountCreateResponse(Response, kw_only=True):
 
     @classmethod
     def from_record(
-        cls, record: ServiceAccountRecord, *, key: ApiKeyRecord, secret: str
+        cls, record: ServiceAccountRecord, *, key: ApiKeyRecord | None, secret: str | None
     ) -> ProjectServiceAccountCreateResponse:
-        """Map a new account and its key; `secret` is the clear key, never stored."""
+        """Map a new account and its key (none for an account of role `none`); `secret` is shown this once."""
         return cls(
             id=record.id,
             name=record.name,
-            role="member",
+            role="none" if key is None else "member",
             created_at=record.created_at,
-            api_key=ProjectServiceAccountApiKey(value=secret, name=key.name, created_at=key.created_at, id=key.id),
+            api_key=None
+            if key is None or secret is None
+            else ProjectServiceAccountApiKey.from_record(key, secret=secret),
         )
 
 

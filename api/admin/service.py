@@ -17,13 +17,22 @@ Key owners. A key made by the operator (CLI, kind `project`) is owned by a synth
 operator: `id` `user-operator`, `name` `Tunewright operator`, `email` `operator@tunewright.invalid` (RFC 2606
 reserved domain, so it can never reach anyone), `role` `owner`, `created_at` the organization's creation time.
 A service account's key is owned by that account.
+
+Service accounts. One made with `create_service_account_only` has role `none` and no key: it is no member of the
+project, so keys added to it (`…/service_accounts/{id}/api_keys`) are listed with `owner_project_access:
+inactive` and refused by `api/auth.py` until its role is set to `member` or `owner`.
+
+Key policies. `…/api_keys/{id}` (POST) replaces a key's scopes (api/scopes.py) and/or sets its expiry relative to
+the request; an expired key is refused by `api/auth.py` and cannot be updated. Both apply at once in the process
+that made the change and within the key cache's half second everywhere else.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
 from msgspec import UNSET
 
 from tunewright.api.admin.schemas import (
@@ -32,12 +41,14 @@ from tunewright.api.admin.schemas import (
     ProjectApiKeyOwner,
     ProjectApiKeyOwnerServiceAccount,
     ProjectApiKeyOwnerUser,
+    ProjectServiceAccountApiKey,
     ProjectServiceAccountCreateResponse,
     ProjectStatus,
 )
 from tunewright.api.errors import AuthenticationError, InvalidRequestError, NotFoundError, echo
 from tunewright.api.pagination import edge_ids
 from tunewright.api.schemas import CursorPageWithIds
+from tunewright.api.scopes import check_scopes
 from tunewright.storage.api_keys import mint_api_key
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
@@ -45,9 +56,12 @@ from tunewright.storage.records import ApiKeyRecord, ServiceAccountRecord
 
 if TYPE_CHECKING:
     from tunewright.api.admin.schemas import (
+        ProjectApiKeyUpdateRequest,
         ProjectCreateRequest,
         ProjectServiceAccountCreateRequest,
+        ProjectServiceAccountUpdateRequest,
         ProjectUpdateRequest,
+        ServiceAccountApiKeyCreateRequest,
     )
     from tunewright.api.auth import Principal
     from tunewright.storage.base import Stores
@@ -58,6 +72,7 @@ OPERATOR_USER_ID = "user-operator"
 OPERATOR_USER_NAME = "Tunewright operator"
 OPERATOR_USER_EMAIL = "operator@tunewright.invalid"
 SERVICE_ACCOUNT_ROLE = "member"
+NO_ROLE = "none"
 SERVICE_ACCOUNT_KEY_NAME = "Secret Key"
 ACCESS_FILTERS = ("active", "inactive", "any")
 
@@ -221,12 +236,6 @@ def api_key_not_found(key_id: str) -> NotFoundError:
     return NotFoundError(f"No such API key: {echo(key_id)}", param="api_key_id", code="api_key_not_found")
 
 
-def _access(project: ProjectRecord) -> OwnerProjectAccess:
-    if project.status == ProjectStatus.ARCHIVED:
-        return OwnerProjectAccess.INACTIVE
-    return OwnerProjectAccess.ACTIVE
-
-
 class _Owners:
     """Resolves key owners for one response, loading each service account once."""
 
@@ -235,6 +244,18 @@ class _Owners:
         self.organization = organization
         self.project = project
         self.accounts: dict[str, ProjectApiKeyOwnerServiceAccount] = {}
+
+    def access(self, key: ApiKeyRecord) -> OwnerProjectAccess:
+        """`inactive` in an archived project or for a service account without a role in it."""
+        if self.project.status == ProjectStatus.ARCHIVED:
+            return OwnerProjectAccess.INACTIVE
+        owner = self.owner(key)
+        if (
+            isinstance(owner.service_account, ProjectApiKeyOwnerServiceAccount)
+            and owner.service_account.role == NO_ROLE
+        ):
+            return OwnerProjectAccess.INACTIVE
+        return OwnerProjectAccess.ACTIVE
 
     def owner(self, key: ApiKeyRecord) -> ProjectApiKeyOwner:
         """The owner object of `key`."""
@@ -263,7 +284,7 @@ class _Owners:
 
     def view(self, key: ApiKeyRecord) -> ProjectApiKey:
         """The wire object of `key`."""
-        return ProjectApiKey.from_record(key, owner=self.owner(key), access=_access(self.project))
+        return ProjectApiKey.from_record(key, owner=self.owner(key), access=self.access(key))
 
 
 def list_api_keys(
@@ -275,21 +296,29 @@ def list_api_keys(
     limit: int,
     owner_project_access: str | None,
 ) -> CursorPageWithIds[ProjectApiKey]:
-    """Unrevoked keys of a project, oldest first; `owner_project_access` filters on the project's state."""
+    """Unrevoked keys of a project, oldest first; `owner_project_access` filters on each key's owner access.
+
+    A filtered list reads on until it has `limit` keys or none are left, so a page is never empty while more
+    match.
+    """
     organization, project = scoped_project(stores, principal, project_id)
-    page = stores.metadata.list_api_keys(
-        organization_id=organization.id, project_id=project.id, after=after, limit=limit
-    )
-    items = page.items
-    if owner_project_access not in (None, "any", _access(project)):
-        items = []  # every key of a project shares the project's access
     owners = _Owners(stores, organization, project)
+    wanted = None if owner_project_access in (None, "any") else owner_project_access
+    items: list[ApiKeyRecord] = []
+    has_more, cursor = True, after
+    while has_more and len(items) < limit:
+        page = stores.metadata.list_api_keys(
+            organization_id=organization.id, project_id=project.id, after=cursor, limit=limit - len(items)
+        )
+        items.extend(k for k in page.items if wanted is None or owners.access(k) == wanted)
+        has_more = page.has_more
+        cursor = page.items[-1].id if page.items else None
     first_id, last_id = edge_ids(items)
     return CursorPageWithIds(
         data=[owners.view(k) for k in items],
         first_id=first_id,
         last_id=last_id,
-        has_more=page.has_more and bool(items),
+        has_more=has_more,
     )
 
 
@@ -305,6 +334,46 @@ def get_api_key(stores: Stores, principal: Principal, project_id: str, key_id: s
     organization, project = scoped_project(stores, principal, project_id)
     key = _get_key(stores, organization, project, key_id)
     return _Owners(stores, organization, project).view(key)
+
+
+def update_api_key(
+    stores: Stores, principal: Principal, project_id: str, key_id: str, data: ProjectApiKeyUpdateRequest
+) -> ProjectApiKey:
+    """Replace a key's scopes and/or set its expiry relative to now; both apply at once. Expired keys cannot be."""
+    organization, project = scoped_project(stores, principal, project_id)
+    if data.scopes is UNSET and data.expires_in_seconds is UNSET:
+        raise InvalidRequestError(
+            "Provide at least one of 'scopes' or 'expires_in_seconds'.",
+            param="scopes",
+            code="missing_required_parameter",
+        )
+    key = _get_key(stores, organization, project, key_id)
+    now = int(time.time())
+    if key.expires_at is not None and key.expires_at <= now:
+        raise InvalidRequestError(
+            f"API key {key_id} expired at {key.expires_at} (unix time); expired keys cannot be updated.",
+            param="api_key_id",
+            code="api_key_expired",
+        )
+    changes: dict[str, Any] = {}
+    scopes, expires_at = key.scopes, key.expires_at
+    if data.scopes is not UNSET:
+        scopes = changes["scopes"] = check_scopes(data.scopes)
+    if data.expires_in_seconds is not UNSET:
+        expires_at = changes["expires_at"] = now + data.expires_in_seconds
+    try:
+        record = stores.metadata.update_api_key_policy(
+            key_id,
+            organization_id=organization.id,
+            project_id=project.id,
+            expires_at=expires_at,
+            scopes=scopes,
+            changes_requested=changes,
+            actor=principal.actor,
+        )
+    except NotFound:
+        raise api_key_not_found(key_id) from None
+    return _Owners(stores, organization, project).view(record)
 
 
 def delete_api_key(stores: Stores, principal: Principal, project_id: str, key_id: str) -> None:
@@ -342,31 +411,79 @@ def create_service_account(
     """Create a service account and its first key; the secret is returned here only, stored hashed."""
     organization, project = scoped_project(stores, principal, project_id)
     refuse_archived(project, "get new service accounts")
-    if data.create_service_account_only:
-        raise InvalidRequestError(
-            "Invalid 'create_service_account_only': service accounts are always created with an API key here "
-            "(there is no endpoint to add one later).",
-            param="create_service_account_only",
-            code="invalid_value",
-        )
     now = int(time.time())
+    account_only = bool(data.create_service_account_only)
     account = ServiceAccountRecord(
         id=new_id("service_account"),
         project_id=project.id,
         name=_check_name(data.name),
-        role=SERVICE_ACCOUNT_ROLE,
+        role=NO_ROLE if account_only else SERVICE_ACCOUNT_ROLE,
         created_at=now,
     )
+    key, secret = (None, None) if account_only else _mint_account_key(organization, account, now=now)
+    stores.metadata.create_service_account(account, key, actor=principal.actor)
+    return ProjectServiceAccountCreateResponse.from_record(account, key=key, secret=secret)
+
+
+def _mint_account_key(
+    organization: OrganizationRecord,
+    account: ServiceAccountRecord,
+    *,
+    now: int,
+    name: str = SERVICE_ACCOUNT_KEY_NAME,
+    scopes: list[str] | None = None,
+    expires_at: int | None = None,
+) -> tuple[ApiKeyRecord, str]:
     key, secret = mint_api_key(
         organization_id=organization.id,
-        project_id=project.id,
-        name=SERVICE_ACCOUNT_KEY_NAME,
+        project_id=account.project_id,
+        name=name,
         kind="service_account",
         service_account_id=account.id,
         now=now,
     )
-    stores.metadata.create_service_account(account, key, actor=principal.actor)
-    return ProjectServiceAccountCreateResponse.from_record(account, key=key, secret=secret)
+    return msgspec.structs.replace(key, scopes=scopes or None, expires_at=expires_at), secret
+
+
+def create_service_account_key(
+    stores: Stores, principal: Principal, project_id: str, account_id: str, data: ServiceAccountApiKeyCreateRequest
+) -> ProjectServiceAccountApiKey:
+    """Add a key to a service account; the answer holds its secret, shown this once."""
+    organization, project = scoped_project(stores, principal, project_id)
+    refuse_archived(project, "get new API keys")
+    account = get_service_account(stores, principal, project_id, account_id)
+    now = int(time.time())
+    expires = None if data.expires_in_seconds in (UNSET, None) else now + cast("int", data.expires_in_seconds)
+    key, secret = _mint_account_key(
+        organization,
+        account,
+        now=now,
+        name=SERVICE_ACCOUNT_KEY_NAME if data.name is UNSET else _check_name(data.name),
+        scopes=None if data.scopes is UNSET else check_scopes(data.scopes),
+        expires_at=expires,
+    )
+    try:
+        stores.metadata.add_service_account_key(key, actor=principal.actor)
+    except NotFound:
+        raise service_account_not_found(account_id) from None
+    return ProjectServiceAccountApiKey.from_record(key, secret=secret)
+
+
+def update_service_account(
+    stores: Stores, principal: Principal, project_id: str, account_id: str, data: ProjectServiceAccountUpdateRequest
+) -> ServiceAccountRecord:
+    """Change a service account's `name` and/or `role` (`member` or `owner`; `none` is only set on create)."""
+    project = scoped_project(stores, principal, project_id)[1]
+    refuse_archived(project, "have their service accounts changed")
+    account = get_service_account(stores, principal, project_id, account_id)
+    name = account.name if data.name is UNSET else _check_name(data.name)
+    role = account.role if data.role is UNSET else data.role
+    try:
+        return stores.metadata.update_service_account(
+            account_id, project_id=project.id, name=name, role=role, actor=principal.actor
+        )
+    except NotFound:
+        raise service_account_not_found(account_id) from None
 
 
 def list_service_accounts(

@@ -16,6 +16,7 @@ from tunewright.api.generation import StreamingOperation
 from tunewright.api.metrics import Metrics
 from tunewright.api.nul_guard import ALLOW_NUL_IN_BODY
 from tunewright.api.ratelimits.limiter import AppLimiter, Quota
+from tunewright.api.scopes import SCOPE, SCOPE_ACCESS
 from tunewright.inference.engine import InferenceEngine
 from tunewright.storage.base import Stores
 from tunewright.storage.settings import Settings
@@ -26,9 +27,15 @@ class ChatCompletionsController(Controller):
 
     path = "/v1/chat/completions"
     guards = [require_project]
+    opt = {SCOPE: "model"}
     tags = ["Chat"]
 
-    @post("/", status_code=200, operation_class=StreamingOperation, opt={ALLOW_NUL_IN_BODY: True, MODEL_LIMITS: True})
+    @post(
+        "/",
+        status_code=200,
+        operation_class=StreamingOperation,
+        opt={ALLOW_NUL_IN_BODY: True, MODEL_LIMITS: True, SCOPE_ACCESS: "request"},
+    )
     async def create_chat_completion(
         self,
         request: Request[Any, Any, Any],

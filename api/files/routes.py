@@ -16,6 +16,7 @@ from tunewright.api.files.schemas import LIST_PURPOSES, OpenAIFile
 from tunewright.api.openapi import CreateFileOperation
 from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPageWithIds, DeletedObject
+from tunewright.api.scopes import SCOPE
 from tunewright.api.streaming import iterate_in_thread
 
 
@@ -30,6 +31,7 @@ class FilesController(Controller):
 
     path = "/v1/files"
     guards = [require_project]
+    opt = {SCOPE: "files"}
     tags = ["Files"]
 
     @post("/", status_code=200, request_max_body_size=None, operation_class=CreateFileOperation)

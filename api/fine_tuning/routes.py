@@ -25,6 +25,7 @@ from tunewright.api.fine_tuning.schemas import (
 )
 from tunewright.api.pagination import bracket_map, check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPage, CursorPageWithIds, DeletedObject
+from tunewright.api.scopes import SCOPE, SCOPE_ACCESS
 
 if TYPE_CHECKING:
     from tunewright.storage.base import Stores
@@ -41,6 +42,7 @@ class JobsController(Controller):
 
     path = "/v1/fine_tuning/jobs"
     guards = [require_project]
+    opt = {SCOPE: "fine_tuning"}
     tags = ["Fine-tuning"]
 
     @post("/", status_code=200, sync_to_thread=True)
@@ -55,7 +57,7 @@ class JobsController(Controller):
         """Create a fine-tuning job; it starts in `validating_files`."""
         return FineTuningJob.from_record(service.create_job(stores, settings, engine, data, principal))
 
-    @post("/estimate", status_code=200, sync_to_thread=True)
+    @post("/estimate", status_code=200, sync_to_thread=True, opt={SCOPE_ACCESS: "read"})  # changes nothing
     def estimate_job(
         self,
         stores: AppStores,
@@ -170,6 +172,7 @@ class CheckpointPermissionsController(Controller):
 
     path = "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:str}/permissions"
     guards = [require_project_or_admin]
+    opt = {SCOPE: "fine_tuning"}
     tags = ["Fine-tuning"]
 
     @get("/", sync_to_thread=False)

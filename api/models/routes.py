@@ -10,6 +10,7 @@ from tunewright.api.dependencies import AppEngine, AppSettings, AppStores
 from tunewright.api.models import service
 from tunewright.api.models.schemas import ListModelsResponse, Model
 from tunewright.api.schemas import DeletedObject
+from tunewright.api.scopes import SCOPE
 
 
 class ModelsController(Controller):
@@ -17,6 +18,7 @@ class ModelsController(Controller):
 
     path = "/v1/models"
     guards = [require_project]
+    opt = {SCOPE: "model"}
     tags = ["Models"]
 
     @get("/", sync_to_thread=False)

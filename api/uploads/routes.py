@@ -10,6 +10,7 @@ from litestar.params import FromPath, JSONBody
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.dependencies import AppSettings, AppStores
 from tunewright.api.openapi import AddUploadPartOperation
+from tunewright.api.scopes import SCOPE
 from tunewright.api.uploads import service
 from tunewright.api.uploads.schemas import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
 
@@ -19,6 +20,7 @@ class UploadsController(Controller):
 
     path = "/v1/uploads"
     guards = [require_project]
+    opt = {SCOPE: "files"}
     tags = ["Uploads"]
 
     @post("/", status_code=200, sync_to_thread=True)

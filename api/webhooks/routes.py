@@ -15,6 +15,7 @@ from tunewright.api.auth import Caller, require_project
 from tunewright.api.dependencies import AppSettings, AppStores
 from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPageWithIds
+from tunewright.api.scopes import SCOPE
 from tunewright.api.webhooks import service
 from tunewright.api.webhooks.schemas import (
     DeletedWebhookEndpoint,
@@ -38,6 +39,7 @@ class WebhookEndpointsController(Controller):
 
     path = "/v1/webhook_endpoints"
     guards = [require_project]
+    opt = {SCOPE: "webhooks"}
     tags = ["Webhooks"]
 
     @post("/", status_code=200, sync_to_thread=True)
@@ -153,7 +155,13 @@ class WebhookEndpointsController(Controller):
         )
 
 
-@get("/v1/webhook_event_types", guards=[require_project], tags=["Webhooks"], sync_to_thread=False)
+@get(
+    "/v1/webhook_event_types",
+    guards=[require_project],
+    opt={SCOPE: "webhooks"},
+    tags=["Webhooks"],
+    sync_to_thread=False,
+)
 def list_webhook_event_types() -> WebhookEventTypeList:
     """The event types an endpoint may subscribe to: OpenAI's three fine-tuning events and Tunewright's paused."""
     return WebhookEventTypeList(data=list(EVENT_TYPES))

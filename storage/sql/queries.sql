@@ -79,18 +79,22 @@ RETURNING *
 
 -- name: insert_api_key
 INSERT INTO api_keys (id, organization_id, project_id, name, kind, secret_hash, redacted_value, created_at,
-                      last_used_at, revoked_at, service_account_id)
+                      last_used_at, revoked_at, service_account_id, expires_at, scopes)
 VALUES (:id, :organization_id, :project_id, :name, :kind, :secret_hash, :redacted_value, :created_at,
-        :last_used_at, :revoked_at, :service_account_id)
+        :last_used_at, :revoked_at, :service_account_id, :expires_at, :scopes)
 
 -- name: find_api_key
 SELECT * FROM api_keys WHERE secret_hash = :secret_hash
 
 -- name: find_usable_api_key
+-- Unrevoked, unexpired, of an active project (or none), and not owned by a service account without a role.
 SELECT k.* FROM api_keys k LEFT JOIN projects p ON p.id = k.project_id
 WHERE k.secret_hash = :secret_hash
   AND k.revoked_at IS NULL
+  AND (k.expires_at IS NULL OR k.expires_at > :now)
   AND (k.project_id IS NULL OR p.status = 'active')
+  AND (k.service_account_id IS NULL
+       OR EXISTS (SELECT 1 FROM service_accounts s WHERE s.id = k.service_account_id AND s.role <> 'none'))
 
 -- name: touch_api_key
 UPDATE api_keys SET last_used_at = :at WHERE id = :id
@@ -122,6 +126,13 @@ WHERE id = :id AND organization_id = :organization_id
   AND revoked_at IS NULL
 RETURNING *
 
+-- name: update_api_key_policy
+UPDATE api_keys SET expires_at = :expires_at, scopes = :scopes
+WHERE id = :id AND organization_id = :organization_id
+  AND project_id IS NOT DISTINCT FROM CAST(:project_id AS TEXT)
+  AND revoked_at IS NULL
+RETURNING *
+
 -- name: list_all_api_keys
 SELECT * FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id
 
@@ -144,6 +155,9 @@ LIMIT :limit
 
 -- name: get_service_account
 SELECT * FROM service_accounts WHERE id = :id AND project_id = :project_id
+
+-- name: update_service_account
+UPDATE service_accounts SET name = :name, role = :role WHERE id = :id AND project_id = :project_id RETURNING *
 
 -- name: delete_service_account
 DELETE FROM service_accounts WHERE id = :id AND project_id = :project_id RETURNING *

@@ -63,6 +63,7 @@ PATH_ID_ROUTES: list[tuple[str, str, dict[str, Any], bool]] = [
     ("GET", "/v1/organization/projects/{project_id:str}/api_keys", {}, True),
     ("GET", "/v1/organization/projects/{project_id:str}/api_keys/{api_key_id:str}", {}, True),
     ("DELETE", "/v1/organization/projects/{project_id:str}/api_keys/{api_key_id:str}", {}, True),
+    ("POST", "/v1/organization/projects/{project_id:str}/api_keys/{api_key_id:str}", {"json": {"scopes": []}}, True),
     ("GET", "/v1/organization/projects/{project_id:str}/service_accounts", {}, True),
     ("POST", "/v1/organization/projects/{project_id:str}/service_accounts", {"json": {"name": "n"}}, True),
     (
@@ -75,6 +76,18 @@ PATH_ID_ROUTES: list[tuple[str, str, dict[str, Any], bool]] = [
         "DELETE",
         "/v1/organization/projects/{project_id:str}/service_accounts/{service_account_id:str}",
         {},
+        True,
+    ),
+    (
+        "POST",
+        "/v1/organization/projects/{project_id:str}/service_accounts/{service_account_id:str}",
+        {"json": {"name": "n"}},
+        True,
+    ),
+    (
+        "POST",
+        "/v1/organization/projects/{project_id:str}/service_accounts/{service_account_id:str}/api_keys",
+        {"json": {"name": "n"}},
         True,
     ),
     ("GET", "/v1/organization/projects/{project_id:str}/rate_limits", {}, True),
@@ -130,6 +143,13 @@ JSON_BODIES: list[tuple[str, dict[str, Any], bool]] = [
     ("/v1/organization/projects", {"name": "p"}, True),
     ("/v1/organization/projects/{project_id:str}", {"name": "p"}, True),
     ("/v1/organization/projects/{project_id:str}/service_accounts", {"name": "p"}, True),
+    ("/v1/organization/projects/{project_id:str}/service_accounts/{service_account_id:str}", {"name": "p"}, True),
+    (
+        "/v1/organization/projects/{project_id:str}/service_accounts/{service_account_id:str}/api_keys",
+        {"name": "p", "scopes": ["api.all.read"]},
+        True,
+    ),
+    ("/v1/organization/projects/{project_id:str}/api_keys/{api_key_id:str}", {"scopes": ["api.all.read"]}, True),
     (
         "/v1/organization/projects/{project_id:str}/rate_limits/{rate_limit_id:str}",
         {"max_requests_per_1_minute": 10},
