@@ -257,9 +257,9 @@ class TenantsMixin(SQLStoreBase):
             conn.run("touch_api_key", {"id": key_id, "at": at})
 
     def list_api_keys(
-        self, *, organization_id: str, project_id: str | None, after: str | None, limit: int
+        self, *, organization_id: str, project_id: str | None, after: str | None, limit: int, order: str = "asc"
     ) -> Page[ApiKeyRecord]:
-        """Unrevoked keys of a project (or, with `project_id=None`, the organization's admin keys), oldest first."""
+        """Unrevoked keys of a project (or, with `project_id=None`, the organization's admin keys), by creation."""
         with self.database.reading() as conn:
             return self._page(
                 conn,
@@ -269,7 +269,7 @@ class TenantsMixin(SQLStoreBase):
                 scope={"organization_id": organization_id, "project_id": project_id},
                 after=after,
                 limit=limit,
-                order="asc",
+                order=order,
             )
 
     def get_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:

@@ -6,6 +6,7 @@ from litestar import Controller, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from tunewright.api.admin import service
+from tunewright.api.admin.admin_keys import AdminApiKeysController
 from tunewright.api.admin.schemas import (
     Project,
     ProjectApiKey,
@@ -234,4 +235,4 @@ class ProjectServiceAccountsController(Controller):
         return ProjectServiceAccountDeleteResponse(id=service_account_id)
 
 
-ROUTES = [ProjectsController, ProjectApiKeysController, ProjectServiceAccountsController]
+ROUTES = [ProjectsController, ProjectApiKeysController, ProjectServiceAccountsController, AdminApiKeysController]

@@ -64,6 +64,8 @@ PATH_ID_ROUTES: list[tuple[str, str, dict[str, Any], bool]] = [
     ("GET", "/v1/organization/projects/{project_id:str}/api_keys/{api_key_id:str}", {}, True),
     ("DELETE", "/v1/organization/projects/{project_id:str}/api_keys/{api_key_id:str}", {}, True),
     ("POST", "/v1/organization/projects/{project_id:str}/api_keys/{api_key_id:str}", {"json": {"scopes": []}}, True),
+    ("GET", "/v1/organization/admin_api_keys/{key_id:str}", {}, True),
+    ("DELETE", "/v1/organization/admin_api_keys/{key_id:str}", {}, True),
     ("GET", "/v1/organization/projects/{project_id:str}/service_accounts", {}, True),
     ("POST", "/v1/organization/projects/{project_id:str}/service_accounts", {"json": {"name": "n"}}, True),
     (
@@ -141,6 +143,7 @@ JSON_BODIES: list[tuple[str, dict[str, Any], bool]] = [
     ("/v1/uploads/{upload_id:str}/complete", {"part_ids": ["part_x"], "md5": "0" * 32}, False),
     ("/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:str}/permissions", {"project_ids": ["p"]}, True),
     ("/v1/organization/projects", {"name": "p"}, True),
+    ("/v1/organization/admin_api_keys", {"name": "p"}, True),
     ("/v1/organization/projects/{project_id:str}", {"name": "p"}, True),
     ("/v1/organization/projects/{project_id:str}/service_accounts", {"name": "p"}, True),
     ("/v1/organization/projects/{project_id:str}/service_accounts/{service_account_id:str}", {"name": "p"}, True),
