@@ -148,8 +148,7 @@ class TenantStore(Protocol):
     def list_api_keys(
         self, *, organization_id: str, project_id: str | None, after: str | None, limit: int, order: str = "asc"
     ) -> Page[ApiKeyRecord]:
-        """Unrevoked keys of a project (or, with `project_id=None`, the organization's admin keys), by creation
-        (`order` `asc` or `desc`)."""
+        """Unrevoked keys of a project (or, with `project_id=None`, the organization's admin keys), by creation."""
         ...
 
     def get_api_key(self, key_id: str, *, organization_id: str, project_id: str | None) -> ApiKeyRecord:
