@@ -8,6 +8,7 @@ completions suite runs on the engine the app builds itself on first use).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -299,7 +300,11 @@ def test_each_request_records_one_usage_row(client_a, stores, tenants, tokenizer
     ban_eos = no_eos(tokenizer)  # a sampled end of text would make the counts random
     client_a.chat.completions.create(model=TINY, messages=HELLO, max_tokens=4, n=2, logit_bias=ban_eos)
     list(client_a.chat.completions.create(model=TINY, messages=HELLO, max_tokens=3, stream=True, logit_bias=ban_eos))
-    rows = stores.metadata.list_usage(project_id=tenants["a"].project_id)
+    # A stream's row is written once its last frame is sent, which the client may read first: wait for it.
+    deadline = time.monotonic() + 10
+    while len(rows := stores.metadata.list_usage(project_id=tenants["a"].project_id)) < 2:
+        assert time.monotonic() < deadline, f"the streamed request's usage row never came: {rows}"
+        time.sleep(0.02)
     prompt = rendered_prompt_tokens(tokenizer, HELLO)
     assert [(r.endpoint, r.streamed, r.prompt_tokens, r.completion_tokens) for r in rows] == [
         ("chat.completions", False, prompt, 8),
@@ -311,8 +316,6 @@ def test_each_request_records_one_usage_row(client_a, stores, tenants, tokenizer
 
 def test_a_client_that_disconnects_mid_stream_stops_generation(app, engine, stores, tenants, tokenizer):
     """Driven through raw ASGI: the client sends `http.disconnect` after three body frames."""
-    import time
-
     body = {"model": TINY, "messages": HELLO, "max_tokens": 400, "stream": True, "logit_bias": no_eos(tokenizer)}
     frames = stream_then_disconnect(app, tenants["a"].key, body)
     assert b"[DONE]" not in b"".join(frames)
