@@ -7,14 +7,20 @@ bytes are streamed to a temporary file, checked against the size the source decl
 the same filename and purpose (`files upload`'s path: one request, or the Uploads API above 512 MiB). A file is
 copied at most once per run, and a copy made by an earlier run is found again by its content, so re-running an
 import copies nothing twice.
+
+OpenAI does not let anyone download a file of purpose `fine-tune` (400 "Not allowed to download files of
+purpose: fine-tune"). For such a source the bytes come from `--files-from DIR`: the file there with the source
+file's name (its last path part only) and exactly its size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tunewright.clients.cli.files import PART_SIZE, SINGLE_REQUEST_LIMIT, upload_file
 from tunewright.clients.cli.remote import describe
@@ -26,6 +32,9 @@ if TYPE_CHECKING:
     import openai
 
 CHUNK = 1024 * 1024
+REFUSALS = (400, 403)
+"""How a source refuses to send a file's content: OpenAI answers 400 "Not allowed to download files of purpose:
+fine-tune"."""
 
 
 class SourceError(Exception):
@@ -34,6 +43,10 @@ class SourceError(Exception):
 
 class FileGoneError(Exception):
     """A file a job needs no longer exists at the source (404)."""
+
+
+class DownloadRefusedError(Exception):
+    """The source will not send a file's content (OpenAI answers 400 for files of purpose `fine-tune`)."""
 
 
 @dataclass(slots=True)
@@ -81,8 +94,20 @@ def at_source(base_url: str) -> Iterator[None]:
 class FileCopier:
     """Describes source files, finds their copies here, and copies the others (each once)."""
 
-    def __init__(self, source: openai.OpenAI, here: openai.OpenAI, *, source_url: str, workdir: Path) -> None:
-        """Copy from `source` (at `source_url`) to `here`, staging downloads in `workdir`."""
+    def __init__(
+        self,
+        source: openai.OpenAI,
+        here: openai.OpenAI,
+        *,
+        source_url: str,
+        workdir: Path,
+        local_dir: Path | None = None,
+    ) -> None:
+        """Copy from `source` (at `source_url`) to `here`, staging downloads in `workdir`.
+
+        `local_dir` holds copies of the source's files (by filename) for a source that refuses to send them.
+        """
+        self.local_dir = local_dir
         self.source = source
         self.here_client = here
         self.source_url = source_url
@@ -184,32 +209,68 @@ class FileCopier:
         return self._source_digests[record.id]
 
     def _staged(self, record: SourceFile) -> Path:
-        """The source file's bytes in the work dir (downloaded once, until uploaded)."""
-        if record.id not in self._paths:
-            self._paths[record.id] = self._download(record)
-        return self._paths[record.id]
-
-    def _download(self, record: SourceFile) -> Path:
-        """Stream the source file's bytes to a file in the work dir, hashing them; check the declared size.
+        """The source file's bytes in the work dir (downloaded once, or read from `local_dir`, until uploaded).
 
         Raises:
             FileGoneError: the source answers 404.
-            SourceError: the source failed, or sent another number of bytes than it declared.
+            SourceError: the source failed, refused the download with no local copy to fall back on, or sent
+                another number of bytes than it declared.
         """
-        path = self.workdir / record.id
+        if record.id not in self._paths:
+            path = self.workdir / record.id
+            try:
+                with at_source(self.source_url), path.open("wb") as out:
+                    self._source_digests[record.id] = self._fetch(record, out)
+            except DownloadRefusedError as exc:
+                self._source_digests[record.id] = self._read_local(record, path, refusal=str(exc))
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            self._paths[record.id] = path
+        return self._paths[record.id]
+
+    def _fetch(self, record: SourceFile, out: BinaryIO) -> str:
+        """Stream the source file's content into `out`; return its SHA-256 (hex).
+
+        Raises:
+            DownloadRefusedError: the source refuses to send it (OpenAI keeps `fine-tune` files to itself).
+            SourceError: it sent another number of bytes than it declared.
+        """
+        import openai
+
         digest = hashlib.sha256()
         size = 0
-        with (
-            at_source(self.source_url),
-            self.source.files.with_streaming_response.content(record.id) as response,
-            path.open("wb") as out,
-        ):
-            for chunk in response.iter_bytes(CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
+        try:
+            with self.source.files.with_streaming_response.content(record.id) as response:
+                for chunk in response.iter_bytes(CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+        except openai.APIStatusError as exc:
+            if exc.status_code in REFUSALS:
+                raise DownloadRefusedError(describe(exc, self.source_url)) from None
+            raise
         if size != record.bytes:
-            path.unlink(missing_ok=True)
             raise SourceError(f"the source sent {size} bytes of {record.id}, which it says has {record.bytes}")
-        self._source_digests[record.id] = digest.hexdigest()
-        return path
+        return digest.hexdigest()
+
+    def _read_local(self, record: SourceFile, path: Path, *, refusal: str) -> str:
+        """Stage `local_dir`'s file of the source file's name (its last path part) and size; return its SHA-256.
+
+        Raises:
+            SourceError: there is no such file there (or no `local_dir`), or its size differs.
+        """
+        name = PurePath(record.filename.replace("\\", "/")).name
+        local = self.local_dir / name if self.local_dir is not None and name not in ("", ".", "..") else None
+        if local is None or not local.is_file():
+            where = f"no {name} in {self.local_dir}" if self.local_dir is not None else "pass --files-from DIR"
+            raise SourceError(f"the source refuses to send {record.id} ({refusal}); {where}")
+        if local.stat().st_size != record.bytes:
+            size = local.stat().st_size
+            raise SourceError(f"{local} has {size} bytes, but {record.id} ({name}) at the source has {record.bytes}")
+        shutil.copyfile(local, path)
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()

@@ -5,7 +5,8 @@ The source (`--from-base-url`, `--from-api-key`) is read through the `openai` SD
 the destination, reached as by every client command (`--base-url`, `--api-key`). Each job is recreated here with
 its method (supervised or DPO), the hyperparameters it set (`auto` stays auto), its suffix, seed and metadata, on
 the base model `--model-map` maps its model to, and with `imported_from: <source job id>` added to its metadata.
-Its files are copied first (import_files.py: bytes, filename and purpose kept; one copy per file).
+Its files are copied first (import_files.py: bytes, filename and purpose kept; one copy per file; from
+`--files-from DIR` for a source that refuses to send them, as OpenAI does with `fine-tune` files).
 
 Nothing is done twice: a job here whose metadata says `imported_from` a source job, or, for a source job whose
 metadata has no room for that key, a job here with the same model, files, method, seed, suffix and metadata, is
@@ -130,6 +131,13 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="train jobs of the source model SRC on this server's model DST (gpt-4o-mini=smollm2-135m-instruct "
         "also covers gpt-4o-mini-2024-07-18); repeatable. Jobs of an unmapped model are skipped",
     )
+    parser.add_argument(
+        "--files-from",
+        type=Path,
+        metavar="DIR",
+        help="your copies of the source's files, by filename, for a source that will not send them (OpenAI keeps "
+        "fine-tune files to itself); used when the source refuses, and only with the size it states",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing here")
     parser.add_argument(
         "--estimate",
@@ -152,7 +160,7 @@ def run_import(client: openai.OpenAI, args: argparse.Namespace) -> int:
         plans = [plan_job(job, mapping) for job in source_jobs(source, wanted, source_url)]
         plans.extend(missing_jobs(plans, wanted))
         here = Destination(client)
-        copier = FileCopier(source, client, source_url=source_url, workdir=Path(workdir))
+        copier = FileCopier(source, client, source_url=source_url, workdir=Path(workdir), local_dir=args.files_from)
         settle_known(plans, here, copier)
         if args.dry_run:
             preview(plans, here, copier, client, temporary=args.estimate)
