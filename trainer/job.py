@@ -3,9 +3,9 @@
 docs/architecture.md "One job, start to finish" describes the steps and "Crash safety" what survives a crash.
 
 The recipe, one named function per step: check and tokenize the data, move the job to ``running``, load the
-model (continuing an ``ft:`` model's adapter, or a resume point), train, then finish according to how training
-stopped: publish the model, keep a resume point for a pause or a worker stop, or leave quietly when the job was
-cancelled or the lease lost.
+model (continuing the adapter of an ``ft:`` model or checkpoint model, or a resume point), train, then finish
+according to how training stopped: publish the model, keep a resume point for a pause or a worker stop, or leave
+quietly when the job was cancelled or the lease lost.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tunewright.modeling.chat import ChatTemplateError
 from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
 from tunewright.modeling.plan import truncation_messages
 from tunewright.modeling.registry import ModelUnavailableError, UnknownModelError, packaged_model_pending
-from tunewright.storage.errors import DatabaseUnavailable
+from tunewright.storage.errors import DatabaseUnavailable, NotFound
 from tunewright.storage.keys import adapter_blob_prefix
 from tunewright.storage.records import JobStatus, ThroughputRecord
 from tunewright.trainer.collate import pad_id_of
@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 class LeaseLostError(Exception):
     """The job is no longer this worker's: cancelled, paused, or taken over after an expired lease."""
+
+
+class ParentModelGoneError(Exception):
+    """The ``ft:`` model a job continues no longer exists for its project."""
 
 
 def run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str:
@@ -89,6 +93,9 @@ def _run_job(handle: JobHandle, backend: TrainingBackend, *, device: str) -> str
     except UnknownTargetModulesError as exc:  # the API checks them when the model's files are on its machine
         param = f"method.{handle.job.method['type']}.hyperparameters.lora_target_modules"
         return fail(handle, "invalid_value", str(exc), param=param)
+    except ParentModelGoneError as exc:
+        message = f"The model `{exc}` the job continues was deleted, or is no longer shared with this project."
+        return fail(handle, "model_not_found", message, param="model")
     except ChatTemplateError as exc:
         return fail(
             handle,
@@ -299,12 +306,21 @@ def fail(handle: JobHandle, code: str, message: str, param: str | None = None) -
 
 
 def parent_adapter(handle: JobHandle, directory: Path) -> Path | None:
-    """For a job continuing an ``ft:`` model of its project, fetch that model's adapter into ``directory``."""
+    """For a job continuing an ``ft:`` model, fetch that model's adapter into ``directory``.
+
+    The model is a fine-tuned or checkpoint model the job's project owns or was granted, as the API checked.
+
+    Raises:
+        ParentModelGoneError: it was deleted (or its permission revoked) since the job was created.
+    """
     job = handle.job
     if not job.model.startswith("ft:"):
         return None
-    record = handle.stores.metadata.get_model(job.model, project_id=job.project_id)
-    return download_adapter(handle.stores, record.adapter_key, directory)
+    try:
+        record = handle.stores.metadata.get_model(job.model, project_id=job.project_id)
+        return download_adapter(handle.stores, record.adapter_key, directory)
+    except NotFound:
+        raise ParentModelGoneError(job.model) from None
 
 
 def parent_lora_settings(adapter_dir: Path) -> dict[str, Any]:

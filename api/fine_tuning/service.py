@@ -58,13 +58,17 @@ def event(job_id: str, project_id: str, message: str, *, level: str = "info") ->
 
 
 def resolve_base_model(stores: Stores, settings: Settings, model: str, *, project_id: str) -> str:
-    """Return the configured base model `model` resolves to (an `ft:` model continues its own base)."""
+    """Return the configured base model `model` resolves to.
+
+    An `ft:` model continues its own base: a fine-tuned model or a checkpoint model (`…:ckpt-step-N`) that the
+    project owns or was granted by a checkpoint permission. Any other is 400 `model_not_found`, as an unknown one.
+    """
     if model in settings.base_models:
         return model
     if not model.startswith("ft:"):
         raise model_not_found(model)
     try:
-        return stores.metadata.get_owned_model(model, project_id=project_id).base_model
+        return stores.metadata.get_model(model, project_id=project_id).base_model
     except NotFound:
         raise model_not_found(model) from None
 

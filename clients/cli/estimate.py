@@ -39,7 +39,9 @@ def add_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "read from TUNEWRIGHT_API_KEY or OPENAI_API_KEY. Exit 0 with the estimate, 1 when the server refuses it.",
     )
     estimate.add_argument("file", metavar="FILE", help="a JSONL training file, or a file id (file-…)")
-    estimate.add_argument("--model", required=True, help="the base model (or an ft: model of the project)")
+    estimate.add_argument(
+        "--model", required=True, help="the base model, or an ft: model or checkpoint (ft:…:ckpt-step-N) to continue"
+    )
     estimate.add_argument("--epochs", type=int, default=None, help="n_epochs (default: auto, as the server resolves)")
     add_base_url_argument(estimate)
     add_key_argument(estimate)

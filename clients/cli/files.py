@@ -109,23 +109,30 @@ def run_upload(client: openai.OpenAI, args: argparse.Namespace) -> None:
 
 
 def upload_file(
-    client: openai.OpenAI, path: Path, *, purpose: str, single_request_limit: int, part_size: int
+    client: openai.OpenAI,
+    path: Path,
+    *,
+    purpose: str,
+    single_request_limit: int,
+    part_size: int,
+    filename: str | None = None,
 ) -> FileObject:
-    """Upload `path`: in one request up to `single_request_limit` bytes, else in parts; return the file.
+    """Upload `path` as `filename` (default: its name): one request up to `single_request_limit` bytes, else parts.
 
     Raises:
         CommandError: the file cannot be read.
     """
+    name = filename or path.name
     try:
         size = path.stat().st_size
         handle = path.open("rb")
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with handle, progress(size, f"uploading {path.name}", enabled=sys.stderr.isatty()) as update:
+    with handle, progress(size, f"uploading {name}", enabled=sys.stderr.isatty()) as update:
         if size <= single_request_limit:
             reader = ProgressReader(handle, update)
-            return client.files.create(file=(path.name, reader), purpose=purpose)  # type: ignore[arg-type]
-        return upload_in_parts(client, handle, path.name, size, purpose=purpose, part_size=part_size, update=update)
+            return client.files.create(file=(name, reader), purpose=purpose)  # type: ignore[arg-type]
+        return upload_in_parts(client, handle, name, size, purpose=purpose, part_size=part_size, update=update)
 
 
 def upload_in_parts(

@@ -64,7 +64,9 @@ def add_parsers(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         run_create,
         help="create a fine-tuning job (uploading a training file path first); --follow waits for its outcome",
     )
-    create.add_argument("--model", required=True, help="the base model (or an ft: model of the project)")
+    create.add_argument(
+        "--model", required=True, help="the base model, or an ft: model or checkpoint (ft:…:ckpt-step-N) to continue"
+    )
     create.add_argument(
         "--training-file", required=True, metavar="FILE", help="a file id (file-…) or a JSONL path to upload"
     )

@@ -2,8 +2,9 @@
 
 Every command group lives in its own module (`serve`, `migrate`, `keys`, `models`, `usage`, …) and exposes
 `register(subcommands)`, which adds its parser and sets `handler(args, settings) -> int`. The groups that are
-clients of a running server (`files`, `jobs`, `models list|delete`, `chat`, `projects`, `keys … --project-id`)
-share their flags, client and errors through `remote.py`; the others work on the data dir with no server.
+clients of a running server (`files`, `jobs`, `models list|delete`, `chat`, `projects`, `keys … --project-id`,
+`import`) share their flags, client and errors through `remote.py`; the others work on the data dir with no
+server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,20 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tunewright.clients.cli import chat, files, inference, jobs, keys, migrate, models, projects, serve, usage, worker
+from tunewright.clients.cli import (
+    chat,
+    files,
+    importer,
+    inference,
+    jobs,
+    keys,
+    migrate,
+    models,
+    projects,
+    serve,
+    usage,
+    worker,
+)
 from tunewright.storage.errors import StorageError
 from tunewright.storage.settings import Settings, SettingsError, load_settings
 
@@ -43,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML settings file (default: $TUNEWRIGHT_CONFIG); environment variables win over it",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (serve, worker, inference, migrate, keys, usage, files, jobs, models, chat, projects):
+    for group in (serve, worker, inference, migrate, keys, usage, files, jobs, models, chat, projects, importer):
         group.register(subcommands)
     return parser
 

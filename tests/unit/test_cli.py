@@ -275,7 +275,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for command in ("serve", "migrate", "keys", "models", "usage", "files", "jobs", "chat", "projects"):
+    for command in ("serve", "migrate", "keys", "models", "usage", "files", "jobs", "chat", "projects", "import"):
         assert command in out
 
 
