@@ -12,6 +12,7 @@ import msgspec
 from tunewright.storage.records import (
     AuditLogRecord,
     CheckpointRecord,
+    IdempotencyRecord,
     JobEventRecord,
     JobListingRecord,
     JobRecord,
@@ -34,6 +35,7 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     WebhookDeliveryRecord: frozenset({"attempt_log"}),
     AuditLogRecord: frozenset({"details"}),
     SpendAlertRecord: frozenset({"notification_channel"}),
+    IdempotencyRecord: frozenset({"headers"}),
 }
 POSITIONAL_RECORDS: frozenset[type[msgspec.Struct]] = frozenset({JobListingRecord})
 """Records built from a tuple row as it is (their JSON columns stay JSON text)."""
