@@ -7,7 +7,8 @@ more than the query (bench/README.md has the figures). The guards let the store 
 memory for `KEY_CACHE_TTL_S` (half a second): on PostgreSQL the lookup is a round trip on every request
 otherwise, and a key revoked in any process is still refused everywhere within that bound. Once the key is known,
 the guard takes one request from its per-minute limit (api/ratelimits/limiter.py), except on the inference
-routes, which are limited per project and model by their service.
+routes, which are limited per project and model by their service. On the routes that honour `Idempotency-Key`,
+the project guard then claims the request's key (api/idempotency.py): the key belongs to the caller's project.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from litestar import Request  # noqa: TC002 - Litestar reads the dependency's si
 from litestar.di import NamedDependency
 
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
+from tunewright.api.idempotency import claim_idempotency_key
 from tunewright.storage.api_keys import hash_secret
 from tunewright.storage.audit import OPERATOR_ACTOR, AuditActor
 from tunewright.storage.metadata_tenants import KEY_CACHE_TTL_S
@@ -162,6 +164,7 @@ async def require_project(connection: ASGIConnection[Any, Any, Any, Any], handle
             f"OpenAI-Project header should match project for API key: {project_header}.",
             code="mismatched_project",
         )
+    await claim_idempotency_key(connection, principal.project_id)  # routes that opt in (api/idempotency.py)
 
 
 async def require_project_or_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
