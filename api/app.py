@@ -19,6 +19,7 @@ from tunewright.api.dependencies import providers
 from tunewright.api.errors import exception_handlers
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.fine_tuning.list_cache import JobPageCache, VersionReads
+from tunewright.api.idempotency import IdempotencyMiddleware, IdempotentReplay, replay_response
 from tunewright.api.metrics import Metrics, adapter_cache_stats, serve_with_context
 from tunewright.api.nul_guard import NulCheckedRequest, refuse_nul_in_query
 from tunewright.api.openapi import SchemaRouter
@@ -101,7 +102,8 @@ def _routes(features: Sequence[str]) -> list[ControllerRouterHandler]:
     for feature in features:
         module = importlib.import_module(_FEATURE_MODULES[feature])
         api.extend(module.ROUTES)
-    keyed = Router(path="/", route_handlers=api, security=[{BEARER: []}])
+    # The idempotency layer passes every request through but those to routes that opt in (api/idempotency.py).
+    keyed = Router(path="/", route_handlers=api, security=[{BEARER: []}], middleware=[IdempotencyMiddleware])
     return [*SYSTEM, keyed, *ui_routes()]
 
 
@@ -223,7 +225,7 @@ def create_app(
                 event_streams=StreamSlots(settings.max_event_streams_per_key),
             ),
         },
-        exception_handlers=exception_handlers(),
+        exception_handlers={**exception_handlers(), IdempotentReplay: replay_response},
         request_class=NulCheckedRequest,
         before_request=refuse_nul_in_query,
         lifespan=[

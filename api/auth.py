@@ -9,7 +9,8 @@ otherwise, and a key revoked in any process is still refused everywhere within t
 the guard checks a restricted key's scopes against the route's (api/scopes.py), then takes one request from its
 per-minute limit (api/ratelimits/limiter.py), except on the inference routes, which are limited per project and
 model by their service. An expired key, or one of a service account without a role in its project, is refused
-with a 401 that says so.
+with a 401 that says so. On the routes that honour `Idempotency-Key`, the project guard then claims the
+request's key (api/idempotency.py): the key belongs to the caller's project.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from litestar import Request  # noqa: TC002 - Litestar reads the dependency's si
 from litestar.di import NamedDependency
 
 from tunewright.api.errors import AuthenticationError, PermissionDeniedError
+from tunewright.api.idempotency import claim_idempotency_key
 from tunewright.api.scopes import check_key_scopes
 from tunewright.storage.api_keys import hash_secret
 from tunewright.storage.audit import OPERATOR_ACTOR, AuditActor
@@ -188,6 +190,7 @@ async def require_project(connection: ASGIConnection[Any, Any, Any, Any], handle
             f"OpenAI-Project header should match project for API key: {project_header}.",
             code="mismatched_project",
         )
+    await claim_idempotency_key(connection, principal.project_id)  # routes that opt in (api/idempotency.py)
 
 
 async def require_project_or_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

@@ -1,12 +1,13 @@
 """Upload throughput and server memory: 1 GiB of JSONL through `/v1/files` and `/v1/uploads`, local and S3.
 
-For each of the four combinations (route x blob store) a fresh Tunewright server runs as its own granian
+For each of the six combinations (route x blob store) a fresh Tunewright server runs as its own granian
 process (1 ASGI worker, SQLite in a temp dir), is warmed up with a 1 MiB upload of the same kind, and then
 receives `--size-mb` MiB of valid chat-format JSON Lines, generated on the fly 1 MiB at a time (the client
-never holds the file). `/v1/files` sends one multipart request; `/v1/uploads` creates an upload, sends 64 MiB
-parts and completes it (complete reads the parts back and writes the file, as the server must). The server's
-resident memory (granian's process and its worker, from /proc) is sampled every 10 ms: the table gives the
-peak growth over the value just before the upload (goal in issue 3: at most 64 MiB).
+never holds the file). `/v1/files` sends one multipart request (`/v1/files+key`: with an `Idempotency-Key`, whose
+fingerprint is taken as the body streams in); `/v1/uploads` creates an upload, sends 64 MiB parts and completes
+it (complete reads the parts back and writes the file, as the server must). The server's resident memory
+(granian's process and its worker, from /proc) is sampled every 10 ms: the table gives the peak growth over the
+value just before the upload (goal in issue 3: at most 64 MiB).
 
 The baselines, measured in each round from a temp file of the same bytes: a plain copy (`shutil.copyfileobj`
 + fsync), and for S3 a plain boto3 `upload_fileobj` to the same moto server (one thread, 8 MiB parts, as
@@ -88,10 +89,10 @@ def check(response: httpx.Response) -> Any:
     return response.json()
 
 
-def upload_file(client: httpx.Client, size_mib: int, block: bytes) -> str:
+def upload_file(client: httpx.Client, size_mib: int, block: bytes, headers: dict[str, str] | None = None) -> str:
     """`POST /v1/files` (purpose fine-tune) of `size_mib` MiB; returns the file id."""
     body = Multipart({"purpose": "fine-tune"}, "file", jsonl_stream(size_mib, block=block), size_mib * MIB)
-    file = check(client.post("/v1/files", content=iter(body), headers=body.headers))
+    file = check(client.post("/v1/files", content=iter(body), headers={**body.headers, **(headers or {})}))
     assert file["bytes"] == size_mib * MIB and file["status"] == "processed", file
     return str(file["id"])
 
@@ -120,7 +121,12 @@ def upload_parts(client: httpx.Client, size_mib: int, block: bytes) -> str:
     return str(done["file"]["id"])
 
 
-ROUTES = {"/v1/files": upload_file, "/v1/uploads": upload_parts}
+def upload_file_keyed(client: httpx.Client, size_mib: int, block: bytes) -> str:
+    """`upload_file` with an `Idempotency-Key`: the body's fingerprint is taken as it streams in."""
+    return upload_file(client, size_mib, block, {"Idempotency-Key": uuid.uuid4().hex})
+
+
+ROUTES = {"/v1/files": upload_file, "/v1/files+key": upload_file_keyed, "/v1/uploads": upload_parts}
 
 
 class Measurement:
@@ -277,7 +283,7 @@ def main() -> int:
                             result = measure_one(server, key, route, args.size_mb, block)
                         results.setdefault((route, store), []).append(result)
                         print(
-                            f"round {round_no} {route:11} {store:5} {result.mb_s:8.1f} MB/s  "
+                            f"round {round_no} {route:13} {store:5} {result.mb_s:8.1f} MB/s  "
                             f"RSS +{result.growth_mib:.1f} MiB",
                             flush=True,
                         )
@@ -310,14 +316,14 @@ def report(
         print(f"plain S3 put to the same moto (boto3 upload_fileobj, 1 thread, 8 MiB parts): {s3_put:.1f} MB/s")
     print()
     print(
-        f"| {'route':<11} | {'store':<5} | {'MB/s':>7} | {'vs copy':>7} | {'vs S3 put':>9} | {'peak RSS growth':>15} |"
+        f"| {'route':<13} | {'store':<5} | {'MB/s':>7} | {'vs copy':>7} | {'vs S3 put':>9} | {'peak RSS growth':>15} |"
     )
-    print(f"| {'-' * 11} | {'-' * 5} | {'-' * 7}:| {'-' * 7}:| {'-' * 9}:| {'-' * 15}:|")
+    print(f"| {'-' * 13} | {'-' * 5} | {'-' * 7}:| {'-' * 7}:| {'-' * 9}:| {'-' * 15}:|")
     for (route, store), runs in results.items():
         mb_s = statistics.median(r.mb_s for r in runs)
         growth = statistics.median(r.growth_mib for r in runs)
         vs_put = f"{mb_s / s3_put:9.1%}" if store == "s3" and s3_put else f"{'':9}"
-        print(f"| {route:<11} | {store:<5} | {mb_s:7.1f} | {mb_s / copy:7.1%} | {vs_put} | {growth:11.1f} MiB |")
+        print(f"| {route:<13} | {store:<5} | {mb_s:7.1f} | {mb_s / copy:7.1%} | {vs_put} | {growth:11.1f} MiB |")
     worst = max((r.growth_mib for runs in results.values() for r in runs), default=0.0)
     verdict = "within" if worst <= 64 else "over"
     print(f"\nlargest RSS growth of any round: {worst:.1f} MiB ({verdict} the 64 MiB goal)")

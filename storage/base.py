@@ -15,6 +15,7 @@ import msgspec
 from tunewright.storage.metadata_protocols import (
     AuditStore,
     FileStore,
+    IdempotencyStore,
     JobStore,
     ModelStore,
     RateLimitStore,
@@ -103,6 +104,7 @@ class MetadataStore(
     RateLimitStore,
     AuditStore,
     SpendStore,
+    IdempotencyStore,
     Protocol,
 ):
     """Every metadata feature (storage/metadata_protocols.py) in one database, which it migrates and pings."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         CheckpointRecord,
         ClaimedDelivery,
         FileRecord,
+        IdempotencyRecord,
         JobEventRecord,
         JobListingRecord,
         JobRecord,
@@ -693,4 +694,44 @@ class SpendStore(Protocol):
 
     def measured_throughput(self, base_model: str, *, jobs: int) -> tuple[int, float, int]:
         """`(tokens, seconds, jobs)` summed over the latest `jobs` throughput rows of a base model."""
+        ...
+
+
+class IdempotencyStore(Protocol):
+    """Idempotency keys: one claim per project and key, then the answer kept for retries (api/idempotency.py)."""
+
+    def claim_idempotency_key(
+        self, *, project_id: str, key: str, token: str, now: float, lease_s: float, ttl_s: int
+    ) -> IdempotencyRecord:
+        """Claim `key` for the request `token` (new, lapsed or expired), else return the row that holds it."""
+        ...
+
+    def get_idempotency_key(self, *, project_id: str, key: str) -> IdempotencyRecord | None:
+        """The key's row, or None."""
+        ...
+
+    def renew_idempotency_key(self, *, project_id: str, key: str, token: str, lease_expires_at: float) -> bool:
+        """Extend the claim `token` holds; False when it holds none."""
+        ...
+
+    def complete_idempotency_key(
+        self,
+        *,
+        project_id: str,
+        key: str,
+        token: str,
+        fingerprint: str,
+        status_code: int,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> bool:
+        """Keep the answer of the request `token`; False when it no longer holds the claim."""
+        ...
+
+    def release_idempotency_key(self, *, project_id: str, key: str, token: str) -> bool:
+        """Drop the claim `token` holds without an answer; False when it held none."""
+        ...
+
+    def delete_expired_idempotency_keys(self, *, now: float, limit: int) -> int:
+        """Delete expired answers and lapsed claims past their expiry; return how many."""
         ...

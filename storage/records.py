@@ -510,3 +510,29 @@ class Claim(msgspec.Struct, kw_only=True):
     lease_expires_at: float
     attempt: int
     status: JobStatus  # the job's status when claimed (validating_files, queued or running for a reclaim)
+
+
+class IdempotencyRecord(msgspec.Struct, kw_only=True):
+    """A request made with an `Idempotency-Key` (api/idempotency.py): its claim while it runs, then its answer.
+
+    While the request runs, `status_code` is None and `token` names the request that holds the claim until
+    `lease_expires_at`. Once it has answered, `fingerprint` (the digest of its method, path and body) tells a
+    retry from another request with the same key, and `status_code`, `headers` (`[name, value]` pairs) and
+    `body` are what a retry is answered, until `expires_at`.
+    """
+
+    project_id: str
+    idempotency_key: str
+    token: str
+    created_at: int
+    expires_at: int
+    lease_expires_at: float
+    fingerprint: str | None = None
+    status_code: int | None = None
+    headers: list[list[str]] | None = None
+    body: bytes | None = None
+
+    @property
+    def answered(self) -> bool:
+        """True once the request's answer is kept."""
+        return self.status_code is not None

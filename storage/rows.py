@@ -13,6 +13,7 @@ from tunewright.storage.records import (
     ApiKeyRecord,
     AuditLogRecord,
     CheckpointRecord,
+    IdempotencyRecord,
     JobEventRecord,
     JobListingRecord,
     JobRecord,
@@ -36,6 +37,7 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     WebhookDeliveryRecord: frozenset({"attempt_log"}),
     AuditLogRecord: frozenset({"details"}),
     SpendAlertRecord: frozenset({"notification_channel"}),
+    IdempotencyRecord: frozenset({"headers"}),
 }
 POSITIONAL_RECORDS: frozenset[type[msgspec.Struct]] = frozenset({JobListingRecord})
 """Records built from a tuple row as it is (their JSON columns stay JSON text)."""

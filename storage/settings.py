@@ -73,6 +73,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     upload_ttl_s: PositiveInt = 3600
     sweep_every_s: PositiveInt = 300
     orphan_blob_age_s: PositiveInt = 6 * 3600
+    idempotency_ttl_s: PositiveInt = 24 * 3600
+    idempotency_lease_s: Annotated[float, Meta(gt=0)] = 30.0
+    idempotency_wait_s: Annotated[float, Meta(ge=0)] = 60.0
     min_free_bytes: NonNegativeInt = 256 * 1024 * 1024
     sync_validate_max_bytes: NonNegativeInt = 20 * 1000 * 1000
     max_running_jobs_per_project: PositiveInt = 2

@@ -1,4 +1,4 @@
-"""Housekeeping over the stores: expired uploads and files, orphan blobs, stale multipart uploads, old webhooks.
+"""Housekeeping: expired uploads, files and idempotency keys, orphan blobs, stale multipart uploads, old webhooks.
 
 Each sweep selects by age alone, so several API replicas (and `tunewright serve` at start) can sweep at once
 without touching each other's work in flight. The daily snapshot of each project's stored bytes (metering) is an
@@ -109,6 +109,11 @@ def sweep_webhook_deliveries(stores: Stores, *, now: int | None = None) -> int:
     return stores.metadata.delete_finished_webhook_deliveries(finished_before=now - WEBHOOK_RETENTION_S, limit=BATCH)
 
 
+def sweep_idempotency_keys(stores: Stores, *, now: float | None = None) -> int:
+    """Delete idempotency keys whose answer expired (24 h), and expired claims whose holder is gone."""
+    return stores.metadata.delete_expired_idempotency_keys(now=time.time() if now is None else now, limit=BATCH)
+
+
 def sweep_once(stores: Stores, settings: Settings) -> None:
     """One pass of every periodic sweep, then the stored-bytes snapshot; failures are logged, never raised."""
     for name, sweep in (
@@ -117,6 +122,7 @@ def sweep_once(stores: Stores, settings: Settings) -> None:
         ("orphan blobs", lambda: sweep_orphan_blobs(stores, older_than_s=settings.orphan_blob_age_s)),
         ("multipart uploads", lambda: sweep_stale_multipart(stores, older_than_s=settings.orphan_blob_age_s)),
         ("webhook deliveries", lambda: sweep_webhook_deliveries(stores)),
+        ("idempotency keys", lambda: sweep_idempotency_keys(stores)),
     ):
         try:
             removed = sweep()

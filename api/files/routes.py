@@ -13,6 +13,7 @@ from tunewright.api.auth import Caller, require_project
 from tunewright.api.dependencies import AppSettings, AppStores
 from tunewright.api.files import service
 from tunewright.api.files.schemas import LIST_PURPOSES, OpenAIFile
+from tunewright.api.idempotency import IDEMPOTENT
 from tunewright.api.openapi import CreateFileOperation
 from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPageWithIds, DeletedObject
@@ -34,7 +35,13 @@ class FilesController(Controller):
     opt = {SCOPE: "files"}
     tags = ["Files"]
 
-    @post("/", status_code=200, request_max_body_size=None, operation_class=CreateFileOperation)
+    @post(
+        "/",
+        status_code=200,
+        request_max_body_size=None,
+        operation_class=CreateFileOperation,
+        opt={IDEMPOTENT: True},
+    )
     async def create_file(
         self, request: Request[Any, Any, Any], stores: AppStores, settings: AppSettings, principal: Caller
     ) -> OpenAIFile:

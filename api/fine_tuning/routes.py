@@ -23,6 +23,7 @@ from tunewright.api.fine_tuning.schemas import (
     FineTuningJobEstimate,
     FineTuningJobEvent,
 )
+from tunewright.api.idempotency import IDEMPOTENT
 from tunewright.api.pagination import bracket_map, check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPage, CursorPageWithIds, DeletedObject
 from tunewright.api.scopes import SCOPE, SCOPE_ACCESS
@@ -45,7 +46,7 @@ class JobsController(Controller):
     opt = {SCOPE: "fine_tuning"}
     tags = ["Fine-tuning"]
 
-    @post("/", status_code=200, sync_to_thread=True)
+    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: True})
     def create_job(
         self,
         stores: AppStores,

@@ -9,6 +9,7 @@ from litestar.params import FromPath, JSONBody
 
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.dependencies import AppSettings, AppStores
+from tunewright.api.idempotency import IDEMPOTENT
 from tunewright.api.openapi import AddUploadPartOperation
 from tunewright.api.scopes import SCOPE
 from tunewright.api.uploads import service
@@ -23,7 +24,7 @@ class UploadsController(Controller):
     opt = {SCOPE: "files"}
     tags = ["Uploads"]
 
-    @post("/", status_code=200, sync_to_thread=True)
+    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: True})
     def create_upload(
         self, stores: AppStores, settings: AppSettings, principal: Caller, data: JSONBody[CreateUploadRequest]
     ) -> Upload:
@@ -36,6 +37,7 @@ class UploadsController(Controller):
         status_code=200,
         request_max_body_size=None,
         operation_class=AddUploadPartOperation,
+        opt={IDEMPOTENT: True},
     )
     async def add_upload_part(
         self,
@@ -49,7 +51,7 @@ class UploadsController(Controller):
         record = await service.add_part(request, principal, settings, stores, upload_id)
         return UploadPart.from_record(record)
 
-    @post("/{upload_id:str}/complete", status_code=200, sync_to_thread=True)
+    @post("/{upload_id:str}/complete", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: True})
     def complete_upload(
         self,
         stores: AppStores,

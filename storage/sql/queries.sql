@@ -722,3 +722,47 @@ ON CONFLICT (job_id) DO NOTHING
 SELECT COALESCE(SUM(tokens), 0) AS tokens, COALESCE(SUM(seconds), 0) AS seconds, COUNT(*) AS jobs
 FROM (SELECT tokens, seconds FROM training_throughput WHERE base_model = :base_model
       ORDER BY finished_at DESC, job_id DESC LIMIT :jobs) AS recent
+
+-- ------------------------------------------------------------------------------------ idempotency keys
+
+-- name: claim_idempotency_key
+-- The claim (api/idempotency.py): a new key's row, or a key whose claim lapsed (its holder died) or whose
+-- answer expired, taken over. Returns the token only when this request holds the claim; otherwise the row
+-- (locked by the conflict) is read with get_idempotency_key in the same transaction.
+INSERT INTO idempotency_keys (project_id, idempotency_key, token, created_at, expires_at, lease_expires_at)
+VALUES (:project_id, :idempotency_key, :token, :created_at, :expires_at, :lease_expires_at)
+ON CONFLICT (project_id, idempotency_key) DO UPDATE SET
+    token = excluded.token, created_at = excluded.created_at, expires_at = excluded.expires_at,
+    lease_expires_at = excluded.lease_expires_at, fingerprint = NULL, status_code = NULL, headers = NULL,
+    body = NULL
+WHERE idempotency_keys.expires_at <= :now
+   OR (idempotency_keys.status_code IS NULL AND idempotency_keys.lease_expires_at <= :now)
+RETURNING token
+
+-- name: get_idempotency_key
+SELECT * FROM idempotency_keys WHERE project_id = :project_id AND idempotency_key = :idempotency_key
+
+-- name: renew_idempotency_key
+UPDATE idempotency_keys SET lease_expires_at = :lease_expires_at
+WHERE project_id = :project_id AND idempotency_key = :idempotency_key AND token = :token AND status_code IS NULL
+RETURNING token
+
+-- name: complete_idempotency_key
+UPDATE idempotency_keys SET fingerprint = :fingerprint, status_code = :status_code, headers = :headers,
+    body = :body
+WHERE project_id = :project_id AND idempotency_key = :idempotency_key AND token = :token AND status_code IS NULL
+RETURNING token
+
+-- name: release_idempotency_key
+DELETE FROM idempotency_keys
+WHERE project_id = :project_id AND idempotency_key = :idempotency_key AND token = :token AND status_code IS NULL
+RETURNING token
+
+-- name: delete_expired_idempotency_keys
+-- Answers past their 24 h, and claims past them whose holder is gone (a live claim is never swept).
+DELETE FROM idempotency_keys
+WHERE (project_id, idempotency_key) IN (
+    SELECT project_id, idempotency_key FROM idempotency_keys
+    WHERE expires_at <= :now AND (status_code IS NOT NULL OR lease_expires_at <= :now)
+    ORDER BY expires_at LIMIT :limit)
+RETURNING project_id
