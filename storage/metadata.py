@@ -1,12 +1,14 @@
 """SQLMetadataStore: the `MetadataStore` protocol over a `Database` (SQLite or PostgreSQL).
 
 Written once against `storage/db.py`; the dialects differ only there and in `storage/sql/`. Each feature
-lives in its own mixin module: tenants, files, jobs, models, usage, webhooks, rate limits, the audit log, spend.
+lives in its own mixin module: tenants, files, jobs, exports, models, usage, webhooks, rate limits, the audit
+log, spend.
 """
 
 from __future__ import annotations
 
 from tunewright.storage.metadata_audit import AuditMixin
+from tunewright.storage.metadata_exports import ExportsMixin
 from tunewright.storage.metadata_files import FilesMixin
 from tunewright.storage.metadata_jobs import JobsMixin
 from tunewright.storage.metadata_limits import LimitsMixin
@@ -18,9 +20,18 @@ from tunewright.storage.metadata_webhooks import WebhooksMixin
 
 
 class SQLMetadataStore(
-    TenantsMixin, FilesMixin, JobsMixin, ModelsMixin, UsageMixin, WebhooksMixin, LimitsMixin, AuditMixin, SpendMixin
+    TenantsMixin,
+    FilesMixin,
+    JobsMixin,
+    ExportsMixin,
+    ModelsMixin,
+    UsageMixin,
+    WebhooksMixin,
+    LimitsMixin,
+    AuditMixin,
+    SpendMixin,
 ):
-    """Tenants, files, uploads, jobs, models, permissions, usage, webhooks, rate and spend limits, the audit log.
+    """Tenants, files, uploads, jobs, exports, models, permissions, usage, webhooks, rate and spend limits, audit log.
 
     Every tenant method is scoped by `project_id`: another project's object is `NotFound` and never listed.
     Lists order by `(created_at, id)` and fetch `limit + 1` rows to tell `has_more`.

@@ -12,6 +12,7 @@ import msgspec
 from tunewright.storage.records import (
     AuditLogRecord,
     CheckpointRecord,
+    ExportRecord,
     JobEventRecord,
     JobListingRecord,
     JobRecord,
@@ -30,6 +31,7 @@ JSON_COLUMNS: dict[type[msgspec.Struct], frozenset[str]] = {
     JobRecord: frozenset({"hyperparameters", "method", "result_files", "error", "metadata", "integrations"}),
     JobEventRecord: frozenset({"data"}),
     CheckpointRecord: frozenset({"metrics"}),
+    ExportRecord: frozenset({"error"}),
     WebhookEndpointRecord: frozenset({"event_types"}),
     WebhookDeliveryRecord: frozenset({"attempt_log"}),
     AuditLogRecord: frozenset({"details"}),
