@@ -169,13 +169,41 @@ def export_gguf(source: ExportSource, work: Path, *, quantization: str) -> Artif
 
 
 def merged_model(source: ExportSource) -> Any:
-    """The base model (float32, CPU) with the adapter merged into its weights and the PEFT wrapper removed."""
+    """The base model (float32, CPU) with the adapter merged into its weights and the PEFT wrapper removed.
+
+    When the adapter changes the input or output embedding of a model that ties them, they are untied first:
+    merging into the shared tensor would change the other one too.
+    """
     from peft import PeftModel
 
     from tunewright.modeling.loading import load_model
 
-    model = PeftModel.from_pretrained(load_model(source.base_dir), source.adapter_dir)
-    return model.merge_and_unload()
+    base = load_model(source.base_dir)
+    if adapts_tied_embeddings(base, source.adapter_dir):
+        untie_embeddings(base)
+    return PeftModel.from_pretrained(base, source.adapter_dir).merge_and_unload()
+
+
+def adapts_tied_embeddings(model: Any, adapter_dir: Path) -> bool:
+    """Whether the model ties its embeddings and the adapter's weights change either of them."""
+    from safetensors import safe_open
+
+    output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is None or output.weight is not embedding.weight:
+        return False
+    tied = {name for name, module in model.named_modules() if module is output or module is embedding}
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as handle:
+        adapted = {key.removeprefix("base_model.model.").split(".lora_")[0] for key in handle.keys()}  # noqa: SIM118
+    return bool(adapted & tied)
+
+
+def untie_embeddings(model: Any) -> None:
+    """Give the output embedding a copy of the tied weights of its own, and say so in the config."""
+    import torch
+
+    output = model.get_output_embeddings()
+    output.weight = torch.nn.Parameter(output.weight.detach().clone())
+    model.config.tie_word_embeddings = False
 
 
 def tar_chunks(folder: Path, root: str) -> Iterator[bytes]:

@@ -96,7 +96,7 @@ def _run_export(handle: ExportHandle) -> str:
         )
         if export.format == "gguf":
             check_gguf_base(source)  # before the adapter is fetched and the model loaded
-        download_adapter(stores, adapter_key, source.adapter_dir)
+        fetch_adapter(stores, export, adapter_key, source.adapter_dir)
         artifact = write_artifact(handle, export, source, work / "out", options)
         file = store_result_file(stores, claim.project_id, artifact.filename, artifact.chunks)
     if handle.lease_lost.is_set() or not stores.queue.complete_export(claim, status=ExportStatus.SUCCEEDED, file=file):
@@ -117,6 +117,22 @@ def exported_adapter(stores: Stores, export: ExportRecord) -> str:
         raise ExportError(
             "model_not_found",
             f"The model {export.checkpoint} was deleted before it could be exported.",
+            param="checkpoint",
+        ) from None
+
+
+def fetch_adapter(stores: Stores, export: ExportRecord, prefix: str, directory: Path) -> None:
+    """Copy the adapter's files out of the blob store.
+
+    Raises:
+        ExportError: they are gone (the model was deleted since its row was read).
+    """
+    try:
+        download_adapter(stores, prefix, directory)
+    except NotFound:
+        raise ExportError(
+            "model_not_found",
+            f"The model {export.checkpoint} was deleted while it was being exported.",
             param="checkpoint",
         ) from None
 

@@ -148,3 +148,35 @@ def test_only_a_plain_llama_is_written_as_gguf() -> None:
         check_architecture(scaled)
     with pytest.raises(UnsupportedModelError, match="biases"):
         check_architecture(LlamaConfig(attention_bias=True))
+
+
+def test_an_adapter_of_a_tied_embedding_is_merged_into_an_untied_copy(tiny_dir: Path, tmp_path: Path) -> None:
+    import warnings
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunewright.modeling.loading import load_model, load_tokenizer
+    from tunewright.trainer.export import ExportSource, merged_model
+    from tunewright.trainer.gguf import write_gguf
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT warns of this very case: a tied layer in the adapter
+        adapted = get_peft_model(load_model(tiny_dir), config)
+        adapted.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.inference_mode():
+        expected = adapted(input_ids=ids).logits[0, -1]
+    source = ExportSource(model_id="ft:t:o::x", base_model="t", base_dir=tiny_dir, adapter_dir=tmp_path / "adapter")
+    merged = merged_model(source)
+    assert merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight
+    with torch.inference_mode():
+        torch.testing.assert_close(merged(input_ids=ids).logits[0, -1], expected, atol=1e-4, rtol=1e-4)
+    write_gguf(merged, load_tokenizer(tiny_dir), tiny_dir, tmp_path / "m.gguf", quantization="f16", name="x")
+    read_back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", local_files_only=True).eval()
+    assert not read_back.config.tie_word_embeddings  # the GGUF holds output.weight of its own
+    with torch.inference_mode():
+        torch.testing.assert_close(read_back(input_ids=ids).logits[0, -1], expected, atol=1e-2, rtol=1e-2)
