@@ -14,6 +14,7 @@ import msgspec
 
 from tunewright.storage.metadata_protocols import (
     AuditStore,
+    ExportStore,
     FileStore,
     IdempotencyStore,
     JobStore,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from tunewright.storage.records import (
         Claim,
+        ExportClaim,
         FileRecord,
         JobEventRecord,
         ModelRecord,
@@ -98,6 +100,7 @@ class MetadataStore(
     FileStore,
     UploadStore,
     JobStore,
+    ExportStore,
     ModelStore,
     UsageStore,
     WebhookStore,
@@ -127,8 +130,46 @@ class MetadataStore(
         ...
 
 
-class JobQueue(Protocol):
+class ExportQueue(Protocol):
+    """Exports waiting for a worker, in the metadata database, leased as jobs are (storage/export_queue.py).
+
+    Claimable: status `queued` with no live lease, and `running` exports whose lease expired (the worker died).
+    The export of the project holding the fewest live export leases goes first, then the oldest; a project at
+    its cap (as for jobs) is skipped.
+    """
+
+    def claim_export(self, worker_id: str, *, lease_s: float, max_running_per_project: int) -> ExportClaim | None:
+        """Atomically take the next export for `worker_id`, or None. Sets the lease and increments `attempts`."""
+        ...
+
+    def heartbeat_export(self, claim: ExportClaim, *, lease_s: float) -> bool:
+        """Extend the lease; False if it was lost (the worker must stop)."""
+        ...
+
+    def start_export(self, claim: ExportClaim, **changes: Any) -> bool:
+        """Move the held export to `running` with its resolved `dtype`/`quantization`; False if lost."""
+        ...
+
+    def release_export(self, claim: ExportClaim) -> bool:
+        """Give the export back as `queued`, clearing the lease; False if lost."""
+        ...
+
+    def complete_export(
+        self,
+        claim: ExportClaim,
+        *,
+        status: str,
+        file: FileRecord | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """End the export `succeeded` (its `file` published in the same transaction) or `failed` with `error`."""
+        ...
+
+
+class JobQueue(ExportQueue, Protocol):
     """Jobs waiting for a worker, in the metadata database: claim with a lease, heartbeat, release, complete.
+
+    The same queue leases exports (`ExportQueue`) to the same workers.
 
     Claimable: status `validating_files` or `queued` with no live lease, and `running` jobs whose lease
     expired (the worker died). Fair: the project that was served longest ago goes first (round-robin across

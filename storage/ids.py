@@ -35,6 +35,7 @@ PREFIXES: dict[str, str] = {
     "webhook_event": "evt_",
     "audit_log": "audit_log-",
     "spend_alert": "alert_",
+    "export": "ftexp-",
 }
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         AuditLogRecord,
         CheckpointRecord,
         ClaimedDelivery,
+        ExportRecord,
         FileRecord,
         IdempotencyRecord,
         JobEventRecord,
@@ -414,6 +415,22 @@ class JobStore(Protocol):
         A queue wait runs from the job's creation to its first `running`; a duration from its first `running`
         (or its creation, if it never ran) to its end. Bounds are in seconds.
         """
+        ...
+
+
+class ExportStore(Protocol):
+    """Exports of a job's models to files (the queue side, for workers, is `ExportQueue` in storage/base.py)."""
+
+    def insert_export(self, record: ExportRecord) -> None:
+        """Insert a queued export and wake the waiting workers."""
+        ...
+
+    def get_export(self, export_id: str, *, job_id: str, project_id: str) -> ExportRecord:
+        """Return an export of this job of this project. `NotFound`."""
+        ...
+
+    def list_exports(self, job_id: str, *, project_id: str, after: str | None, limit: int) -> Page[ExportRecord]:
+        """Exports of a job of this project, newest first. `NotFound` when the project has no such job."""
         ...
 
 

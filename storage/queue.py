@@ -13,7 +13,8 @@ that a concurrent claim is about to change, so claims take turns: SQLite's `BEGI
 transaction-scoped advisory lock (`queue_lock`). On PostgreSQL the picked job row is also locked
 `FOR NO KEY UPDATE SKIP LOCKED`, so a claim steps over a job that the API is cancelling instead of waiting for it.
 
-The SQL lives in `sql/queries.sql` and `sql/<dialect>/queries.sql` under `queue_*` names.
+The SQL lives in `sql/queries.sql` and `sql/<dialect>/queries.sql` under `queue_*` names. The same object
+leases exports to the same workers (storage/export_queue.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tunewright.storage.db import JOBS_CHANNEL
+from tunewright.storage.export_queue import ExportQueueMixin
 from tunewright.storage.outbox import enqueue_job_webhooks
 from tunewright.storage.records import Claim, FileRecord, JobRecord, JobStatus, ModelRecord
 from tunewright.storage.rows import encode_columns, to_params
@@ -47,8 +49,8 @@ _QUEUE_OWNED = frozenset({"status", "lease_owner", "lease_expires_at", "attempts
 CHANGEABLE_FIELDS = frozenset(JobRecord.__struct_fields__) - _FIXED - _QUEUE_OWNED
 
 
-class SQLJobQueue:
-    """The `JobQueue` over a `Database` (SQLite or PostgreSQL), written once for both.
+class SQLJobQueue(ExportQueueMixin):
+    """The `JobQueue` over a `Database` (SQLite or PostgreSQL), written once for both; exports' lease included.
 
     Args:
         database: The connector the metadata store uses too: the queue is the `jobs` table.

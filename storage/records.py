@@ -501,6 +501,48 @@ class ThroughputRecord(msgspec.Struct, kw_only=True, frozen=True):
     finished_at: int
 
 
+class ExportStatus(StrEnum):
+    """An export's status: waiting for a worker, being written, or done (`file_id` set) or failed (`error` set)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ExportRecord(msgspec.Struct, kw_only=True):
+    """An export of a job's model to a file (`fine_tuning.export`), which is also the queue entry workers claim."""
+
+    id: str
+    project_id: str
+    job_id: str
+    created_at: int
+    format: str  # adapter | merged | gguf
+    checkpoint: str  # the model exported: the job's fine-tuned model or one of its checkpoint models
+    status: str  # an ExportStatus
+    dtype: str | None = None  # merged: f16 | bf16 | f32 (None until a worker resolves "the base model's")
+    quantization: str | None = None  # gguf: f16 | q8_0
+    file_id: str | None = None
+    error: dict[str, Any] | None = None
+    finished_at: int | None = None
+    updated_at: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    attempts: int = 0
+
+
+class ExportClaim(msgspec.Struct, kw_only=True):
+    """A worker's hold on an export: valid while `lease_expires_at` is in the future and the owner matches."""
+
+    export_id: str
+    project_id: str
+    job_id: str
+    worker_id: str
+    lease_expires_at: float
+    attempt: int
+    status: str  # the export's status when claimed (queued, or running for a reclaim)
+
+
 class Claim(msgspec.Struct, kw_only=True):
     """A worker's hold on a job: valid while `lease_expires_at` is in the future and the owner matches."""
 

@@ -9,13 +9,12 @@ leaves a blob the sweeper removes rather than one nothing points to.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tunewright.storage.errors import Conflict, NotFound
 from tunewright.storage.ids import new_id
@@ -23,7 +22,7 @@ from tunewright.storage.keys import adapter_blob_prefix, file_blob_key
 from tunewright.storage.records import CheckpointRecord, FileRecord, ModelRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from tunewright.storage.base import Stores
     from tunewright.storage.records import JobRecord
@@ -186,20 +185,35 @@ def results_csv(steps: Sequence[StepRecord]) -> bytes:
 def store_results_file(stores: Stores, job: JobRecord, steps: Sequence[StepRecord]) -> FileRecord:
     """Put the results CSV in the blob store (intent open) and return its File row, not yet inserted."""
     data = results_csv(steps)
+    return store_result_file(stores, job.project_id, RESULTS_FILENAME, io.BytesIO(data), line_count=len(steps) + 1)
+
+
+def store_result_file(
+    stores: Stores,
+    project_id: str,
+    filename: str,
+    content: BinaryIO | Iterable[bytes],
+    *,
+    line_count: int | None = None,
+) -> FileRecord:
+    """Put a file of purpose ``fine-tune-results`` in the blob store, streaming (intent open); return its File row.
+
+    The row is not inserted: the transaction that publishes what it belongs to (a job's end, an export's) does it.
+    """
     file_id = new_id("file")
-    key = file_blob_key(job.project_id, file_id)
+    key = file_blob_key(project_id, file_id)
     stores.metadata.begin_blob(key, now=int(time.time()))
-    stores.blobs.put(key, io.BytesIO(data))
+    stored = stores.blobs.put(key, content)
     return FileRecord(
         id=file_id,
-        project_id=job.project_id,
-        bytes=len(data),
+        project_id=project_id,
+        bytes=stored.size,
         created_at=int(time.time()),
-        filename=RESULTS_FILENAME,
+        filename=filename,
         purpose="fine-tune-results",
         blob_key=key,
-        sha256=hashlib.sha256(data).hexdigest(),
-        line_count=len(steps) + 1,
+        sha256=stored.sha256,
+        line_count=line_count,
     )
 
 

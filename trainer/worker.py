@@ -1,4 +1,4 @@
-"""The training worker: claim a job, hold its lease while it trains, run it, and loop.
+"""The training worker: claim a job (or an export), hold its lease while it runs, run it, and loop.
 
 A heartbeat thread renews the lease every ``TUNEWRIGHT_HEARTBEAT_S`` for as long as the job is held (loading a
 model or tokenizing a large file takes longer than a step); when a renewal is refused it flags the lease as lost,
@@ -23,14 +23,14 @@ from tunewright.storage.base import Stores
 from tunewright.storage.errors import DatabaseUnavailable
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import TERMINAL_STATUSES, JobStatus
+from tunewright.trainer.export_task import ExportHandle, run_export
 from tunewright.trainer.job import run_job
 from tunewright.trainer.session import JobHandle
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
-    from tunewright.storage.base import JobQueue
-    from tunewright.storage.records import Claim
     from tunewright.storage.settings import Settings
     from tunewright.trainer.backends.base import TrainingBackend
 
@@ -93,17 +93,16 @@ class Patient:
 
 
 class LeaseKeeper:
-    """Renews a claim's lease on a background thread until closed; ``lost`` is set once a renewal is refused."""
+    """Renews a lease on a background thread until closed; ``lost`` is set once a renewal is refused."""
 
-    def __init__(self, queue: JobQueue, claim: Claim, *, lease_s: float, every_s: float) -> None:
-        """Start renewing ``claim`` every ``every_s`` seconds for ``lease_s`` more seconds each time."""
+    def __init__(self, renew: Callable[[], bool], *, held: str, every_s: float) -> None:
+        """Call ``renew`` (the queue's heartbeat of one claim) every ``every_s`` seconds; ``held`` names it in logs."""
         self.lost = threading.Event()
-        self._queue = queue
-        self._claim = claim
-        self._lease_s = lease_s
+        self._renew = renew
+        self._held = held
         self._every_s = every_s
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{claim.job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lease-{held.split()[-1]}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
         """Start the heartbeat thread."""
@@ -120,12 +119,12 @@ class LeaseKeeper:
     def _run(self) -> None:
         while not self._closed.wait(self._every_s):
             try:
-                held = self._queue.heartbeat(self._claim, lease_s=self._lease_s)
+                held = self._renew()
             except DatabaseUnavailable as exc:  # an outage: the lease still runs; the next beat tries again
-                logger.debug("heartbeat of job %s failed: %s", self._claim.job_id, exc)
+                logger.debug("heartbeat of %s failed: %s", self._held, exc)
                 continue
             except Exception:
-                logger.exception("heartbeat of job %s failed", self._claim.job_id)
+                logger.exception("heartbeat of %s failed", self._held)
                 continue
             if not held:
                 self.lost.set()
@@ -133,7 +132,7 @@ class LeaseKeeper:
 
 
 class Worker:
-    """Claims jobs from the queue and runs them one at a time."""
+    """Claims jobs and exports from the queue and runs them one at a time."""
 
     def __init__(self, settings: Settings, stores: Stores, backend: TrainingBackend, *, device: str) -> None:
         """Prepare a worker with a fresh id (host, pid and a unique suffix); its database calls are `Patient`."""
@@ -148,6 +147,7 @@ class Worker:
         self.backend = backend
         self.device = device
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('request')[4:]}"
+        self._exports_first = False
 
     def request_stop(self) -> None:
         """Finish the current step, keep a resume point, give the job back and exit (SIGTERM)."""
@@ -159,7 +159,7 @@ class Worker:
         return self._stop.is_set()
 
     def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
-        """Claim and run jobs until stopped; return how many were run.
+        """Claim and run jobs and exports until stopped; return how many were run.
 
         Args:
             max_jobs: Stop after this many jobs.
@@ -180,6 +180,19 @@ class Worker:
         return done
 
     def run_once(self) -> str | None:
+        """Claim one job or export and run it; return its outcome, or None when neither was claimable.
+
+        The kind tried first alternates, so neither a queue of jobs nor one of exports keeps the other waiting.
+        """
+        kinds = (self._run_export, self._run_job) if self._exports_first else (self._run_job, self._run_export)
+        self._exports_first = not self._exports_first
+        for run in kinds:
+            outcome = run()
+            if outcome is not None:
+                return outcome
+        return None
+
+    def _run_job(self) -> str | None:
         """Claim one job and run it; return its outcome, or None when no job was claimable."""
         settings = self.settings
         claim = self.stores.queue.claim(
@@ -191,7 +204,8 @@ class Worker:
         if job.status in TERMINAL_STATUSES or job.status == JobStatus.PAUSED:
             return "lost"
         organization = self.stores.metadata.get_organization(job.organization_id)
-        with LeaseKeeper(self._lease_queue, claim, lease_s=settings.lease_s, every_s=settings.heartbeat_s) as lease:
+        renew = functools.partial(self._lease_queue.heartbeat, claim, lease_s=settings.lease_s)
+        with LeaseKeeper(renew, held=f"job {claim.job_id}", every_s=settings.heartbeat_s) as lease:
             handle = JobHandle(
                 settings=settings,
                 stores=self.stores,
@@ -203,6 +217,27 @@ class Worker:
             )
             outcome = run_job(handle, self.backend, device=self.device)
         logger.info("job %s: %s", job.id, outcome, extra={"job_id": job.id})
+        return outcome
+
+    def _run_export(self) -> str | None:
+        """Claim one export and write it; return its outcome, or None when no export was claimable."""
+        settings = self.settings
+        claim = self.stores.queue.claim_export(
+            self.worker_id, lease_s=settings.lease_s, max_running_per_project=settings.max_running_jobs_per_project
+        )
+        if claim is None:
+            return None
+        renew = functools.partial(self._lease_queue.heartbeat_export, claim, lease_s=settings.lease_s)
+        with LeaseKeeper(renew, held=f"export {claim.export_id}", every_s=settings.heartbeat_s) as lease:
+            handle = ExportHandle(
+                settings=settings,
+                stores=self.stores,
+                claim=claim,
+                stop_requested=self._stop,
+                lease_lost=lease.lost,
+            )
+            outcome = run_export(handle)
+        logger.info("export %s: %s", claim.export_id, outcome, extra={"job_id": claim.job_id})
         return outcome
 
 

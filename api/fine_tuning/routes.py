@@ -1,4 +1,4 @@
-"""HTTP routes of /v1/fine_tuning: jobs, events, checkpoints, checkpoint permissions."""
+"""HTTP routes of /v1/fine_tuning: jobs, events, checkpoints, exports, checkpoint permissions."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from litestar.response import Stream
 
 from tunewright.api.auth import Caller, Principal, current_principal, require_project, require_project_or_admin
 from tunewright.api.dependencies import AppEngine, AppSettings, AppStores
-from tunewright.api.fine_tuning import events_stream, permissions, service
+from tunewright.api.fine_tuning import events_stream, exports, permissions, service
 from tunewright.api.fine_tuning.events_stream import StreamSlots
 from tunewright.api.fine_tuning.list_cache import job_page
 from tunewright.api.fine_tuning.schemas import (
     CreateFineTuningCheckpointPermissionRequest,
+    CreateFineTuningExportRequest,
     CreateFineTuningJobRequest,
     FineTuningCheckpointPermission,
+    FineTuningExport,
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobEstimate,
@@ -168,6 +170,60 @@ class JobsController(Controller):
         )
 
 
+class ExportsController(Controller):
+    """`/v1/fine_tuning/jobs/{id}/exports` (Tunewright's): a job's model as a file to take away."""
+
+    path = "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/exports"
+    guards = [require_project]
+    opt = {SCOPE: "fine_tuning"}
+    tags = ["Fine-tuning"]
+
+    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: True})
+    def create_export(
+        self,
+        stores: AppStores,
+        principal: Caller,
+        fine_tuning_job_id: FromPath[str],
+        data: JSONBody[CreateFineTuningExportRequest],
+    ) -> FineTuningExport:
+        """Queue an export of a succeeded job's model (or one of its checkpoints) for a training worker."""
+        record = exports.create_export(stores, fine_tuning_job_id, data, project_id=principal.project_id or "")
+        return FineTuningExport.from_record(record)
+
+    @get("/", sync_to_thread=False)
+    def list_exports(
+        self,
+        stores: AppStores,
+        principal: Caller,
+        fine_tuning_job_id: FromPath[str],
+        after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 20,
+    ) -> CursorPageWithIds[FineTuningExport]:
+        """A job's exports, newest first."""
+        page = exports.list_exports(
+            stores,
+            fine_tuning_job_id,
+            project_id=principal.project_id or "",
+            after=after,
+            limit=check_limit(limit, maximum=100),
+        )
+        first_id, last_id = edge_ids(page.items)
+        return CursorPageWithIds(
+            data=[FineTuningExport.from_record(r) for r in page.items],
+            first_id=first_id,
+            last_id=last_id,
+            has_more=page.has_more,
+        )
+
+    @get("/{export_id:str}", sync_to_thread=False)
+    def retrieve_export(
+        self, stores: AppStores, principal: Caller, fine_tuning_job_id: FromPath[str], export_id: FromPath[str]
+    ) -> FineTuningExport:
+        """One export of a job: its status, and its file once written."""
+        record = exports.get_export(stores, fine_tuning_job_id, export_id, project_id=principal.project_id or "")
+        return FineTuningExport.from_record(record)
+
+
 class CheckpointPermissionsController(Controller):
     """`/v1/fine_tuning/checkpoints/{model}/permissions`."""
 
@@ -237,4 +293,4 @@ class CheckpointPermissionsController(Controller):
         return DeletedObject(id=permission_id, object="checkpoint.permission")
 
 
-ROUTES = [JobsController, CheckpointPermissionsController]
+ROUTES = [JobsController, ExportsController, CheckpointPermissionsController]

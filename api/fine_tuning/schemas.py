@@ -13,6 +13,7 @@ from tunewright.storage.records import JobStatus
 if TYPE_CHECKING:
     from tunewright.storage.records import (
         CheckpointRecord,
+        ExportRecord,
         JobEventRecord,
         JobListingRecord,
         JobRecord,
@@ -124,6 +125,23 @@ class CreateFineTuningCheckpointPermissionRequest(Request):
     """Body of `POST /v1/fine_tuning/checkpoints/{model}/permissions`."""
 
     project_ids: Annotated[list[str], Meta(min_length=1, max_length=100)]
+
+
+ExportFormat = Literal["adapter", "merged", "gguf"]
+ExportDtype = Literal["f16", "bf16", "f32"]
+ExportQuantization = Literal["f16", "q8_0"]
+
+
+class CreateFineTuningExportRequest(Request):
+    """Body of `POST /v1/fine_tuning/jobs/{id}/exports` (Tunewright's): which model to export, in which form.
+
+    `dtype` applies to `merged` only (default: the base model's), `quantization` to `gguf` only (default `f16`).
+    """
+
+    format: ExportFormat
+    checkpoint: Annotated[str, Meta(min_length=1)] | None | UnsetType = UNSET
+    dtype: ExportDtype | None | UnsetType = UNSET
+    quantization: ExportQuantization | None | UnsetType = UNSET
 
 
 class FineTuningJobError(Response):
@@ -314,3 +332,42 @@ class FineTuningJobEstimate(Response):
     within_spend_limit: bool
     warnings: list[str]
     object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"
+
+
+class FineTuningExport(Response):
+    """`fine_tuning.export` (Tunewright's): a job's model written to a file a user can take away.
+
+    `file_id` (a file of purpose `fine-tune-results`, read with `GET /v1/files/{id}/content`) once `succeeded`;
+    `error` once `failed`. `dtype` is null until a worker resolves "the base model's" (and for other formats);
+    `quantization` is null but for `gguf`.
+    """
+
+    id: str
+    job_id: str
+    format: str
+    checkpoint: str
+    dtype: str | None
+    quantization: str | None
+    status: str
+    file_id: str | None
+    error: FineTuningJobError | None
+    created_at: int
+    finished_at: int | None
+    object: Literal["fine_tuning.export"] = "fine_tuning.export"
+
+    @classmethod
+    def from_record(cls, record: ExportRecord) -> FineTuningExport:
+        """The only mapping from an ExportRecord to the wire."""
+        return cls(
+            id=record.id,
+            job_id=record.job_id,
+            format=record.format,
+            checkpoint=record.checkpoint,
+            dtype=record.dtype,
+            quantization=record.quantization,
+            status=record.status,
+            file_id=record.file_id,
+            error=_job_error(record.error),
+            created_at=record.created_at,
+            finished_at=record.finished_at,
+        )

@@ -212,10 +212,14 @@ def run_delete(client: openai.OpenAI, args: argparse.Namespace) -> None:
 
 def run_download(client: openai.OpenAI, args: argparse.Namespace) -> None:
     """`files download FILE_ID [-o PATH]`: stream the content to a file (its own name by default) or stdout."""
-    output = args.output
+    save_content(client, args.file_id, args.output)
+
+
+def save_content(client: openai.OpenAI, file_id: str, output: str | None) -> None:
+    """Stream a file's content to `output` (default: its own name, here; `-`: stdout), with a progress bar."""
     if output is None:
-        output = Path(client.files.retrieve(args.file_id).filename).name
-    with client.files.with_streaming_response.content(args.file_id) as response:
+        output = Path(client.files.retrieve(file_id).filename).name
+    with client.files.with_streaming_response.content(file_id) as response:
         total = int(response.headers.get("content-length") or 0)
         if output == "-":
             for chunk in response.iter_bytes():

@@ -1,6 +1,6 @@
 """`tunewright jobs follow JOB_ID`: print a job's events as they happen, then its outcome.
 
-(The group's other actions are in `job_actions.py` and `estimate.py`.)
+(The group's other actions are in `job_actions.py`, `estimate.py` and `export.py`.)
 
 It reads `GET /v1/fine_tuning/jobs/{id}/events?stream=true` (server-sent events, oldest first), prints each
 event as `[time] level message` and `metrics` events as a progress bar on a terminal, reconnects with
@@ -55,12 +55,14 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """Add the `jobs` command group."""
     # Both import this module.
     from tunewright.clients.cli.estimate import add_parser as add_estimate_parser
+    from tunewright.clients.cli.export import add_parser as add_export_parser
     from tunewright.clients.cli.job_actions import add_parsers as add_job_parsers
 
     parser = subcommands.add_parser(
         "jobs",
-        help="create, list, follow, pause, resume and cancel fine-tuning jobs on a server; estimate one",
-        description="Create, list, follow, pause, resume and cancel fine-tuning jobs on a server, or estimate one.",
+        help="create, list, follow, pause, resume and cancel fine-tuning jobs on a server; estimate or export one",
+        description="Create, list, follow, pause, resume and cancel fine-tuning jobs on a server, estimate one, or "
+        "export a job's model.",
     )
     actions = parser.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     add_job_parsers(actions)
@@ -77,6 +79,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_key_argument(follow)
     follow.set_defaults(handler=run_follow)
     add_estimate_parser(actions)
+    add_export_parser(actions)
 
 
 def api_key(command: str, flag: str | None = None) -> str | None:

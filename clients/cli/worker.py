@@ -1,10 +1,11 @@
-"""`tunewright worker`: a training worker that claims fine-tuning jobs from the queue and trains them.
+"""`tunewright worker`: a training worker that claims fine-tuning jobs (and model exports) from the queue and runs them.
 
 One per GPU in production (any number of nodes, all on the same PostgreSQL and S3); `tunewright serve` starts
 one as a subprocess in the embedded mode. SIGTERM or Ctrl-C lets the current optimizer step finish, saves a
 resume point and gives the job back to the queue, then exits 0; a job still being prepared (files checked,
 model imported) goes back without training. A second signal stops at once: the job's lease expires and another
-worker resumes it from its last resume point.
+worker resumes it from its last resume point. It writes exports of fine-tuned models too (`POST
+/v1/fine_tuning/jobs/{id}/exports`), taking jobs and exports in turn; SIGTERM lets an export being written finish.
 
 As it starts, a worker imports the packaged base models (`pkg:…`) not imported yet on a background thread, so
 the first job on one waits less (or not at all).
@@ -31,8 +32,9 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """Add the `worker` command."""
     parser = subcommands.add_parser(
         "worker",
-        help="run a training worker: claim fine-tuning jobs and train them",
-        description="Claim fine-tuning jobs from the queue and train them, one at a time, until stopped.",
+        help="run a training worker: claim fine-tuning jobs and train them, and write exports",
+        description="Claim fine-tuning jobs and model exports from the queue and run them, one at a time, until "
+        "stopped.",
     )
     parser.add_argument(
         "--torch-threads",
@@ -41,8 +43,8 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=None,
         help="torch CPU threads (default: $TUNEWRIGHT_TORCH_THREADS)",
     )
-    parser.add_argument("--max-jobs", type=int, default=None, help="exit after running this many jobs")
-    parser.add_argument("--exit-when-idle", action="store_true", help="exit when no job is waiting")
+    parser.add_argument("--max-jobs", type=int, default=None, help="exit after running this many jobs and exports")
+    parser.add_argument("--exit-when-idle", action="store_true", help="exit when no job or export is waiting")
     parser.set_defaults(handler=run)
 
 

@@ -452,6 +452,65 @@ SELECT COUNT(*) AS n FROM jobs
 WHERE status IN ('validating_files', 'queued', 'running')
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
 
+-- ----------------------------------------------------------------------------------------- exports
+-- storage/metadata_exports.py (the API's reads and inserts) and storage/export_queue.py (the workers' lease).
+-- Claimable: queued, or running under an expired lease. Every write after a claim is guarded by
+-- (lease_owner, attempts) and a claimable status, as a job's are.
+
+-- name: insert_export
+INSERT INTO exports (id, project_id, job_id, created_at, format, checkpoint, status, dtype, quantization, file_id,
+                     error, finished_at, updated_at, lease_owner, lease_expires_at, attempts)
+VALUES (:id, :project_id, :job_id, :created_at, :format, :checkpoint, :status, :dtype, :quantization, :file_id,
+        :error, :finished_at, :updated_at, :lease_owner, :lease_expires_at, :attempts)
+
+-- name: get_export
+SELECT * FROM exports WHERE id = :id AND job_id = :job_id AND project_id = :project_id
+
+-- name: export_cursor
+SELECT created_at, id FROM exports WHERE id = :id AND job_id = :job_id AND project_id = :project_id
+
+-- name: list_exports
+SELECT * FROM exports
+WHERE job_id = :job_id AND project_id = :project_id
+  AND (created_at, id) {cmp} (:after_created_at, :after_id)
+ORDER BY created_at {dir}, id {dir}
+LIMIT :limit
+
+-- name: export_pick
+-- The waiting export of the project holding the fewest live export leases, then the oldest; a project at its
+-- cap (its own max_running_jobs, else the deployment's) is skipped. Claims take turns (queue_lock), and nothing
+-- but a worker's lease writes an export after its insert, so no row lock is needed to pick one.
+SELECT id FROM (
+    SELECT e.id, e.created_at,
+           (SELECT COUNT(*) FROM exports AS held
+            WHERE held.project_id = e.project_id AND held.status IN ('queued', 'running')
+              AND held.lease_expires_at > :now) AS held,
+           COALESCE((SELECT p.max_running_jobs FROM projects AS p WHERE p.id = e.project_id), :cap) AS cap
+    FROM exports AS e
+    WHERE e.status IN ('queued', 'running') AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= :now)
+) AS waiting
+WHERE held < cap
+ORDER BY held, created_at, id
+LIMIT 1
+
+-- name: export_take
+UPDATE exports
+SET lease_owner = :worker_id, lease_expires_at = :expires_at, attempts = attempts + 1, updated_at = :updated_at
+WHERE id = :id
+RETURNING id, project_id, job_id, status, attempts, lease_expires_at
+
+-- name: export_heartbeat
+UPDATE exports SET lease_expires_at = :expires_at
+WHERE id = :id AND lease_owner = :worker_id AND attempts = :attempt AND status IN ('queued', 'running')
+RETURNING id
+
+-- name: export_finish
+-- {set} holds the caller's changes and updated_at (and the cleared lease when the export is let go).
+UPDATE exports
+SET {set}
+WHERE id = :id AND lease_owner = :worker_id AND attempts = :attempt AND status IN ('queued', 'running')
+RETURNING id
+
 -- blob intents ---------------------------------------------------------------------------------------
 
 -- name: insert_blob_intent

@@ -42,6 +42,9 @@ PATH_ID_ROUTES: list[tuple[str, str, dict[str, Any], bool]] = [
     ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/cancel", {}, False),
     ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/pause", {}, False),
     ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/resume", {}, False),
+    ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/exports", {"json": {"format": "adapter"}}, False),
+    ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/exports", {}, False),
+    ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/exports/{export_id:str}", {}, False),
     ("GET", "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:str}/permissions", {}, True),
     (
         "POST",
@@ -165,6 +168,11 @@ JSON_BODIES: list[tuple[str, dict[str, Any], bool]] = [
     ("/v1/organization/spend_alerts/{alert_id:str}", ALERT_BODY, True),
     ("/v1/organization/spend_limit", SPEND_LIMIT_BODY, True),
     ("/v1/fine_tuning/jobs/estimate", {"model": "tiny-llama", "training_file": "file-x", "suffix": "s"}, False),
+    (
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/exports",
+        {"format": "gguf", "checkpoint": "ft:tiny-llama:acme::x", "quantization": "q8_0"},
+        False,
+    ),
     (
         "/v1/webhook_endpoints",
         {"name": "n", "url": "https://example.com/hook", "event_types": ["fine_tuning.job.succeeded"]},

@@ -226,6 +226,8 @@ def test_openapi_document_lists_the_api(http):
         "/v1/uploads",
         "/v1/fine_tuning/jobs",
         "/v1/fine_tuning/jobs/estimate",
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/exports",
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/exports/{export_id}",
         "/v1/models",
         "/v1/organization/projects/{project_id}/spend_limit",
         "/v1/organization/spend_alerts/{alert_id}",
