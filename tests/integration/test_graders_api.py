@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+from fixtures.app import make_key
 from fixtures.contract import validate_error, validate_operation
 from fixtures.models import make_model
 from fixtures.training import TINY, training_settings
@@ -276,3 +277,28 @@ def test_python_graders_run_when_enabled(request, tmp_path, tiny_dir, stores, te
         assert "KeyError: 'label'" in errors["python_grader_runtime_error_details"]
         syntax = bad_request(http, tenants["a"], "validate", {"grader": {**PYTHON, "source": "def grade(:"}})
         assert syntax["param"] == "grader.source"
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_the_routes_need_the_fine_tuning_write_scope(admin_client, sdk, stores, tenants):
+    project_id = tenants["a"].project_id
+    admin = admin_client(
+        make_key(stores, organization_id=tenants["a"].organization_id, project_id=None, kind="admin").secret_hash
+    )
+    accounts = admin.admin.organization.projects.service_accounts
+
+    def client_with(scopes: list[str]) -> openai.OpenAI:
+        account = accounts.create(project_id, name="grader bot")
+        return sdk(accounts.api_keys.create(account.id, project_id=project_id, scopes=scopes).value)
+
+    reader = client_with(["api.fine_tuning.read"])
+    for call in (
+        lambda: reader.fine_tuning.alpha.graders.validate(grader=STRING_CHECK),
+        lambda: reader.fine_tuning.alpha.graders.run(grader=STRING_CHECK, model_sample="x", item={"label": "x"}),
+    ):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            call()
+        assert caught.value.code == "missing_scope"
+        assert "api.fine_tuning.write" in caught.value.message
+    writer = client_with(["api.fine_tuning.write"])
+    assert writer.fine_tuning.alpha.graders.run(grader=STRING_CHECK, model_sample="x", item={"label": "x"}).reward == 1
