@@ -42,6 +42,7 @@ def listener():
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield server.getsockname()[1], accepted
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
     server.close()
     thread.join(timeout=5)
 
