@@ -23,7 +23,27 @@ from tunewright.graders import Runtime, Sample, SandboxLimits, grade, parse_grad
 from tunewright.graders.metrics import METRICS, similarity
 from tunewright.graders.sandbox import isolation_prefix, run_python
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+    "pi",
+    "rho",
+    "sigma",
+]
+BARE = [sys.executable, "-I", "-c", "pass"]
 SOURCE = "def grade(sample, item):\n    return 1.0 if item['label'] in sample['output_text'] else 0.0\n"
 
 
@@ -68,8 +88,7 @@ def main() -> None:
         row["python grader"] = timed(
             lambda: run_python(SOURCE, sample.namespace(), {"label": "alpha"}, SandboxLimits()), args.runs
         )
-        bare = [sys.executable, "-I", "-c", "pass"]
-        row["bare interpreter"] = timed(lambda: subprocess.run(bare, check=True), args.runs)  # noqa: S603
+        row["bare interpreter"] = timed(lambda: subprocess.run(BARE, check=True), args.runs)
         for name, seconds in row.items():
             results.setdefault(name, []).append(seconds)
         print(f"round {round_number}: " + ", ".join(f"{name} {seconds * 1000:.2f} ms" for name, seconds in row.items()))
