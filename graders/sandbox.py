@@ -199,7 +199,9 @@ class _Exchange:
     def _write(self, selector: selectors.BaseSelector, stdin: IO[bytes], written: int) -> int:
         try:
             written += os.write(stdin.fileno(), self.payload[written : written + _CHUNK])
-        except BrokenPipeError:
+        except BlockingIOError:  # the pipe filled up since select(): try again on the next round
+            return written
+        except BrokenPipeError:  # the child is gone: its outcome says why
             written = len(self.payload)
         if written >= len(self.payload):
             selector.unregister(stdin)

@@ -227,3 +227,9 @@ def test_the_environment_is_empty_of_the_parents_secrets(monkeypatch):
 def test_numpy_is_available_to_graders():
     result = python_grader("import numpy as np\ndef grade(sample, item):\n    return float(np.mean([0.5, 1.0]))\n")
     assert result.reward == 0.75
+
+
+def test_a_large_item_reaches_the_grader_whole():
+    item = {"text": "abc" * 2_000_000}  # 6 MB: many pipe buffers' worth, written as the child reads
+    result = python_grader("def grade(sample, item):\n    return float(len(item['text']))\n", item=item)
+    assert result.reward == 6_000_000.0
