@@ -51,6 +51,7 @@ DEFAULT_FEATURES = (
     "ratelimits",
     "audit_logs",
     "spend",
+    "graders",
 )
 _FEATURE_MODULES = {
     "files": "tunewright.api.files.routes",
@@ -65,6 +66,7 @@ _FEATURE_MODULES = {
     "ratelimits": "tunewright.api.ratelimits.routes",
     "audit_logs": "tunewright.api.audit_logs.routes",
     "spend": "tunewright.api.spend.routes",
+    "graders": "tunewright.api.graders.routes",
 }
 
 

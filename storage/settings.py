@@ -124,6 +124,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     spend_cache_s: Annotated[float, Meta(ge=0)] = 2.0
     job_list_cache_bytes: NonNegativeInt = 16 * 1024 * 1024
     estimate_tokens_per_s: Annotated[float, Meta(gt=0)] = 1000.0
+    python_graders: bool = False
+    python_grader_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 120.0
+    python_grader_memory_bytes: Annotated[int, Meta(ge=64 * 1024 * 1024)] = 2 * 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         """Fill the URLs that default to places under `data_dir`; configured base models add to the built-ins."""

@@ -26,6 +26,14 @@ pytestmark = pytest.mark.integration
 NUL_ID = "x\x00y"
 
 SPEND_LIMIT_BODY = {"threshold_amount": 100, "currency": "USD", "interval": "month"}
+GRADER = {
+    "type": "multi",
+    "name": "m",
+    "graders": {
+        "eq": {"type": "string_check", "name": "n", "input": "i", "reference": "{{item.label}}", "operation": "eq"}
+    },
+    "calculate_output": "eq",
+}
 ALERT_BODY = {**SPEND_LIMIT_BODY, "notification_channel": {"type": "email", "recipients": ["ops@example.com"]}}
 
 # Every route with an id in its path: (method, path, body for the route's kind of request, admin route).
@@ -168,6 +176,8 @@ JSON_BODIES: list[tuple[str, dict[str, Any], bool]] = [
     ("/v1/organization/spend_alerts/{alert_id:str}", ALERT_BODY, True),
     ("/v1/organization/spend_limit", SPEND_LIMIT_BODY, True),
     ("/v1/fine_tuning/jobs/estimate", {"model": "tiny-llama", "training_file": "file-x", "suffix": "s"}, False),
+    ("/v1/fine_tuning/alpha/graders/validate", {"grader": GRADER}, False),
+    ("/v1/fine_tuning/alpha/graders/run", {"grader": GRADER, "model_sample": "s", "item": {"label": "l"}}, False),
     (
         "/v1/fine_tuning/jobs/{fine_tuning_job_id:str}/exports",
         {"format": "gguf", "checkpoint": "ft:tiny-llama:acme::x", "quantization": "q8_0"},

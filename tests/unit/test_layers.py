@@ -8,10 +8,11 @@ clients ─▶ api ─▶ inference ─▶ modeling ─▶ storage
             │      trainer ───────┘ (and storage)
 ```
 
-`training_files` (the OpenAI training-file formats and their checks) is pure Python and imports nothing else of
-ours; `modeling` (base models: registry, loading, chat rendering, the tiny model, the training plan) imports only
-`training_files` and `storage`;
-`trainer` and `inference` are siblings over `modeling` and never import each other; `api` imports no `trainer`.
+`training_files` (the OpenAI training-file formats and their checks) and `graders` (OpenAI's graders: decoding,
+checks, grading, the python sandbox) import nothing else of ours; `modeling` (base models: registry, loading,
+chat rendering, the tiny model, the training plan) imports only `training_files` and `storage`;
+`trainer` and `inference` are siblings over `modeling` and never import each other; `api` imports no `trainer`;
+`api` and `trainer` may import `graders`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-LAYERS = ("api", "trainer", "storage", "inference", "clients", "modeling", "training_files")
+LAYERS = ("api", "trainer", "storage", "inference", "clients", "modeling", "training_files", "graders")
 HEAVY = ("torch", "transformers", "peft", "unsloth", "unsloth_zoo", "accelerate", "trl", "jinja2", "tokenizers")
 # Packages that may import the heavy libraries, and only inside functions.
 HEAVY_ALLOWED = ("trainer", "inference", "modeling")
@@ -30,10 +31,11 @@ HEAVY_ALLOWED = ("trainer", "inference", "modeling")
 ALLOWED = {
     "storage": {"storage"},
     "training_files": {"training_files"},
+    "graders": {"graders"},
     "modeling": {"modeling", "training_files", "storage"},
-    "trainer": {"trainer", "modeling", "training_files", "storage"},
+    "trainer": {"trainer", "modeling", "training_files", "graders", "storage"},
     "inference": {"inference", "modeling", "storage"},
-    "api": {"api", "inference", "modeling", "training_files", "storage"},
+    "api": {"api", "inference", "modeling", "training_files", "graders", "storage"},
     "clients": set(LAYERS),
 }
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_FOLDERS = ("api", "trainer", "storage", "inference", "clients", "modeling", "training_files")
+PACKAGE_FOLDERS = ("api", "trainer", "storage", "inference", "clients", "modeling", "training_files", "graders")
 TOP_LEVEL_REFUSED = (*PACKAGE_FOLDERS, "tests", "bench", "infra")
 
 
