@@ -8,7 +8,7 @@ means All permissions". A restricted key holds identifiers of OpenAI's form `api
   `api.model.write` (delete a fine-tuned model);
 - `api.files.read` / `api.files.write` (files and uploads);
 - `api.fine_tuning.read` / `api.fine_tuning.write` (jobs, their events, checkpoints, checkpoint permissions, the
-  estimate and exports);
+  estimate, exports and the graders routes);
 - `api.webhooks.read` / `api.webhooks.write` (webhook endpoints and their deliveries).
 
 `write` includes `read` of the same resource; `request` is only the inference routes. A route names its resource
