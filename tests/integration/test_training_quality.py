@@ -201,7 +201,8 @@ def test_the_forgetting_check_reports_probe_losses_in_checkpoints_results_and_ev
     # The base figure is the base model's; the last checkpoint's is the published adapter's, scored independently.
     tokenizer = load_tokenizer(tiny_dir)
     pad = pad_id_of(tokenizer)
-    probe = build_probe(tokenizer, examples=64, context_tokens=512, micro_batch_tokens=8192, pad_id=pad)
+    examples = settings.forgetting_probe_examples
+    probe = build_probe(tokenizer, examples=examples, context_tokens=512, micro_batch_tokens=8192, pad_id=pad)
     assert base == pytest.approx(probe_loss(load_model(tiny_dir), probe), rel=1e-5)
     directory = tmp_path / "adapter"
     directory.mkdir()
@@ -224,9 +225,9 @@ def test_the_forgetting_check_reports_probe_losses_in_checkpoints_results_and_ev
     assert all(row["best_checkpoint"] == "" for row in rows)
 
     events = all_events(client_a, job.id)
-    assert f"Forgetting check: the base model's loss on the general probe set (64 conversations) is {base:.4f}" in [
-        event.message for event in events
-    ]
+    expected = f"Forgetting check: the base model's loss on the general probe set ({examples} conversations) is "
+    expected += f"{base:.4f}"
+    assert expected in [event.message for event in events]
     epoch_ends = [event for event in events if event.type == "metrics" and event.data["step"] in (3, 6)]
     assert [event.data["probe_loss"] for event in epoch_ends] == [m["probe_loss"] for m in metrics]
     assert all(", probe loss=" in event.message for event in epoch_ends)

@@ -90,13 +90,13 @@ def test_the_base_figure_is_the_model_without_its_adapter(tiny_dir: Path, tokeni
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
-                parameter.add_(0.05)  # a trained-looking adapter
+                parameter.add_(1.0)  # an adapter that changes the outputs
     model.train()
     tuned = probe_loss(model, built)
     base = base_probe_loss(model, built)
     plain = evaluate(load_model(tiny_dir), built.batches).loss
     assert base == pytest.approx(plain, rel=1e-5)
-    assert tuned != pytest.approx(base, rel=1e-3)
+    assert tuned != pytest.approx(base, abs=1e-3)
     assert probe_loss(model, built) == tuned  # the adapter is enabled again
     assert model.training  # the mode is given back
     assert all(parameter.grad is None for parameter in model.parameters())
