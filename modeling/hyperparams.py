@@ -13,6 +13,9 @@ run without a GPU stack. The rules follow what OpenAI has published (docs/archit
 
 The learning rate is ``base_learning_rate_for(family) * multiplier``. LoRA defaults (rank 16, alpha 32, dropout
 0.05, every linear layer) are the common PEFT/Unsloth starting point.
+
+Tunewright's extension keys (``EXTENSION_KEYS``: the LoRA settings, ``forgetting_check`` and early stopping) are
+kept as given and echoed only when given; their defaults live on ``ResolvedHyperparameters``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import msgspec
 
 CORE_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")
+QUALITY_KEYS = ("forgetting_check", "early_stopping_patience", "early_stopping_min_delta")
+EXTENSION_KEYS = (*LORA_KEYS, *QUALITY_KEYS)
 AUTO = "auto"
 DEFAULT_BETA = 0.1
 MAX_BATCH_SIZE = 256
@@ -60,6 +65,9 @@ class ResolvedHyperparameters(msgspec.Struct, kw_only=True, frozen=True):
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     lora_target_modules: str | list[str] = "all-linear"
+    forgetting_check: bool = True  # the loss on the general probe set, before training and at each checkpoint
+    early_stopping_patience: int | None = None  # validation evaluations without improvement before stopping
+    early_stopping_min_delta: float = 0.0  # the least decrease of the validation loss that counts as one
 
 
 def base_learning_rate_for(model_family: str) -> float:
@@ -125,7 +133,7 @@ def resolve_hyperparameters(
     if method_type == "dpo":
         given_beta = _given(given, "beta")
         beta = DEFAULT_BETA if given_beta is None else given_beta
-    lora = {key: _copy(given[key]) for key in LORA_KEYS if _given(given, key) is not None}
+    extensions = {key: _copy(given[key]) for key in EXTENSION_KEYS if _given(given, key) is not None}
     return ResolvedHyperparameters(
         method_type=method_type,
         n_epochs=auto_n_epochs(examples) if n_epochs is None else n_epochs,
@@ -133,7 +141,7 @@ def resolve_hyperparameters(
         learning_rate_multiplier=multiplier,
         learning_rate=base_learning_rate * multiplier,
         beta=beta,
-        **lora,
+        **extensions,
     )
 
 
@@ -141,7 +149,7 @@ def with_resolved(method: dict[str, Any], resolved: ResolvedHyperparameters) -> 
     """Return the job's `(method, hyperparameters)` with numbers in place of "auto", both views in step.
 
     The shape is the one `build_method` stores: the method's hyperparameters hold the core keys (and `beta` for
-    DPO); the top-level view holds the core keys; both echo the LoRA keys the user gave, and only those.
+    DPO); the top-level view holds the core keys; both echo the extension keys the user gave, and only those.
 
     Args:
         method: The job's stored method (not modified).
@@ -152,12 +160,12 @@ def with_resolved(method: dict[str, Any], resolved: ResolvedHyperparameters) -> 
     """
     method_type, given = _method_hyperparameters(method)
     core = {key: getattr(resolved, key) for key in CORE_KEYS}
-    lora = {key: _copy(getattr(resolved, key)) for key in LORA_KEYS if key in given}
+    extensions = {key: _copy(getattr(resolved, key)) for key in EXTENSION_KEYS if key in given}
     hyper = {"beta": resolved.beta, **core} if method_type == "dpo" else dict(core)
-    hyper.update(lora)
+    hyper.update(extensions)
     new_method = dict(method)
     new_method[method_type] = {**(method.get(method_type) or {}), "hyperparameters": hyper}
-    top = {**core, **{key: _copy(value) for key, value in lora.items()}}
+    top = {**core, **{key: _copy(value) for key, value in extensions.items()}}
     return new_method, top
 
 

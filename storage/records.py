@@ -178,6 +178,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     lease_expires_at: float | None = None
     attempts: int = 0
     started_at: int | None = None  # when it first became `running`
+    best_checkpoint: str | None = None  # the checkpoint model early stopping published as `fine_tuned_model`
 
 
 class JobListingRecord(msgspec.Struct, frozen=True):
@@ -207,6 +208,7 @@ class JobListingRecord(msgspec.Struct, frozen=True):
     error: str | None  # JSON text (object)
     metadata: str | None  # JSON text (object of strings)
     integrations: str | None  # JSON text (array)
+    best_checkpoint: str | None
 
 
 class JobEventRecord(msgspec.Struct, kw_only=True):

@@ -89,6 +89,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     micro_batch_tokens: PositiveInt = 8192
     eval_every_steps: NonNegativeInt = 50
     eval_sample_examples: PositiveInt = 64
+    forgetting_threshold: Annotated[float, Meta(ge=0)] = 0.1
+    forgetting_probe_examples: PositiveInt = 32
     max_job_attempts: PositiveInt = 10
     worker_poll_s: Annotated[float, Meta(gt=0)] = 2.0
     inference_engine: str = "local"

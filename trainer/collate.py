@@ -7,12 +7,12 @@ is padded). Padding has target mask 0 and attention mask 0, so it costs no loss 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tunewright.trainer.loop import Batch
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import torch
 
@@ -25,6 +25,37 @@ class PreferenceBatch:
 
     chosen: Batch
     rejected: Batch
+
+
+B = TypeVar("B")
+
+
+def budget_batches(
+    examples: Sequence[Any], *, budget: int, collate: Callable[[Sequence[Any]], B], rows: int = 1
+) -> list[B]:
+    """Cut examples, longest first, into padded micro-batches of at most ``budget`` padded tokens each.
+
+    A micro-batch is as wide as its longest example, times ``rows`` sequences per example (2 for DPO pairs);
+    an example wider than the budget still gets a micro-batch of its own.
+
+    Args:
+        examples: Tokenized examples (anything with a ``length``).
+        budget: Padded tokens per micro-batch (``TUNEWRIGHT_MICRO_BATCH_TOKENS``).
+        collate: Pads a list of examples into one micro-batch.
+        rows: Sequences per example.
+    """
+    ordered = sorted(examples, key=lambda example: -example.length)
+    batches: list[B] = []
+    current: list[Any] = []
+    for example in ordered:
+        width = max([example.length] + [other.length for other in current])
+        if current and (len(current) + 1) * width * rows > budget:
+            batches.append(collate(current))
+            current = []
+        current.append(example)
+    if current:
+        batches.append(collate(current))
+    return batches
 
 
 def pad_id_of(tokenizer: Any) -> int:

@@ -29,6 +29,8 @@ from tunewright.storage.records import JobStatus, ThroughputRecord
 from tunewright.trainer.collate import pad_id_of
 from tunewright.trainer.prepare import prepare, summary_message
 from tunewright.trainer.publish import (
+    checkpoint_name,
+    copy_adapter,
     discard_checkpoints,
     download_adapter,
     fine_tuned_model_record,
@@ -180,6 +182,7 @@ def start_session(handle: JobHandle, prepared: PreparedJob, backend: TrainingBac
     session.start_step = session.progress.step
     session.last_resume_step = session.progress.step
     session.prepare_validation()
+    session.prepare_probe()
     return session
 
 
@@ -187,7 +190,7 @@ def train_session(session: Session) -> None:
     """Run the shared loop over the remaining steps; ``session.stop_reason`` says why it stopped early."""
     from tunewright.trainer.loop import train
 
-    if session.progress.step >= session.prepared.total_steps:
+    if session.progress.step >= session.prepared.total_steps or session.stopped_early:
         return
     train(
         session.model,
@@ -211,7 +214,7 @@ def finish(session: Session) -> str:
         )
         released = handle.stores.queue.release(handle.claim, status=JobStatus.QUEUED, event=handle.event(message))
         return "released" if released else stopped_outcome(handle, session)
-    if session.stop_reason is not None:
+    if session.stop_reason not in (None, "early_stop"):
         return stopped_outcome(handle, session)
     return publish(session)
 
@@ -231,6 +234,7 @@ def stopped_outcome(handle: JobHandle, session: Session | None = None) -> str:
             if session.unwritten_step is not None:
                 # Before the resume point: a crash in between replays the step, and it is billed once.
                 handle.stores.metadata.keep_paused_step(*session.unwritten_step)
+                session.finish_cut_epoch_end()
             session.save_resume_point()
             handle.stores.metadata.add_event(handle.event(f"Saved the job's progress at step {session.progress.step}"))
         return "paused"
@@ -242,12 +246,23 @@ def stopped_outcome(handle: JobHandle, session: Session | None = None) -> str:
 
 
 def publish(session: Session) -> str:
-    """Store the final adapter and the results file, then complete the job with its model, in one transaction."""
+    """Store the final adapter and the results file, then complete the job with its model, in one transaction.
+
+    With early stopping, the final adapter is a copy of the best checkpoint's (the lowest full validation loss),
+    named as the job's `best_checkpoint`.
+    """
     handle = session.handle
     job = handle.job
     prefix = adapter_blob_prefix(job.project_id, job.id, "final")
-    keys = upload_adapter(handle.stores, session.backend, session.model, prefix)
-    results = store_results_file(handle.stores, job, session.progress.steps)
+    best_step = session.best_step
+    keys = copy_best_checkpoint(session, best_step, prefix) if best_step is not None else None
+    if keys is None:
+        best_step = None
+        keys = upload_adapter(handle.stores, session.backend, session.model, prefix)
+    progress = session.progress
+    results = store_results_file(
+        handle.stores, job, progress.steps, probe_loss_base=progress.probe_loss_base, best_step=best_step
+    )
     name = model_name(job, handle.organization_slug)
     model = fine_tuned_model_record(job, handle.organization_slug, name=name, prefix=prefix, kind="fine-tune")
     done = handle.stores.queue.complete(
@@ -258,6 +273,7 @@ def publish(session: Session) -> str:
         models=[model],
         published_blobs=keys,
         fine_tuned_model=name,
+        best_checkpoint=None if best_step is None else checkpoint_name(job, handle.organization_slug, best_step),
         result_files=[results.id],
         estimated_finish=None,
         error=None,
@@ -267,6 +283,31 @@ def publish(session: Session) -> str:
     delete_resume_point(handle.stores.blobs, handle.resume_key)
     record_throughput(session)
     return "succeeded"
+
+
+def copy_best_checkpoint(session: Session, step: int, prefix: str) -> list[str] | None:
+    """Copy the adapter of the checkpoint at ``step`` to ``prefix``; None when that checkpoint was deleted.
+
+    Returns:
+        The copied keys (intents open), or None: the user deleted the checkpoint's model before the job ended, and
+        the job publishes its current adapter instead (an event says so).
+    """
+    handle = session.handle
+    job = handle.job
+    loss = session.progress.early_stopping.best_loss
+    source = adapter_blob_prefix(job.project_id, job.id, f"ckpt-step-{step}")
+    try:
+        keys = copy_adapter(handle.stores, source, prefix)
+    except NotFound:
+        message = (
+            f"The best checkpoint (step {step}) was deleted before the job ended: the fine-tuned model is the "
+            f"adapter as of step {session.progress.step} instead"
+        )
+        handle.stores.metadata.add_event(handle.event(message, level="warn"))
+        return None
+    message = f"The fine-tuned model is the checkpoint at step {step}, the lowest full validation loss ({loss:.4f})"
+    handle.stores.metadata.add_event(handle.event(message))
+    return keys
 
 
 def record_throughput(session: Session) -> None:

@@ -33,7 +33,16 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 RESULTS_FILENAME = "step_metrics.csv"
-RESULTS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+RESULTS_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "probe_loss",
+    "probe_loss_base",
+    "best_checkpoint",
+)
 KEEP_LAST_CHECKPOINTS = 3
 
 
@@ -59,6 +68,21 @@ def upload_adapter(stores: Stores, backend: TrainingBackend, model: Any, prefix:
             keys.append(key)
             with (directory / name).open("rb") as fh:
                 stores.blobs.put(key, fh)
+    return keys
+
+
+def copy_adapter(stores: Stores, source: str, prefix: str) -> list[str]:
+    """Copy the adapter stored under ``source`` to ``prefix``; return the new keys (intents still open).
+
+    Raises:
+        NotFound: The source adapter is gone (its checkpoint model was deleted).
+    """
+    keys: list[str] = []
+    for name in ADAPTER_FILES:
+        key = f"{prefix}/{name}"
+        stores.metadata.begin_blob(key, now=int(time.time()))
+        keys.append(key)
+        stores.blobs.concat(key, [f"{source}/{name}"])
     return keys
 
 
@@ -164,12 +188,25 @@ def discard_checkpoints(stores: Stores, *, project_id: str, job_id: str) -> int:
             return dropped
 
 
-def results_csv(steps: Sequence[StepRecord]) -> bytes:
-    """Return the results file: one row per optimizer step, empty cells where a step had no validation."""
+def results_csv(
+    steps: Sequence[StepRecord], *, probe_loss_base: float | None = None, best_step: int | None = None
+) -> bytes:
+    """Return the results file: one row per optimizer step, empty cells where a step measured nothing.
+
+    OpenAI's five columns come first; Tunewright's follow: ``probe_loss`` and ``probe_loss_base`` (the forgetting
+    check, on checkpoint rows), and ``best_checkpoint`` (``1`` on the row of the checkpoint early stopping
+    published as the fine-tuned model).
+
+    Args:
+        steps: Each optimizer step's metrics, in order.
+        probe_loss_base: The base model's probe loss, written beside each measured ``probe_loss``.
+        best_step: The step of the published best checkpoint, if any.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(RESULTS_COLUMNS)
     for row in steps:
+        measured = row.probe_loss is not None
         writer.writerow(
             [
                 row.step,
@@ -177,14 +214,24 @@ def results_csv(steps: Sequence[StepRecord]) -> bytes:
                 _number(row.train_accuracy),
                 _number(row.valid_loss),
                 _number(row.valid_mean_token_accuracy),
+                _number(row.probe_loss),
+                _number(probe_loss_base if measured else None),
+                "1" if row.step == best_step else "",
             ]
         )
     return out.getvalue().encode()
 
 
-def store_results_file(stores: Stores, job: JobRecord, steps: Sequence[StepRecord]) -> FileRecord:
+def store_results_file(
+    stores: Stores,
+    job: JobRecord,
+    steps: Sequence[StepRecord],
+    *,
+    probe_loss_base: float | None = None,
+    best_step: int | None = None,
+) -> FileRecord:
     """Put the results CSV in the blob store (intent open) and return its File row, not yet inserted."""
-    data = results_csv(steps)
+    data = results_csv(steps, probe_loss_base=probe_loss_base, best_step=best_step)
     return store_result_file(stores, job.project_id, RESULTS_FILENAME, io.BytesIO(data), line_count=len(steps) + 1)
 
 

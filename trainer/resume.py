@@ -1,11 +1,13 @@
 """Resume points: everything a job needs to go on after a pause, a released lease or a dead worker.
 
 A resume point holds the adapter's weights, the optimizer and schedule states, the RNG states and a
-``TrainingProgress`` (steps done, each step's metrics for the results file, the published checkpoints). Billed
-tokens are not kept here: each step's usage row is written with its metrics event (storage/queue.py). A resume
-point is private to the job: one blob per job, replaced by each save (a blob put is atomic on every store),
-deleted when the job ends. Because batches are planned from the job seed and the epoch
-(``batching.plan_batches``), restoring the step count is enough to replay the data order of an uninterrupted run.
+``TrainingProgress`` (steps done, each step's metrics for the results file, the published checkpoints, the
+forgetting check's base figure, early stopping's best loss and patience count); fields added later have defaults,
+so a resume point written before them still loads. Billed tokens are not kept here: each step's usage row is
+written with its metrics event (storage/queue.py). A resume point is private to the job: one blob per job,
+replaced by each save (a blob put is atomic on every store), deleted when the job ends. Because batches are
+planned from the job seed and the epoch (``batching.plan_batches``), restoring the step count is enough to replay
+the data order of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tunewright.storage.errors import NotFound
+from tunewright.trainer.early_stopping import EarlyStoppingState
 
 if TYPE_CHECKING:
     from tunewright.storage.base import BlobStore
@@ -35,6 +38,7 @@ class StepRecord(msgspec.Struct, kw_only=True, array_like=True):
     train_accuracy: float
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
+    probe_loss: float | None = None  # at checkpoints, with the forgetting check on
 
 
 class PublishedCheckpoint(msgspec.Struct, kw_only=True):
@@ -53,12 +57,18 @@ class TrainingProgress(msgspec.Struct, kw_only=True):
         steps: Each step's metrics, in order.
         checkpoints: The published checkpoints still kept.
         resumes: How many times the job has been resumed.
+        probe_loss_base: The base model's loss on the forgetting check's probe set, measured once per job.
+        probe_examples: How many probe conversations it was measured on (a resumed job scores the same ones).
+        early_stopping: The best full validation loss so far and the evaluations since it last improved.
     """
 
     step: int = 0
     steps: list[StepRecord] = msgspec.field(default_factory=list)
     checkpoints: list[PublishedCheckpoint] = msgspec.field(default_factory=list)
     resumes: int = 0
+    probe_loss_base: float | None = None
+    probe_examples: int | None = None
+    early_stopping: EarlyStoppingState = msgspec.field(default_factory=EarlyStoppingState)
 
 
 class ResumePoint(msgspec.Struct, kw_only=True):

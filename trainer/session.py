@@ -3,8 +3,9 @@
 A session starts from step 0 or from the job's resume point, feeds the shared loop one group of micro-batches
 per optimizer step (the epoch's length-grouped plan, cut into micro-batches under a token budget), and after each
 step records the metrics, writes the metrics event under the job's lease, publishes a checkpoint at each epoch
-end, saves a resume point every N steps or T seconds, and stops when the job was paused or cancelled, the lease
-was lost, or the worker was asked to stop.
+end (with the forgetting check's probe loss, ``trainer.forgetting``), saves a resume point every N steps or T
+seconds, and stops when the job was paused or cancelled, the lease was lost, the worker was asked to stop, or
+early stopping saw the validation loss stop improving (``trainer.early_stopping``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tunewright.modeling.chat import ChatTemplateError
 from tunewright.storage.errors import Conflict
 from tunewright.storage.events import make_event
 from tunewright.storage.keys import adapter_blob_prefix, resume_blob_key
 from tunewright.storage.records import TrainingUsageRecord
 from tunewright.trainer.batching import plan_batches
-from tunewright.trainer.collate import collate_examples, collate_preferences
+from tunewright.trainer.collate import budget_batches, collate_examples, collate_preferences
+from tunewright.trainer.early_stopping import observe, should_stop
+from tunewright.trainer.forgetting import base_probe_loss, build_probe, forgetting_warning, probe_loss
 from tunewright.trainer.loop import StepGroup
 from tunewright.trainer.publish import checkpoints_to_drop, drop_checkpoint, publish_checkpoint
 from tunewright.trainer.resume import PublishedCheckpoint, StepRecord, save_resume_point
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from tunewright.storage.records import Claim, JobRecord
     from tunewright.storage.settings import Settings
     from tunewright.trainer.backends.base import TrainingBackend
+    from tunewright.trainer.forgetting import Probe
     from tunewright.trainer.loop import Batch, StepMetrics, TrainingState
     from tunewright.trainer.prepare import PreparedJob
     from tunewright.trainer.resume import TrainingProgress
@@ -75,8 +80,10 @@ class Session:
     pad_id: int
     validation_full: list[Any] = field(default_factory=list)
     validation_sample: list[Any] = field(default_factory=list)
+    probe: Probe | None = None
     stop_reason: str | None = None
     unwritten_step: tuple[Any, TrainingUsageRecord] | None = None
+    cut_epoch_end: tuple[StepMetrics, dict[str, float]] | None = None
     started: float = field(default_factory=time.monotonic)
     start_step: int = 0
     last_resume_save: float = field(default_factory=time.monotonic)
@@ -107,20 +114,8 @@ class Session:
 
     def micro_batches(self, examples: Sequence[Any]) -> list[Batch]:
         """Cut one step's examples (longest first) into padded micro-batches under the token budget."""
-        budget = self.handle.settings.micro_batch_tokens
         rows = 2 if self.prepared.hyper.method_type == "dpo" else 1
-        ordered = sorted(examples, key=lambda example: -example.length)
-        batches: list[Batch] = []
-        current: list[Any] = []
-        for example in ordered:
-            width = max([example.length] + [other.length for other in current])
-            if current and (len(current) + 1) * width * rows > budget:
-                batches.append(self.collate(current))
-                current = []
-            current.append(example)
-        if current:
-            batches.append(self.collate(current))
-        return batches
+        return budget_batches(examples, budget=self.handle.settings.micro_batch_tokens, collate=self.collate, rows=rows)
 
     def collate(self, examples: Sequence[Any]) -> Any:
         """Pad examples into the objective's batch type."""
@@ -152,6 +147,62 @@ class Session:
             batches.extend(self.micro_batches(ordered[start : start + step]))
         return batches
 
+    def prepare_probe(self) -> None:
+        """Batch the forgetting check's probe set and measure the base model on it, once per job.
+
+        The base figure goes into the progress, so a resumed job keeps it (and scores as many probe conversations
+        as it was measured on, whatever the setting says now). A model that cannot render the probe skips the
+        check with an event; the job goes on.
+        """
+        if not self.prepared.hyper.forgetting_check:
+            return
+        handle = self.handle
+        examples = self.progress.probe_examples or handle.settings.forgetting_probe_examples
+        try:
+            probe = build_probe(
+                self.prepared.tokenizer,
+                examples=examples,
+                context_tokens=self.prepared.context_tokens,
+                micro_batch_tokens=handle.settings.micro_batch_tokens,
+                pad_id=self.pad_id,
+            )
+        except ChatTemplateError as exc:
+            self._event(f"Forgetting check skipped: the base model's chat template cannot render the probe set ({exc})")
+            return
+        if not probe.batches:
+            context = self.prepared.context_tokens
+            self._event(f"Forgetting check skipped: no probe conversation fits the context of {context} tokens")
+            return
+        self.probe = probe
+        if self.progress.probe_loss_base is None:
+            base = base_probe_loss(self.model, probe)
+            self.progress.probe_loss_base = base
+            self.progress.probe_examples = examples
+            self._event(
+                f"Forgetting check: the base model's loss on the general probe set ({probe.used} conversations) "
+                f"is {base:.4f}"
+            )
+
+    def probe_metrics(self) -> dict[str, float]:
+        """The forgetting check's figures at a checkpoint: the probe loss now and the base model's."""
+        base = self.progress.probe_loss_base
+        if self.probe is None or base is None:
+            return {}
+        return {"probe_loss": probe_loss(self.model, self.probe), "probe_loss_base": base}
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether early stopping has run out of patience (possibly in an earlier session of the job)."""
+        patience = self.prepared.hyper.early_stopping_patience
+        return patience is not None and should_stop(self.progress.early_stopping, patience)
+
+    @property
+    def best_step(self) -> int | None:
+        """With early stopping, the step of the checkpoint with the lowest full validation loss so far."""
+        if self.prepared.hyper.early_stopping_patience is None:
+            return None
+        return self.progress.early_stopping.best_step
+
     # --- after each step ----------------------------------------------------------------------------
 
     def on_step(self, metrics: StepMetrics) -> bool:
@@ -160,12 +211,15 @@ class Session:
         self.progress.step = metrics.step
         epoch_end = metrics.step % self.prepared.steps_per_epoch == 0 or metrics.step == self.prepared.total_steps
         valid = self.validate(metrics.step, epoch_end=epoch_end)
+        if epoch_end:
+            valid.update(self.probe_metrics())
         record = StepRecord(
             step=metrics.step,
             train_loss=metrics.train_loss,
             train_accuracy=metrics.train_mean_token_accuracy,
             valid_loss=valid.get("valid_loss"),
             valid_mean_token_accuracy=valid.get("valid_mean_token_accuracy"),
+            probe_loss=valid.get("probe_loss"),
         )
         self.progress.steps.append(record)
         event = self.metrics_event(metrics, valid)
@@ -174,12 +228,16 @@ class Session:
             handle.claim, events=[event], usage=usage, estimated_finish=self.estimated_finish()
         )
         if not held:
-            # A pause keeps this step: its event and usage are written with the resume point.
+            # A pause keeps this step: its event and usage are written with the resume point, and the work of an
+            # epoch end it cut short is done then (`finish_cut_epoch_end`).
             self.unwritten_step = (event, usage)
+            self.cut_epoch_end = (metrics, valid) if epoch_end else None
             self.stop_reason = "lost"
             return False
-        if epoch_end:
-            self.checkpoint(metrics, valid)
+        if epoch_end and self.end_epoch(metrics, valid):
+            self.save_resume_point()  # it says the job stopped early: a resumed job goes straight to publishing
+            self.stop_reason = "early_stop"
+            return False
         if handle.stop_requested.is_set():
             self.stop_reason = "stop"
             return False
@@ -218,6 +276,43 @@ class Session:
             values.update(valid_loss=sample.loss, valid_mean_token_accuracy=sample.mean_token_accuracy)
         return values
 
+    def observe_validation(self, step: int, valid: dict[str, float]) -> bool:
+        """Feed a checkpoint's full validation loss to early stopping; return True when the job should stop now."""
+        hyper = self.prepared.hyper
+        loss = valid.get("full_valid_loss")
+        if hyper.early_stopping_patience is None or loss is None:
+            return False
+        self.progress.early_stopping = observe(
+            self.progress.early_stopping, step=step, loss=loss, min_delta=hyper.early_stopping_min_delta
+        )
+        return self.stopped_early and step < self.prepared.total_steps
+
+    def end_epoch(self, metrics: StepMetrics, values: dict[str, float]) -> bool:
+        """Publish the epoch's checkpoint and feed early stopping; return True (and say so) when the job stops here."""
+        self.checkpoint(metrics, values)
+        if not self.observe_validation(metrics.step, values):
+            return False
+        state = self.progress.early_stopping
+        delta = self.prepared.hyper.early_stopping_min_delta
+        by = f" by more than {delta:g}" if delta else ""
+        evaluations = f"{state.since_improvement} evaluation{'' if state.since_improvement == 1 else 's'}"
+        self._event(
+            f"Early stopping at step {metrics.step}/{self.prepared.total_steps}: the full validation loss has not"
+            f" improved{by} for {evaluations} (best {state.best_loss:.4f} at step {state.best_step})"
+        )
+        return True
+
+    def finish_cut_epoch_end(self) -> None:
+        """Do the epoch-end work of a step a pause cut short: its checkpoint and its early-stopping evaluation.
+
+        The resume point saved next then holds both, as an uninterrupted run would (the resumed job goes on from
+        the next step).
+        """
+        if self.cut_epoch_end is not None:
+            metrics, values = self.cut_epoch_end
+            self.cut_epoch_end = None
+            self.end_epoch(metrics, values)
+
     def metrics_event(self, metrics: StepMetrics, valid: dict[str, float]) -> Any:
         """The step's `metrics` event, in OpenAI's shape."""
         data: dict[str, Any] = {
@@ -233,6 +328,8 @@ class Session:
             message += f", validation loss={valid['valid_loss']:.4f}"
         if "reward_margin" in data:
             message += f", reward margin={data['reward_margin']:.4f}"
+        if "probe_loss" in valid:
+            message += f", probe loss={valid['probe_loss']:.4f}"
         return self.handle.event(message, kind="metrics", data=data)
 
     def estimated_finish(self) -> int:
@@ -293,7 +390,16 @@ class Session:
         self.progress.checkpoints.append(
             PublishedCheckpoint(step=step, checkpoint_id=record.id, valid_loss=valid.get("full_valid_loss"))
         )
-        handle.stores.metadata.add_event(handle.event(f"Checkpoint created at step {step}"))
+        self._event(f"Checkpoint created at step {step}")
+        if "probe_loss" in valid:
+            warning = forgetting_warning(
+                step=step,
+                loss=valid["probe_loss"],
+                base=valid["probe_loss_base"],
+                threshold=handle.settings.forgetting_threshold,
+            )
+            if warning is not None:
+                self._event(warning, level="warn")
         self.drop_old_checkpoints()
 
     def drop_old_checkpoints(self) -> None:
@@ -310,3 +416,6 @@ class Session:
                 logger.exception("could not drop checkpoint %s of %s", kept.checkpoint_id, handle.job.id)
                 continue
             self.progress.checkpoints.remove(kept)
+
+    def _event(self, message: str, *, level: str = "info") -> None:
+        self.handle.stores.metadata.add_event(self.handle.event(message, level=level))

@@ -45,24 +45,32 @@ class LoraHyperparameters(Request):
     lora_target_modules: TargetModules | UnsetType = UNSET
 
 
-class Hyperparameters(LoraHyperparameters):
-    """The legacy top-level `hyperparameters` (deprecated by OpenAI in favour of `method`) plus the LoRA extensions."""
+class ExtensionHyperparameters(LoraHyperparameters):
+    """Tunewright's extensions: the LoRA settings, the forgetting check and early stopping (openai-compatibility.md)."""
+
+    forgetting_check: bool | UnsetType = UNSET
+    early_stopping_patience: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    early_stopping_min_delta: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
+
+
+class Hyperparameters(ExtensionHyperparameters):
+    """The legacy top-level `hyperparameters` (deprecated by OpenAI in favour of `method`) plus the extensions."""
 
     batch_size: BatchSize | UnsetType = UNSET
     learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET
     n_epochs: NEpochs | UnsetType = UNSET
 
 
-class SupervisedHyperparameters(LoraHyperparameters):
-    """`FineTuneSupervisedHyperparameters` plus the LoRA extensions."""
+class SupervisedHyperparameters(ExtensionHyperparameters):
+    """`FineTuneSupervisedHyperparameters` plus the extensions."""
 
     batch_size: BatchSize | UnsetType = UNSET
     learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET
     n_epochs: NEpochs | UnsetType = UNSET
 
 
-class DPOHyperparameters(LoraHyperparameters):
-    """`FineTuneDPOHyperparameters` plus the LoRA extensions."""
+class DPOHyperparameters(ExtensionHyperparameters):
+    """`FineTuneDPOHyperparameters` plus the extensions."""
 
     beta: Beta | UnsetType = UNSET
     batch_size: BatchSize | UnsetType = UNSET
@@ -174,6 +182,7 @@ class FineTuningJob(Response):
     method: dict[str, Any] | UnsetType = UNSET
     metadata: dict[str, str] | None = None
     user_provided_suffix: str | None = None
+    best_checkpoint: str | None = None  # Tunewright's: the checkpoint early stopping published as the model
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
 
     @classmethod
@@ -199,6 +208,7 @@ class FineTuningJob(Response):
             method=record.method or UNSET,
             metadata=record.metadata,
             user_provided_suffix=record.suffix,
+            best_checkpoint=record.best_checkpoint,
         )
 
     @classmethod
@@ -229,6 +239,7 @@ class FineTuningJob(Response):
             method=msgspec.Raw(method) if method not in _EMPTY_OBJECTS else UNSET,  # type: ignore[arg-type]
             metadata=msgspec.Raw(listing.metadata) if listing.metadata is not None else None,  # type: ignore[arg-type]
             user_provided_suffix=listing.suffix,
+            best_checkpoint=listing.best_checkpoint,
         )
 
 

@@ -12,6 +12,7 @@ from msgspec import UNSET
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.fine_tuning.estimate import CheckedJob, estimate, job_cost
 from tunewright.api.spend.quota import admit_job
+from tunewright.modeling.hyperparams import EXTENSION_KEYS
 from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
 from tunewright.modeling.registry import local_model_dir
 from tunewright.storage.errors import NotFound, StateConflict
@@ -137,9 +138,9 @@ def build_method(data: CreateFineTuningJobRequest) -> tuple[dict[str, Any], dict
     hyper = {key: given.get(key, "auto") for key in CORE_KEYS}
     if method_type == "dpo":
         hyper = {"beta": given.get("beta", "auto"), **hyper}
-    hyper.update({k: v for k, v in given.items() if k.startswith("lora_")})
+    hyper.update({k: v for k, v in given.items() if k in EXTENSION_KEYS})
     top = {key: hyper[key] for key in CORE_KEYS}
-    top.update({k: v for k, v in hyper.items() if k.startswith("lora_")})
+    top.update({k: v for k, v in hyper.items() if k in EXTENSION_KEYS})
     return {"type": method_type, method_type: {"hyperparameters": hyper}}, top
 
 
@@ -179,6 +180,30 @@ def check_lora_targets(settings: Settings, base_model: str, method: dict[str, An
         raise InvalidRequestError(str(exc), param=f"{param}.lora_target_modules", code="invalid_value") from None
 
 
+def check_early_stopping(method: dict[str, Any], *, has_validation: bool, legacy: bool) -> None:
+    """Refuse early-stopping settings that could never act: without a validation file, or a delta without patience.
+
+    Early stopping watches the validation loss, so a job without `validation_file` has none to watch; a
+    `early_stopping_min_delta` alone would be silently ignored.
+    """
+    method_type = method["type"]
+    given = method[method_type]["hyperparameters"]
+    prefix = "hyperparameters" if legacy else f"method.{method_type}.hyperparameters"
+    for key in ("early_stopping_patience", "early_stopping_min_delta"):
+        if key in given and not has_validation:
+            raise InvalidRequestError(
+                f"Invalid '{key}': early stopping watches the validation loss, so it needs a validation_file.",
+                param=f"{prefix}.{key}",
+                code="invalid_value",
+            )
+    if "early_stopping_min_delta" in given and "early_stopping_patience" not in given:
+        raise InvalidRequestError(
+            "Invalid 'early_stopping_min_delta': it only applies with early_stopping_patience, which was not given.",
+            param=f"{prefix}.early_stopping_min_delta",
+            code="invalid_value",
+        )
+
+
 def precheck_dataset(stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str) -> None:
     """Run the format rules synchronously on a small file; a problem is a 400 naming its lines."""
     if file.bytes > settings.sync_validate_max_bytes:
@@ -207,6 +232,7 @@ def check_job_request(
         if validation_id
         else None
     )
+    check_early_stopping(method, has_validation=validation is not None, legacy=data.method is UNSET)
     metadata = check_metadata(data.metadata if isinstance(data.metadata, dict) else None)
     if isinstance(data.integrations, list) and len(data.integrations) > 5:
         raise InvalidRequestError(

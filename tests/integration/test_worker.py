@@ -114,7 +114,7 @@ def test_a_job_trains_and_publishes_its_model_results_and_checkpoints(
     result = client_a.files.retrieve(result_id)
     assert result.purpose == "fine-tune-results"
     rows = list(csv.reader(io.StringIO(client_a.files.content(result_id).text)))
-    assert rows[0] == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    assert rows[0][:5] == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
     assert [row[0] for row in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
     assert [float(row[1]) for row in rows[1:]] == pytest.approx([event.data["train_loss"] for event in metrics])
 

@@ -132,6 +132,29 @@ def test_with_resolved_echoes_given_lora_keys_in_both_views() -> None:
     assert new_method["supervised"]["hyperparameters"]["lora_target_modules"] is not top["lora_target_modules"]
 
 
+def test_the_quality_extensions_default_to_a_forgetting_check_and_no_early_stopping() -> None:
+    default = resolve_hyperparameters(make_method(), examples=50, base_learning_rate=2e-4)
+    assert (default.forgetting_check, default.early_stopping_patience, default.early_stopping_min_delta) == (
+        True,
+        None,
+        0.0,
+    )
+    method = make_method("dpo", forgetting_check=False, early_stopping_patience=3, early_stopping_min_delta=0.01)
+    given = resolve_hyperparameters(method, examples=50, base_learning_rate=2e-4)
+    assert (given.forgetting_check, given.early_stopping_patience, given.early_stopping_min_delta) == (False, 3, 0.01)
+    new_method, top = with_resolved(method, given)
+    quality = {"forgetting_check": False, "early_stopping_patience": 3, "early_stopping_min_delta": 0.01}
+    assert {key: top[key] for key in quality} == quality
+    assert new_method["dpo"]["hyperparameters"] == {"beta": 0.1, **top}
+
+
+def test_quality_extensions_not_given_are_not_echoed() -> None:
+    method = make_method()
+    new_method, top = with_resolved(method, resolve_hyperparameters(method, examples=50, base_learning_rate=2e-4))
+    assert not {"forgetting_check", "early_stopping_patience", "early_stopping_min_delta"} & set(top)
+    assert new_method["supervised"]["hyperparameters"] == top
+
+
 def test_a_job_method_stored_by_the_api_resolves() -> None:
     import msgspec
 

@@ -106,6 +106,10 @@ def test_dashboard_and_api_reference_files_are_in_the_wheel(wheel_names: set[str
     assert not missing, f"dashboard files missing from the wheel (pyproject package-data): {missing}"
 
 
+def test_the_forgetting_checks_probe_set_is_in_the_wheel(wheel_names: set[str]) -> None:
+    assert {"tunewright/trainer/probe/general.jsonl", "tunewright/trainer/probe/README.md"} <= wheel_names
+
+
 def test_no_bare_top_level_package_in_the_wheel(wheel_names: set[str]) -> None:
     top_levels = {name.split("/", 1)[0] for name in wheel_names}
     assert not top_levels & set(TOP_LEVEL_REFUSED)
