@@ -11,11 +11,13 @@ import logging
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from tunewright.graders import parse_grader
 from tunewright.modeling.loading import load_tokenizer
 from tunewright.modeling.plan import TrainingPlan, check_large_file, plan_training
 from tunewright.modeling.registry import resolve_model_dir
 from tunewright.storage.streams import blob_lines
 from tunewright.trainer.batching import padding_fraction, plan_batches
+from tunewright.training_files.reinforcement import GRADER_PARAM, ItemCheck
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,9 +60,14 @@ def prepare(stores: Stores, settings: Settings, job: JobRecord) -> PreparedJob:
     validation_file = (
         stores.metadata.get_file(job.validation_file, project_id=job.project_id) if job.validation_file else None
     )
-    check_large_file(stores, settings, training_file, param="training_file", method_type=method_type)
+    line_check = job_item_check(job.method)
+    check_large_file(
+        stores, settings, training_file, param="training_file", method_type=method_type, line_check=line_check
+    )
     if validation_file is not None:
-        check_large_file(stores, settings, validation_file, param="validation_file", method_type=method_type)
+        check_large_file(
+            stores, settings, validation_file, param="validation_file", method_type=method_type, line_check=line_check
+        )
     model_dir = resolve_model_dir(job.base_model, settings)
     tokenizer = load_tokenizer(model_dir)
     plan = plan_training(
@@ -74,6 +81,13 @@ def prepare(stores: Stores, settings: Settings, job: JobRecord) -> PreparedJob:
     return PreparedJob(
         model_dir=model_dir, tokenizer=tokenizer, **{f.name: getattr(plan, f.name) for f in fields(plan)}
     )
+
+
+def job_item_check(method: dict[str, Any]) -> ItemCheck | None:
+    """A reinforcement job's check of each line against its grader's item templates (None for other methods)."""
+    if method.get("type") != "reinforcement":
+        return None
+    return ItemCheck(parse_grader(method["reinforcement"]["grader"], param=GRADER_PARAM))
 
 
 def summary_message(prepared: PreparedJob, seed: int) -> str:
