@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 RESULTS_FILENAME = "step_metrics.csv"
 RESULTS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+REWARD_COLUMNS = ("train_reward_mean", "valid_reward_mean")
 KEEP_LAST_CHECKPOINTS = 3
 
 
@@ -164,27 +165,31 @@ def discard_checkpoints(stores: Stores, *, project_id: str, job_id: str) -> int:
             return dropped
 
 
-def results_csv(steps: Sequence[StepRecord]) -> bytes:
-    """Return the results file: one row per optimizer step, empty cells where a step had no validation."""
+def results_csv(steps: Sequence[StepRecord], *, rewards: bool = False) -> bytes:
+    """Return the results file: one row per optimizer step, empty cells where a step had no validation.
+
+    A reinforcement job's file (``rewards``) adds ``train_reward_mean`` and ``valid_reward_mean`` columns.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RESULTS_COLUMNS)
+    writer.writerow(RESULTS_COLUMNS + (REWARD_COLUMNS if rewards else ()))
     for row in steps:
-        writer.writerow(
-            [
-                row.step,
-                _number(row.train_loss),
-                _number(row.train_accuracy),
-                _number(row.valid_loss),
-                _number(row.valid_mean_token_accuracy),
-            ]
-        )
+        cells = [
+            row.step,
+            _number(row.train_loss),
+            _number(row.train_accuracy),
+            _number(row.valid_loss),
+            _number(row.valid_mean_token_accuracy),
+        ]
+        if rewards:
+            cells += [_number(row.train_reward_mean), _number(row.valid_reward_mean)]
+        writer.writerow(cells)
     return out.getvalue().encode()
 
 
 def store_results_file(stores: Stores, job: JobRecord, steps: Sequence[StepRecord]) -> FileRecord:
     """Put the results CSV in the blob store (intent open) and return its File row, not yet inserted."""
-    data = results_csv(steps)
+    data = results_csv(steps, rewards=job.method.get("type") == "reinforcement")
     return store_result_file(stores, job.project_id, RESULTS_FILENAME, io.BytesIO(data), line_count=len(steps) + 1)
 
 

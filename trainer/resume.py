@@ -35,6 +35,8 @@ class StepRecord(msgspec.Struct, kw_only=True, array_like=True):
     train_accuracy: float
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
+    train_reward_mean: float | None = None  # reinforcement jobs only, as the next one
+    valid_reward_mean: float | None = None
 
 
 class PublishedCheckpoint(msgspec.Struct, kw_only=True):

@@ -31,7 +31,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tunewright.graders import ModelReply, Sample, grade
+from tunewright.graders import ModelReply, Sample, grade, parse_grader
 from tunewright.inference.models import stop_token_ids
 from tunewright.modeling.chat import render_chat
 from tunewright.modeling.dataset import TokenizedExample
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
     from tunewright.graders import Grader, Runtime, SamplingParams
     from tunewright.modeling.dataset import PromptExample
+    from tunewright.modeling.hyperparams import ResolvedHyperparameters
+    from tunewright.storage.settings import Settings
 
 DEFAULT_MAX_COMPLETION_TOKENS = 128
 DEFAULT_TEMPERATURE = 1.0
@@ -319,6 +321,31 @@ def base_model_sampler(
         return ModelReply(text=completion.text, prompt_tokens=len(prompt), completion_tokens=len(completion.ids))
 
     return sampler
+
+
+def job_objective(
+    method: dict[str, Any], settings: Settings, hyper: ResolvedHyperparameters, model: Any, tokenizer: Any
+) -> RftObjective:
+    """The objective of a reinforcement job: its grader, checked when the job was created, run as the API would.
+
+    Model graders are answered by ``model`` with its adapter disabled (the job's base model).
+    """
+    from tunewright.modeling.hyperparams import DEFAULT_COMPUTE_MULTIPLIER, group_size
+    from tunewright.trainer.collate import pad_id_of
+    from tunewright.training_files.reinforcement import GRADER_PARAM, grader_runtime
+
+    pad_id = pad_id_of(tokenizer)
+    grader = parse_grader(method["reinforcement"]["grader"], param=GRADER_PARAM)
+    runtime = grader_runtime(settings, base_model_sampler(model, tokenizer, pad_id=pad_id))
+    compute = hyper.compute_multiplier if hyper.compute_multiplier is not None else DEFAULT_COMPUTE_MULTIPLIER
+    return RftObjective(
+        grader,
+        runtime,
+        tokenizer,
+        group_size=group_size(compute),
+        pad_id=pad_id,
+        max_completion_tokens=settings.rft_max_completion_tokens,
+    )
 
 
 @dataclass(slots=True)
