@@ -196,3 +196,40 @@ def test_training_raises_the_mean_reward_against_step_0_with_the_same_seed(tiny_
     assert result.history[-1].extra["kl"] > 0.0  # the adapter moved away from the reference
     after = mean_reward()
     assert after > before + 0.1, (before, after)
+
+
+def test_a_model_grader_is_answered_by_the_base_model_with_the_adapter_disabled(tiny_dir: Path, tokenizer: Any) -> None:
+    from tunewright.graders import SamplingParams
+    from tunewright.modeling.loading import load_model
+    from tunewright.trainer.rft import base_model_sampler
+
+    examples = prompts(tokenizer)
+    model = load(tiny_dir)
+    rft = objective(tokenizer, contains("a"))
+    steps = 5
+    batches = [RftBatch(examples=examples[:2], seed=step) for step in range(steps)]
+    train(model, batches, hyper=hyper(), total_steps=steps, seed=0, objective=rft)  # the adapter moves
+    pad = pad_id_of(tokenizer)
+    messages = [{"role": "user", "content": "Score this: alpha"}]
+    params = SamplingParams(temperature=0, max_completions_tokens=5)
+    reply = base_model_sampler(model, tokenizer, pad_id=pad)("tiny", messages, params)
+    plain = load_model(tiny_dir)
+    plain.eval()
+    from tunewright.modeling.chat import render_chat
+
+    prompt = render_chat(tokenizer, messages, add_generation_prompt=True, with_mask=False).ids
+    with torch.no_grad():
+        greedy = plain.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=5, pad_token_id=pad)
+    expected = greedy[0, len(prompt) :].tolist()
+    assert reply.prompt_tokens == len(prompt)
+    assert reply.completion_tokens >= 1
+    stop = next((i for i, t in enumerate(expected) if t in rft_stops(model, tokenizer)), None)
+    kept = expected if stop is None else expected[:stop]
+    assert reply.text == tokenizer.decode(kept, skip_special_tokens=True)
+    assert model.training  # the sampler left the trained model as it found it
+
+
+def rft_stops(model: Any, tokenizer: Any) -> frozenset[int]:
+    from tunewright.inference.models import stop_token_ids
+
+    return stop_token_ids(model, tokenizer)
