@@ -141,3 +141,31 @@ def test_pause_then_resume_reaches_the_same_adapter_as_an_uninterrupted_run(clie
     assert [e.data["train_reward_mean"] for e in metrics_events(stores, paused.id, project)] == rewards
     done = client_a.fine_tuning.jobs.retrieve(paused.id)
     assert done.trained_tokens == client_a.fine_tuning.jobs.retrieve(straight.id).trained_tokens
+
+
+def test_a_large_file_the_grader_cannot_fill_fails_in_the_worker_naming_the_line(client_a, stores, settings):
+    settings.sync_validate_max_bytes = 0  # every file is "large": the worker checks it against the grader
+    lines = (ASSETS / "valid_rft.jsonl").read_bytes().splitlines()
+    lines[6] = lines[6].replace(b'"answer"', b'"solution"')
+    training = client_a.files.create(file=("rft.jsonl", b"\n".join(lines) + b"\n"), purpose="fine-tune")
+    job = client_a.fine_tuning.jobs.create(
+        model=TINY, training_file=training.id, method={"type": "reinforcement", "reinforcement": {"grader": MULTI}}
+    )
+    assert job.status == "validating_files"
+    assert run_worker(settings, stores) == ["failed"]
+    failed = client_a.fine_tuning.jobs.retrieve(job.id)
+    assert (failed.error.code, failed.error.param) == ("invalid_training_file", "training_file")
+    assert failed.error.message.startswith("training_file line 7: cannot be graded: ")
+    assert "item.answer" in failed.error.message
+
+
+def test_the_estimate_of_a_reinforcement_job_resolves_its_hyperparameters(client_a):
+    training = client_a.files.create(file=("rft.jsonl", (ASSETS / "valid_rft.jsonl").read_bytes()), purpose="fine-tune")
+    method = {"type": "reinforcement", "reinforcement": {"grader": MULTI, "hyperparameters": {"batch_size": 4}}}
+    body = {"model": TINY, "training_file": training.id, "method": method}
+    estimate = client_a.post("/fine_tuning/jobs/estimate", body=body, cast_to=object)
+    hyper = estimate["method"]["reinforcement"]["hyperparameters"]
+    assert hyper["compute_multiplier"] == 1.0
+    assert hyper["eval_interval"] == 3  # the steps of one epoch (12 prompts, batches of 4), at most 10
+    assert hyper["eval_samples"] == 32
+    assert estimate["examples"] == 12
