@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures.contract import validate_operation
+from fixtures.models import share_smollm2
 from fixtures.training import (
     TINY,
     BackgroundWorker,
@@ -21,6 +23,7 @@ from fixtures.training import (
     run_worker,
     training_settings,
     wait_for_metrics,
+    worker_process,
 )
 
 from tunewright.storage.keys import adapter_blob_prefix
@@ -54,9 +57,7 @@ MULTI = {
 
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, tiny_dir: Path) -> Any:
-    settings = training_settings(request, tmp_path, backend, tiny_dir)
-    settings.rft_max_completion_tokens = 6
-    return settings
+    return training_settings(request, tmp_path, backend, tiny_dir)  # completions of at most 6 tokens
 
 
 def create(client: Any, *, epochs: int = 1, validation: bool = True, seed: int = 3, **hyper: Any) -> Any:
@@ -169,3 +170,23 @@ def test_the_estimate_of_a_reinforcement_job_resolves_its_hyperparameters(client
     assert hyper["eval_interval"] == 3  # the steps of one epoch (12 prompts, batches of 4), at most 10
     assert hyper["eval_samples"] == 32
     assert estimate["examples"] == 12
+
+
+def test_a_killed_worker_resumes_the_job_and_each_step_is_billed_once(
+    client_a, stores, settings, tenants, tmp_path, smollm2_import
+):
+    job = create(client_a, epochs=5, validation=False, batch_size=2)
+    share_smollm2(settings.data_path, smollm2_import)  # the worker's import at start has nothing to do
+    process = worker_process(settings, tmp_path / "worker.log")
+    try:
+        wait_for_metrics(stores, job.id, tenants["a"].project_id, 8, process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert run_worker(settings, stores) == ["succeeded"]  # claims it once the lease expires
+    events = client_a.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert len([e for e in events if e.message.startswith("Resumed from step ")]) == 1
+    project = tenants["a"].project_id
+    usage = stores.metadata.list_training_usage(job.id, project_id=project)
+    assert [row.step for row in usage] == list(range(1, 31))
+    assert client_a.fine_tuning.jobs.retrieve(job.id).trained_tokens == sum(row.trained_tokens for row in usage)
