@@ -97,10 +97,19 @@ def summary_message(prepared: PreparedJob, seed: int) -> str:
     valid = ""
     if prepared.validation is not None:
         valid = f"; validation: {counted(len(prepared.validation.examples), 'example')}"
+    if hyper.method_type == "reinforcement":
+        billed = (
+            f"Training {counted(hyper.n_epochs, 'epoch')} over {counted(training.total_tokens, 'prompt token')}; "
+            "each step bills the tokens it samples and trains on; batch size "
+        )
+    else:
+        billed = (
+            f"Training {counted(hyper.n_epochs, 'epoch')} x {counted(training.total_tokens, 'token')} = "
+            f"{prepared.billed_tokens} billed training tokens; batch size "
+        )
     return (
         f"Files validated: {counted(len(training.examples), 'training example')}, "
-        f"{counted(training.total_tokens, 'token')}{valid}. Training {counted(hyper.n_epochs, 'epoch')} x "
-        f"{counted(training.total_tokens, 'token')} = {prepared.billed_tokens} billed training tokens; batch size "
+        f"{counted(training.total_tokens, 'token')}{valid}. {billed}"
         f"{hyper.batch_size}, learning rate multiplier {hyper.learning_rate_multiplier:g}, "
         f"{counted(prepared.total_steps, 'step')}. Batches are grouped by length: "
         f"{prepared.padding(seed):.1%} of batch tokens are padding."

@@ -115,6 +115,8 @@ def test_a_reinforcement_job_trains_reports_rewards_and_publishes_a_model_that_a
     assert done.trained_tokens == sum(row.trained_tokens for row in usage)
 
     assert [c.step_number for c in client_a.fine_tuning.jobs.checkpoints.list(job.id).data] == [6, 3]
+    messages = [event.message for event in client_a.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any("each step bills the tokens it samples and trains on" in message for message in messages)
     reply = client_a.chat.completions.create(model=done.fine_tuned_model, messages=HELLO, max_tokens=4)
     assert reply.model == done.fine_tuned_model
     assert reply.choices[0].message.role == "assistant"
