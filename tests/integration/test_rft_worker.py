@@ -192,3 +192,25 @@ def test_a_killed_worker_resumes_the_job_and_each_step_is_billed_once(
     usage = stores.metadata.list_training_usage(job.id, project_id=project)
     assert [row.step for row in usage] == list(range(1, 31))
     assert client_a.fine_tuning.jobs.retrieve(job.id).trained_tokens == sum(row.trained_tokens for row in usage)
+
+
+def test_a_score_model_grader_on_the_base_model_runs_in_the_trainer(client_a, stores, settings, tenants):
+    judge = {
+        "type": "score_model",
+        "name": "judge",
+        "model": TINY,
+        "input": [{"role": "user", "content": "Score 0 to 1: {{sample.output_text}} for {{item.answer}}"}],
+        "range": [0, 1],
+        "sampling_params": {"temperature": 0, "max_completions_tokens": 4},
+    }
+    training = client_a.files.create(file=("rft.jsonl", (ASSETS / "valid_rft.jsonl").read_bytes()), purpose="fine-tune")
+    hyper = {"n_epochs": 1, "batch_size": 6, "compute_multiplier": 0.5}
+    job = client_a.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=training.id,
+        method={"type": "reinforcement", "reinforcement": {"grader": judge, "hyperparameters": hyper}},
+    )
+    assert run_worker(settings, stores) == ["succeeded"]
+    metrics = metrics_events(stores, job.id, tenants["a"].project_id)
+    assert [event.data["step"] for event in metrics] == [1, 2]
+    assert all(0.0 <= event.data["train_reward_mean"] <= 1.0 for event in metrics)
