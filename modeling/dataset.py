@@ -8,7 +8,10 @@ chat template (no torch here: the tokenizer is handed in). Three kinds of line (
 - prompt/completion: the prompt's tokens, then the completion's tokens and the tokenizer's eos token, each part
   tokenized on its own (as inference sees the prompt); the mask covers the completion and the eos token;
 - preference (``method="dpo"``): a ``PreferenceExample`` holding the prompt (the input messages and the
-  assistant header) and the ids of each output (its content and the template's end-of-turn token).
+  assistant header) and the ids of each output (its content and the template's end-of-turn token);
+- reinforcement prompt (``method="reinforcement"``, a chat line): a ``PromptExample``, the messages with the
+  assistant header, kept with the line for the grader. A prompt longer than ``max_tokens`` keeps its last
+  ``max_tokens`` tokens (the assistant header must stay, the model answers right after it).
 
 An example longer than ``max_tokens`` keeps its first ``max_tokens`` tokens, as OpenAI truncates, and its line
 is recorded for the warning event; one left with no target token is an error naming the line.
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["PreferenceExample", "TokenizedDataset", "TokenizedExample", "tokenize_dataset"]
+__all__ = ["PreferenceExample", "PromptExample", "TokenizedDataset", "TokenizedExample", "tokenize_dataset"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -99,7 +102,37 @@ class PreferenceExample:
         return len(self.chosen) + len(self.rejected)
 
 
-E = TypeVar("E", TokenizedExample, PreferenceExample)
+@dataclass(frozen=True, slots=True)
+class PromptExample:
+    """One reinforcement example: a prompt the model answers, and the line itself (the grader's ``item``).
+
+    Attributes:
+        prompt: The messages rendered with the assistant header (``add_generation_prompt=True``).
+        item: The decoded line, which the grader's ``{{ item.… }}`` templates read.
+        line: 1-based physical line number in the file.
+    """
+
+    prompt: list[int]
+    item: dict[str, Any]
+    line: int
+
+    @property
+    def length(self) -> int:
+        """Tokens of the prompt (the completions are sampled while training)."""
+        return len(self.prompt)
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens counted for billing before sampling: the prompt's (each step adds what it sampled)."""
+        return len(self.prompt)
+
+    @property
+    def target_tokens(self) -> int:
+        """Tokens the loss covers before sampling: none are known yet, so the prompt stands for them."""
+        return len(self.prompt)
+
+
+E = TypeVar("E", TokenizedExample, PreferenceExample, PromptExample)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +216,8 @@ def tokenize_dataset(
             template cannot render (up to ``MAX_PROBLEMS`` lines).
         ValueError: ``method`` is unknown, ``max_tokens`` below 1, or a line is not in the method's format.
     """
-    if method not in ("supervised", "dpo"):
-        raise ValueError(f"unknown method {method!r}: expected 'supervised' or 'dpo'")
+    if method not in ("supervised", "dpo", "reinforcement"):
+        raise ValueError(f"unknown method {method!r}: expected 'supervised', 'dpo' or 'reinforcement'")
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     examples: list[Any] = []
@@ -232,6 +265,8 @@ _Encoder = Callable[["PreTrainedTokenizerBase", dict[str, Any], int], Any]
 
 def _encoder(obj: dict[str, Any], method: str, line: int) -> _Encoder:
     data_format = detect_format(obj)
+    if method == "reinforcement" and data_format == DataFormat.CHAT:
+        return encode_prompt
     wanted = (DataFormat.PREFERENCE,) if method == "dpo" else (DataFormat.CHAT, DataFormat.PROMPT_COMPLETION)
     if data_format not in wanted:
         raise ValueError(f"line {line}: a {method} job cannot use a {data_format or 'unknown'} example")
@@ -253,6 +288,8 @@ def _truncate(example: E, max_tokens: int) -> E:
         return example
     if isinstance(example, TokenizedExample):
         return TokenizedExample(example.ids[:max_tokens], example.mask[:max_tokens], example.line)
+    if isinstance(example, PromptExample):
+        return PromptExample(example.prompt[-max_tokens:], example.item, example.line)
     room = max(max_tokens - len(example.prompt), 0)
     return PreferenceExample(example.prompt[:max_tokens], example.chosen[:room], example.rejected[:room], example.line)
 
@@ -286,6 +323,12 @@ def encode_preference(tokenizer: PreTrainedTokenizerBase, obj: dict[str, Any], l
         return [token for token, bit in zip(chat.ids, chat.mask, strict=True) if bit]
 
     return PreferenceExample(prompt=prompt, chosen=reply(PREFERRED_KEYS), rejected=reply(NON_PREFERRED_KEYS), line=line)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, obj: dict[str, Any], line: int) -> PromptExample:
+    """Render a reinforcement line's messages with the assistant header: the prompt the model answers."""
+    prompt = render_chat(tokenizer, obj["messages"], tools=_tools(obj), add_generation_prompt=True, with_mask=False)
+    return PromptExample(prompt=prompt.ids, item=obj, line=line)
 
 
 _ENCODERS: dict[DataFormat, _Encoder] = {

@@ -10,6 +10,10 @@ run without a GPU stack. The rules follow what OpenAI has published (docs/archit
   ``batch_size <= 4`` → 0.05 (up to ~2,250 examples), ``<= 32`` → 0.1 (up to ~16,250), else 0.2 — a larger
   batch averages out more gradient noise, so it takes a larger step.
 - DPO ``beta``: 0.1 (the value OpenAI's examples show).
+- Reinforcement (ours; OpenAI publishes none): ``compute_multiplier`` 1.0, which samples ``RFT_BASE_GROUP`` (4)
+  completions per prompt (``group_size``: ``max(2, round(4 * compute_multiplier))``); ``eval_interval`` the steps
+  of one epoch, at most 10; ``eval_samples`` 32 validation prompts (fewer when the file has fewer);
+  ``reasoning_effort`` ``default`` (echoed; it changes nothing on the non-reasoning models trained here).
 
 The learning rate is ``base_learning_rate_for(family) * multiplier``. LoRA defaults (rank 16, alpha 32, dropout
 0.05, every linear layer) are the common PEFT/Unsloth starting point.
@@ -31,6 +35,11 @@ QUALITY_KEYS = ("forgetting_check", "early_stopping_patience", "early_stopping_m
 EXTENSION_KEYS = (*LORA_KEYS, *QUALITY_KEYS)
 AUTO = "auto"
 DEFAULT_BETA = 0.1
+RFT_KEYS = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort")
+RFT_BASE_GROUP = 4
+DEFAULT_COMPUTE_MULTIPLIER = 1.0
+DEFAULT_EVAL_SAMPLES = 32
+MAX_AUTO_EVAL_INTERVAL = 10
 MAX_BATCH_SIZE = 256
 
 # Base LoRA learning rate per model family: the learning rate at `learning_rate_multiplier` 1.0. OpenAI's
@@ -61,6 +70,10 @@ class ResolvedHyperparameters(msgspec.Struct, kw_only=True, frozen=True):
     learning_rate_multiplier: float
     learning_rate: float
     beta: float | None = None  # DPO only
+    compute_multiplier: float | None = None  # reinforcement only, as the next three
+    eval_interval: int | None = None
+    eval_samples: int | None = None
+    reasoning_effort: str | None = None
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
@@ -68,6 +81,11 @@ class ResolvedHyperparameters(msgspec.Struct, kw_only=True, frozen=True):
     forgetting_check: bool = True  # the loss on the general probe set, before training and at each checkpoint
     early_stopping_patience: int | None = None  # validation evaluations without improvement before stopping
     early_stopping_min_delta: float = 0.0  # the least decrease of the validation loss that counts as one
+
+
+def group_size(compute_multiplier: float) -> int:
+    """Completions sampled per prompt in reinforcement fine-tuning: ``RFT_BASE_GROUP`` scaled, at least 2."""
+    return max(2, round(RFT_BASE_GROUP * compute_multiplier))
 
 
 def base_learning_rate_for(model_family: str) -> float:
@@ -134,6 +152,9 @@ def resolve_hyperparameters(
         given_beta = _given(given, "beta")
         beta = DEFAULT_BETA if given_beta is None else given_beta
     extensions = {key: _copy(given[key]) for key in EXTENSION_KEYS if _given(given, key) is not None}
+    if method_type == "reinforcement":
+        per_epoch = math.ceil(examples / batch_size)
+        extensions.update(_reinforcement(given, per_epoch))
     return ResolvedHyperparameters(
         method_type=method_type,
         n_epochs=auto_n_epochs(examples) if n_epochs is None else n_epochs,
@@ -145,11 +166,26 @@ def resolve_hyperparameters(
     )
 
 
+def _reinforcement(given: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
+    """The reinforcement keys, "auto" resolved (see the module docstring)."""
+    compute = _given(given, "compute_multiplier")
+    interval = _given(given, "eval_interval")
+    samples = _given(given, "eval_samples")
+    effort = given.get("reasoning_effort")
+    return {
+        "compute_multiplier": DEFAULT_COMPUTE_MULTIPLIER if compute is None else float(compute),
+        "eval_interval": min(MAX_AUTO_EVAL_INTERVAL, steps_per_epoch) if interval is None else interval,
+        "eval_samples": DEFAULT_EVAL_SAMPLES if samples is None else samples,
+        "reasoning_effort": effort if isinstance(effort, str) else "default",
+    }
+
+
 def with_resolved(method: dict[str, Any], resolved: ResolvedHyperparameters) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return the job's `(method, hyperparameters)` with numbers in place of "auto", both views in step.
 
     The shape is the one `build_method` stores: the method's hyperparameters hold the core keys (and `beta` for
-    DPO); the top-level view holds the core keys; both echo the extension keys the user gave, and only those.
+    DPO, the `RFT_KEYS` for reinforcement); the top-level view holds the core keys; both echo the extension keys
+    the user gave, and only those.
 
     Args:
         method: The job's stored method (not modified).
@@ -162,6 +198,8 @@ def with_resolved(method: dict[str, Any], resolved: ResolvedHyperparameters) -> 
     core = {key: getattr(resolved, key) for key in CORE_KEYS}
     extensions = {key: _copy(getattr(resolved, key)) for key in EXTENSION_KEYS if key in given}
     hyper = {"beta": resolved.beta, **core} if method_type == "dpo" else dict(core)
+    if method_type == "reinforcement":
+        hyper.update({key: getattr(resolved, key) for key in RFT_KEYS})
     hyper.update(extensions)
     new_method = dict(method)
     new_method[method_type] = {**(method.get(method_type) or {}), "hyperparameters": hyper}

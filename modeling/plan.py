@@ -109,15 +109,20 @@ def plan_training(
     )
 
 
-def check_large_file(stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str) -> None:
+def check_large_file(
+    stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str, line_check: Any = None
+) -> None:
     """Run the full format check on a file too large to have been checked when the job was created.
+
+    ``line_check`` is a reinforcement job's grader check (``training_files.reinforcement.ItemCheck``).
 
     Raises:
         DatasetError: The file breaks the format rules (the same messages the API gives).
     """
     if file.bytes <= settings.sync_validate_max_bytes:
         return
-    report = validate_dataset(blob_lines(stores.blobs, file.blob_key), param=param, method=method_type)  # type: ignore[arg-type]
+    lines = blob_lines(stores.blobs, file.blob_key)
+    report = validate_dataset(lines, param=param, method=method_type, line_check=line_check)  # type: ignore[arg-type]
     report.raise_if_invalid()
 
 

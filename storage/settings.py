@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resume_every_s: PositiveInt = 300
     max_context_tokens: PositiveInt = 4096
     micro_batch_tokens: PositiveInt = 8192
+    rft_max_completion_tokens: PositiveInt = 256
     eval_every_steps: NonNegativeInt = 50
     eval_sample_examples: PositiveInt = 64
     forgetting_threshold: Annotated[float, Meta(ge=0)] = 0.1

@@ -44,18 +44,26 @@ def budget_batches(
         collate: Pads a list of examples into one micro-batch.
         rows: Sequences per example.
     """
+    return [collate(group) for group in budget_groups(examples, budget=budget, rows=rows)]
+
+
+def budget_groups(examples: Sequence[Any], *, budget: int, rows: int = 1, extra: int = 0) -> list[list[Any]]:
+    """The groups of ``budget_batches`` before they are padded.
+
+    Each example counts ``extra`` tokens wider (room for the completions a reinforcement step samples).
+    """
     ordered = sorted(examples, key=lambda example: -example.length)
-    batches: list[B] = []
+    groups: list[list[Any]] = []
     current: list[Any] = []
     for example in ordered:
-        width = max([example.length] + [other.length for other in current])
+        width = max([example.length] + [other.length for other in current]) + extra
         if current and (len(current) + 1) * width * rows > budget:
-            batches.append(collate(current))
+            groups.append(current)
             current = []
         current.append(example)
     if current:
-        batches.append(collate(current))
-    return batches
+        groups.append(current)
+    return groups
 
 
 def pad_id_of(tokenizer: Any) -> int:

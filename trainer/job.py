@@ -158,13 +158,19 @@ def start_session(handle: JobHandle, prepared: PreparedJob, backend: TrainingBac
         if parent is not None:
             load_adapter_weights(model, parent)
     state = make_training_state(model, learning_rate=hyper.learning_rate, total_steps=prepared.total_steps)
+    if hyper.method_type == "reinforcement":
+        from tunewright.trainer.rft import job_objective
+
+        objective = job_objective(handle.job.method, handle.settings, hyper, model, prepared.tokenizer)
+    else:
+        objective = objective_for(hyper)
     session = Session(
         handle=handle,
         prepared=prepared,
         backend=backend,
         model=model,
         state=state,
-        objective=objective_for(hyper),
+        objective=objective,
         progress=TrainingProgress(),
         pad_id=pad_id_of(prepared.tokenizer),
     )

@@ -11,11 +11,13 @@ import logging
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from tunewright.graders import parse_grader
 from tunewright.modeling.loading import load_tokenizer
 from tunewright.modeling.plan import TrainingPlan, check_large_file, plan_training
 from tunewright.modeling.registry import resolve_model_dir
 from tunewright.storage.streams import blob_lines
 from tunewright.trainer.batching import padding_fraction, plan_batches
+from tunewright.training_files.reinforcement import GRADER_PARAM, ItemCheck
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,9 +60,14 @@ def prepare(stores: Stores, settings: Settings, job: JobRecord) -> PreparedJob:
     validation_file = (
         stores.metadata.get_file(job.validation_file, project_id=job.project_id) if job.validation_file else None
     )
-    check_large_file(stores, settings, training_file, param="training_file", method_type=method_type)
+    line_check = job_item_check(job.method)
+    check_large_file(
+        stores, settings, training_file, param="training_file", method_type=method_type, line_check=line_check
+    )
     if validation_file is not None:
-        check_large_file(stores, settings, validation_file, param="validation_file", method_type=method_type)
+        check_large_file(
+            stores, settings, validation_file, param="validation_file", method_type=method_type, line_check=line_check
+        )
     model_dir = resolve_model_dir(job.base_model, settings)
     tokenizer = load_tokenizer(model_dir)
     plan = plan_training(
@@ -76,6 +83,13 @@ def prepare(stores: Stores, settings: Settings, job: JobRecord) -> PreparedJob:
     )
 
 
+def job_item_check(method: dict[str, Any]) -> ItemCheck | None:
+    """A reinforcement job's check of each line against its grader's item templates (None for other methods)."""
+    if method.get("type") != "reinforcement":
+        return None
+    return ItemCheck(parse_grader(method["reinforcement"]["grader"], param=GRADER_PARAM))
+
+
 def summary_message(prepared: PreparedJob, seed: int) -> str:
     """The event stating what the job will train and bill."""
     training = prepared.training
@@ -83,10 +97,19 @@ def summary_message(prepared: PreparedJob, seed: int) -> str:
     valid = ""
     if prepared.validation is not None:
         valid = f"; validation: {counted(len(prepared.validation.examples), 'example')}"
+    if hyper.method_type == "reinforcement":
+        billed = (
+            f"Training {counted(hyper.n_epochs, 'epoch')} over {counted(training.total_tokens, 'prompt token')}; "
+            "each step bills the tokens it samples and trains on; batch size "
+        )
+    else:
+        billed = (
+            f"Training {counted(hyper.n_epochs, 'epoch')} x {counted(training.total_tokens, 'token')} = "
+            f"{prepared.billed_tokens} billed training tokens; batch size "
+        )
     return (
         f"Files validated: {counted(len(training.examples), 'training example')}, "
-        f"{counted(training.total_tokens, 'token')}{valid}. Training {counted(hyper.n_epochs, 'epoch')} x "
-        f"{counted(training.total_tokens, 'token')} = {prepared.billed_tokens} billed training tokens; batch size "
+        f"{counted(training.total_tokens, 'token')}{valid}. {billed}"
         f"{hyper.batch_size}, learning rate multiplier {hyper.learning_rate_multiplier:g}, "
         f"{counted(prepared.total_steps, 'step')}. Batches are grouped by length: "
         f"{prepared.padding(seed):.1%} of batch tokens are padding."

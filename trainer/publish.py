@@ -43,6 +43,7 @@ RESULTS_COLUMNS = (
     "probe_loss_base",
     "best_checkpoint",
 )
+REWARD_COLUMNS = ("train_reward_mean", "valid_reward_mean")
 KEEP_LAST_CHECKPOINTS = 3
 
 
@@ -189,36 +190,43 @@ def discard_checkpoints(stores: Stores, *, project_id: str, job_id: str) -> int:
 
 
 def results_csv(
-    steps: Sequence[StepRecord], *, probe_loss_base: float | None = None, best_step: int | None = None
+    steps: Sequence[StepRecord],
+    *,
+    probe_loss_base: float | None = None,
+    best_step: int | None = None,
+    rewards: bool = False,
 ) -> bytes:
     """Return the results file: one row per optimizer step, empty cells where a step measured nothing.
 
     OpenAI's five columns come first; Tunewright's follow: ``probe_loss`` and ``probe_loss_base`` (the forgetting
-    check, on checkpoint rows), and ``best_checkpoint`` (``1`` on the row of the checkpoint early stopping
-    published as the fine-tuned model).
+    check, on checkpoint rows), ``best_checkpoint`` (``1`` on the row of the checkpoint early stopping
+    published as the fine-tuned model) and, in a reinforcement job's file (``rewards``), ``train_reward_mean`` and
+    ``valid_reward_mean``.
 
     Args:
         steps: Each optimizer step's metrics, in order.
         probe_loss_base: The base model's probe loss, written beside each measured ``probe_loss``.
         best_step: The step of the published best checkpoint, if any.
+        rewards: Add the reward columns (a reinforcement job).
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RESULTS_COLUMNS)
+    writer.writerow(RESULTS_COLUMNS + (REWARD_COLUMNS if rewards else ()))
     for row in steps:
         measured = row.probe_loss is not None
-        writer.writerow(
-            [
-                row.step,
-                _number(row.train_loss),
-                _number(row.train_accuracy),
-                _number(row.valid_loss),
-                _number(row.valid_mean_token_accuracy),
-                _number(row.probe_loss),
-                _number(probe_loss_base if measured else None),
-                "1" if row.step == best_step else "",
-            ]
-        )
+        cells = [
+            row.step,
+            _number(row.train_loss),
+            _number(row.train_accuracy),
+            _number(row.valid_loss),
+            _number(row.valid_mean_token_accuracy),
+            _number(row.probe_loss),
+            _number(probe_loss_base if measured else None),
+            "1" if row.step == best_step else "",
+        ]
+        if rewards:
+            cells += [_number(row.train_reward_mean), _number(row.valid_reward_mean)]
+        writer.writerow(cells)
     return out.getvalue().encode()
 
 
@@ -231,7 +239,8 @@ def store_results_file(
     best_step: int | None = None,
 ) -> FileRecord:
     """Put the results CSV in the blob store (intent open) and return its File row, not yet inserted."""
-    data = results_csv(steps, probe_loss_base=probe_loss_base, best_step=best_step)
+    rewards = job.method.get("type") == "reinforcement"
+    data = results_csv(steps, probe_loss_base=probe_loss_base, best_step=best_step, rewards=rewards)
     return store_result_file(stores, job.project_id, RESULTS_FILENAME, io.BytesIO(data), line_count=len(steps) + 1)
 
 

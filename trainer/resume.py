@@ -39,6 +39,8 @@ class StepRecord(msgspec.Struct, kw_only=True, array_like=True):
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
     probe_loss: float | None = None  # at checkpoints, with the forgetting check on
+    train_reward_mean: float | None = None  # reinforcement jobs only, as the next one
+    valid_reward_mean: float | None = None
 
 
 class PublishedCheckpoint(msgspec.Struct, kw_only=True):

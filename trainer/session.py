@@ -22,7 +22,7 @@ from tunewright.storage.events import make_event
 from tunewright.storage.keys import adapter_blob_prefix, resume_blob_key
 from tunewright.storage.records import TrainingUsageRecord
 from tunewright.trainer.batching import plan_batches
-from tunewright.trainer.collate import budget_batches, collate_examples, collate_preferences
+from tunewright.trainer.collate import budget_groups, collate_examples, collate_preferences
 from tunewright.trainer.early_stopping import observe, should_stop
 from tunewright.trainer.forgetting import base_probe_loss, build_probe, forgetting_warning, probe_loss
 from tunewright.trainer.loop import StepGroup
@@ -109,18 +109,38 @@ class Session:
         first = self.progress.step
         for epoch in range(first // per_epoch, self.prepared.hyper.n_epochs):
             skip = first - epoch * per_epoch if epoch == first // per_epoch else 0
-            for indices in self.plan(epoch)[skip:]:
-                yield StepGroup(self.micro_batches([self.prepared.training.examples[i] for i in indices]))
+            for offset, indices in enumerate(self.plan(epoch)[skip:]):
+                step = epoch * per_epoch + skip + offset + 1
+                examples = [self.prepared.training.examples[i] for i in indices]
+                yield StepGroup(self.micro_batches(examples, step=step))
 
-    def micro_batches(self, examples: Sequence[Any]) -> list[Batch]:
-        """Cut one step's examples (longest first) into padded micro-batches under the token budget."""
-        rows = 2 if self.prepared.hyper.method_type == "dpo" else 1
-        return budget_batches(examples, budget=self.handle.settings.micro_batch_tokens, collate=self.collate, rows=rows)
+    def micro_batches(self, examples: Sequence[Any], *, step: int = 0) -> list[Batch]:
+        """Cut one step's examples (longest first) into padded micro-batches under the token budget.
 
-    def collate(self, examples: Sequence[Any]) -> Any:
-        """Pad examples into the objective's batch type."""
+        A reinforcement prompt counts as ``group_size`` rows of its prompt and the longest completion, and its
+        micro-batch carries a seed of the job, the 1-based ``step`` and its place in the step.
+        """
+        hyper = self.prepared.hyper
+        rows, extra = 1, 0
+        if hyper.method_type == "dpo":
+            rows = 2
+        elif hyper.method_type == "reinforcement":
+            rows, extra = self.objective.group_size, self.objective.max_completion_tokens
+        groups = budget_groups(examples, budget=self.handle.settings.micro_batch_tokens, rows=rows, extra=extra)
+        return [self.collate(group, seed=self.sample_seed(step, index)) for index, group in enumerate(groups)]
+
+    def sample_seed(self, step: int, index: int) -> int:
+        """The seed of a reinforcement micro-batch's completions: the same on a replay of the step."""
+        return (self.handle.job.seed * 1_000_003 + step * 1_009 + index) % 2**63
+
+    def collate(self, examples: Sequence[Any], *, seed: int = 0) -> Any:
+        """Pad examples into the objective's batch type (a reinforcement batch keeps its prompts and seed)."""
         if self.prepared.hyper.method_type == "dpo":
             return collate_preferences(examples, self.pad_id)
+        if self.prepared.hyper.method_type == "reinforcement":
+            from tunewright.trainer.rft import RftBatch
+
+            return RftBatch(examples=list(examples), seed=seed)
         return collate_examples(examples, self.pad_id)
 
     def tokens_of_step(self, step: int) -> int:
@@ -130,10 +150,18 @@ class Session:
         return sum(self.prepared.training.examples[i].total_tokens for i in indices)
 
     def prepare_validation(self) -> None:
-        """Batch the validation file once: all of it for epoch ends, a seeded sample for every N steps."""
+        """Batch the validation file once: all of it for epoch ends, a seeded sample for every N steps.
+
+        A reinforcement job keeps ``eval_samples`` validation prompts (a seeded sample) instead.
+        """
         if self.prepared.validation is None:
             return
         examples = list(self.prepared.validation.examples)
+        if self.prepared.hyper.method_type == "reinforcement":
+            count = min(len(examples), self.prepared.hyper.eval_samples or len(examples))
+            rng = random.Random(f"tunewright.validation:{self.handle.job.seed}")  # noqa: S311 - a sample, not a secret
+            self.validation_sample = rng.sample(examples, count)
+            return
         self.validation_full = self._eval_batches(examples)
         count = min(len(examples), self.handle.settings.eval_sample_examples)
         rng = random.Random(f"tunewright.validation:{self.handle.job.seed}")  # noqa: S311 - a sample, not a secret
@@ -220,6 +248,8 @@ class Session:
             valid_loss=valid.get("valid_loss"),
             valid_mean_token_accuracy=valid.get("valid_mean_token_accuracy"),
             probe_loss=valid.get("probe_loss"),
+            train_reward_mean=metrics.extra.get("train_reward_mean"),
+            valid_reward_mean=valid.get("valid_reward_mean"),
         )
         self.progress.steps.append(record)
         event = self.metrics_event(metrics, valid)
@@ -249,15 +279,21 @@ class Session:
         return True
 
     def step_usage(self, step: int) -> TrainingUsageRecord:
-        """The training usage of 1-based optimizer ``step``: the tokens of the examples it trained on."""
+        """The training usage of 1-based optimizer ``step``: the tokens of the examples it trained on.
+
+        A reinforcement step bills what it sampled (validation samples and model graders' calls included) and the
+        prompt and completion tokens it trained on.
+        """
         job = self.handle.job
+        take = getattr(self.objective, "take_tokens", None)
+        tokens = sum(take()) if take is not None else self.tokens_of_step(step)
         return TrainingUsageRecord(
             job_id=job.id,
             step=step,
             project_id=job.project_id,
             model=job.model,
             base_model=job.base_model,
-            trained_tokens=self.tokens_of_step(step),
+            trained_tokens=tokens,
             created_at=int(time.time()),
         )
 
@@ -265,6 +301,8 @@ class Session:
         """Validation metrics for this step: the whole file at an epoch end, a sample every N steps."""
         from tunewright.trainer.evaluate import evaluate
 
+        if self.prepared.hyper.method_type == "reinforcement":
+            return self.validate_rewards(step)
         every = self.handle.settings.eval_every_steps
         values: dict[str, float] = {}
         if self.validation_full and epoch_end:
@@ -313,6 +351,22 @@ class Session:
             self.cut_epoch_end = None
             self.end_epoch(metrics, values)
 
+    def validate_rewards(self, step: int) -> dict[str, float]:
+        """A reinforcement job's validation metrics: every ``eval_interval`` steps and at the last step.
+
+        The mean reward of one seeded sample per kept validation prompt (and each sub-grader's, for a multi grader).
+        """
+        interval = self.prepared.hyper.eval_interval or 1
+        if not self.validation_sample or (step % interval and step != self.prepared.total_steps):
+            return {}
+        stats = self.objective.evaluate(
+            self.model,
+            self.validation_sample,
+            seed=self.sample_seed(step, 10_000),
+            batch_size=max(1, self.prepared.hyper.batch_size),
+        )
+        return stats.means("valid")
+
     def metrics_event(self, metrics: StepMetrics, valid: dict[str, float]) -> Any:
         """The step's `metrics` event, in OpenAI's shape."""
         data: dict[str, Any] = {
@@ -330,6 +384,10 @@ class Session:
             message += f", reward margin={data['reward_margin']:.4f}"
         if "probe_loss" in valid:
             message += f", probe loss={valid['probe_loss']:.4f}"
+        if "train_reward_mean" in data:
+            message += f", mean reward={data['train_reward_mean']:.4f}"
+        if "valid_reward_mean" in data:
+            message += f", validation mean reward={data['valid_reward_mean']:.4f}"
         return self.handle.event(message, kind="metrics", data=data)
 
     def estimated_finish(self) -> int:

@@ -10,7 +10,8 @@ Pure Python (the API imports it through ``training_files.validate``). Three form
   assistant message], "non_preferred_output": [one assistant message]}``; the old schema's
   ``preferred_completion`` / ``non_preferred_completion`` spellings are accepted too.
 
-Keys outside a format's own are ignored at the top level of a line (people keep ids and metadata there).
+A reinforcement job's lines are chat prompts (``training_files.reinforcement``). Keys outside a format's own are
+ignored at the top level of a line (people keep ids and metadata there).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunewright.training_files.chat_format import check_chat_example, check_messages, check_tool_fields, got, present
 from tunewright.training_files.errors import Problem, Problems, json_type
+from tunewright.training_files.reinforcement import check_reinforcement_example
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,12 +51,21 @@ def detect_format(obj: dict[str, Any]) -> DataFormat | None:
     return None
 
 
-def validate_example(obj: Any, line_no: int) -> list[Problem]:
+def validate_example(
+    obj: Any,
+    line_no: int,
+    *,
+    method: str = "supervised",
+    extra: Callable[[dict[str, Any], Problems], None] | None = None,
+) -> list[Problem]:
     """Check one decoded line against the rules of the format it is in.
 
     Args:
         obj: The decoded JSON value of the line.
         line_no: Its 1-based physical line number, used in the problems.
+        method: The job's method: a ``reinforcement`` job's chat lines are prompts
+            (``training_files.reinforcement.check_reinforcement_example``).
+        extra: A further check of a line in a known format (a reinforcement job's grader templates).
 
     Returns:
         The problems found, in field order; empty when the line is a valid example.
@@ -70,8 +81,12 @@ def validate_example(obj: Any, line_no: int) -> list[Problem]:
             "is not a training example: expected messages (chat), prompt and completion, or input with "
             "preferred_output and non_preferred_output (preference)",
         )
+    elif method == "reinforcement" and data_format == DataFormat.CHAT:
+        check_reinforcement_example(obj, out)
     else:
         _CHECKS[data_format](obj, out)
+    if data_format is not None and extra is not None:
+        extra(obj, out)
     return out.items
 
 

@@ -11,13 +11,14 @@ framing error stops the check. Format rules (``training_files.formats``) collect
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from tunewright.training_files.chat_format import decode_reason
-from tunewright.training_files.errors import DatasetError, DatasetParam, Problem, json_type
+from tunewright.training_files.errors import DatasetError, DatasetParam, Problem, Problems, json_type
 from tunewright.training_files.formats import DataFormat, detect_format, validate_example
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ __all__ = [
     "validate_example",
 ]
 
-Method = Literal["supervised", "dpo"]
+Method = Literal["supervised", "dpo", "reinforcement"]
+LineCheck = Callable[[dict[str, Any], Problems], None]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_PROBLEMS = 10
@@ -42,6 +44,7 @@ MIN_TRAINING_EXAMPLES = 10
 ACCEPTED_FORMATS: dict[str, tuple[DataFormat, ...]] = {
     "supervised": (DataFormat.CHAT, DataFormat.PROMPT_COMPLETION),
     "dpo": (DataFormat.PREFERENCE,),
+    "reinforcement": (DataFormat.CHAT,),
 }
 _BOM = b"\xef\xbb\xbf"
 
@@ -144,8 +147,10 @@ class _Scan:
         check_format: bool,
         min_examples: int | None,
         max_problems: int,
+        line_check: LineCheck | None = None,
     ) -> None:
         self.param: DatasetParam = param
+        self.line_check = line_check
         self.accepted = ACCEPTED_FORMATS[method]
         self.method = method
         self.check_format = check_format
@@ -181,7 +186,7 @@ class _Scan:
             if data_format is not None:
                 self._check_file_format(data_format)
             try:
-                problems = validate_example(obj, self.lines)
+                problems = validate_example(obj, self.lines, method=self.method, extra=self.line_check)
             except RecursionError:  # a value the decoder just managed to nest, too deep to echo or walk again
                 self.fail(self.lines, NESTED_TOO_DEEPLY)
                 return
@@ -261,17 +266,20 @@ class JsonlChecker:
         min_examples: int | None = None,
         max_line_bytes: int = MAX_LINE_BYTES,
         max_problems: int = MAX_PROBLEMS,
+        line_check: LineCheck | None = None,
     ) -> None:
         """Set up a checker.
 
         Args:
             param: The request field naming the file; it prefixes messages and picks the error code.
             check_format: Also run the training-format rules on every line.
-            method: ``supervised`` (chat or prompt/completion lines) or ``dpo`` (preference lines).
+            method: ``supervised`` (chat or prompt/completion lines), ``dpo`` (preference lines) or
+                ``reinforcement`` (chat prompts).
             min_examples: Fewest examples allowed when ``check_format``; default 10 for ``training_file``,
                 1 for ``validation_file``.
             max_line_bytes: Longest line accepted, in bytes.
             max_problems: Problems collected before giving up.
+            line_check: A further check of each line in a known format (a reinforcement job's grader templates).
         """
         self._scan = _Scan(
             param=param,
@@ -279,6 +287,7 @@ class JsonlChecker:
             check_format=check_format,
             min_examples=min_examples,
             max_problems=max_problems,
+            line_check=line_check,
         )
         self._max_line_bytes = max_line_bytes
         self._buffer = bytearray()
@@ -389,6 +398,7 @@ def validate_dataset(
     method: Method = "supervised",
     min_examples: int | None = None,
     max_problems: int = MAX_PROBLEMS,
+    line_check: LineCheck | None = None,
 ) -> DatasetReport:
     """Check a whole dataset, one physical line per item (iterating a file opened in either mode works).
 
@@ -396,14 +406,23 @@ def validate_dataset(
         lines: The file's lines, each with or without its line end; ``str`` lines are encoded as UTF-8
             (surrogate escapes become the bytes they stand for, and are reported as not valid UTF-8).
         param: ``training_file`` or ``validation_file``; it prefixes messages and picks the error code.
-        method: ``supervised`` (chat or prompt/completion lines) or ``dpo`` (preference lines).
+        method: ``supervised`` (chat or prompt/completion lines), ``dpo`` (preference lines) or
+            ``reinforcement`` (chat prompts).
         min_examples: Fewest examples allowed; default 10 for ``training_file``, 1 for ``validation_file``.
         max_problems: Problems collected before the check stops.
+        line_check: A further check of each line in a known format (a reinforcement job's grader templates).
 
     Returns:
         The report: example count, detected format and up to ``max_problems`` problems.
     """
-    scan = _Scan(param=param, method=method, check_format=True, min_examples=min_examples, max_problems=max_problems)
+    scan = _Scan(
+        param=param,
+        method=method,
+        check_format=True,
+        min_examples=min_examples,
+        max_problems=max_problems,
+        line_check=line_check,
+    )
     for item in lines:
         raw = item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item
         scan.line(raw.removesuffix(b"\n").removesuffix(b"\r"))

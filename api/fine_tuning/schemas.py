@@ -29,6 +29,10 @@ which JSON decoding reads as infinity) that would end the job in non-finite weig
 LearningRateMultiplier = Auto | Annotated[float, Meta(gt=0, le=MAX_LEARNING_RATE_MULTIPLIER)]
 NEpochs = Auto | Annotated[int, Meta(ge=1, le=50)]
 Beta = Auto | Annotated[float, Meta(gt=0, le=2)]
+ComputeMultiplier = Auto | Annotated[float, Meta(gt=0.00001, le=10)]
+EvalInterval = Auto | Annotated[int, Meta(ge=1)]
+EvalSamples = Auto | Annotated[int, Meta(ge=1)]
+ReasoningEffort = Literal["default", "low", "medium", "high"]
 Suffix = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Seed = Annotated[int, Meta(ge=0, le=2_147_483_647)]
 ModuleName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")]
@@ -78,6 +82,21 @@ class DPOHyperparameters(ExtensionHyperparameters):
     n_epochs: NEpochs | UnsetType = UNSET
 
 
+class ReinforcementHyperparameters(ExtensionHyperparameters):
+    """`FineTuneReinforcementHyperparameters` plus the extensions (early stopping is refused: no validation loss).
+
+    `reasoning_effort` is accepted and echoed; it has no effect on the (non-reasoning) models trained here.
+    """
+
+    batch_size: BatchSize | UnsetType = UNSET
+    learning_rate_multiplier: LearningRateMultiplier | UnsetType = UNSET
+    n_epochs: NEpochs | UnsetType = UNSET
+    reasoning_effort: ReasoningEffort | UnsetType = UNSET
+    compute_multiplier: ComputeMultiplier | UnsetType = UNSET
+    eval_interval: EvalInterval | UnsetType = UNSET
+    eval_samples: EvalSamples | UnsetType = UNSET
+
+
 class SupervisedMethod(Request):
     """`FineTuneSupervisedMethod`."""
 
@@ -90,13 +109,20 @@ class DPOMethod(Request):
     hyperparameters: DPOHyperparameters | UnsetType = UNSET
 
 
+class ReinforcementMethod(Request):
+    """`FineTuneReinforcementMethod`: the grader (decoded by `tunewright.graders.parse_grader`) and hyperparameters."""
+
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparameters | UnsetType = UNSET
+
+
 class FineTuneMethod(Request):
     """`FineTuneMethod`: the training method and its hyperparameters."""
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | UnsetType = UNSET
     dpo: DPOMethod | UnsetType = UNSET
-    reinforcement: dict[str, Any] | UnsetType = UNSET
+    reinforcement: ReinforcementMethod | UnsetType = UNSET
 
 
 class WandbSettings(Request):

@@ -12,7 +12,8 @@ from msgspec import UNSET
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.fine_tuning.estimate import CheckedJob, estimate, job_cost
 from tunewright.api.spend.quota import admit_job
-from tunewright.modeling.hyperparams import EXTENSION_KEYS
+from tunewright.graders import GraderError, encode_grader
+from tunewright.modeling.hyperparams import EXTENSION_KEYS, RFT_KEYS
 from tunewright.modeling.modules import UnknownTargetModulesError, check_target_modules
 from tunewright.modeling.registry import local_model_dir
 from tunewright.storage.errors import NotFound, StateConflict
@@ -20,11 +21,13 @@ from tunewright.storage.events import make_event
 from tunewright.storage.ids import new_id, new_model_slot
 from tunewright.storage.records import ACTIVE_STATUSES, TERMINAL_STATUSES, JobEventRecord, JobRecord, JobStatus
 from tunewright.training_files.errors import DatasetError
+from tunewright.training_files.reinforcement import ItemCheck, check_job_grader
 from tunewright.training_files.validate import JsonlChecker
 
 if TYPE_CHECKING:
     from tunewright.api.auth import Principal
     from tunewright.api.fine_tuning.schemas import CreateFineTuningJobRequest, FineTuningJobEstimate
+    from tunewright.graders import Grader
     from tunewright.inference.engine import InferenceEngine
     from tunewright.storage.base import Stores
     from tunewright.storage.records import FileRecord
@@ -138,20 +141,41 @@ def build_method(data: CreateFineTuningJobRequest) -> tuple[dict[str, Any], dict
     hyper = {key: given.get(key, "auto") for key in CORE_KEYS}
     if method_type == "dpo":
         hyper = {"beta": given.get("beta", "auto"), **hyper}
+    if method_type == "reinforcement":
+        hyper.update({key: given.get(key, "default" if key == "reasoning_effort" else "auto") for key in RFT_KEYS})
     hyper.update({k: v for k, v in given.items() if k in EXTENSION_KEYS})
     top = {key: hyper[key] for key in CORE_KEYS}
     top.update({k: v for k, v in hyper.items() if k in EXTENSION_KEYS})
     return {"type": method_type, method_type: {"hyperparameters": hyper}}, top
 
 
+def check_reinforcement(
+    settings: Settings, data: CreateFineTuningJobRequest, method: dict[str, Any], base_model: str
+) -> Grader | None:
+    """Decode and check a reinforcement job's grader, and store it (as sent, normalized) in `method`.
+
+    Raises:
+        InvalidRequestError: the grader is malformed or cannot run in the trainer, naming its path under
+            `method.reinforcement.grader` (a model grader naming another model than the base names its `model`).
+    """
+    if method["type"] != "reinforcement" or data.method is UNSET or data.method.reinforcement is UNSET:
+        return None
+    try:
+        grader = check_job_grader(data.method.reinforcement.grader, settings, base_model=base_model)
+    except GraderError as exc:
+        raise InvalidRequestError(exc.message, param=exc.param, code=exc.code) from None
+    method["reinforcement"] = {"grader": encode_grader(grader), **method["reinforcement"]}
+    return grader
+
+
 def _check_method_shape(data: CreateFineTuningJobRequest) -> None:
     method = data.method
     assert method is not UNSET
-    if method.type == "reinforcement":
+    if method.type == "reinforcement" and method.reinforcement is UNSET:
         raise InvalidRequestError(
-            "Reinforcement fine-tuning is not supported by this server; use method type 'supervised' or 'dpo'.",
-            param="method.type",
-            code="unsupported_method",
+            "Missing required parameter: 'method.reinforcement' (a reinforcement job needs its grader).",
+            param="method.reinforcement",
+            code="missing_required_parameter",
         )
     for other in ("supervised", "dpo", "reinforcement"):
         if other != method.type and getattr(method, other) is not UNSET:
@@ -190,6 +214,13 @@ def check_early_stopping(method: dict[str, Any], *, has_validation: bool, legacy
     given = method[method_type]["hyperparameters"]
     prefix = "hyperparameters" if legacy else f"method.{method_type}.hyperparameters"
     for key in ("early_stopping_patience", "early_stopping_min_delta"):
+        if key in given and method_type == "reinforcement":
+            raise InvalidRequestError(
+                f"Invalid '{key}': early stopping watches the validation loss, which reinforcement jobs do not "
+                "measure (they report rewards).",
+                param=f"{prefix}.{key}",
+                code="invalid_value",
+            )
         if key in given and not has_validation:
             raise InvalidRequestError(
                 f"Invalid '{key}': early stopping watches the validation loss, so it needs a validation_file.",
@@ -204,11 +235,17 @@ def check_early_stopping(method: dict[str, Any], *, has_validation: bool, legacy
         )
 
 
-def precheck_dataset(stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str) -> None:
-    """Run the format rules synchronously on a small file; a problem is a 400 naming its lines."""
+def precheck_dataset(
+    stores: Stores, settings: Settings, file: FileRecord, *, param: str, method_type: str, grader: Grader | None = None
+) -> None:
+    """Run the format rules synchronously on a small file; a problem is a 400 naming its lines.
+
+    A reinforcement job's lines are checked against its grader's item templates too.
+    """
     if file.bytes > settings.sync_validate_max_bytes:
         return
-    checker = JsonlChecker(param=param, check_format=True, method=method_type)  # type: ignore[arg-type]
+    line_check = ItemCheck(grader) if grader is not None else None
+    checker = JsonlChecker(param=param, check_format=True, method=method_type, line_check=line_check)  # type: ignore[arg-type]
     try:
         for chunk in stores.blobs.open(file.blob_key):
             checker.feed(chunk)
@@ -225,6 +262,7 @@ def check_job_request(
     base_model = resolve_base_model(stores, settings, data.model, project_id=project_id)
     method, hyperparameters = build_method(data)
     check_lora_targets(settings, base_model, method, legacy=data.method is UNSET)
+    grader = check_reinforcement(settings, data, method, base_model)
     training = check_training_file(stores, data.training_file, param="training_file", project_id=project_id)
     validation_id = data.validation_file if isinstance(data.validation_file, str) else None
     validation = (
@@ -238,9 +276,11 @@ def check_job_request(
         raise InvalidRequestError(
             "Invalid 'integrations': at most 5 are allowed.", param="integrations", code="invalid_value"
         )
-    precheck_dataset(stores, settings, training, param="training_file", method_type=method["type"])
+    precheck_dataset(stores, settings, training, param="training_file", method_type=method["type"], grader=grader)
     if validation is not None:
-        precheck_dataset(stores, settings, validation, param="validation_file", method_type=method["type"])
+        precheck_dataset(
+            stores, settings, validation, param="validation_file", method_type=method["type"], grader=grader
+        )
     return CheckedJob(
         base_model=base_model,
         method=method,

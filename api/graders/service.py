@@ -8,7 +8,6 @@ spend and rate limits, metered as a chat completion of that model, and generated
 
 from __future__ import annotations
 
-import math
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -33,12 +32,12 @@ from tunewright.graders import (
     Runtime,
     Sample,
     SamplingParams,
-    SandboxLimits,
     encode_grader,
     grade,
     model_graders,
     parse_grader,
 )
+from tunewright.training_files.reinforcement import grader_runtime
 
 if TYPE_CHECKING:
     from tunewright.api.auth import Principal
@@ -58,14 +57,7 @@ _limiter: anyio.CapacityLimiter | None = None
 
 def runtime(settings: Settings, sample_model: ModelSampler | None) -> Runtime:
     """What graders may use in this API: the given model sampler, python graders when the operator enabled them."""
-    python = None
-    if settings.python_graders:
-        python = SandboxLimits(
-            wall_s=settings.python_grader_timeout_s,
-            cpu_s=max(1, math.ceil(settings.python_grader_timeout_s)),
-            memory_bytes=settings.python_grader_memory_bytes,
-        )
-    return Runtime(sample_model=sample_model, python=python)
+    return grader_runtime(settings, sample_model)
 
 
 def checked_grader(

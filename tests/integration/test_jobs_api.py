@@ -91,7 +91,7 @@ def test_dpo_job_on_a_dpo_file(client_a):
         ({"seed": -1}, "seed", "invalid_value"),
         ({"hyperparameters": {"n_epochs": 51}}, "hyperparameters.n_epochs", "invalid_value"),
         ({"hyperparameters": {"n_epochs": 1}, "method": {"type": "supervised"}}, "hyperparameters", "invalid_value"),
-        ({"method": {"type": "reinforcement", "reinforcement": {}}}, "method.type", "unsupported_method"),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement", "missing_required_parameter"),
         ({"method": {"type": "dpo", "supervised": {}}}, "method.supervised", "invalid_value"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value"),
         ({"extra_body": {"colour": "red"}}, "colour", "unknown_parameter"),

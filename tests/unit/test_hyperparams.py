@@ -15,6 +15,7 @@ from tunewright.modeling.hyperparams import (
     auto_learning_rate_multiplier,
     auto_n_epochs,
     base_learning_rate_for,
+    group_size,
     resolve_hyperparameters,
     total_steps,
     with_resolved,
@@ -220,3 +221,32 @@ def test_auto_learning_rates_land_in_the_usual_lora_range(examples: int) -> None
     base = base_learning_rate_for("llama")
     resolved = resolve_hyperparameters(make_method(), examples=examples, base_learning_rate=base)
     assert 1e-4 <= resolved.learning_rate <= 4e-4
+
+
+def test_reinforcement_keys_resolve_and_are_echoed_in_the_method_only() -> None:
+    method = {
+        "type": "reinforcement",
+        "reinforcement": {
+            "grader": {"type": "string_check"},
+            "hyperparameters": {
+                **dict.fromkeys(("batch_size", "learning_rate_multiplier", "n_epochs"), "auto"),
+                "compute_multiplier": "auto",
+                "eval_interval": "auto",
+                "eval_samples": 5,
+                "reasoning_effort": "default",
+            },
+        },
+    }
+    resolved = resolve_hyperparameters(method, examples=40, base_learning_rate=2e-3)
+    assert (resolved.compute_multiplier, resolved.eval_samples, resolved.reasoning_effort) == (1.0, 5, "default")
+    assert resolved.eval_interval == min(10, 40 // resolved.batch_size)
+    new_method, top = with_resolved(method, resolved)
+    assert new_method["reinforcement"]["grader"] == {"type": "string_check"}
+    hyper = new_method["reinforcement"]["hyperparameters"]
+    assert hyper["compute_multiplier"] == 1.0 and hyper["eval_samples"] == 5 and hyper["n_epochs"] == resolved.n_epochs
+    assert set(top) == {"batch_size", "learning_rate_multiplier", "n_epochs"}
+
+
+@pytest.mark.parametrize(("multiplier", "size"), [(1.0, 4), (0.1, 2), (0.5, 2), (2.0, 8), (10.0, 40)])
+def test_group_size_scales_the_base_group_with_at_least_two(multiplier: float, size: int) -> None:
+    assert group_size(multiplier) == size
