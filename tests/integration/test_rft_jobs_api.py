@@ -111,6 +111,12 @@ def test_a_model_grader_on_the_base_model_is_accepted(client_a, rft_file):
         (rft(reasoning_effort="max"), "method.reinforcement.hyperparameters.reasoning_effort", "invalid_value"),
         (rft(beta=0.1), "method.reinforcement.hyperparameters.beta", "unknown_parameter"),
         (
+            rft(early_stopping_patience=2),
+            "method.reinforcement.hyperparameters.early_stopping_patience",
+            "invalid_value",
+        ),
+        (rft(forgetting_check="no"), "method.reinforcement.hyperparameters.forgetting_check", None),
+        (
             rft({"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0\n"}),
             "method.reinforcement.grader.type",
             "unsupported_value",
@@ -185,3 +191,8 @@ def test_a_validation_file_is_checked_against_the_grader_too(client_a, rft_file)
         client_a.fine_tuning.jobs.create(model=BASE, training_file=rft_file.id, validation_file=bad.id, method=rft())
     assert err.value.param == "validation_file"
     assert "line 1:" in err.value.message
+
+
+def test_a_reinforcement_job_may_turn_the_forgetting_check_off(client_a, rft_file):
+    job = client_a.fine_tuning.jobs.create(model=BASE, training_file=rft_file.id, method=rft(forgetting_check=False))
+    assert job.method.reinforcement.hyperparameters.model_dump()["forgetting_check"] is False

@@ -105,8 +105,9 @@ def test_a_reinforcement_job_trains_reports_rewards_and_publishes_a_model_that_a
 
     rows = list(csv.reader(io.StringIO(client_a.files.content(done.result_files[0]).text)))
     assert rows[0][-2:] == ["train_reward_mean", "valid_reward_mean"]
-    assert [float(row[5]) for row in rows[1:]] == pytest.approx([e.data["train_reward_mean"] for e in metrics])
-    assert [row[6] != "" for row in rows[1:]] == [False, True, False, True, False, True]
+    train_at, valid_at = rows[0].index("train_reward_mean"), rows[0].index("valid_reward_mean")
+    assert [float(row[train_at]) for row in rows[1:]] == pytest.approx([e.data["train_reward_mean"] for e in metrics])
+    assert [row[valid_at] != "" for row in rows[1:]] == [False, True, False, True, False, True]
 
     # Billing: every step bills what it sampled and trained on, and the job's trained_tokens say the same.
     usage = stores.metadata.list_training_usage(job.id, project_id=project)
