@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"
 """The adapter name of rows that use the base model alone."""
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
 class BaseModel:
@@ -41,7 +40,7 @@ class BaseModel:
         import torch
 
         from tunewright.inference.lora_gather import LoRAStacks
-        from tunewright.modeling.loading import load_model, load_tokenizer
+        from tunewright.modeling.loading import load_model, load_tokenizer, stop_token_ids
 
         self.model_id = model_id
         self.device = device
@@ -110,20 +109,6 @@ def context_length_of(config: Any, tokenizer: Any) -> int:
     if isinstance(value, int) and 0 < value < 10**8:
         return value
     return 2048
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """Ids that end a choice: the generation config's eos ids, the tokenizer's eos and the end-of-turn token."""
-    ids: set[int] = set()
-    generation = getattr(model, "generation_config", None)
-    for source in (getattr(generation, "eos_token_id", None), model.config.eos_token_id, tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, list | tuple):
-            ids.update(int(i) for i in source)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[token] for token in END_OF_TURN if token in vocab)
-    return frozenset(ids)
 
 
 def pad_token_id(tokenizer: Any, stop_ids: frozenset[int]) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,3 +36,21 @@ def load_model(path: Path, *, dtype: str | torch.dtype = "float32", device: str 
         dtype = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     return model.to(device).eval()
+
+
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+"""End-of-turn tokens of the common chat templates: generation stops at them (inference and the RFT sampler)."""
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Ids that end a choice: the generation config's eos ids, the tokenizer's eos and the end-of-turn token."""
+    ids: set[int] = set()
+    generation = getattr(model, "generation_config", None)
+    for source in (getattr(generation, "eos_token_id", None), model.config.eos_token_id, tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, list | tuple):
+            ids.update(int(i) for i in source)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in END_OF_TURN if token in vocab)
+    return frozenset(ids)

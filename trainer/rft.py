@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunewright.graders import ModelReply, Sample, grade, parse_grader
-from tunewright.inference.models import stop_token_ids
 from tunewright.modeling.chat import render_chat
 from tunewright.modeling.dataset import TokenizedExample
+from tunewright.modeling.loading import stop_token_ids
 from tunewright.trainer.collate import collate_examples
 from tunewright.trainer.dpo import reference
 from tunewright.trainer.loop import target_logits

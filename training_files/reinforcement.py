@@ -18,17 +18,24 @@ embedding model in the worker).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tunewright.graders import GraderError, ModelGraderError, Runtime, SandboxLimits, model_graders, parse_grader
 from tunewright.training_files.chat_format import check_messages, check_tool_fields
 
 if TYPE_CHECKING:
     from tunewright.graders import Grader, ModelReply, ModelSampler, SamplingParams
-    from tunewright.storage.settings import Settings
     from tunewright.training_files.errors import Problems
 
 GRADER_PARAM = "method.reinforcement.grader"
+
+
+class Settings(Protocol):
+    """The settings the graders read (`storage.settings.Settings` has them; this package imports no storage)."""
+
+    python_graders: bool
+    python_grader_timeout_s: float
+    python_grader_memory_bytes: int
 
 
 def grader_runtime(settings: Settings, sample_model: ModelSampler | None) -> Runtime:

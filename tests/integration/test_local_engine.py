@@ -433,7 +433,7 @@ def test_gathered_lora_greedy_texts_equal_peft(
 ) -> None:
     import torch
 
-    from tunewright.inference.models import stop_token_ids
+    from tunewright.modeling.loading import stop_token_ids
 
     refs = [store_adapter(stores, directory, f"ranked{k}") for k, directory in enumerate(ranked_dirs)]
     cases = [(0, PROMPTS[0]), (None, PROMPTS[1]), (1, PROMPTS[2]), (2, PROMPTS[0]), (0, PROMPTS[1])]

@@ -8,8 +8,9 @@ clients ─▶ api ─▶ inference ─▶ modeling ─▶ storage
             │      trainer ───────┘ (and storage)
 ```
 
-`training_files` (the OpenAI training-file formats and their checks) and `graders` (OpenAI's graders: decoding,
-checks, grading, the python sandbox) import nothing else of ours; `modeling` (base models: registry, loading,
+`graders` (OpenAI's graders: decoding, checks, grading, the python sandbox) imports nothing else of ours;
+`training_files` (the OpenAI training-file formats and their checks) only `graders` (a reinforcement file's lines
+are checked against the job's grader); `modeling` (base models: registry, loading,
 chat rendering, the tiny model, the training plan) imports only `training_files` and `storage`;
 `trainer` and `inference` are siblings over `modeling` and never import each other; `api` imports no `trainer`;
 `api` and `trainer` may import `graders`.
@@ -30,7 +31,7 @@ HEAVY_ALLOWED = ("trainer", "inference", "modeling")
 
 ALLOWED = {
     "storage": {"storage"},
-    "training_files": {"training_files"},
+    "training_files": {"training_files", "graders"},
     "graders": {"graders"},
     "modeling": {"modeling", "training_files", "storage"},
     "trainer": {"trainer", "modeling", "training_files", "graders", "storage"},

@@ -230,6 +230,6 @@ def test_a_model_grader_is_answered_by_the_base_model_with_the_adapter_disabled(
 
 
 def rft_stops(model: Any, tokenizer: Any) -> frozenset[int]:
-    from tunewright.inference.models import stop_token_ids
+    from tunewright.modeling.loading import stop_token_ids
 
     return stop_token_ids(model, tokenizer)
