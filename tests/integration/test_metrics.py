@@ -62,15 +62,22 @@ def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
 def test_a_training_job_and_chats_show_up_with_bounded_labels(client_a, client_b, http, stores, settings, tenants):
     a = tenants["a"].project_id
     job = train_tiny(client_a, stores, settings)
-    client_a.chat.completions.create(model=job.fine_tuned_model, messages=HELLO, max_tokens=3)
+    first = client_a.chat.completions.create(model=job.fine_tuned_model, messages=HELLO, max_tokens=3)
     reply = client_a.chat.completions.create(model=job.fine_tuned_model, messages=HELLO, max_tokens=4)
-    for _ in client_a.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2, stream=True):
-        pass
+    streamed = [
+        chunk.usage
+        for chunk in client_a.chat.completions.create(
+            model=TINY, messages=HELLO, max_tokens=2, stream=True, stream_options={"include_usage": True}
+        )
+        if chunk.usage is not None
+    ]
+    # A reply may end early at the model's end-of-sequence token: count what each request reported.
+    completions = first.usage.completion_tokens + reply.usage.completion_tokens + streamed[-1].completion_tokens
     other = client_b.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2)  # past the project cap
 
     found = samples(http.get("/metrics").text)
     tokens = "tunewright_inference_tokens_total"
-    assert value(found, tokens, project=a, base_model=TINY, kind="completion") == 3 + 4 + 2
+    assert value(found, tokens, project=a, base_model=TINY, kind="completion") == completions
     assert value(found, tokens, project=a, base_model=TINY, kind="prompt") == 3 * reply.usage.prompt_tokens
     assert value(found, tokens, project="other", base_model=TINY, kind="prompt") == other.usage.prompt_tokens
     first_token = "tunewright_inference_time_to_first_token_seconds_count"
