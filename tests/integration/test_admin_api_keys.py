@@ -7,11 +7,9 @@ from collections.abc import Callable
 
 import openai
 import pytest
-from fixtures.app import OPERATOR_KEY, Tenant, make_key
+from fixtures.app import OPERATOR_KEY, make_key
 from fixtures.contract import validate_error, validate_operation, validate_sdk_type
 from openai.types.admin.organization import AdminAPIKey, AdminAPIKeyCreateResponse
-
-from tunewright.storage.base import Stores
 
 pytestmark = pytest.mark.integration
 
@@ -19,10 +17,9 @@ AdminFactory = Callable[..., openai.OpenAI]
 
 
 @pytest.fixture
-def admin(admin_client: AdminFactory, stores: Stores, tenants: dict[str, Tenant]) -> openai.OpenAI:
-    """SDK client holding an admin key of organization `acme`."""
-    key = make_key(stores, organization_id=tenants["a"].organization_id, project_id=None, kind="admin")
-    return admin_client(key.secret_hash)
+def admin(acme_admin: openai.OpenAI) -> openai.OpenAI:
+    """SDK client holding an admin key of organization `acme` (fixtures.app)."""
+    return acme_admin
 
 
 def test_create_list_retrieve_and_delete_admin_keys(admin, admin_client):

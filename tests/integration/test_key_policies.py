@@ -10,13 +10,11 @@ from typing import Any
 
 import openai
 import pytest
-from fixtures.app import BASE_URL, Tenant, make_key
+from fixtures.app import BASE_URL
 from fixtures.contract import validate_error, validate_operation, validate_sdk_type
 from litestar.testing import TestClient
 from openai.types.admin.organization.projects import ProjectAPIKey, ProjectServiceAccount
 from openai.types.admin.organization.projects.service_accounts import APIKeyCreateResponse
-
-from tunewright.storage.base import Stores
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +22,9 @@ AdminFactory = Callable[..., openai.OpenAI]
 
 
 @pytest.fixture
-def admin(admin_client: AdminFactory, stores: Stores, tenants: dict[str, Tenant]) -> openai.OpenAI:
-    """SDK client holding an admin key of organization `acme` (tenants `a` and `a2`)."""
-    key = make_key(stores, organization_id=tenants["a"].organization_id, project_id=None, kind="admin")
-    return admin_client(key.secret_hash)
+def admin(acme_admin: openai.OpenAI) -> openai.OpenAI:
+    """SDK client holding an admin key of organization `acme` (fixtures.app)."""
+    return acme_admin
 
 
 def client_of(http: TestClient[Any], key: str) -> openai.OpenAI:
