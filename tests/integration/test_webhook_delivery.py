@@ -232,7 +232,8 @@ def test_a_delivery_is_given_up_after_the_retry_window(
 ) -> None:
     tenant = tenants["a"]
     receiver.always = 500
-    app = create_app(msgspec.structs.replace(settings, webhook_retry_window_s=1), stores, sweep=False)
+    # The window counts from the event's `created_at`, whole seconds: a 2 s window leaves at least 1 s of retries.
+    app = create_app(msgspec.structs.replace(settings, webhook_retry_window_s=2), stores, sweep=False)
     with TestClient(app, base_url="http://testserver.local") as http:
         client = openai.OpenAI(
             base_url="http://testserver.local/v1", api_key=tenant.key, http_client=http, max_retries=0
