@@ -7,7 +7,7 @@ import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar, Router
+from litestar import Controller, Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -103,10 +103,31 @@ def _routes(features: Sequence[str]) -> list[ControllerRouterHandler]:
     api: list[ControllerRouterHandler] = []
     for feature in features:
         module = importlib.import_module(_FEATURE_MODULES[feature])
-        api.extend(module.ROUTES)
-    # The idempotency layer passes every request through but those to routes that opt in (api/idempotency.py).
-    keyed = Router(path="/", route_handlers=api, security=[{BEARER: []}], middleware=[IdempotencyMiddleware])
-    return [*SYSTEM, keyed, *ui_routes()]
+        api.extend(_keyed(route) for route in module.ROUTES)
+    return [*SYSTEM, *api, *ui_routes()]
+
+
+def _keyed(route: ControllerRouterHandler) -> ControllerRouterHandler:
+    """`route` behind a Bearer key (in the OpenAPI document) and the idempotency layer (api/idempotency.py).
+
+    The layer passes every request through but those to routes that opt in. A controller gets both as a subclass's
+    attributes, not through a Router around every route: Litestar deep-copies a Router it registers, which cost a
+    third of building the app (a `serve` worker's start, every app a test builds).
+    """
+    security = [{BEARER: []}]
+    if isinstance(route, type) and issubclass(route, Controller):
+        layers = {
+            "security": [*security, *_declared(route, "security")],
+            "middleware": [IdempotencyMiddleware, *_declared(route, "middleware")],
+        }
+        return type(route.__name__, (route,), {**layers, "__module__": route.__module__})
+    return Router(path="/", route_handlers=[route], security=security, middleware=[IdempotencyMiddleware])
+
+
+def _declared(controller: type[Controller], name: str) -> Sequence[Any]:
+    """The layer `name` a controller class declares (a slot it leaves unset reads as its descriptor)."""
+    value = getattr(controller, name, None)
+    return value if isinstance(value, (list, tuple)) else ()
 
 
 def build_engine(settings: Settings, stores: Stores) -> InferenceEngine:
