@@ -62,6 +62,7 @@ def supervised(**hyper: Any) -> dict[str, Any]:
         (supervised(lora_target_modules=["input_layernorm"]), f"{METHOD_PATH}.lora_target_modules"),  # not 2-D
     ],
 )
+@pytest.mark.parametrize("backend", ["embedded"])  # refused before anything is stored: PostgreSQL + S3 add nothing
 def test_hyperparameters_that_cannot_train_are_400_at_creation(client_a, training_file, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:
         client_a.fine_tuning.jobs.create(model=TINY, training_file=training_file.id, **kwargs)
@@ -155,6 +156,7 @@ def test_the_legacy_hyperparameters_take_the_lora_settings_through_the_sdk(clien
         ({"lora_warmup": 3}, "hyperparameters.lora_warmup", "unknown_parameter"),
     ],
 )
+@pytest.mark.parametrize("backend", ["embedded"])  # refused before anything is stored: PostgreSQL + S3 add nothing
 def test_the_legacy_hyperparameters_check_the_lora_settings_as_the_method_does(
     client_a, training_file, hyper, param, code
 ):

@@ -38,6 +38,7 @@ def test_the_json_routes_are_the_ones_expected(app):
     [b"[" * 100_000, b'[{"a": ' * 50_000, b'{"a": ' * 100_000, b'{"model": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"],
     ids=["open-arrays", "open-mixed", "open-members", "closed-arrays"],
 )
+@pytest.mark.parametrize("backend", ["embedded"])  # refused before anything is stored: PostgreSQL + S3 add nothing
 def test_deeply_nested_json_is_400_invalid_json_on_every_json_route(app, http, tenants, body):
     for path in json_routes(app):
         headers = {**route_headers(path, tenants), "content-type": "application/json"}
@@ -77,6 +78,7 @@ def test_deeply_nested_json_is_400_on_an_inference_node(settings, stores):
     "content_type",
     [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonl"],
 )
+@pytest.mark.parametrize("backend", ["embedded"])  # refused before anything is stored: PostgreSQL + S3 add nothing
 def test_a_json_route_refuses_other_content_types_with_415(app, http, tenants, content_type):
     for path in json_routes(app):
         headers = route_headers(path, tenants)
@@ -96,6 +98,7 @@ def test_a_json_route_refuses_other_content_types_with_415(app, http, tenants, c
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+@pytest.mark.parametrize("backend", ["embedded"])  # refused before anything is stored: PostgreSQL + S3 add nothing
 def test_a_json_route_reads_application_json_with_or_without_a_charset(app, http, tenants, content_type):
     for path in json_routes(app):
         headers = {**route_headers(path, tenants), "content-type": content_type}

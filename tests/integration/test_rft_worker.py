@@ -123,6 +123,8 @@ def test_a_reinforcement_job_trains_reports_rewards_and_publishes_a_model_that_a
     assert reply.choices[0].message.role == "assistant"
 
 
+# The resume point is the supervised one, which test_worker.py resumes on PostgreSQL + S3.
+@pytest.mark.parametrize("backend", ["embedded"])
 def test_pause_then_resume_reaches_the_same_adapter_as_an_uninterrupted_run(client_a, stores, settings, tenants):
     straight = create(client_a, epochs=3, validation=False, batch_size=2, seed=5)
     assert run_worker(settings, stores) == ["succeeded"]

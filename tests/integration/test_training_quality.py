@@ -140,6 +140,7 @@ INVALID, WRONG_TYPE = "invalid_value", "invalid_type"
         (method(forgetting_check="yes"), False, f"{SUPERVISED}.forgetting_check", WRONG_TYPE),
     ],
 )
+@pytest.mark.parametrize("backend", ["embedded"])  # refused before anything is stored: PostgreSQL + S3 add nothing
 def test_quality_settings_that_could_not_act_are_400_naming_them(client_a, kwargs, validation, param, code):
     training = upload(client_a, (ASSETS / "valid_chat.jsonl").read_bytes())
     extra = {"validation_file": words_file(client_a).id} if validation else {}
@@ -309,6 +310,8 @@ def test_early_stopping_stops_the_job_and_publishes_its_best_checkpoint(client_a
     assert done.trained_tokens == sum(row.trained_tokens for row in usage)
 
 
+# The counter lives in the resume point, which test_worker.py resumes on PostgreSQL + S3.
+@pytest.mark.parametrize("backend", ["embedded"])
 def test_a_resumed_job_keeps_counting_its_patience_after_a_crash(client_a, stores, settings, tenants, monkeypatch):
     class Crash(BaseException):
         """The worker dies mid-step: nothing below `run_once` sees it."""
@@ -336,6 +339,8 @@ def test_a_resumed_job_keeps_counting_its_patience_after_a_crash(client_a, store
 
 
 @pytest.mark.parametrize("pause_at", [5, 6])  # mid-epoch, and at an epoch end (its checkpoint and evaluation)
+# The counter lives in the resume point, which test_worker.py resumes on PostgreSQL + S3.
+@pytest.mark.parametrize("backend", ["embedded"])
 def test_a_paused_job_keeps_counting_its_patience(client_a, stores, settings, tenants, monkeypatch, pause_at):
     straight = early_stopping_job(client_a)
     assert run_worker(settings, stores) == ["succeeded"]
