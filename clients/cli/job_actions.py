@@ -73,7 +73,14 @@ def add_parsers(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--validation-file", metavar="FILE", help="a file id (file-…) or a JSONL path to upload")
     create.add_argument("--suffix", help="up to 64 characters in the fine-tuned model's name")
     create.add_argument("--seed", type=int, help="the job's seed")
-    create.add_argument("--method", choices=("supervised", "dpo"), default="supervised", help="default: supervised")
+    create.add_argument(
+        "--method", choices=("supervised", "dpo", "reinforcement"), default="supervised", help="default: supervised"
+    )
+    create.add_argument(
+        "--grader",
+        metavar="JSON",
+        help="reinforcement's grader: a JSON object, or the path of a file holding one (required with that method)",
+    )
     create.add_argument("--epochs", type=int, help="n_epochs (default: auto)")
     create.add_argument("--batch-size", type=int, help="batch_size (default: auto)")
     create.add_argument("--learning-rate-multiplier", type=float, help="default: auto")
@@ -134,6 +141,29 @@ def pairs(values: list[str], flag: str, *, parse_json: bool = False) -> dict[str
     return parsed
 
 
+def grader(value: str | None) -> dict[str, Any]:
+    """The `--grader` object: JSON given inline, or read from the file `value` names (the server checks it).
+
+    Raises:
+        UsageError: none given, the file cannot be read, or its text is not a JSON object.
+    """
+    if value is None:
+        raise UsageError("--method reinforcement needs --grader (a JSON object or a file holding one)")
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--grader: cannot read {value}: {exc}") from exc
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--grader is not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise UsageError("--grader must be a JSON object")
+    return parsed
+
+
 def file_id(client: openai.OpenAI, value: str) -> str:
     """`value` if it is a file id, else the id of the path `value` once uploaded."""
     if value.startswith(FILE_PREFIX):
@@ -152,8 +182,13 @@ def run_create(client: openai.OpenAI, args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             hyperparameters[name] = getattr(args, flag)
     method: dict[str, Any] = {"type": args.method}
-    if hyperparameters:
-        method[args.method] = {"hyperparameters": hyperparameters}
+    section: dict[str, Any] = {"hyperparameters": hyperparameters} if hyperparameters else {}
+    if args.method == "reinforcement":
+        section["grader"] = grader(args.grader)
+    elif args.grader is not None:
+        raise UsageError("--grader goes with --method reinforcement")
+    if section:
+        method[args.method] = section
     metadata = pairs(args.metadata, "--metadata")
     training_file = file_id(client, args.training_file)
     validation_file = None if args.validation_file is None else file_id(client, args.validation_file)

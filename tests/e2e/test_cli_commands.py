@@ -265,6 +265,37 @@ def test_jobs_create_refusals_and_usage_errors(cli):
     assert cli("jobs", "events", "ftjob-missing", "--json").code == 1
 
 
+def test_jobs_create_a_reinforcement_job_with_its_grader_inline_or_from_a_file(cli, tmp_path):
+    grader = {
+        "type": "string_check",
+        "name": "exact answer",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "eq",
+    }
+    path = tmp_path / "grader.json"
+    path.write_text(json.dumps(grader))
+    rft = ("jobs", "create", "--model", TINY, "--training-file", str(ASSETS / "valid_rft.jsonl"))
+    for value in (json.dumps(grader), str(path)):
+        created = cli(*rft, "--method", "reinforcement", "--grader", value, "--hyperparameter", "compute_multiplier=1")
+        assert created.code == 0, created.err
+        job_id = re.match(r"created (ftjob-\S+) ", created.out).group(1)
+        job = cli("jobs", "get", job_id, "--json").json()
+        assert job["method"]["type"] == "reinforcement"
+        assert job["method"]["reinforcement"]["grader"] == grader
+        assert job["method"]["reinforcement"]["hyperparameters"]["compute_multiplier"] == 1
+        assert cli("jobs", "cancel", job_id).code == 0
+    for argv in (
+        ("--method", "reinforcement"),  # no grader
+        ("--method", "reinforcement", "--grader", "[1]"),
+        ("--method", "reinforcement", "--grader", str(tmp_path / "missing.json")),
+        ("--grader", json.dumps(grader)),  # a grader for a supervised job
+    ):
+        refused = cli(*rft, *argv)
+        assert refused.code == 2, (argv, refused.err)
+        assert "--grader" in refused.err
+
+
 def test_projects_and_keys_over_the_admin_api(cli, server, admin_key, monkeypatch):
     unkeyed = cli("projects", "list")
     assert unkeyed.code == 2
