@@ -30,7 +30,8 @@ pytest_plugins = [
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files with a test marked `slow` first, in their order, then the rest: under `-n 2` (pytest-xdist, one file
-    per process at a time) a long file started last would leave the other process idle while it runs."""
+    per process at a time, in this order: `--no-loadscope-reorder`) a long file started last would leave the other
+    process idle while it runs."""
     slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
     items.sort(key=lambda item: item.path not in slow)
 
