@@ -205,17 +205,17 @@ def test_a_failed_attempt_waits_for_its_next_time(metadata_store: SQLMetadataSto
 
 
 def test_the_previous_secret_signs_only_while_its_grace_lasts(metadata_store: SQLMetadataStore) -> None:
-    now = time.time()
     make_endpoint(
         metadata_store,
         "proj_a",
         OPENAI_EVENTS,
         previous_secret="whsec_previous",
-        previous_secret_expires_at=int(now) + 100,
+        previous_secret_expires_at=int(time.time()) + 100,
     )
     for _ in range(2):
         job = make_job(metadata_store, status="queued")
         metadata_store.transition_job(job.id, project_id="proj_a", allowed=["queued"], status="cancelled")
+    now = time.time()  # after the deliveries were written: they are due at the whole second they were written in
     within = metadata_store.claim_webhook_deliveries("s1", now=now, lease_s=10, limit=1)
     after = metadata_store.claim_webhook_deliveries("s2", now=now + 101, lease_s=10, limit=1)
     assert [c.secrets for c in within + after] == [("whsec_current", "whsec_previous"), ("whsec_current",)]
