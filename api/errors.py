@@ -112,7 +112,8 @@ class PayloadTooLargeError(APIError):
     """413: the body is larger than the route accepts.
 
     Refused before the body is read (or part way): the unread rest would be taken for the next request on a
-    kept-alive connection, so the response says `Connection: close` and the server closes it.
+    kept-alive connection, so the response says `Connection: close` and the server closes it (as for any answer
+    given before the body was read: api/metrics.py `serve_with_context`).
     """
 
     status_code = 413

@@ -405,6 +405,16 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _has_body(scope: Scope) -> bool:
+    """Whether the request comes with a body: a non-zero `Content-Length`, or `Transfer-Encoding` (chunked)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
 async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one request with a request id on the response and its metrics recorded.
 
@@ -418,17 +428,31 @@ async def serve_with_context(app: ASGIApp, metrics: Metrics, scope: Scope, recei
     header = (b"x-request-id", request_id.encode())
     started = time.monotonic()
     status = 500
+    body_unread = _has_body(scope)
+
+    async def receive_wrapper() -> Message:
+        nonlocal body_unread
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_unread = False
+        return message
 
     async def send_wrapper(message: Message) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
             extra = state.get(RESPONSE_HEADERS, ())
-            message["headers"] = [*message.get("headers", []), header, *extra]  # type: ignore[typeddict-unknown-key]
+            headers = [*message.get("headers", []), header, *extra]
+            if body_unread and not any(name.lower() == b"connection" for name, _ in headers):
+                # Answered before the body was read (a refusal at line 14 of a long file, a 413): the rest
+                # cannot be told from the next request on this connection, so the server closes it and the
+                # client, told so, sends its next request on a new one instead of on a socket being closed.
+                headers.append((b"connection", b"close"))
+            message["headers"] = headers  # type: ignore[typeddict-unknown-key]
         await send(message)
 
     try:
-        await app(scope, receive, send_wrapper)
+        await app(scope, receive_wrapper if body_unread else receive, send_wrapper)
     finally:
         route = scope.get("path_template") or UNMATCHED_ROUTE
         method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
