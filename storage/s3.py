@@ -8,11 +8,14 @@ two parts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -42,6 +45,23 @@ _UNAVAILABLE_CODES = frozenset(
     {"NoSuchBucket", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
 )
 _TRANSPORT_ERRORS = (BotoConnectionError, HTTPClientError, IncompleteReadError)
+
+
+@functools.cache
+def _data_loader() -> botocore.loaders.Loader:
+    """The process's one reader of botocore's service descriptions: it caches what it parsed (the S3 model)."""
+    return botocore.loaders.create_loader()
+
+
+def new_session() -> boto3.session.Session:
+    """A new boto3 session (credentials and clients of its own) over the process's one description loader.
+
+    A session with a loader of its own parses the S3 model again: 50-100 ms per store. The loader holds only what
+    it read from botocore's data files, so sessions on different threads can share it.
+    """
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _data_loader())
+    return boto3.session.Session(botocore_session=core)
 
 
 @contextlib.contextmanager
@@ -161,7 +181,7 @@ class S3BlobStore:
         self._region = region or "us-east-1"
         self._part_size = part_size
         # A session is not thread-safe but its clients are: make them here, on the constructing thread.
-        self._session = session or boto3.session.Session()
+        self._session = session or new_session()
         self._client = self._make_client(retries=3, connect_timeout=10.0, read_timeout=60.0)
         # Health checks must answer in seconds, not after retries.
         self._ping_client = self._make_client(retries=1, connect_timeout=2.0, read_timeout=5.0)
