@@ -3,8 +3,9 @@
 The source (`--from-base-url`, `--from-api-key`) is read through the `openai` SDK: every job of the key's project
 (each page of `GET /fine_tuning/jobs`) or the jobs named, and their training and validation files. This server is
 the destination, reached as by every client command (`--base-url`, `--api-key`). Each job is recreated here with
-its method (supervised or DPO), the hyperparameters it set (`auto` stays auto), its suffix, seed and metadata, on
-the base model `--model-map` maps its model to, and with `imported_from: <source job id>` added to its metadata.
+its method (supervised, DPO, or reinforcement with its grader), the hyperparameters it set (`auto` stays auto), its
+suffix, seed and metadata, on the base model `--model-map` maps its model to (a model grader's model is mapped the
+same way), and with `imported_from: <source job id>` added to its metadata.
 Its files are copied first (import_files.py: bytes, filename and purpose kept; one copy per file; from
 `--files-from DIR` for a source that refuses to send them, as OpenAI does with `fine-tune` files).
 
@@ -47,7 +48,8 @@ IMPORTED_FROM = "imported_from"
 # OpenAI's limits on metadata, which this server enforces too.
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_VALUE = 512
-METHODS = ("supervised", "dpo")
+METHODS = ("supervised", "dpo", "reinforcement")
+MODEL_GRADERS = ("score_model", "label_model")
 SNAPSHOT_DATE = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 """A dated snapshot's tail (`gpt-4o-mini-2024-07-18`): a mapping of `gpt-4o-mini` covers it."""
 JOB_PAGE = 100
@@ -210,17 +212,33 @@ def source_jobs(source: openai.OpenAI, wanted: list[str] | None, source_url: str
 
     try:
         if wanted is None:
-            listed = [job.to_dict() for job in source.fine_tuning.jobs.list(limit=JOB_PAGE)]
-            return listed[::-1]
+            return all_jobs(source)[::-1]
         jobs = []
         for job_id in wanted:
             try:
-                jobs.append(source.fine_tuning.jobs.retrieve(job_id).to_dict())
+                jobs.append(source.get(f"/fine_tuning/jobs/{job_id}", cast_to=object))
             except openai.NotFoundError:
                 continue
         return jobs
     except openai.OpenAIError as exc:
         raise CommandError(f"the source: {describe(exc, source_url)}") from None
+
+
+def all_jobs(client: openai.OpenAI) -> list[dict[str, Any]]:
+    """Every job of the client's project as the server sent it, newest first (each page of `GET /fine_tuning/jobs`).
+
+    The JSON itself, not the SDK's models: those read a `multi` grader as a `string_check` one, and the import
+    sends back what it read.
+    """
+    jobs: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": JOB_PAGE}
+    while True:
+        page = client.get("/fine_tuning/jobs", cast_to=object, options={"params": params})
+        data = page.get("data") or []
+        jobs.extend(data)
+        if not page.get("has_more") or not data:
+            return jobs
+        params["after"] = data[-1]["id"]
 
 
 def missing_jobs(plans: Sequence[JobPlan], wanted: list[str] | None) -> list[JobPlan]:
@@ -240,7 +258,7 @@ def plan_job(job: dict[str, Any], mapping: dict[str, str]) -> JobPlan:
     )
     method_type, hyperparameters = source_method(job)
     if method_type not in METHODS:
-        plan.end("skip", f"its method {method_type!r} is not supported here (only supervised and dpo)")
+        plan.end("skip", f"its method {method_type!r} is not supported here (only {', '.join(METHODS)})")
         return plan
     plan.model = mapped_model(plan.source_model, mapping)
     if plan.model is None:
@@ -251,7 +269,18 @@ def plan_job(job: dict[str, Any], mapping: dict[str, str]) -> JobPlan:
             plan.end("skip", f"no mapping for its model {plan.source_model} ({hint})")
         return plan
     chosen = {name: value for name, value in hyperparameters.items() if value is not None and value != "auto"}
-    plan.method = {"type": method_type, method_type: {"hyperparameters": chosen}} if chosen else {"type": method_type}
+    section: dict[str, Any] = {"hyperparameters": chosen} if chosen else {}
+    if method_type == "reinforcement":
+        grader = ((job.get("method") or {}).get("reinforcement") or {}).get("grader")
+        if not isinstance(grader, dict):
+            plan.end("skip", "its reinforcement method names no grader")
+            return plan
+        try:
+            section["grader"] = mapped_grader(grader, mapping)
+        except KeyError as exc:
+            plan.end("skip", f"no mapping for its grader's model {exc.args[0]} (--model-map {exc.args[0]}=MODEL)")
+            return plan
+    plan.method = {"type": method_type, method_type: section} if section else {"type": method_type}
     plan.suffix = source_suffix(job)
     plan.seed = job.get("seed")
     plan.metadata = marked_metadata(job.get("metadata") or {}, plan.source_id, plan.notes)
@@ -269,6 +298,33 @@ def source_method(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if hyperparameters is None and method_type == "supervised":
         hyperparameters = job.get("hyperparameters")
     return str(method_type), dict(hyperparameters or {})
+
+
+def mapped_grader(grader: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """A copy of `grader` whose model graders (a `multi`'s too) call the models `mapping` maps theirs to.
+
+    This server runs a model grader on its job's own base model: one mapped to another model is refused when the
+    job is created (and the import of that job fails, saying so).
+
+    Raises:
+        KeyError: a model grader's model has no mapping (the model is the error's argument).
+    """
+    copy = dict(grader)
+    if copy.get("type") in MODEL_GRADERS and isinstance(copy.get("model"), str):
+        target = mapped_model(copy["model"], mapping)
+        if target is None:
+            raise KeyError(copy["model"])
+        copy["model"] = target
+    graders = copy.get("graders")
+    if isinstance(graders, dict) and "type" in graders:  # one sub-grader
+        copy["graders"] = mapped_grader(graders, mapping)
+    elif isinstance(graders, dict):  # named sub-graders, as OpenAI's `multi` has them
+        copy["graders"] = {
+            name: mapped_grader(sub, mapping) if isinstance(sub, dict) else sub for name, sub in graders.items()
+        }
+    elif isinstance(graders, list):
+        copy["graders"] = [mapped_grader(sub, mapping) if isinstance(sub, dict) else sub for sub in graders]
+    return copy
 
 
 def mapped_model(model: str, mapping: dict[str, str]) -> str | None:
@@ -317,7 +373,7 @@ class Destination:
     def __init__(self, client: openai.OpenAI) -> None:
         """Read every job of the project (each page)."""
         self.client = client
-        self.jobs = [job.to_dict() for job in client.fine_tuning.jobs.list(limit=JOB_PAGE)]
+        self.jobs = all_jobs(client)
         self.by_source: dict[str, str] = {}
         for job in reversed(self.jobs):  # oldest first: the first import of a source job wins
             source_id = (job.get("metadata") or {}).get(IMPORTED_FROM)
@@ -414,7 +470,7 @@ def execute(plans: Iterable[JobPlan], here: Destination, copier: FileCopier, cli
             if existing is not None:
                 plan.end("exists", job_id=existing)
                 continue
-            job = client.fine_tuning.jobs.create(**create_body(plan, files))
+            job: dict[str, Any] = client.post("/fine_tuning/jobs", body=create_body(plan, files), cast_to=object)
         except FileGoneError as exc:
             plan.end("skip", f"a file no longer exists at the source ({exc})")
         except SourceError as exc:
@@ -422,9 +478,9 @@ def execute(plans: Iterable[JobPlan], here: Destination, copier: FileCopier, cli
         except openai.APIStatusError as exc:
             plan.end("failed", describe(exc, base_url))
         else:
-            here.add(plan, job.to_dict())
-            plan.end("imported", job_id=job.id)
-            progress(f"imported {plan.source_id} as {job.id} ({plan.source_model} -> {plan.model})")
+            here.add(plan, job)
+            plan.end("imported", job_id=job["id"])
+            progress(f"imported {plan.source_id} as {job['id']} ({plan.source_model} -> {plan.model})")
 
 
 def copy_file(copier: FileCopier, record: SourceFile) -> str:

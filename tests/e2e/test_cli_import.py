@@ -274,3 +274,66 @@ def test_a_file_here_counts_as_the_copy_only_with_the_same_bytes(pair):
     (arrived,) = pair.jobs_here()
     assert arrived.training_file == copied_before.id
     assert {file.id for file in pair.files_here()} == {same_name_and_size.id, other_purpose.id, copied_before.id}
+
+
+EXACT = {
+    "type": "string_check",
+    "name": "exact",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "operation": "eq",
+}
+JUDGE = {
+    "type": "score_model",
+    "name": "judge",
+    "model": SMOLLM2,
+    "input": [{"role": "user", "content": "Score 0 to 1: {{sample.output_text}} against {{item.answer}}"}],
+    "range": [0, 1],
+}
+
+
+AUTO_RFT = {
+    "batch_size": "auto",
+    "learning_rate_multiplier": "auto",
+    "compute_multiplier": "auto",
+    "eval_samples": "auto",
+}
+
+
+def test_reinforcement_jobs_keep_their_graders_with_a_model_graders_model_mapped(pair):
+    training = pair.upload("rft.jsonl", "valid_rft.jsonl")
+    jobs = pair.source.fine_tuning.jobs
+    hyper = {"n_epochs": 1, "eval_interval": 2, "reasoning_effort": "low"}
+    simple = jobs.create(
+        model=SMOLLM2,
+        training_file=training.id,
+        method={"type": "reinforcement", "reinforcement": {"grader": EXACT, "hyperparameters": hyper}},
+    )
+    multi = {"type": "multi", "name": "both", "graders": {"judge": JUDGE, "exact": EXACT}}
+    judged = jobs.create(
+        model=SMOLLM2,
+        training_file=training.id,
+        method={
+            "type": "reinforcement",
+            "reinforcement": {"grader": {**multi, "calculate_output": "0.5 * judge + 0.5 * exact"}},
+        },
+    )
+    results = by_source(pair.plan(*MAP))
+    assert [results[job.id]["action"] for job in (simple, judged)] == ["imported"] * 2
+
+    # The JSON as sent: the SDK's models read a multi grader as a string_check one.
+    for source_job in (simple, judged):
+        original = pair.source.get(f"/fine_tuning/jobs/{source_job.id}", cast_to=object)["method"]
+        copy = pair.here.get(f"/fine_tuning/jobs/{results[source_job.id]['job']}", cast_to=object)["method"]
+        assert copy["type"] == "reinforcement"
+        assert copy["reinforcement"]["hyperparameters"] == original["reinforcement"]["hyperparameters"]
+        expected = original["reinforcement"]["grader"]
+        if expected["type"] == "multi":
+            assert expected["graders"]["judge"]["model"] == SMOLLM2
+            expected["graders"]["judge"]["model"] = TINY  # the model grader calls the model its job's maps to
+        assert copy["reinforcement"]["grader"] == expected
+    assert original["reinforcement"]["grader"]["calculate_output"] == "0.5 * judge + 0.5 * exact"
+    simple_copy = pair.here.fine_tuning.jobs.retrieve(results[simple.id]["job"])
+    assert simple_copy.method.reinforcement.hyperparameters.to_dict() == {**hyper, **AUTO_RFT}
+    assert {job["action"] for job in pair.plan(*MAP)["jobs"]} == {"exists"}
+    assert len(pair.jobs_here()) == 2

@@ -1,7 +1,8 @@
 """`tunewright import`'s plan of one source job, from the job's JSON as OpenAI's service answers it.
 
-The cases a Tunewright source cannot produce (reinforcement and unknown methods, jobs from before `method`, dated
-model snapshots, W&B integrations) are here; tests/e2e/test_cli_import.py runs the command between two servers.
+The cases a Tunewright source cannot produce (unknown methods, graders calling OpenAI's models, jobs from before
+`method`, dated model snapshots, W&B integrations) are here; tests/e2e/test_cli_import.py runs the command between
+two servers.
 """
 
 from __future__ import annotations
@@ -66,17 +67,59 @@ def test_a_job_from_before_method_is_supervised_with_its_top_level_hyperparamete
     assert plan.suffix == "legacy"  # the field wins over the name
 
 
-@pytest.mark.parametrize(
-    ("method", "reason"),
-    [
-        ({"type": "reinforcement", "reinforcement": {"grader": {}}}, "its method 'reinforcement' is not supported"),
-        ({"type": "distillation"}, "its method 'distillation' is not supported"),
-    ],
-)
-def test_reinforcement_and_unknown_methods_are_skipped(method, reason):
-    plan = plan_job(openai_job(method=method), MAP)
+def test_an_unknown_method_is_skipped():
+    plan = plan_job(openai_job(method={"type": "distillation"}), MAP)
     assert plan.action == "skip"
-    assert plan.reason.startswith(reason)
+    assert plan.reason == "its method 'distillation' is not supported here (only supervised, dpo, reinforcement)"
+
+
+JUDGE = {
+    "type": "score_model",
+    "name": "judge",
+    "model": "o3-mini-2025-01-31",
+    "input": [{"role": "user", "content": "Score {{sample.output_text}} against {{item.answer}}"}],
+    "range": [0, 1],
+}
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
+
+
+def rft_job(grader: dict[str, Any], **hyperparameters: Any) -> dict[str, Any]:
+    """A reinforcement job as OpenAI lists it: its grader and every hyperparameter, `auto` or resolved."""
+    hyper = {"n_epochs": "auto", "batch_size": "auto", "reasoning_effort": "medium", "eval_interval": "auto"}
+    section = {"grader": grader, "hyperparameters": {**hyper, **hyperparameters}}
+    return openai_job(model="o4-mini-2025-04-16", method={"type": "reinforcement", "reinforcement": section})
+
+
+def test_a_reinforcement_job_keeps_its_grader_and_the_hyperparameters_it_set():
+    plan = plan_job(rft_job(EXACT, n_epochs=2), {"o4-mini": "smollm2-135m-instruct"})
+    assert plan.action == "import"
+    assert plan.model == "smollm2-135m-instruct"
+    assert plan.method == {
+        "type": "reinforcement",
+        "reinforcement": {"grader": EXACT, "hyperparameters": {"n_epochs": 2, "reasoning_effort": "medium"}},
+    }
+
+
+def test_a_model_graders_model_is_mapped_as_the_jobs_is_in_a_multi_grader_too():
+    multi = {"type": "multi", "name": "both", "graders": {"judge": JUDGE, "exact": EXACT}, "calculate_output": "judge"}
+    mapping = {"o4-mini": "smollm2-135m-instruct", "o3-mini": "smollm2-135m-instruct"}
+    plan = plan_job(rft_job(multi), mapping)
+    assert plan.action == "import"
+    grader = plan.method["reinforcement"]["grader"]
+    assert grader["graders"]["judge"] == {**JUDGE, "model": "smollm2-135m-instruct"}
+    assert grader["graders"]["exact"] == EXACT
+    assert multi["graders"]["judge"]["model"] == "o3-mini-2025-01-31"  # the source job's JSON is left as it was
+    plan = plan_job(rft_job(JUDGE), {"o4-mini": "smollm2-135m-instruct"})
+    assert (plan.action, plan.reason) == (
+        "skip",
+        "no mapping for its grader's model o3-mini-2025-01-31 (--model-map o3-mini-2025-01-31=MODEL)",
+    )
+
+
+def test_a_reinforcement_job_without_a_grader_is_skipped():
+    job = openai_job(method={"type": "reinforcement", "reinforcement": {"hyperparameters": {}}})
+    plan = plan_job(job, MAP)
+    assert (plan.action, plan.reason) == ("skip", "its reinforcement method names no grader")
 
 
 def test_unmapped_and_fine_tuned_source_models_are_skipped_unless_mapped():
