@@ -1,6 +1,7 @@
 """Idempotent creates: a retry with the same `Idempotency-Key` gets the first answer, never a second object.
 
-A route opts in with one line, `opt={IDEMPOTENT: True}` on its handler; a request to it that carries an
+A route opts in with one line, `opt={IDEMPOTENT: reread}` on its handler (`reread(stores, project_id, id)`: the
+object the route created with that id, as the route answers it, or None); a request to it that carries an
 `Idempotency-Key` header then goes through three steps:
 
 1. **Claim**, once the guard knows the caller's project (`require_project` calls `claim_idempotency_key`): one
@@ -11,6 +12,10 @@ A route opts in with one line, `opt={IDEMPOTENT: True}` on its handler; a reques
 2. **Work**: the handler runs as without a key, while the request's fingerprint is taken as its body streams in
    (`RequestDigest`: SHA-256 of the method, path, query and body, a multipart boundary left out since a client
    draws a new one for each attempt): nothing is held in memory beyond the chunk in hand.
+   Just before committing what it creates, the handler names it (`creating(id)`): the id is kept with the
+   fingerprint, so that a retry that takes over the claim of a request that died after its commit, before its
+   answer was kept, finds the object (the route's `opt={IDEMPOTENT: reread}` reads it back) and answers with it,
+   as the first request would have, instead of creating a second one.
 3. **Answer**: before the answer leaves, its status, headers and body are kept with the fingerprint for
    `TUNEWRIGHT_IDEMPOTENCY_TTL_S` (24 h; the sweeper deletes them after), unless a retry should do the work again:
    a 5xx, an answer that asks to be retried (408, 409, 429), or one given before the whole body arrived (the
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import secrets
@@ -38,12 +44,15 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 from litestar import Response
 from multipart import parse_options_header
 
 from tunewright.api.errors import ConflictError, InvalidRequestError, echo
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from litestar import Request
     from litestar.connection import ASGIConnection
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,7 +64,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IDEMPOTENT = "idempotent"
-"""`opt` key of the routes that honour `Idempotency-Key`: `@post("/", opt={IDEMPOTENT: True})`."""
+"""`opt` key of the routes that honour `Idempotency-Key`: `@post("/", opt={IDEMPOTENT: reread})`, where
+`reread(stores, project_id, id)` is the object with that id, as the route answers it, or None when there is none."""
+
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "idempotent-replayed"
@@ -68,6 +79,18 @@ MAX_POLL_S = 0.5
 
 _STATE = "idempotent_call"
 _HEADER_BYTES = HEADER.lower().encode()
+_CURRENT: contextvars.ContextVar[IdempotentCall | None] = contextvars.ContextVar("idempotent_call", default=None)
+
+
+def creating(resource_id: str) -> None:
+    """Name the object the request is about to commit, if it came with an `Idempotency-Key` (else nothing).
+
+    Call it from the code that commits the object (a worker thread or the event loop's), just before the commit:
+    a retry that takes over the claim of a request that died after the commit answers with this object.
+    """
+    call = _CURRENT.get()
+    if call is not None:
+        call.note(resource_id)
 
 
 class IdempotentReplay(Exception):  # noqa: N818 - reads as what happens
@@ -208,6 +231,10 @@ class IdempotentCall:
         self._heartbeat: asyncio.Task[None] | None = None
         self._start: Message | None = None
         self._body: list[bytes] = []
+        handler = scope["route_handler"]
+        reread = handler.opt.get(IDEMPOTENT)
+        self._reread: Callable[[Stores, str, str], msgspec.Struct | None] | None = reread if callable(reread) else None
+        self._status = handler.status_code or 200
 
     # --- the request's channels
 
@@ -265,8 +292,72 @@ class IdempotentCall:
             delay = min(delay * 2, MAX_POLL_S)
             seen = await anyio.to_thread.run_sync(self._read)
             record = await self._claim() if seen is None or _lapsed(seen) else seen
+        if record.resource is not None:  # taken over from a request that died: did it commit its object?
+            await self._answer_with_resource(record)
         self.holds_claim = True
         self._heartbeat = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _answer_with_resource(self, record: IdempotencyRecord) -> None:
+        """Answer with the object the request that died named, if it committed it (kept as the key's answer).
+
+        Returns (this request does the work) when it did not commit it.
+
+        Raises:
+            IdempotentReplay: the object, to the same request.
+            ConflictError: the key's request was another (`idempotency_key_reused`).
+        """
+        reread, resource = self._reread, record.resource
+        if reread is None or resource is None:
+            return
+        found = await anyio.to_thread.run_sync(reread, self.stores, self.project_id, resource)
+        if found is None:
+            return
+        body = msgspec.json.encode(found)
+        headers = [("content-type", "application/json")]
+        answer = msgspec.structs.replace(
+            record, status_code=self._status, headers=[list(pair) for pair in headers], body=body
+        )
+        fingerprint = record.fingerprint or ""
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self.stores.metadata.complete_idempotency_key(
+                    project_id=self.project_id,
+                    key=self.key,
+                    token=self.token,
+                    fingerprint=fingerprint,
+                    status_code=self._status,
+                    headers=headers,
+                    body=body,
+                )
+            )
+        except Exception:  # the next retry looks the object up again
+            logger.exception("could not keep the answer for idempotency key %r", self.key)
+        logger.warning(
+            "idempotency key %r: its first request committed %s and died before answering; answering with it",
+            self.key,
+            resource,
+        )
+        await self._answer_from(answer)
+
+    def note(self, resource_id: str) -> None:
+        """Keep `resource_id` with the fingerprint while the claim is held (see `creating`); never raises.
+
+        Only once the whole body has arrived: without its fingerprint a retry could not be told from another
+        request.
+        """
+        if not self.holds_claim or not self.digest.complete:
+            return
+        fingerprint = self.digest.hexdigest()
+        try:
+            self.stores.metadata.note_idempotency_resource(
+                project_id=self.project_id,
+                key=self.key,
+                token=self.token,
+                fingerprint=fingerprint,
+                resource=resource_id,
+            )
+        except Exception:  # the request goes on; a crash before its answer is kept may then repeat the work
+            logger.exception("could not note %s for idempotency key %r", resource_id, self.key)
 
     def _read(self) -> IdempotencyRecord | None:
         return self.stores.metadata.get_idempotency_key(project_id=self.project_id, key=self.key)
@@ -398,9 +489,11 @@ class IdempotencyMiddleware:
             return
         call = IdempotentCall(scope, receive, send, raw_key)
         scope["state"][_STATE] = call
+        current = _CURRENT.set(call)
         try:
             await self.app(scope, call.receive, call.send)
         finally:
+            _CURRENT.reset(current)
             await call.close()
 
 

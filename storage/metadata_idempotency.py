@@ -31,7 +31,8 @@ class IdempotencyMixin(SQLStoreBase):
 
         The claim is taken when the key is new, when its holder's lease ended before `now` without an answer, or
         when its answer expired; it lasts `lease_s` (see `renew_idempotency_key`) and the answer is kept until
-        `ttl_s` after `now`. The caller holds the claim when the returned record's `token` is its own.
+        `ttl_s` after `now`. The caller holds the claim when the returned record's `token` is its own; taking
+        over a lapsed claim, the record keeps the `resource` (and its fingerprint) the holder noted, if it did.
         """
         names = {"project_id": project_id, "idempotency_key": key}
         params = {
@@ -43,7 +44,8 @@ class IdempotencyMixin(SQLStoreBase):
             "now": now,
         }
         with self.database.transaction(immediate=True) as conn:
-            if conn.run("claim_idempotency_key", params).fetchone() is None:
+            claimed = conn.run("claim_idempotency_key", params).fetchone()
+            if claimed is None:
                 row = conn.run("get_idempotency_key", names).fetchone()
                 return from_row(IdempotencyRecord, row)
         return IdempotencyRecord(
@@ -52,6 +54,8 @@ class IdempotencyMixin(SQLStoreBase):
             created_at=params["created_at"],
             expires_at=params["expires_at"],
             lease_expires_at=params["lease_expires_at"],
+            fingerprint=claimed["fingerprint"],
+            resource=claimed["resource"],
         )
 
     def get_idempotency_key(self, *, project_id: str, key: str) -> IdempotencyRecord | None:
@@ -69,6 +73,24 @@ class IdempotencyMixin(SQLStoreBase):
             "lease_expires_at": lease_expires_at,
         }
         return self._held("renew_idempotency_key", params)
+
+    def note_idempotency_resource(
+        self, *, project_id: str, key: str, token: str, fingerprint: str, resource: str
+    ) -> bool:
+        """Record, with the request's fingerprint, the object the request `token` is about to commit.
+
+        A request that dies after its commit and before its answer is kept leaves it for the retry that takes the
+        claim over: that retry answers with the object instead of creating another. False when `token` no longer
+        holds the claim.
+        """
+        params = {
+            "project_id": project_id,
+            "idempotency_key": key,
+            "token": token,
+            "fingerprint": fingerprint,
+            "resource": resource,
+        }
+        return self._held("note_idempotency_resource", params)
 
     def complete_idempotency_key(
         self,

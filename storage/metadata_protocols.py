@@ -731,6 +731,12 @@ class IdempotencyStore(Protocol):
         """Extend the claim `token` holds; False when it holds none."""
         ...
 
+    def note_idempotency_resource(
+        self, *, project_id: str, key: str, token: str, fingerprint: str, resource: str
+    ) -> bool:
+        """Record the object the request `token` is about to commit; False when it no longer holds the claim."""
+        ...
+
     def complete_idempotency_key(
         self,
         *,

@@ -562,7 +562,9 @@ class IdempotencyRecord(msgspec.Struct, kw_only=True):
     While the request runs, `status_code` is None and `token` names the request that holds the claim until
     `lease_expires_at`. Once it has answered, `fingerprint` (the digest of its method, path and body) tells a
     retry from another request with the same key, and `status_code`, `headers` (`[name, value]` pairs) and
-    `body` are what a retry is answered, until `expires_at`.
+    `body` are what a retry is answered, until `expires_at`. `resource` is the id of the object the request noted,
+    with its fingerprint, just before committing it: what a retry answers with when the request died before its
+    answer was kept.
     """
 
     project_id: str
@@ -575,6 +577,7 @@ class IdempotencyRecord(msgspec.Struct, kw_only=True):
     status_code: int | None = None
     headers: list[list[str]] | None = None
     body: bytes | None = None
+    resource: str | None = None
 
     @property
     def answered(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from litestar import Controller, Request, Response, delete, get, post
@@ -19,12 +19,24 @@ from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPageWithIds, DeletedObject
 from tunewright.api.scopes import SCOPE
 from tunewright.api.streaming import iterate_in_thread
+from tunewright.storage.errors import NotFound
+
+if TYPE_CHECKING:
+    from tunewright.storage.base import Stores
 
 
 def content_disposition(filename: str) -> str:
     """An attachment header that cannot be broken by quotes or line breaks in a user's filename."""
     ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def reread_file(stores: Stores, project_id: str, file_id: str) -> OpenAIFile | None:
+    """The file a request created, as `POST /v1/files` answers it (for the idempotency layer)."""
+    try:
+        return OpenAIFile.from_record(stores.metadata.get_file(file_id, project_id=project_id))
+    except NotFound:
+        return None
 
 
 class FilesController(Controller):
@@ -40,7 +52,7 @@ class FilesController(Controller):
         status_code=200,
         request_max_body_size=None,
         operation_class=CreateFileOperation,
-        opt={IDEMPOTENT: True},
+        opt={IDEMPOTENT: reread_file},
     )
     async def create_file(
         self, request: Request[Any, Any, Any], stores: AppStores, settings: AppSettings, principal: Caller

@@ -11,6 +11,7 @@ import anyio.to_thread
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.files.schemas import CREATE_PURPOSES
 from tunewright.api.forms import content_length, read_form
+from tunewright.api.idempotency import creating
 from tunewright.api.streaming import ThreadedSink, consume_alongside
 from tunewright.storage.disk import disk_space
 from tunewright.storage.errors import NotFound
@@ -266,6 +267,7 @@ def _commit_file(
             expires_at=expires_at,
             line_count=put.lines if purpose == "fine-tune" else None,
         )
+        creating(file_id)
         stores.metadata.insert_file(record)
     except BaseException:
         discard_blob(stores, key)

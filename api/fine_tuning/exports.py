@@ -12,6 +12,7 @@ from msgspec import UNSET
 
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.fine_tuning.service import get_job
+from tunewright.api.idempotency import creating
 from tunewright.storage.errors import NotFound
 from tunewright.storage.ids import new_id
 from tunewright.storage.records import ExportRecord, ExportStatus, JobStatus
@@ -68,6 +69,7 @@ def create_export(stores: Stores, job_id: str, data: CreateFineTuningExportReque
         if data.format == "gguf"
         else None,
     )
+    creating(f"{job_id}/{record.id}")
     stores.metadata.insert_export(record)
     return record
 

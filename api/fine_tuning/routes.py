@@ -29,6 +29,7 @@ from tunewright.api.idempotency import IDEMPOTENT
 from tunewright.api.pagination import bracket_map, check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPage, CursorPageWithIds, DeletedObject
 from tunewright.api.scopes import SCOPE, SCOPE_ACCESS
+from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from tunewright.storage.base import Stores
@@ -40,6 +41,23 @@ STREAM_DESCRIPTION = (
 )
 
 
+def reread_job(stores: Stores, project_id: str, job_id: str) -> FineTuningJob | None:
+    """The job a request created, as `POST /v1/fine_tuning/jobs` answers it (for the idempotency layer)."""
+    try:
+        return FineTuningJob.from_record(stores.metadata.get_job(job_id, project_id=project_id))
+    except NotFound:
+        return None
+
+
+def reread_export(stores: Stores, project_id: str, resource: str) -> FineTuningExport | None:
+    """The export a request created (`<job id>/<export id>`), as the exports route answers it."""
+    job_id, _, export_id = resource.partition("/")
+    try:
+        return FineTuningExport.from_record(stores.metadata.get_export(export_id, job_id=job_id, project_id=project_id))
+    except NotFound:
+        return None
+
+
 class JobsController(Controller):
     """`/v1/fine_tuning/jobs`."""
 
@@ -48,7 +66,7 @@ class JobsController(Controller):
     opt = {SCOPE: "fine_tuning"}
     tags = ["Fine-tuning"]
 
-    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: True})
+    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: reread_job})
     def create_job(
         self,
         stores: AppStores,
@@ -178,7 +196,7 @@ class ExportsController(Controller):
     opt = {SCOPE: "fine_tuning"}
     tags = ["Fine-tuning"]
 
-    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: True})
+    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: reread_export})
     def create_export(
         self,
         stores: AppStores,

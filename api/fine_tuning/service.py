@@ -11,6 +11,7 @@ from msgspec import UNSET
 
 from tunewright.api.errors import InvalidRequestError, NotFoundError, echo
 from tunewright.api.fine_tuning.estimate import CheckedJob, estimate, job_cost
+from tunewright.api.idempotency import creating
 from tunewright.api.spend.quota import admit_job
 from tunewright.graders import GraderError, encode_grader
 from tunewright.modeling.hyperparams import EXTENSION_KEYS, RFT_KEYS
@@ -318,6 +319,7 @@ def create_job(
         metadata=checked.metadata,
         integrations=msgspec.to_builtins(data.integrations) if isinstance(data.integrations, list) else None,
     )
+    creating(job.id)
     stores.metadata.insert_job(job, event(job.id, project_id, f"Created fine-tuning job: {job.id}"))
     return job
 

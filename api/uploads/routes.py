@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, post
 from litestar.params import FromPath, JSONBody
@@ -14,6 +14,39 @@ from tunewright.api.openapi import AddUploadPartOperation
 from tunewright.api.scopes import SCOPE
 from tunewright.api.uploads import service
 from tunewright.api.uploads.schemas import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
+from tunewright.storage.errors import NotFound
+
+if TYPE_CHECKING:
+    from tunewright.storage.base import Stores
+
+
+def reread_upload(stores: Stores, project_id: str, upload_id: str) -> Upload | None:
+    """The upload a request created, as `POST /v1/uploads` answers it (for the idempotency layer)."""
+    try:
+        return Upload.from_record(stores.metadata.get_upload(upload_id, project_id=project_id))
+    except NotFound:
+        return None
+
+
+def reread_part(stores: Stores, project_id: str, resource: str) -> UploadPart | None:
+    """The part a request added (`<upload id>/<part id>`), as the parts route answers it."""
+    upload_id, _, part_id = resource.partition("/")
+    try:
+        parts = stores.metadata.list_upload_parts(upload_id, project_id=project_id)
+    except NotFound:
+        return None
+    return next((UploadPart.from_record(part) for part in parts if part.id == part_id), None)
+
+
+def reread_completed(stores: Stores, project_id: str, upload_id: str) -> Upload | None:
+    """The upload a request completed, with its File, as the complete route answers it; None unless completed."""
+    try:
+        upload = stores.metadata.get_upload(upload_id, project_id=project_id)
+        if upload.status != "completed" or upload.file_id is None:
+            return None
+        return Upload.from_record(upload, stores.metadata.get_file(upload.file_id, project_id=project_id))
+    except NotFound:
+        return None
 
 
 class UploadsController(Controller):
@@ -24,7 +57,7 @@ class UploadsController(Controller):
     opt = {SCOPE: "files"}
     tags = ["Uploads"]
 
-    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: True})
+    @post("/", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: reread_upload})
     def create_upload(
         self, stores: AppStores, settings: AppSettings, principal: Caller, data: JSONBody[CreateUploadRequest]
     ) -> Upload:
@@ -37,7 +70,7 @@ class UploadsController(Controller):
         status_code=200,
         request_max_body_size=None,
         operation_class=AddUploadPartOperation,
-        opt={IDEMPOTENT: True},
+        opt={IDEMPOTENT: reread_part},
     )
     async def add_upload_part(
         self,
@@ -51,7 +84,7 @@ class UploadsController(Controller):
         record = await service.add_part(request, principal, settings, stores, upload_id)
         return UploadPart.from_record(record)
 
-    @post("/{upload_id:str}/complete", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: True})
+    @post("/{upload_id:str}/complete", status_code=200, sync_to_thread=True, opt={IDEMPOTENT: reread_completed})
     def complete_upload(
         self,
         stores: AppStores,

@@ -12,6 +12,7 @@ from msgspec import UNSET
 from tunewright.api.errors import APIError, InvalidRequestError, NotFoundError, PayloadTooLargeError, echo
 from tunewright.api.files.service import blob_key, dataset_error_to_api, discard_blob, guarded_put, require_space
 from tunewright.api.forms import content_length, read_form
+from tunewright.api.idempotency import creating
 from tunewright.api.streaming import ThreadedSink, consume_alongside
 from tunewright.api.uploads.schemas import UPLOAD_PURPOSES
 from tunewright.storage.disk import disk_space
@@ -67,6 +68,7 @@ def create_upload(stores: Stores, settings: Settings, data: CreateUploadRequest,
         mime_type=data.mime_type,
         file_expires_after=data.expires_after.seconds if data.expires_after is not UNSET else None,
     )
+    creating(record.id)
     stores.metadata.insert_upload(record)
     return record
 
@@ -144,6 +146,7 @@ class _PartWriter:
             blob_key=self.key,
             sha256=info.sha256,
         )
+        creating(f"{self.upload.id}/{self.id}")
         try:
             self.stores.metadata.add_upload_part(record)
         except (StateConflict, LimitExceeded) as exc:
@@ -270,6 +273,7 @@ def complete_upload(
             expires_at=now + upload.file_expires_after if upload.file_expires_after else None,
             line_count=assembler.lines,
         )
+        creating(upload.id)
         finished = stores.metadata.finish_upload(upload.id, project_id=project_id, status="completed", file=file)
     except StateConflict as exc:
         discard_blob(stores, key)

@@ -788,21 +788,30 @@ FROM (SELECT tokens, seconds FROM training_throughput WHERE base_model = :base_m
 -- The claim (api/idempotency.py): a new key's row, or a key whose claim lapsed (its holder died) or whose
 -- answer expired, taken over. Returns the token only when this request holds the claim; otherwise the row
 -- (locked by the conflict) is read with get_idempotency_key in the same transaction.
+-- A lapsed claim keeps the fingerprint and `resource` its holder noted before its commit (the new holder looks
+-- for that object); an expired answer keeps nothing.
 INSERT INTO idempotency_keys (project_id, idempotency_key, token, created_at, expires_at, lease_expires_at)
 VALUES (:project_id, :idempotency_key, :token, :created_at, :expires_at, :lease_expires_at)
 ON CONFLICT (project_id, idempotency_key) DO UPDATE SET
     token = excluded.token, created_at = excluded.created_at, expires_at = excluded.expires_at,
-    lease_expires_at = excluded.lease_expires_at, fingerprint = NULL, status_code = NULL, headers = NULL,
-    body = NULL
+    lease_expires_at = excluded.lease_expires_at,
+    fingerprint = CASE WHEN idempotency_keys.status_code IS NULL THEN idempotency_keys.fingerprint END,
+    resource = CASE WHEN idempotency_keys.status_code IS NULL THEN idempotency_keys.resource END,
+    status_code = NULL, headers = NULL, body = NULL
 WHERE idempotency_keys.expires_at <= :now
    OR (idempotency_keys.status_code IS NULL AND idempotency_keys.lease_expires_at <= :now)
-RETURNING token
+RETURNING token, fingerprint, resource
 
 -- name: get_idempotency_key
 SELECT * FROM idempotency_keys WHERE project_id = :project_id AND idempotency_key = :idempotency_key
 
 -- name: renew_idempotency_key
 UPDATE idempotency_keys SET lease_expires_at = :lease_expires_at
+WHERE project_id = :project_id AND idempotency_key = :idempotency_key AND token = :token AND status_code IS NULL
+RETURNING token
+
+-- name: note_idempotency_resource
+UPDATE idempotency_keys SET fingerprint = :fingerprint, resource = :resource
 WHERE project_id = :project_id AND idempotency_key = :idempotency_key AND token = :token AND status_code IS NULL
 RETURNING token
 

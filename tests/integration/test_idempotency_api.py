@@ -272,3 +272,121 @@ def test_a_retry_that_waited_its_limit_is_409_in_use_which_the_sdk_retries(
     assert err.value.param == "Idempotency-Key"
     assert err.value.response.headers["x-should-retry"] == "true"
     validate_error(err.value.response.json())
+
+
+# --- a request that died between committing its object and keeping its answer (the answer never left)
+
+LAPSE_S = 0.5
+
+
+class Answers:
+    """Whether keeping an answer fails, as when the process dies right after its commit (the claim then lapses
+    unanswered)."""
+
+    def __init__(self, stores, monkeypatch):
+        self.stores, self.monkeypatch = stores, monkeypatch
+        self.complete = stores.metadata.complete_idempotency_key
+
+    def lost(self):
+        def lost(**_kwargs):
+            raise RuntimeError("the process died before its answer was kept")
+
+        self.monkeypatch.setattr(self.stores.metadata, "complete_idempotency_key", lost)
+
+    def kept(self):
+        self.monkeypatch.setattr(self.stores.metadata, "complete_idempotency_key", self.complete)
+
+
+@pytest.fixture
+def answers(stores, monkeypatch):
+    return Answers(stores, monkeypatch)
+
+
+def test_a_retry_after_the_first_died_past_its_commit_answers_with_the_job_it_committed(
+    settings, stores, tenants, training_file, answers
+):
+    with client_of_app_with(settings, stores, tenants["a"], idempotency_lease_s=LAPSE_S) as client:
+        headers = key_header(new_key())
+        answers.lost()
+        first = client.fine_tuning.jobs.create(model=BASE, training_file=training_file.id, extra_headers=headers)
+        answers.kept()  # the restarted process keeps its answers
+        time.sleep(LAPSE_S + 0.3)  # the dead request's claim lapses
+        again = client.fine_tuning.jobs.with_raw_response.create(
+            model=BASE, training_file=training_file.id, extra_headers=headers
+        )
+        assert again.headers[REPLAYED_HEADER] == "true"
+        assert again.parse().id == first.id
+        assert again.parse().status == "validating_files"
+        assert [job.id for job in client.fine_tuning.jobs.list()] == [first.id]
+        # The answer is kept now: a later retry gets it without looking the job up, another body is refused.
+        assert client.fine_tuning.jobs.create(model=BASE, training_file=training_file.id, extra_headers=headers).id == (
+            first.id
+        )
+        with pytest.raises(openai.ConflictError) as err:
+            client.fine_tuning.jobs.create(model=BASE, training_file=training_file.id, seed=3, extra_headers=headers)
+        assert err.value.code == "idempotency_key_reused"
+        assert [job.id for job in client.fine_tuning.jobs.list()] == [first.id]
+
+
+def test_another_request_with_the_key_of_one_that_died_past_its_commit_is_409(
+    settings, stores, tenants, training_file, answers
+):
+    with client_of_app_with(settings, stores, tenants["a"], idempotency_lease_s=LAPSE_S) as client:
+        headers = key_header(new_key())
+        answers.lost()
+        first = client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune", extra_headers=headers)
+        answers.kept()
+        time.sleep(LAPSE_S + 0.3)
+        again = client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune", extra_headers=headers)
+        assert again.id == first.id
+        with pytest.raises(openai.ConflictError) as err:
+            client.files.create(file=("other.jsonl", TRAIN), purpose="fine-tune", extra_headers=headers)
+        assert err.value.code == "idempotency_key_reused"
+        assert [f.id for f in client.files.list()] == [first.id, training_file.id]
+
+
+def test_upload_parts_and_completion_of_a_request_that_died_past_its_commit_are_not_repeated(
+    settings, stores, tenants, answers
+):
+    with client_of_app_with(settings, stores, tenants["a"], idempotency_lease_s=LAPSE_S) as client:
+        upload = client.uploads.create(
+            bytes=len(TRAIN), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+        )
+        part_keys, done_keys = key_header(new_key()), key_header(new_key())
+        answers.lost()
+        part = client.uploads.parts.create(upload.id, data=TRAIN, extra_headers=part_keys)
+        time.sleep(LAPSE_S + 0.3)
+        # Stored twice, the part would take the upload past its declared bytes (413). Keeping the answer found
+        # fails again here: the retry is answered all the same.
+        assert client.uploads.parts.create(upload.id, data=TRAIN, extra_headers=part_keys).id == part.id
+        done = client.uploads.complete(upload.id, part_ids=[part.id], extra_headers=done_keys)
+        answers.kept()
+        time.sleep(LAPSE_S + 0.3)
+        again = client.uploads.complete(upload.id, part_ids=[part.id], extra_headers=done_keys)
+        assert (again.status, again.file.id) == ("completed", done.file.id)
+
+
+def test_a_retry_after_the_first_died_before_its_commit_does_the_work(
+    settings, stores, tenants, training_file, monkeypatch
+):
+    def died(*_args, **_kwargs):
+        raise RuntimeError("killed before the commit")
+
+    insert_job, release = stores.metadata.insert_job, stores.metadata.release_idempotency_key
+    monkeypatch.setattr(stores.metadata, "insert_job", died)
+    monkeypatch.setattr(stores.metadata, "release_idempotency_key", died)  # the claim stays, as a dead one's does
+    with client_of_app_with(settings, stores, tenants["a"], idempotency_lease_s=LAPSE_S) as client:
+        headers = key_header(new_key())
+        with pytest.raises(openai.InternalServerError):
+            client.fine_tuning.jobs.create(model=BASE, training_file=training_file.id, extra_headers=headers)
+        record = stores.metadata.get_idempotency_key(project_id=tenants["a"].project_id, key=headers["Idempotency-Key"])
+        assert record is not None and record.resource is not None and not record.answered
+        monkeypatch.setattr(stores.metadata, "insert_job", insert_job)
+        monkeypatch.setattr(stores.metadata, "release_idempotency_key", release)
+        time.sleep(LAPSE_S + 0.3)
+        job = client.fine_tuning.jobs.with_raw_response.create(
+            model=BASE, training_file=training_file.id, extra_headers=headers
+        )
+        assert REPLAYED_HEADER not in job.headers
+        assert job.parse().id != record.resource
+        assert [j.id for j in client.fine_tuning.jobs.list()] == [job.parse().id]

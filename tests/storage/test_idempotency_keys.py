@@ -140,3 +140,25 @@ def test_the_sweep_deletes_expired_answers_and_dead_claims_never_a_live_one(meta
         key for key in ("answered", "dead", "live") if metadata_store.get_idempotency_key(project_id="proj_a", key=key)
     ]
     assert remaining == ["live"]
+
+
+def note(store: SQLMetadataStore, token: str, resource: str, key: str = "k1") -> bool:
+    return store.note_idempotency_resource(
+        project_id="proj_a", key=key, token=token, fingerprint="f1", resource=resource
+    )
+
+
+def test_the_object_a_lapsed_claim_noted_passes_to_the_claim_that_takes_it_over(metadata_store):
+    now = time.time()
+    claim(metadata_store, "t1", now)
+    assert not note(metadata_store, "t2", "file-x")  # only the holder notes
+    assert note(metadata_store, "t1", "file-x")
+    assert claim(metadata_store, "t2", now + 1).token == "t1"  # held: nothing passes yet
+    taken = claim(metadata_store, "t2", now + LEASE_S + 1)  # the holder died after its note
+    assert (taken.token, taken.resource, taken.fingerprint, taken.answered) == ("t2", "file-x", "f1", False)
+    assert not note(metadata_store, "t1", "file-y")  # the dead holder's claim is gone
+    assert note(metadata_store, "t2", "file-z")
+    assert complete(metadata_store, "t2")
+    assert not note(metadata_store, "t2", "file-w")  # answered: nothing more is noted
+    renewed = claim(metadata_store, "t3", now + LEASE_S + TTL_S + 10)  # the answer expired: a new request starts afresh
+    assert (renewed.token, renewed.resource, renewed.fingerprint) == ("t3", None, None)
