@@ -261,18 +261,32 @@ def run_checkpoints(client: openai.OpenAI, args: argparse.Namespace) -> None:
     show_page(
         page,
         args,
-        ["STEP", "MODEL", "TRAIN LOSS", "VALID LOSS", "FULL VALID LOSS", "CREATED"],
+        ["STEP", "MODEL", "TRAIN LOSS", "VALID LOSS", "FULL VALID LOSS", "PROBE LOSS", "CREATED"],
         lambda checkpoint: [
             checkpoint.step_number,
             checkpoint.fine_tuned_model_checkpoint,
             _number(checkpoint.metrics.train_loss),
             _number(checkpoint.metrics.valid_loss),
             _number(checkpoint.metrics.full_valid_loss),
+            probe_loss(checkpoint.metrics.to_dict()),
             when(checkpoint.created_at),
         ],
         empty="no checkpoints",
         command=f"jobs checkpoints {args.job_id}",
     )
+
+
+def probe_loss(metrics: dict[str, Any]) -> str | None:
+    """The forgetting check's loss on the general probe set and its change from the base model's: `2.5012 (+2.9%)`.
+
+    None for a job without the check.
+    """
+    probe, base = metrics.get("probe_loss"), metrics.get("probe_loss_base")
+    if not isinstance(probe, int | float):
+        return None
+    if not isinstance(base, int | float) or base <= 0:
+        return f"{probe:.4f}"
+    return f"{probe:.4f} ({(probe - base) / base:+.1%})"
 
 
 def _number(value: float | None) -> str | None:

@@ -179,7 +179,11 @@ def test_jobs_create_follow_and_read_it_back_then_chat_and_delete_the_model(cli,
     assert page["data"][0]["message"] == "The job has successfully completed"  # the API's order: newest first
     checkpoints = cli("jobs", "checkpoints", job_id, "--json").json()["data"]
     assert [c["step_number"] for c in checkpoints] == [3]
-    assert table(cli("jobs", "checkpoints", job_id))[1][:2] == ["3", f"{model}:ckpt-step-3"]
+    header, row = table(cli("jobs", "checkpoints", job_id))
+    assert row[:2] == ["3", f"{model}:ckpt-step-3"]
+    metrics = checkpoints[0]["metrics"]  # the forgetting check's, against the base model's
+    probe, base = metrics["probe_loss"], metrics["probe_loss_base"]
+    assert row[header.index("PROBE LOSS")] == f"{probe:.4f} ({(probe - base) / base:+.1%})"
 
     assert model in {m["id"] for m in cli("models", "list", "--json").json()["data"]}
     assert model in {row[0] for row in table(cli("models", "list"))}

@@ -173,6 +173,13 @@ def test_a_job_page_draws_its_loss_chart_from_live_events(browser: Any, server: 
     wait_for(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#checkpoints-body tr[data-step]")) == 3)
     steps = [r.get_attribute("data-step") for r in browser.find_elements(By.CSS_SELECTOR, "#checkpoints-body tr")]
     assert steps == [str(STEPS), str(STEPS - 3), str(STEPS - 6)]
+    # The forgetting check: its probe loss at each checkpoint, charted and in the table against the base model's.
+    assert loss_chart.get_attribute("data-points-probe-loss") == str(EPOCHS)
+    latest = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].metrics.to_dict()
+    probe, base = latest["probe_loss"], latest["probe_loss_base"]
+    assert text_of(browser, f"#checkpoints-body tr[data-step='{STEPS}'] td.probe") == (
+        f"{probe:.4f} ({(probe - base) / base * 100:+.1f}%)"
+    )
     fine_tuned = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
     assert fine_tuned in text_of(browser, "#job-details")
     browser.execute_script("document.querySelector('.charts').scrollIntoView()")

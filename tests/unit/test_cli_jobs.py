@@ -12,6 +12,7 @@ import pytest
 from fixtures.server import free_port
 
 from tunewright.clients.cli import jobs, remote
+from tunewright.clients.cli.job_actions import probe_loss
 from tunewright.clients.cli.main import main
 from tunewright.clients.cli.serve import DEFAULT_ORGANIZATION, DEFAULT_PROJECT
 from tunewright.storage.events import make_event
@@ -269,3 +270,10 @@ def test_progress_line_shows_validation_loss_and_survives_a_missing_total():
         f"step 3/3 [{'#' * jobs.BAR_WIDTH}] 100%  loss 1.0000  valid 0.5000"
     )
     assert jobs.progress_line({"step": 2}).startswith("step 2/? [....")
+
+
+def test_the_probe_loss_column_reads_the_forgetting_check_against_the_base_models_loss():
+    assert probe_loss({"probe_loss": 2.5, "probe_loss_base": 2.0}) == "2.5000 (+25.0%)"
+    assert probe_loss({"probe_loss": 1.9, "probe_loss_base": 2.0}) == "1.9000 (-5.0%)"
+    assert probe_loss({"probe_loss": 1.9}) == "1.9000"
+    assert probe_loss({"train_loss": 1.0}) is None  # a job without the check

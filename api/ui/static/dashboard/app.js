@@ -333,12 +333,23 @@
     ["train_loss", "training loss", "#2563eb"],
     ["valid_loss", "validation loss", "#ea580c"],
     ["full_valid_loss", "full validation loss", "#16a34a"],
+    ["probe_loss", "general probe loss (forgetting check)", "#9333ea"],
   ];
   const ACCURACY_SERIES = [
     ["train_mean_token_accuracy", "training accuracy", "#2563eb"],
     ["valid_mean_token_accuracy", "validation accuracy", "#ea580c"],
     ["full_valid_mean_token_accuracy", "full validation accuracy", "#16a34a"],
   ];
+
+  /** The forgetting check's loss on the general probe set and its change from the base model's: `2.5012 (+2.9%)`. */
+  function probeLoss(metrics) {
+    const probe = metrics.probe_loss;
+    const base = metrics.probe_loss_base;
+    if (typeof probe !== "number") return "—";
+    if (typeof base !== "number" || base <= 0) return fixed(probe);
+    const change = ((probe - base) / base) * 100;
+    return `${fixed(probe)} (${change >= 0 ? "+" : ""}${change.toFixed(1)}%)`;
+  }
 
   /** A step chart of `series` ([field, label, colour]) over metrics kept by step; draws as points arrive. */
   class MetricsChart {
@@ -478,7 +489,7 @@
           h(
             "tr",
             {},
-            ["Step", "Checkpoint model", "Train loss", "Valid loss", "Full valid loss", "Train acc.", "Valid acc.", "Created"].map((t) => h("th", {}, t)),
+            ["Step", "Checkpoint model", "Train loss", "Valid loss", "Full valid loss", "Probe loss (vs base)", "Train acc.", "Valid acc.", "Created"].map((t) => h("th", {}, t)),
           ),
         ),
         checkpointsBody,
@@ -554,13 +565,14 @@
             h("td", { class: "num" }, fixed(m.train_loss)),
             h("td", { class: "num" }, fixed(m.valid_loss)),
             h("td", { class: "num" }, fixed(m.full_valid_loss)),
+            h("td", { class: "num probe" }, probeLoss(m)),
             h("td", { class: "num" }, fixed(m.train_mean_token_accuracy, 3)),
             h("td", { class: "num" }, fixed(m.valid_mean_token_accuracy ?? m.full_valid_mean_token_accuracy, 3)),
             h("td", {}, when(checkpoint.created_at)),
           );
         }),
       );
-      if (!page.data.length) checkpointsBody.append(h("tr", {}, h("td", { colspan: 8, class: "hint" }, "None yet: one is saved at each epoch end.")));
+      if (!page.data.length) checkpointsBody.append(h("tr", {}, h("td", { colspan: 9, class: "hint" }, "None yet: one is saved at each epoch end.")));
     }
 
     await showJob();
