@@ -40,7 +40,7 @@ import hashlib
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -49,6 +49,7 @@ from litestar import Response
 from multipart import parse_options_header
 
 from tunewright.api.errors import ConflictError, InvalidRequestError, echo
+from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from tunewright.storage.settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IDEMPOTENT = "idempotent"
 """`opt` key of the routes that honour `Idempotency-Key`: `@post("/", opt={IDEMPOTENT: reread})`, where
@@ -80,6 +82,14 @@ MAX_POLL_S = 0.5
 _STATE = "idempotent_call"
 _HEADER_BYTES = HEADER.lower().encode()
 _CURRENT: contextvars.ContextVar[IdempotentCall | None] = contextvars.ContextVar("idempotent_call", default=None)
+
+
+def found(read: Callable[[], T]) -> T | None:
+    """What `read()` returns, or None when what it reads is not there (`NotFound`): the body of a `reread`."""
+    try:
+        return read()
+    except NotFound:
+        return None
 
 
 def creating(resource_id: str) -> None:

@@ -13,13 +13,12 @@ from tunewright.api.auth import Caller, require_project
 from tunewright.api.dependencies import AppSettings, AppStores
 from tunewright.api.files import service
 from tunewright.api.files.schemas import LIST_PURPOSES, OpenAIFile
-from tunewright.api.idempotency import IDEMPOTENT
+from tunewright.api.idempotency import IDEMPOTENT, found
 from tunewright.api.openapi import CreateFileOperation
 from tunewright.api.pagination import check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPageWithIds, DeletedObject
 from tunewright.api.scopes import SCOPE
 from tunewright.api.streaming import iterate_in_thread
-from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from tunewright.storage.base import Stores
@@ -33,10 +32,7 @@ def content_disposition(filename: str) -> str:
 
 def reread_file(stores: Stores, project_id: str, file_id: str) -> OpenAIFile | None:
     """The file a request created, as `POST /v1/files` answers it (for the idempotency layer)."""
-    try:
-        return OpenAIFile.from_record(stores.metadata.get_file(file_id, project_id=project_id))
-    except NotFound:
-        return None
+    return found(lambda: OpenAIFile.from_record(stores.metadata.get_file(file_id, project_id=project_id)))
 
 
 class FilesController(Controller):

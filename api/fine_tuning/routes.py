@@ -25,11 +25,10 @@ from tunewright.api.fine_tuning.schemas import (
     FineTuningJobEstimate,
     FineTuningJobEvent,
 )
-from tunewright.api.idempotency import IDEMPOTENT
+from tunewright.api.idempotency import IDEMPOTENT, found
 from tunewright.api.pagination import bracket_map, check_choice, check_limit, edge_ids
 from tunewright.api.schemas import CursorPage, CursorPageWithIds, DeletedObject
 from tunewright.api.scopes import SCOPE, SCOPE_ACCESS
-from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from tunewright.storage.base import Stores
@@ -43,19 +42,17 @@ STREAM_DESCRIPTION = (
 
 def reread_job(stores: Stores, project_id: str, job_id: str) -> FineTuningJob | None:
     """The job a request created, as `POST /v1/fine_tuning/jobs` answers it (for the idempotency layer)."""
-    try:
-        return FineTuningJob.from_record(stores.metadata.get_job(job_id, project_id=project_id))
-    except NotFound:
-        return None
+    return found(lambda: FineTuningJob.from_record(stores.metadata.get_job(job_id, project_id=project_id)))
 
 
 def reread_export(stores: Stores, project_id: str, resource: str) -> FineTuningExport | None:
     """The export a request created (`<job id>/<export id>`), as the exports route answers it."""
     job_id, _, export_id = resource.partition("/")
-    try:
-        return FineTuningExport.from_record(stores.metadata.get_export(export_id, job_id=job_id, project_id=project_id))
-    except NotFound:
-        return None
+    return found(
+        lambda: FineTuningExport.from_record(
+            stores.metadata.get_export(export_id, job_id=job_id, project_id=project_id)
+        )
+    )
 
 
 class JobsController(Controller):

@@ -9,12 +9,11 @@ from litestar.params import FromPath, JSONBody
 
 from tunewright.api.auth import Caller, require_project
 from tunewright.api.dependencies import AppSettings, AppStores
-from tunewright.api.idempotency import IDEMPOTENT
+from tunewright.api.idempotency import IDEMPOTENT, found
 from tunewright.api.openapi import AddUploadPartOperation
 from tunewright.api.scopes import SCOPE
 from tunewright.api.uploads import service
 from tunewright.api.uploads.schemas import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
-from tunewright.storage.errors import NotFound
 
 if TYPE_CHECKING:
     from tunewright.storage.base import Stores
@@ -22,31 +21,23 @@ if TYPE_CHECKING:
 
 def reread_upload(stores: Stores, project_id: str, upload_id: str) -> Upload | None:
     """The upload a request created, as `POST /v1/uploads` answers it (for the idempotency layer)."""
-    try:
-        return Upload.from_record(stores.metadata.get_upload(upload_id, project_id=project_id))
-    except NotFound:
-        return None
+    return found(lambda: Upload.from_record(stores.metadata.get_upload(upload_id, project_id=project_id)))
 
 
 def reread_part(stores: Stores, project_id: str, resource: str) -> UploadPart | None:
     """The part a request added (`<upload id>/<part id>`), as the parts route answers it."""
     upload_id, _, part_id = resource.partition("/")
-    try:
-        parts = stores.metadata.list_upload_parts(upload_id, project_id=project_id)
-    except NotFound:
-        return None
+    parts = found(lambda: stores.metadata.list_upload_parts(upload_id, project_id=project_id)) or []
     return next((UploadPart.from_record(part) for part in parts if part.id == part_id), None)
 
 
 def reread_completed(stores: Stores, project_id: str, upload_id: str) -> Upload | None:
     """The upload a request completed, with its File, as the complete route answers it; None unless completed."""
-    try:
-        upload = stores.metadata.get_upload(upload_id, project_id=project_id)
-        if upload.status != "completed" or upload.file_id is None:
-            return None
-        return Upload.from_record(upload, stores.metadata.get_file(upload.file_id, project_id=project_id))
-    except NotFound:
+    upload = found(lambda: stores.metadata.get_upload(upload_id, project_id=project_id))
+    if upload is None or upload.status != "completed" or upload.file_id is None:
         return None
+    file = found(lambda: stores.metadata.get_file(upload.file_id or "", project_id=project_id))
+    return None if file is None else Upload.from_record(upload, file)
 
 
 class UploadsController(Controller):
