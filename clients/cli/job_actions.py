@@ -157,8 +157,8 @@ def grader(value: str | None) -> dict[str, Any]:
             raise UsageError(f"--grader: cannot read {value}: {exc}") from exc
     try:
         parsed = json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"--grader is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
+        raise UsageError(f"--grader is not JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise UsageError("--grader must be a JSON object")
     return parsed

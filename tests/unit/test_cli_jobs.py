@@ -12,7 +12,7 @@ import pytest
 from fixtures.server import free_port
 
 from tunewright.clients.cli import jobs, remote
-from tunewright.clients.cli.job_actions import probe_loss
+from tunewright.clients.cli.job_actions import grader, probe_loss
 from tunewright.clients.cli.main import main
 from tunewright.clients.cli.serve import DEFAULT_ORGANIZATION, DEFAULT_PROJECT
 from tunewright.storage.events import make_event
@@ -277,3 +277,12 @@ def test_the_probe_loss_column_reads_the_forgetting_check_against_the_base_model
     assert probe_loss({"probe_loss": 1.9, "probe_loss_base": 2.0}) == "1.9000 (-5.0%)"
     assert probe_loss({"probe_loss": 1.9}) == "1.9000"
     assert probe_loss({"train_loss": 1.0}) is None  # a job without the check
+
+
+def test_a_grader_that_is_not_a_json_object_is_a_usage_error(tmp_path):
+    for value in ("[1]", "{" * 100_000, str(tmp_path / "absent.json")):
+        with pytest.raises(remote.UsageError, match="--grader"):
+            grader(value)
+    path = tmp_path / "grader.json"
+    path.write_text('{"type": "string_check"}')
+    assert grader(str(path)) == grader('{"type": "string_check"}') == {"type": "string_check"}
